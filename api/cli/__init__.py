@@ -1,0 +1,250 @@
+"""The ``loraplane`` command line: a client of the REST API, plus ``serve``.
+
+Errors are one line on stderr and a non-zero exit, never a traceback. Heavy imports (FastAPI,
+SQLAlchemy, the reconciler) happen only in ``serve``, so client commands start quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from api.cli import render
+from api.cli.client import ApiClient, CliError, json_body
+from api.settings import ClientSettings
+
+app = typer.Typer(
+    name="loraplane",
+    help="Serve fine-tuned LoRA adapters: declare a deployment, loraplane keeps it running.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+
+
+class _State:
+    url: str | None = None
+
+
+_state = _State()
+
+
+@app.callback()
+def _global_options(
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="the loraplane API (default: $LORAPLANE_URL or http://127.0.0.1:8080)"),
+    ] = None,
+) -> None:
+    _state.url = url
+
+
+def _client() -> ApiClient:
+    settings = ClientSettings()
+    return ApiClient(_state.url or settings.url, timeout=settings.timeout_seconds)
+
+
+# ------------------------------------------------------------------------------- manifests
+
+
+def load_manifests(path: str) -> list[dict[str, Any]]:
+    """Read YAML or JSON (several YAML documents allowed); '-' reads standard input."""
+    if path == "-":
+        text, where = sys.stdin.read(), "<stdin>"
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise CliError(f"{path}: no such file")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"{path}: cannot read it ({exc})") from exc
+        where = path
+    try:
+        if where.endswith(".json"):
+            documents = [json.loads(text)]
+        else:
+            documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{where}: not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise CliError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}{at}") from exc
+    if not documents:
+        raise CliError(f"{where}: holds no manifest")
+    for index, document in enumerate(documents, start=1):
+        if not isinstance(document, dict):
+            raise CliError(f"{where}: document {index} is not a mapping (expected an InferenceDeployment)")
+        name = (document.get("metadata") or {}).get("name") if isinstance(document.get("metadata"), dict) else None
+        if not isinstance(name, str) or not name:
+            raise CliError(f"{where}: document {index} has no metadata.name")
+    return documents
+
+
+# -------------------------------------------------------------------------------- commands
+
+
+@app.command()
+def apply(
+    file: Annotated[str, typer.Option("-f", "--filename", help="manifest file (YAML or JSON), '-' for stdin")],
+) -> None:
+    """Create the deployments in FILE, or change them to match it."""
+    manifests = load_manifests(file)
+    client = _client()
+    for manifest in manifests:
+        name = manifest["metadata"]["name"]
+        current = client.get_deployment(name)
+        if current is None:
+            client.request("POST", "/v1/deployments", json=manifest, ok=(201,))
+            out.print(f"deployment/{name} created")
+            continue
+        before = current.headers.get("etag")
+        body = {**manifest, "metadata": {k: v for k, v in manifest["metadata"].items() if k != "resourceVersion"}}
+        response = client.request(
+            "PUT", f"/v1/deployments/{name}", json=body, headers={"If-Match": before or "*"}
+        )
+        changed = response.headers.get("etag") != before
+        out.print(f"deployment/{name} {'configured' if changed else 'unchanged'}")
+
+
+@app.command()
+def get(
+    name: Annotated[str | None, typer.Argument(help="one deployment; all when left out")] = None,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="json, yaml or wide")
+    ] = None,
+    selector: Annotated[
+        str | None, typer.Option("-l", "--selector", help="label selector, e.g. team=support")
+    ] = None,
+) -> None:
+    """Show deployments."""
+    if output not in (None, "json", "yaml", "wide"):
+        raise CliError(f"unknown output format {output!r}: use json, yaml or wide")
+    client = _client()
+    if name:
+        response = client.get_deployment(name)
+        if response is None:
+            raise CliError(f"deployment {name!r} not found")
+        items = [json_body(response)]
+    else:
+        items = client.list_deployments(selector)
+    if output in ("json", "yaml"):
+        document: Any = items[0] if name else {
+            "apiVersion": "loraplane/v1", "kind": "InferenceDeploymentList", "items": items
+        }
+        print(render.to_json(document) if output == "json" else render.to_yaml(document), end="\n" if output == "json" else "")
+        return
+    if not items:
+        out.print("No deployments found.")
+        return
+    out.print(render.deployments_table(items, wide=output == "wide"))
+
+
+@app.command()
+def describe(name: Annotated[str, typer.Argument(help="the deployment")]) -> None:
+    """Show a deployment in detail: spec, status, conditions and recent events."""
+    client = _client()
+    response = client.get_deployment(name)
+    if response is None:
+        raise CliError(f"deployment {name!r} not found")
+    events = json_body(client.request("GET", f"/v1/deployments/{name}/events", params={"limit": 10}))
+    render.describe(out, json_body(response), events.get("items", []))
+
+
+@app.command()
+def events(
+    name: Annotated[str, typer.Argument(help="the deployment")],
+    limit: Annotated[int, typer.Option(help="how many, newest first", min=1, max=500)] = 50,
+) -> None:
+    """Show what happened to a deployment, newest first."""
+    body = json_body(_client().request("GET", f"/v1/deployments/{name}/events", params={"limit": limit}))
+    items = body.get("items", [])
+    if not items:
+        out.print(f"No events for {name}.")
+        return
+    out.print(render.events_table(items))
+
+
+@app.command()
+def delete(
+    name: Annotated[str, typer.Argument(help="the deployment")],
+    wait: Annotated[bool, typer.Option("--wait", help="return only once it is gone")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait with --wait", min=1)] = 300.0,
+) -> None:
+    """Delete a deployment: loraplane tears down what it created, then forgets it."""
+    client = _client()
+    client.request("DELETE", f"/v1/deployments/{name}", ok=(202,))
+    out.print(f"deployment/{name} deletion requested")
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get_deployment(name)
+        if response is None:
+            out.print(f"deployment/{name} deleted")
+            return
+        time.sleep(0.5)
+    status = json_body(response).get("status") or {}
+    raise CliError(
+        f"deployment {name!r} is still being deleted after {timeout:g}s "
+        f"(phase {status.get('phase')}: {status.get('message') or 'no message'}); "
+        f"see 'loraplane describe {name}'"
+    )
+
+
+@app.command()
+def plan(
+    file: Annotated[str, typer.Option("-f", "--filename", help="manifest file (YAML or JSON), '-' for stdin")],
+) -> None:
+    """Dry run: what the reconciler would create, change or delete for FILE. Changes nothing."""
+    client = _client()
+    for manifest in load_manifests(file):
+        body = json_body(client.request("POST", "/v1/plan", json=manifest))
+        out.print(render.to_yaml(body), end="")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (default 8080)", min=1, max=65535)] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="where the database and logs live")
+    ] = None,
+) -> None:
+    """Run the API and the reconciler in this process."""
+    from pydantic import ValidationError
+
+    from api.cli.serve import run_service
+    from api.settings import ServiceSettings
+
+    overrides = {"host": host, "port": port, "data_dir": data_dir}
+    try:
+        settings = ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"LORAPLANE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise CliError(f"invalid settings: {problems}") from exc
+    run_service(settings)
+
+
+def main() -> None:
+    try:
+        app()
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # the promise is one line, never a traceback
+        print(f"error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        sys.exit(1)

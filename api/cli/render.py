@@ -1,0 +1,137 @@
+"""How the CLI shows resources: kubectl-like tables, YAML and JSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+
+def age(timestamp: str | None, now: datetime | None = None) -> str:
+    if not timestamp:
+        return "-"
+    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def condition(resource: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in (resource.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return None
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def deployments_table(items: list[dict[str, Any]], *, wide: bool = False) -> Table:
+    columns = ["NAME", "TARGET", "PHASE", "READY", "ADAPTER", "AGE"]
+    if wide:
+        columns += ["GENERATION", "ENDPOINT", "LABELS"]
+    table = _table(*columns)
+    for item in items:
+        meta, spec, status = item["metadata"], item.get("spec") or {}, item.get("status") or {}
+        ready = condition(item, "Ready")
+        row = [
+            meta["name"],
+            spec.get("target", "-"),
+            status.get("phase", "-"),
+            ready["status"] if ready else "-",
+            (status.get("adapter") or {}).get("servingVersion") or "-",
+            age(meta.get("createdAt")),
+        ]
+        if wide:
+            row += [
+                f"{meta.get('generation')}/{status.get('observedGeneration', 0)}",
+                status.get("endpoint") or "-",
+                ",".join(f"{k}={v}" for k, v in sorted((meta.get("labels") or {}).items())) or "-",
+            ]
+        table.add_row(*row)
+    return table
+
+
+def events_table(events: list[dict[str, Any]]) -> Table:
+    table = _table("LAST SEEN", "TYPE", "REASON", "COUNT", "MESSAGE")
+    for event in events:
+        table.add_row(
+            age(event.get("lastTimestamp")),
+            event.get("type", ""),
+            event.get("reason", ""),
+            str(event.get("count", 1)),
+            event.get("message", ""),
+        )
+    return table
+
+
+def conditions_table(conditions: list[dict[str, Any]]) -> Table:
+    table = _table("TYPE", "STATUS", "REASON", "AGE", "MESSAGE")
+    for cond in conditions:
+        table.add_row(
+            cond.get("type", ""),
+            cond.get("status", ""),
+            cond.get("reason", ""),
+            age(cond.get("lastTransitionTime")),
+            cond.get("message", ""),
+        )
+    return table
+
+
+def to_yaml(document: Any) -> str:
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+def to_json(document: Any) -> str:
+    return json.dumps(document, indent=2)
+
+
+def describe(console: Console, item: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    meta, status = item["metadata"], item.get("status") or {}
+    labels = ", ".join(f"{k}={v}" for k, v in sorted((meta.get("labels") or {}).items()))
+    adapter = status.get("adapter") or {}
+    fields = [
+        ("Name", meta["name"]),
+        ("Labels", labels or "<none>"),
+        ("Created", f"{meta.get('createdAt')} ({age(meta.get('createdAt'))} ago)"),
+        ("Generation", f"{meta.get('generation')} (observed {status.get('observedGeneration', 0)})"),
+        ("Phase", status.get("phase", "-")),
+        ("Endpoint", status.get("endpoint") or "<none>"),
+        ("Adapter", f"desired {adapter.get('desiredVersion') or '-'}, serving "
+                    f"{adapter.get('servingVersion') or '-'}"),
+    ]
+    if meta.get("deletionTimestamp"):
+        fields.append(("Deleting since", meta["deletionTimestamp"]))
+    if status.get("message"):
+        fields.append(("Message", status["message"]))
+    for key, value in fields:
+        console.print(f"[bold]{key + ':':<16}[/bold]{value}", highlight=False)
+    console.print("[bold]Spec:[/bold]")
+    console.print(_indent(to_yaml(item.get("spec") or {})), highlight=False, markup=False)
+    console.print("[bold]Conditions:[/bold]")
+    conditions = status.get("conditions") or []
+    console.print(conditions_table(conditions) if conditions else "  <none>")
+    resources = status.get("resources") or []
+    if resources:
+        console.print("[bold]Resources:[/bold]")
+        table = _table("KIND", "STATE", "MANAGED BY", "ID")
+        for res in resources:
+            table.add_row(res.get("kind", ""), res.get("state", ""), res.get("managedBy", ""), res.get("id", ""))
+        console.print(table)
+    console.print("[bold]Events:[/bold]")
+    console.print(events_table(events) if events else "  <none>")
+
+
+def _indent(text: str) -> str:
+    return "".join("  " + line for line in text.splitlines(keepends=True))

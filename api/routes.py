@@ -1,0 +1,344 @@
+"""The /v1 routes. Thin: parse, call the store, answer with a response model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
+from pydantic import ValidationError
+
+from api.problems import (
+    ApiError,
+    NotImplementedYet,
+    field_errors,
+    problem_responses,
+    validation_problem,
+)
+from state.errors import PreconditionFailed
+from state.models import (
+    EventList,
+    InferenceDeployment,
+    InferenceDeploymentCreate,
+    InferenceDeploymentList,
+    InferenceDeploymentPublic,
+    InferenceDeploymentUpdate,
+)
+from state.resource import DNS_LABEL, DeploymentSpec
+from state.selectors import parse_selector
+from state.store import DeploymentStore
+
+router = APIRouter(prefix="/v1", tags=["deployments"])
+
+NAME_PATTERN = f"^{DNS_LABEL[0]}$"
+Name = Annotated[
+    str, Path(pattern=NAME_PATTERN, description="metadata.name: " + DNS_LABEL[1])
+]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description="the ETag (resourceVersion) you read; the write fails with 412 if stale",
+    ),
+]
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def store_of(request: Request) -> DeploymentStore:
+    return request.app.state.store
+
+
+def etag(row: InferenceDeployment) -> str:
+    return f'"{row.resource_version}"'
+
+
+def expected_version(if_match: str | None) -> int | None:
+    """If-Match as a resourceVersion; '*' means any."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    value = if_match.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    if not value.isdigit() or len(value) > 18:
+        raise PreconditionFailed(
+            f"If-Match {if_match!r} is not a version this server issued; send the ETag "
+            "from a GET of the deployment"
+        )
+    return int(value)
+
+
+def _answer(response: Response, row: InferenceDeployment) -> InferenceDeploymentPublic:
+    response.headers["ETag"] = etag(row)
+    return row.to_public()
+
+
+def _check_name(path_name: str, body_name: str) -> None:
+    if path_name != body_name:
+        raise ApiError(
+            422,
+            "Invalid resource",
+            f"metadata.name ({body_name!r}) does not match the name in the URL "
+            f"({path_name!r}); a deployment cannot be renamed",
+        )
+
+
+@router.post(
+    "/deployments",
+    status_code=201,
+    response_model=InferenceDeploymentPublic,
+    responses=problem_responses(400, 409, 422),
+    summary="Create a deployment",
+)
+def create_deployment(
+    body: InferenceDeploymentCreate, request: Request, response: Response
+) -> InferenceDeploymentPublic:
+    row = store_of(request).create(body)
+    response.headers["Location"] = f"/v1/deployments/{row.name}"
+    return _answer(response, row)
+
+
+@router.get(
+    "/deployments",
+    response_model=InferenceDeploymentList,
+    response_model_exclude_none=True,
+    responses=problem_responses(400, 422),
+    summary="List deployments",
+)
+def list_deployments(
+    request: Request,
+    label: Annotated[
+        list[str] | None,
+        Query(
+            max_length=20,
+            description="label selector such as team=support, tier!=dev, canary or !legacy; "
+            "comma-separated or repeated terms must all hold",
+        ),
+    ] = None,
+    limit: Annotated[int | None, Query(ge=1, le=1000, description="page size")] = None,
+    continue_: Annotated[
+        str | None,
+        Query(alias="continue", max_length=512, description="token from the previous page"),
+    ] = None,
+) -> InferenceDeploymentList:
+    try:
+        requirements = [req for text in label or [] for req in parse_selector(text)]
+        rows, token = store_of(request).list(
+            requirements, limit=limit, continue_token=continue_
+        )
+    except ValueError as exc:
+        raise ApiError(400, "Bad request", str(exc)) from exc
+    return InferenceDeploymentList(items=[row.to_public() for row in rows], continue_=token)
+
+
+@router.get(
+    "/deployments/{name}",
+    response_model=InferenceDeploymentPublic,
+    responses=problem_responses(404, 422),
+    summary="Read a deployment",
+)
+def get_deployment(name: Name, request: Request, response: Response) -> InferenceDeploymentPublic:
+    return _answer(response, store_of(request).get(name))
+
+
+@router.put(
+    "/deployments/{name}",
+    response_model=InferenceDeploymentPublic,
+    responses=problem_responses(400, 404, 409, 412, 422),
+    summary="Replace a deployment's labels and spec",
+)
+def replace_deployment(
+    name: Name,
+    body: InferenceDeploymentCreate,
+    request: Request,
+    response: Response,
+    if_match: IfMatch = None,
+) -> InferenceDeploymentPublic:
+    _check_name(name, body.metadata.name)
+    expected = expected_version(if_match)
+    if expected is None and body.metadata.resource_version is not None:
+        expected = expected_version(body.metadata.resource_version)
+    row, _ = store_of(request).replace(
+        name, labels=body.metadata.labels, spec=body.spec, expected_version=expected
+    )
+    return _answer(response, row)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _patched(row: InferenceDeployment, patch: dict[str, Any]) -> tuple[dict[str, str], DeploymentSpec]:
+    current = {
+        "apiVersion": "loraplane/v1",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": row.name, "labels": dict(row.labels)},
+        "spec": row.spec,
+    }
+    merged = merge_patch(current, patch)
+    unknown = sorted(set(merged) - {"apiVersion", "kind", "metadata", "spec"})
+    if unknown:
+        raise validation_problem(
+            field_errors([{"loc": (k,), "type": "extra_forbidden"} for k in unknown])
+        )
+    metadata = merged.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ApiError(422, "Invalid resource", "metadata must be an object")
+    if metadata.get("name", row.name) != row.name:
+        _check_name(row.name, str(metadata.get("name")))
+    extra_meta = sorted(set(metadata) - {"name", "labels"})
+    if extra_meta:
+        raise validation_problem(
+            [
+                *field_errors(
+                    [{"loc": ("metadata", k), "type": "extra_forbidden"} for k in extra_meta]
+                )
+            ]
+        )
+    try:
+        body = InferenceDeploymentCreate.model_validate(
+            {**merged, "metadata": {"name": row.name, "labels": metadata.get("labels") or {}}}
+        )
+    except ValidationError as exc:
+        raise validation_problem(field_errors(list(exc.errors()))) from exc
+    return body.metadata.labels, body.spec
+
+
+@router.patch(
+    "/deployments/{name}",
+    response_model=InferenceDeploymentPublic,
+    responses=problem_responses(400, 404, 409, 412, 415, 422),
+    summary="Change a deployment with a JSON merge patch (RFC 7396)",
+)
+def patch_deployment(
+    name: Name,
+    request: Request,
+    response: Response,
+    patch: Annotated[
+        InferenceDeploymentUpdate,
+        Body(media_type=MERGE_PATCH, description="a JSON merge patch of the resource"),
+    ],
+    if_match: IfMatch = None,
+) -> InferenceDeploymentPublic:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in (MERGE_PATCH, "application/json"):
+        raise ApiError(
+            415,
+            "Unsupported media type",
+            f"PATCH takes a JSON merge patch: send Content-Type {MERGE_PATCH}",
+        )
+    document = patch.model_dump(by_alias=True, exclude_unset=True)
+    store = store_of(request)
+    expected = expected_version(if_match)
+    # Without If-Match the patch applies to whatever is current: re-read and re-merge if
+    # another writer got in between, rather than failing a client that asked for no check.
+    for _attempt in range(5):
+        row = store.get(name)
+        labels, spec = _patched(row, document)
+        try:
+            row, _ = store.replace(
+                name,
+                labels=labels,
+                spec=spec,
+                expected_version=expected if expected is not None else row.resource_version,
+            )
+        except PreconditionFailed:
+            if expected is not None:
+                raise
+            continue
+        return _answer(response, row)
+    raise ApiError(409, "Conflict", f"deployment {name!r} kept changing; try the patch again")
+
+
+@router.delete(
+    "/deployments/{name}",
+    status_code=202,
+    response_model=InferenceDeploymentPublic,
+    responses=problem_responses(404, 412, 422),
+    summary="Delete a deployment: its resources are torn down, then it is gone",
+)
+def delete_deployment(
+    name: Name, request: Request, response: Response, if_match: IfMatch = None
+) -> InferenceDeploymentPublic:
+    row = store_of(request).request_deletion(name, expected_version=expected_version(if_match))
+    return _answer(response, row)
+
+
+@router.get(
+    "/deployments/{name}/events",
+    response_model=EventList,
+    responses=problem_responses(404, 422),
+    summary="What happened to a deployment, newest first",
+)
+def list_events(
+    name: Name,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> EventList:
+    events = store_of(request).list_events(name, limit=limit)
+    return EventList(items=[event.to_public() for event in events])
+
+
+# ------------------------------------------------------------------ arriving with later issues
+
+
+@router.post(
+    "/deployments/{name}/plan",
+    responses=problem_responses(404, 422, 501),
+    summary="Dry run: what the reconciler would do for this deployment",
+)
+def plan_deployment(name: Name, request: Request) -> None:
+    store_of(request).get(name)
+    raise NotImplementedYet(
+        "Planning",
+        "the reconciler's planner is not built yet; plans arrive with the reconciler",
+    )
+
+
+@router.post(
+    "/plan",
+    responses=problem_responses(400, 422, 501),
+    summary="Dry run: what the reconciler would do for this manifest",
+)
+def plan_manifest(body: InferenceDeploymentCreate) -> None:
+    raise NotImplementedYet(
+        "Planning",
+        "the reconciler's planner is not built yet; plans arrive with the reconciler",
+    )
+
+
+@router.get(
+    "/deployments/{name}/adapters",
+    responses=problem_responses(404, 422, 501),
+    summary="Adapter version history",
+)
+def list_adapters(name: Name, request: Request) -> None:
+    store_of(request).get(name)
+    raise NotImplementedYet(
+        "Adapter history", "adapter versions are recorded once adapter rollouts are built"
+    )
+
+
+@router.post(
+    "/deployments/{name}/adapters/{version}/activate",
+    responses=problem_responses(404, 422, 501),
+    summary="Pin an adapter version (or roll back to it)",
+)
+def activate_adapter(
+    name: Name,
+    version: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
+    request: Request,
+) -> None:
+    store_of(request).get(name)
+    raise NotImplementedYet(
+        "Adapter activation", "adapter versions are recorded once adapter rollouts are built"
+    )
+

@@ -1,0 +1,42 @@
+"""The service's settings: one typed object, built at the entrypoint and passed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from state.db import sqlite_url
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "loraplane"
+
+
+class ServiceSettings(BaseSettings):
+    """``loraplane serve``'s settings; each field can be set as ``LORAPLANE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LORAPLANE_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    resync_seconds: float = Field(default=30.0, gt=0)
+    workers: int = Field(default=4, ge=1, le=64)
+    log_level: str = "info"
+
+    def database(self) -> str:
+        return self.database_url or sqlite_url(self.data_dir)
+
+
+class ClientSettings(BaseSettings):
+    """The CLI's settings: where the API is."""
+
+    model_config = SettingsConfigDict(env_prefix="LORAPLANE_", extra="ignore")
+
+    url: str = "http://127.0.0.1:8080"
+    timeout_seconds: float = 30.0

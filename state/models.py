@@ -1,0 +1,199 @@
+"""Tables and wire models, in the SQLModel family shape.
+
+``InferenceDeploymentCreate`` is what a client sends (POST, PUT, plan); a PATCH is a JSON merge
+patch applied to it (``InferenceDeploymentUpdate`` documents the fields a patch may touch);
+``InferenceDeployment`` is the row; ``InferenceDeploymentPublic`` is what the API answers.
+Spec and status are stored as JSON documents in their wire (camelCase) form, so the database
+reads like the API.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field as PydanticField
+from pydantic.alias_generators import to_camel
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, String, Text, TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from state.resource import (
+    API_VERSION,
+    KIND,
+    CamelModel,
+    DeploymentSpec,
+    DeploymentStatus,
+    ObjectMeta,
+    ObjectMetaIn,
+)
+
+FINALIZER = "loraplane.io/teardown"
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite hands back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored: pass an aware UTC datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------------------------
+# InferenceDeployment
+
+
+class InferenceDeploymentBase(CamelModel):
+    api_version: Literal["loraplane/v1"] = API_VERSION
+    kind: Literal["InferenceDeployment"] = KIND
+
+
+class InferenceDeploymentCreate(InferenceDeploymentBase):
+    """The body of POST /v1/deployments, PUT /v1/deployments/{name} and POST /v1/plan."""
+
+    metadata: ObjectMetaIn
+    spec: DeploymentSpec
+    # Accepted so that the output of GET can be sent back as it is; status is server-set.
+    status: dict[str, Any] | None = None
+
+
+class InferenceDeploymentUpdate(CamelModel):
+    """Documents a PATCH body (application/merge-patch+json, RFC 7396): the patch is merged
+    into the current resource and the result validated as a whole, so any spec field may be
+    set, and ``null`` removes a field (it falls back to its default)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    metadata: dict[str, Any] | None = None
+    spec: dict[str, Any] | None = None
+
+
+class InferenceDeployment(SQLModel, table=True):
+    __tablename__ = "inference_deployment"
+
+    name: str = Field(sa_column=Column(String(63), primary_key=True))
+    uid: str = Field(sa_column=Column(String(36), nullable=False, unique=True))
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    generation: int = Field(default=1, nullable=False)
+    resource_version: int = Field(default=1, nullable=False)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    owner: str | None = Field(default=None, sa_column=Column(String(128), nullable=True))
+    deletion_timestamp: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+    finalizers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+    def to_public(self) -> InferenceDeploymentPublic:
+        return InferenceDeploymentPublic(
+            metadata=ObjectMeta(
+                name=self.name,
+                labels=dict(self.labels),
+                uid=self.uid,
+                generation=self.generation,
+                resource_version=str(self.resource_version),
+                created_at=self.created_at,
+                updated_at=self.updated_at,
+                owner=self.owner,
+                deletion_timestamp=self.deletion_timestamp,
+                finalizers=list(self.finalizers),
+            ),
+            spec=DeploymentSpec.model_validate(self.spec),
+            status=DeploymentStatus.model_validate(self.status),
+        )
+
+
+class DeploymentLabel(SQLModel, table=True):
+    """Labels again, one row each, so a label selector is an indexed query on any backend."""
+
+    __tablename__ = "deployment_label"
+    __table_args__ = (Index("ix_deployment_label_key_value", "key", "value"),)
+
+    deployment_name: str = Field(
+        sa_column=Column(
+            String(63),
+            ForeignKey("inference_deployment.name", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    key: str = Field(sa_column=Column(String(317), primary_key=True))
+    value: str = Field(sa_column=Column(String(63), nullable=False))
+
+
+class InferenceDeploymentPublic(InferenceDeploymentBase):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    metadata: ObjectMeta
+    spec: DeploymentSpec
+    status: DeploymentStatus
+
+
+class InferenceDeploymentList(CamelModel):
+    api_version: Literal["loraplane/v1"] = API_VERSION
+    kind: Literal["InferenceDeploymentList"] = "InferenceDeploymentList"
+    items: list[InferenceDeploymentPublic]
+    # Pass as ?continue= to read the next page; absent on the last page.
+    continue_: str | None = PydanticField(default=None, alias="continue")
+
+
+# --------------------------------------------------------------------------------------------
+# Event
+
+
+class EventBase(CamelModel):
+    type: Literal["Normal", "Warning"] = "Normal"
+    reason: str
+    message: str
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "event"
+    __table_args__ = (Index("ix_event_deployment_uid_id", "deployment_uid", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_uid: str = Field(sa_column=Column(String(36), nullable=False))
+    deployment_name: str = Field(sa_column=Column(String(63), nullable=False))
+    type: str = Field(sa_column=Column(String(16), nullable=False))
+    reason: str = Field(sa_column=Column(String(128), nullable=False))
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    # Repeats of the newest event collapse into it (count, last_timestamp), as Kubernetes
+    # does, so a retry loop cannot flood the history.
+    count: int = Field(default=1, nullable=False)
+    first_timestamp: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    last_timestamp: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+    def to_public(self) -> EventPublic:
+        return EventPublic(
+            type=self.type,
+            reason=self.reason,
+            message=self.message,
+            count=self.count,
+            first_timestamp=self.first_timestamp,
+            last_timestamp=self.last_timestamp,
+        )
+
+
+class EventPublic(EventBase):
+    count: int
+    first_timestamp: datetime
+    last_timestamp: datetime
+
+
+class EventList(CamelModel):
+    items: list[EventPublic]

@@ -1,0 +1,443 @@
+"""The InferenceDeployment resource: what a team asks for (spec) and what loraplane reports (status).
+
+Wire format is camelCase JSON with Kubernetes conventions. Every user-supplied string is held
+to a pattern, so nothing odd (a NUL byte, a path escaping the share) ever reaches the database
+or a cloud API. Azure names follow Azure's own naming rules, checked here so that a typo is
+refused at the API with a message naming the field, not minutes later by ARM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "loraplane/v1"
+KIND = "InferenceDeployment"
+
+# The defaults follow the AI Toolkit's remote fine-tuning layout on the Azure Files share.
+DEFAULT_MODEL_PATH = "model-cache/microsoft/Phi-3-mini-4k-instruct"
+DEFAULT_ADAPTER_PATH = "models/qlora/qlora/gpu_model/adapter"
+DEFAULT_WORKLOAD_PROFILE_NAME = "gpu"
+DEFAULT_WORKLOAD_PROFILE_TYPE = "Consumption-GPU-NC24-A100"
+
+
+class CamelModel(BaseModel):
+    """camelCase on the wire, unknown fields refused (a misspelt field must not be ignored)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=False,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _rule(pattern: str, message: str):
+    """A validator that checks a full-string regex and says what the rule is when it fails."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+def _no_double_hyphen(value: str) -> str:
+    if "--" in value:
+        raise ValueError("must not contain '--'")
+    return value
+
+
+DNS_LABEL = (
+    r"[a-z][a-z0-9-]{0,30}[a-z0-9]",
+    "must be 2-32 characters: lowercase letters, digits and '-', starting with a letter "
+    "and not ending with '-' (for example 'support-bot')",
+)
+
+DeploymentName = Annotated[str, _rule(*DNS_LABEL), AfterValidator(_no_double_hyphen)]
+
+# Azure naming rules: https://learn.microsoft.com/azure/azure-resource-manager/management/resource-name-rules
+SubscriptionId = Annotated[
+    str,
+    _rule(
+        r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+        "must be a subscription GUID such as 00000000-0000-0000-0000-000000000000",
+    ),
+]
+ResourceGroupName = Annotated[
+    str,
+    _rule(
+        r"[-\w.()]{0,89}[-\w()]",
+        "must be 1-90 characters: letters, digits, '_', '-', '.', '(' and ')', "
+        "not ending with '.'",
+    ),
+]
+Location = Annotated[
+    str,
+    _rule(
+        r"[a-z][a-z0-9]{1,39}",
+        "must be an Azure region's programmatic name: lowercase letters and digits, "
+        "such as 'westus3' (not 'West US 3')",
+    ),
+]
+StorageAccountName = Annotated[
+    str,
+    _rule(
+        r"[a-z0-9]{3,24}",
+        "must be 3-24 characters, lowercase letters and digits only (globally unique in Azure)",
+    ),
+]
+FileShareName = Annotated[
+    str,
+    _rule(
+        r"[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9]",
+        "must be 3-63 characters: lowercase letters, digits and '-', starting and ending "
+        "with a letter or digit",
+    ),
+    AfterValidator(_no_double_hyphen),
+]
+EnvironmentName = Annotated[
+    str,
+    _rule(
+        r"[a-z][a-z0-9-]{0,58}[a-z0-9]",
+        "must be 2-60 characters: lowercase letters, digits and '-', starting with a letter "
+        "and ending with a letter or digit",
+    ),
+    AfterValidator(_no_double_hyphen),
+]
+EnvironmentStorageName = Annotated[
+    str,
+    _rule(
+        r"[a-z0-9][a-z0-9-]{0,30}[a-z0-9]",
+        "must be 2-32 characters: lowercase letters, digits and '-', starting and ending "
+        "with a letter or digit",
+    ),
+    AfterValidator(_no_double_hyphen),
+]
+ContainerAppName = Annotated[
+    str,
+    _rule(
+        r"[a-z][a-z0-9-]{0,30}[a-z0-9]",
+        "must be 2-32 characters: lowercase letters, digits and '-', starting with a letter "
+        "and not ending with '-'",
+    ),
+    AfterValidator(_no_double_hyphen),
+]
+LogAnalyticsName = Annotated[
+    str,
+    _rule(
+        r"[A-Za-z0-9][A-Za-z0-9-]{2,61}[A-Za-z0-9]",
+        "must be 4-63 characters: letters, digits and '-', starting and ending with a "
+        "letter or digit",
+    ),
+]
+WorkloadProfileName = Annotated[
+    str,
+    _rule(
+        r"[A-Za-z][A-Za-z0-9-]{0,14}",
+        "must be 1-15 characters: letters, digits and '-', starting with a letter",
+    ),
+]
+WorkloadProfileType = Annotated[
+    str,
+    _rule(
+        r"[A-Za-z][A-Za-z0-9-]{0,63}",
+        "must be an Azure Container Apps workload profile type such as "
+        "'Consumption-GPU-NC24-A100' or 'NC24-A100'",
+    ),
+]
+ImageReference = Annotated[
+    str,
+    _rule(
+        r"[a-z0-9][a-z0-9._\-/:]{0,254}(@sha256:[a-f0-9]{64})?",
+        "must be a container image reference such as "
+        "'myregistry.azurecr.io/loraplane-serving:1.0'",
+    ),
+]
+VersionId = Annotated[
+    str,
+    _rule(
+        r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+        "must be an adapter version id as listed by 'loraplane adapters NAME'",
+    ),
+]
+SharePath = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1024),
+    _rule(
+        r"(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9._\-/ ]+",
+        "must be a path relative to the share root (no leading '/', no '..'), for example "
+        "'models/qlora/qlora/gpu_model/adapter'",
+    ),
+]
+AbsolutePath = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=4096),
+    _rule(
+        r"/(?!.*(?:^|/)\.\.(?:/|$))[^\x00]*",
+        "must be an absolute folder path on this machine (starting with '/'), for example "
+        "'/srv/share'",
+    ),
+]
+MarkerFileName = Annotated[
+    str,
+    _rule(r"[A-Za-z0-9._-]{1,255}", "must be a file name such as '_SUCCESS'"),
+]
+
+LABEL_KEY = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+)
+LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
+LABEL_KEY_RULE = (
+    "label keys are 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter "
+    "or digit, optionally after a DNS prefix and '/' (for example 'team')"
+)
+LABEL_VALUE_RULE = (
+    "label values are at most 63 letters, digits, '-', '_' or '.', starting and ending with "
+    "a letter or digit (for example 'support')"
+)
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > 64:
+        raise ValueError("at most 64 labels are allowed")
+    for key, value in labels.items():
+        if not LABEL_KEY.fullmatch(key):
+            raise ValueError(f"label key {key!r} is invalid: {LABEL_KEY_RULE}")
+        if not isinstance(value, str) or not LABEL_VALUE.fullmatch(value):
+            raise ValueError(f"label {key!r} has an invalid value: {LABEL_VALUE_RULE}")
+    return labels
+
+
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+
+
+# --------------------------------------------------------------------------------------------
+# spec
+
+
+class ModelSpec(CamelModel):
+    path: SharePath = DEFAULT_MODEL_PATH
+
+
+class AdapterSpec(CamelModel):
+    path: SharePath = DEFAULT_ADAPTER_PATH
+    settle_seconds: int = Field(default=10, ge=0, le=3600)
+    strategy: Literal["hotReload", "restart"] = "hotReload"
+    pin: VersionId | None = None
+    marker: MarkerFileName | None = None
+
+
+class ScaleSpec(CamelModel):
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=1, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> ScaleSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) must not exceed maxReplicas "
+                f"({self.max_replicas})"
+            )
+        return self
+
+
+class LocalSpec(CamelModel):
+    share_root: AbsolutePath
+
+
+class WorkloadProfileSpec(CamelModel):
+    name: WorkloadProfileName = DEFAULT_WORKLOAD_PROFILE_NAME
+    type: WorkloadProfileType = DEFAULT_WORKLOAD_PROFILE_TYPE
+
+
+class AzureSpec(CamelModel):
+    subscription_id: SubscriptionId
+    resource_group: ResourceGroupName
+    location: Location
+    # Left out, these are named after the deployment (see ``with_defaults``); a name that
+    # already exists in Azure is adopted rather than created.
+    storage_account: StorageAccountName | None = None
+    file_share: FileShareName | None = None
+    environment: EnvironmentName | None = None
+    environment_storage: EnvironmentStorageName | None = None
+    app: ContainerAppName | None = None
+    log_analytics: LogAnalyticsName | None = None
+    workload_profile: WorkloadProfileSpec = Field(default_factory=WorkloadProfileSpec)
+    image: ImageReference | None = None
+    policy: Literal["manage", "observe", "detachOnDelete"] = "manage"
+
+
+class DeploymentSpec(CamelModel):
+    target: Literal["local", "azure"]
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    scale: ScaleSpec = Field(default_factory=ScaleSpec)
+    local: LocalSpec | None = None
+    azure: AzureSpec | None = None
+
+    @model_validator(mode="after")
+    def _target_section_present(self) -> DeploymentSpec:
+        if self.target == "local" and self.local is None:
+            raise ValueError(
+                "spec.local is required when target is 'local': give spec.local.shareRoot, "
+                "the folder that stands in for the Azure Files share"
+            )
+        if self.target == "azure" and self.azure is None:
+            raise ValueError(
+                "spec.azure is required when target is 'azure': give at least "
+                "subscriptionId, resourceGroup and location"
+            )
+        return self
+
+    def with_defaults(self, name: str) -> DeploymentSpec:
+        """The spec with every defaulted Azure name filled in, so what is stored is explicit.
+
+        Deterministic in (name, subscription, resource group): applying the same manifest
+        twice gives the same spec, so it never looks like a change.
+        """
+        if self.azure is None:
+            return self
+        azure = self.azure
+        digest = hashlib.sha256(
+            f"{azure.subscription_id.lower()}/{azure.resource_group.lower()}/{name}".encode()
+        ).hexdigest()
+        compact = name.replace("-", "")
+        filled = azure.model_copy(
+            update={
+                # Storage account names are global: a hash of where it lives keeps two
+                # teams' "support-bot" from colliding.
+                "storage_account": azure.storage_account or f"lp{compact[:14]}{digest[:8]}",
+                "file_share": azure.file_share or f"{name}-share",
+                "environment": azure.environment or f"{name}-env",
+                "environment_storage": azure.environment_storage or f"{name}-storage"[:32],
+                "app": azure.app or name,
+                "log_analytics": azure.log_analytics or f"{name}-logs",
+            }
+        )
+        return self.model_copy(update={"azure": filled})
+
+
+# Fields that cannot change once a deployment exists: changing them would orphan what the
+# reconciler already built somewhere else.
+IMMUTABLE_SPEC_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("target",),
+    ("azure", "subscriptionId"),
+    ("azure", "resourceGroup"),
+    ("azure", "location"),
+)
+
+
+def immutable_field_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted paths (``spec.target``) of immutable fields whose value differs."""
+    changed = []
+    for path in IMMUTABLE_SPEC_FIELDS:
+        a, b = old, new
+        for part in path:
+            a = a.get(part) if isinstance(a, dict) else None
+            b = b.get(part) if isinstance(b, dict) else None
+        if a is not None and a != b:
+            changed.append("spec." + ".".join(path))
+    return changed
+
+
+# --------------------------------------------------------------------------------------------
+# metadata
+
+
+class ObjectMetaIn(CamelModel):
+    """What a client may say in metadata. Server-set fields are accepted (so a resource read
+    with GET can be sent back as it is) but ignored, except ``resourceVersion``, which is a
+    precondition like ``If-Match``."""
+
+    name: DeploymentName
+    labels: Labels = Field(default_factory=dict)
+    resource_version: str | None = Field(default=None, max_length=32)
+    uid: str | None = Field(default=None, max_length=64)
+    generation: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    owner: str | None = Field(default=None, max_length=128)
+    deletion_timestamp: datetime | None = None
+    finalizers: list[str] | None = None
+
+
+class ObjectMeta(CamelModel):
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    uid: str
+    generation: int
+    resource_version: str
+    created_at: datetime
+    updated_at: datetime
+    owner: str | None = None
+    deletion_timestamp: datetime | None = None
+    finalizers: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# status
+
+Phase = Literal["Pending", "Provisioning", "Ready", "Degraded", "Deleting", "Failed"]
+ConditionType = Literal["Ready", "Progressing", "Degraded", "AdapterSynced"]
+
+
+class Condition(CamelModel):
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: datetime
+
+
+class RolloutRecord(CamelModel):
+    version: str | None = None
+    strategy: str | None = None
+    result: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    message: str | None = None
+
+
+class AdapterStatus(CamelModel):
+    desired_version: str | None = None
+    serving_version: str | None = None
+    last_rollout: RolloutRecord | None = None
+
+
+class ResourceRef(CamelModel):
+    kind: str
+    id: str
+    state: str
+    managed_by: Literal["loraplane", "adopted"] = "loraplane"
+
+
+class DeploymentStatus(CamelModel):
+    # Status is written by the server only, and may carry fields newer servers add.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    phase: Phase = "Pending"
+    observed_generation: int = 0
+    conditions: list[Condition] = Field(default_factory=list)
+    endpoint: str | None = None
+    adapter: AdapterStatus = Field(default_factory=AdapterStatus)
+    resources: list[ResourceRef] = Field(default_factory=list)
+    message: str | None = None

@@ -1,0 +1,356 @@
+"""The one way in and out of the database for deployments and their events.
+
+Rules kept here, so that every writer (the API now, the reconciler, an HA replica) obeys them:
+- ``resourceVersion`` changes on every write and on nothing else: a write that would change
+  nothing is not made (the reconciler's steady state costs zero writes);
+- ``generation`` changes only when the spec does;
+- preconditions (If-Match) are checked inside the write transaction, under a row lock;
+- a deployment being deleted takes no more changes to its spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from state.db import WRITE
+from state.errors import AlreadyExists, Conflict, InvalidChange, NotFound, PreconditionFailed
+from state.models import (
+    FINALIZER,
+    DeploymentLabel,
+    Event,
+    InferenceDeployment,
+    InferenceDeploymentCreate,
+    utcnow,
+)
+from state.resource import DeploymentSpec, DeploymentStatus, immutable_field_changes
+from state.selectors import Requirement
+
+Clock = Callable[[], datetime]
+ChangeListener = Callable[[str], None]
+
+
+def _canonical(document: Any) -> str:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def encode_continue(after_name: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": after_name}).encode()).decode()
+
+
+def decode_continue(token: str) -> str:
+    try:
+        after = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))["after"]
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError(
+            "the continue token is not one this server issued; list again without it"
+        ) from exc
+    if not isinstance(after, str):
+        raise ValueError("the continue token is not one this server issued; list again without it")
+    return after
+
+
+class DeploymentStore:
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self._write_engine = engine.execution_options(**{WRITE: True})
+        self.clock = clock
+        # Called with the deployment's name after a write to its desired state commits (create,
+        # spec or label change, deletion request): how the API wakes the reconciler.
+        self._listeners: list[ChangeListener] = []
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self, name: str) -> None:
+        for listener in self._listeners:
+            listener(name)
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._write_engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    @staticmethod
+    def _locked(session: Session, name: str) -> InferenceDeployment:
+        row = session.exec(
+            select(InferenceDeployment).where(InferenceDeployment.name == name).with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"deployment {name!r} not found")
+        return row
+
+    @staticmethod
+    def _check_version(row: InferenceDeployment, expected: int | None) -> None:
+        if expected is not None and expected != row.resource_version:
+            raise PreconditionFailed(
+                f"deployment {row.name!r} changed since you read it (you sent resourceVersion "
+                f"{expected}, it is now {row.resource_version}); read it again and retry"
+            )
+
+    @staticmethod
+    def _replace_labels(session: Session, name: str, labels: dict[str, str]) -> None:
+        session.exec(delete(DeploymentLabel).where(DeploymentLabel.deployment_name == name))
+        for key, value in labels.items():
+            session.add(DeploymentLabel(deployment_name=name, key=key, value=value))
+
+    # ------------------------------------------------------------------------------- reads
+
+    def get(self, name: str) -> InferenceDeployment:
+        with self._read() as session:
+            row = session.get(InferenceDeployment, name)
+        if row is None:
+            raise NotFound(f"deployment {name!r} not found")
+        return row
+
+    def list(
+        self,
+        requirements: list[Requirement] = (),  # type: ignore[assignment]
+        *,
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> tuple[list[InferenceDeployment], str | None]:
+        """Deployments ordered by name; returns the page and the token for the next one."""
+        query = select(InferenceDeployment).order_by(InferenceDeployment.name)
+        if continue_token:
+            query = query.where(InferenceDeployment.name > decode_continue(continue_token))
+        for req in requirements:
+            label_here = and_(
+                DeploymentLabel.deployment_name == InferenceDeployment.name,
+                DeploymentLabel.key == req.key,
+            )
+            if req.operator in ("=", "!="):
+                label_here = and_(label_here, DeploymentLabel.value == req.value)
+            found = exists().where(label_here)
+            query = query.where(found if req.operator in ("=", "exists") else ~found)
+        if limit is not None:
+            query = query.limit(limit + 1)
+        with self._read() as session:
+            rows = list(session.exec(query).scalars())
+        if limit is not None and len(rows) > limit:
+            rows = rows[:limit]
+            return rows, encode_continue(rows[-1].name)
+        return rows, None
+
+    def names(self) -> list[str]:
+        with self._read() as session:
+            return list(session.exec(select(InferenceDeployment.name)).scalars())
+
+    def count_by_phase(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._read() as session:
+            for (status,) in session.exec(select(InferenceDeployment.status)):
+                phase = (status or {}).get("phase", "Pending")
+                counts[phase] = counts.get(phase, 0) + 1
+        return counts
+
+    def list_events(self, name: str, *, limit: int = 50) -> list[Event]:
+        row = self.get(name)
+        with self._read() as session:
+            return list(
+                session.exec(
+                    select(Event)
+                    .where(Event.deployment_uid == row.uid)
+                    .order_by(Event.id.desc())
+                    .limit(limit)
+                ).scalars()
+            )
+
+    # ------------------------------------------------------------------------------ writes
+
+    def create(self, body: InferenceDeploymentCreate, *, owner: str | None = None) -> InferenceDeployment:
+        name = body.metadata.name
+        now = self.clock()
+        spec = body.spec.with_defaults(name).wire()
+        row = InferenceDeployment(
+            name=name,
+            uid=str(uuid.uuid4()),
+            labels=dict(body.metadata.labels),
+            spec=spec,
+            status=DeploymentStatus().wire(),
+            generation=1,
+            resource_version=1,
+            created_at=now,
+            updated_at=now,
+            owner=owner,
+            finalizers=[FINALIZER],
+        )
+        try:
+            with self._write() as session:
+                existing = session.get(InferenceDeployment, name)
+                if existing is not None:
+                    raise self._exists_error(existing)
+                session.add(row)
+                session.flush()
+                self._replace_labels(session, name, row.labels)
+                self._add_event(session, row, "Normal", "Created", "deployment created")
+        except IntegrityError as exc:
+            # Lost a race with another creator between the check and the insert.
+            raise AlreadyExists(f"deployment {name!r} already exists") from exc
+        self._notify(name)
+        return row
+
+    @staticmethod
+    def _exists_error(existing: InferenceDeployment) -> AlreadyExists:
+        if existing.deletion_timestamp is not None:
+            return AlreadyExists(
+                f"deployment {existing.name!r} is being deleted; wait until it is gone "
+                f"(loraplane delete {existing.name} --wait) and create it again"
+            )
+        return AlreadyExists(
+            f"deployment {existing.name!r} already exists; change it with PUT or PATCH "
+            f"(loraplane apply) or delete it first"
+        )
+
+    def replace(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str],
+        spec: DeploymentSpec,
+        expected_version: int | None = None,
+    ) -> tuple[InferenceDeployment, bool]:
+        """Set labels and spec; returns the row and whether anything was written."""
+        new_spec = spec.with_defaults(name).wire()
+        with self._write() as session:
+            row = self._locked(session, name)
+            self._check_version(row, expected_version)
+            if row.deletion_timestamp is not None:
+                raise Conflict(f"deployment {name!r} is being deleted and can no longer change")
+            frozen = immutable_field_changes(row.spec, new_spec)
+            if frozen:
+                raise InvalidChange(
+                    f"{', '.join(frozen)} cannot change once the deployment exists; delete "
+                    f"it and create it again to move it",
+                    frozen,
+                )
+            spec_changed = _canonical(new_spec) != _canonical(row.spec)
+            labels_changed = labels != row.labels
+            if not spec_changed and not labels_changed:
+                return row, False
+            if spec_changed:
+                row.spec = new_spec
+                row.generation += 1
+                self._add_event(
+                    session, row, "Normal", "SpecChanged", f"spec changed (generation {row.generation})"
+                )
+            if labels_changed:
+                row.labels = dict(labels)
+                self._replace_labels(session, name, row.labels)
+            row.resource_version += 1
+            row.updated_at = self.clock()
+            session.add(row)
+        self._notify(name)
+        return row, True
+
+    def request_deletion(self, name: str, *, expected_version: int | None = None) -> InferenceDeployment:
+        """Mark for deletion (idempotent); the reconciler tears down, then ``remove`` runs."""
+        with self._write() as session:
+            row = self._locked(session, name)
+            self._check_version(row, expected_version)
+            if row.deletion_timestamp is None:
+                row.deletion_timestamp = self.clock()
+                row.resource_version += 1
+                row.updated_at = row.deletion_timestamp
+                status = DeploymentStatus.model_validate(row.status)
+                status.phase = "Deleting"
+                row.status = status.wire()
+                session.add(row)
+                self._add_event(session, row, "Normal", "DeletionRequested", "deletion requested")
+        self._notify(name)
+        return row
+
+    def update_status(
+        self, name: str, status: DeploymentStatus, *, uid: str
+    ) -> InferenceDeployment | None:
+        """Write status if it differs; ``None`` when the deployment (that uid) is gone."""
+        document = status.wire()
+        with self._write() as session:
+            row = session.exec(
+                select(InferenceDeployment)
+                .where(InferenceDeployment.name == name, InferenceDeployment.uid == uid)
+                .with_for_update()
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            if _canonical(document) == _canonical(row.status):
+                return row
+            row.status = document
+            row.resource_version += 1
+            row.updated_at = self.clock()
+            session.add(row)
+        return row
+
+    def remove(self, name: str, *, uid: str) -> bool:
+        """Drop a deployment whose teardown is done, with its labels and events."""
+        with self._write() as session:
+            row = session.exec(
+                select(InferenceDeployment)
+                .where(InferenceDeployment.name == name, InferenceDeployment.uid == uid)
+                .with_for_update()
+            ).scalar_one_or_none()
+            if row is None:
+                return False
+            if row.deletion_timestamp is None:
+                raise Conflict(f"deployment {name!r} is not marked for deletion")
+            session.exec(delete(DeploymentLabel).where(DeploymentLabel.deployment_name == name))
+            session.exec(delete(Event).where(Event.deployment_uid == uid))
+            session.delete(row)
+        return True
+
+    def record_event(
+        self, row: InferenceDeployment, type_: str, reason: str, message: str
+    ) -> None:
+        with self._write() as session:
+            self._add_event(session, row, type_, reason, message)
+
+    def _add_event(
+        self, session: Session, row: InferenceDeployment, type_: str, reason: str, message: str
+    ) -> None:
+        now = self.clock()
+        newest = session.exec(
+            select(Event)
+            .where(Event.deployment_uid == row.uid)
+            .order_by(Event.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if newest is not None and (newest.type, newest.reason, newest.message) == (
+            type_,
+            reason,
+            message,
+        ):
+            newest.count += 1
+            newest.last_timestamp = now
+            session.add(newest)
+            return
+        session.add(
+            Event(
+                deployment_uid=row.uid,
+                deployment_name=row.name,
+                type=type_,
+                reason=reason,
+                message=message,
+                count=1,
+                first_timestamp=now,
+                last_timestamp=now,
+            )
+        )
+
