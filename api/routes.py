@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import ValidationError
 
 from api.problems import (
@@ -86,6 +87,7 @@ def _check_name(path_name: str, body_name: str) -> None:
     "/deployments",
     status_code=201,
     response_model=InferenceDeploymentPublic,
+    response_model_exclude_none=True,
     responses=problem_responses(400, 409, 422),
     summary="Create a deployment",
 )
@@ -133,6 +135,7 @@ def list_deployments(
 @router.get(
     "/deployments/{name}",
     response_model=InferenceDeploymentPublic,
+    response_model_exclude_none=True,
     responses=problem_responses(404, 422),
     summary="Read a deployment",
 )
@@ -143,6 +146,7 @@ def get_deployment(name: Name, request: Request, response: Response) -> Inferenc
 @router.put(
     "/deployments/{name}",
     response_model=InferenceDeploymentPublic,
+    response_model_exclude_none=True,
     responses=problem_responses(400, 404, 409, 412, 422),
     summary="Replace a deployment's labels and spec",
 )
@@ -212,22 +216,8 @@ def _patched(row: InferenceDeployment, patch: dict[str, Any]) -> tuple[dict[str,
     return body.metadata.labels, body.spec
 
 
-@router.patch(
-    "/deployments/{name}",
-    response_model=InferenceDeploymentPublic,
-    responses=problem_responses(400, 404, 409, 412, 415, 422),
-    summary="Change a deployment with a JSON merge patch (RFC 7396)",
-)
-def patch_deployment(
-    name: Name,
-    request: Request,
-    response: Response,
-    patch: Annotated[
-        InferenceDeploymentUpdate,
-        Body(media_type=MERGE_PATCH, description="a JSON merge patch of the resource"),
-    ],
-    if_match: IfMatch = None,
-) -> InferenceDeploymentPublic:
+async def merge_patch_document(request: Request) -> dict[str, Any]:
+    """The PATCH body: a JSON object sent as a merge patch (plain JSON is accepted too)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in (MERGE_PATCH, "application/json"):
         raise ApiError(
@@ -235,7 +225,38 @@ def patch_deployment(
             "Unsupported media type",
             f"PATCH takes a JSON merge patch: send Content-Type {MERGE_PATCH}",
         )
-    document = patch.model_dump(by_alias=True, exclude_unset=True)
+    try:
+        document = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "Bad request", f"the request body is not valid JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise ApiError(422, "Invalid resource", "a merge patch must be a JSON object")
+    return document
+
+
+@router.patch(
+    "/deployments/{name}",
+    response_model=InferenceDeploymentPublic,
+    response_model_exclude_none=True,
+    responses=problem_responses(400, 404, 409, 412, 415, 422),
+    summary="Change a deployment with a JSON merge patch (RFC 7396)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                MERGE_PATCH: {"schema": InferenceDeploymentUpdate.model_json_schema(by_alias=True)},
+                "application/json": {"schema": InferenceDeploymentUpdate.model_json_schema(by_alias=True)},
+            },
+        }
+    },
+)
+def patch_deployment(
+    name: Name,
+    request: Request,
+    response: Response,
+    document: Annotated[dict[str, Any], Depends(merge_patch_document)],
+    if_match: IfMatch = None,
+) -> InferenceDeploymentPublic:
     store = store_of(request)
     expected = expected_version(if_match)
     # Without If-Match the patch applies to whatever is current: re-read and re-merge if
@@ -262,6 +283,7 @@ def patch_deployment(
     "/deployments/{name}",
     status_code=202,
     response_model=InferenceDeploymentPublic,
+    response_model_exclude_none=True,
     responses=problem_responses(404, 412, 422),
     summary="Delete a deployment: its resources are torn down, then it is gone",
 )

@@ -44,7 +44,8 @@ class CamelModel(BaseModel):
     )
 
     def wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+        """The JSON document as stored and sent: camelCase, unset optionals left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _rule(pattern: str, message: str):

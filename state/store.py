@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,11 +34,14 @@ from state.models import (
     InferenceDeploymentCreate,
     utcnow,
 )
-from state.resource import DeploymentSpec, DeploymentStatus, immutable_field_changes
+from state.resource import DNS_LABEL, DeploymentSpec, DeploymentStatus, immutable_field_changes
 from state.selectors import Requirement
 
 Clock = Callable[[], datetime]
 ChangeListener = Callable[[str], None]
+
+
+_NAME = re.compile(DNS_LABEL[0])
 
 
 def _canonical(document: Any) -> str:
@@ -55,7 +59,7 @@ def decode_continue(token: str) -> str:
         raise ValueError(
             "the continue token is not one this server issued; list again without it"
         ) from exc
-    if not isinstance(after, str):
+    if not isinstance(after, str) or not _NAME.fullmatch(after):
         raise ValueError("the continue token is not one this server issued; list again without it")
     return after
 

@@ -1,0 +1,36 @@
+# `make run` and `make test` are the whole set-up on a fresh machine: each creates .venv if it
+# is missing and installs what it needs, then runs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA   ?= $(CURDIR)/data
+export HF_HUB_OFFLINE := 1
+
+.PHONY: run test lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned: the CPU build is a local file, and any looser spec would pull GBs of
+# CUDA packages; with 2.13.0 installed, the range in pyproject.toml is already met.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q torch==2.13.0
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[serving,postgres,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/loraplane serve --data-dir $(DATA)
+
+# pytest's exit code 5 means it collected no tests: an empty suite is a failure, not a pass.
+test: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: an empty suite is a failure" >&2; exit 1; fi; \
+	exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,418 @@
+"""Every call in DESIGN.md's table, its success and its error paths, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import azure_manifest, local_manifest
+
+PROBLEM = "application/problem+json"
+MERGE = {"content-type": "application/merge-patch+json"}
+
+
+def assert_problem(response, status: int, *words: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("urn:loraplane:problem:")
+    assert body["title"] and body["detail"]
+    for word in words:
+        assert word in body["detail"], body
+    return body
+
+
+def create(client, manifest=None):
+    response = client.post("/v1/deployments", json=manifest or local_manifest())
+    assert response.status_code == 201, response.text
+    return response
+
+
+# ------------------------------------------------------------------------------------ POST
+
+
+def test_create_answers_201_with_the_resource_etag_and_location(client):
+    response = create(client)
+    body = response.json()
+    assert response.headers["etag"] == '"1"'
+    assert response.headers["location"] == "/v1/deployments/support-bot"
+    assert body["apiVersion"] == "loraplane/v1" and body["kind"] == "InferenceDeployment"
+    meta = body["metadata"]
+    assert (meta["name"], meta["generation"], meta["resourceVersion"]) == ("support-bot", 1, "1")
+    assert meta["uid"] and meta["createdAt"].endswith("Z")
+    assert body["spec"]["adapter"]["settleSeconds"] == 10
+    assert body["status"]["phase"] == "Pending"
+
+
+def test_create_fills_in_azure_names(client):
+    body = create(client, azure_manifest()).json()
+    azure = body["spec"]["azure"]
+    assert azure["app"] == "support-bot"
+    assert azure["environment"] == "support-bot-env"
+    assert azure["workloadProfile"] == {"name": "gpu", "type": "Consumption-GPU-NC24-A100"}
+
+
+def test_a_name_clash_is_409(client):
+    create(client)
+    assert_problem(client.post("/v1/deployments", json=local_manifest()), 409, "already exists")
+
+
+def test_invalid_fields_are_422_naming_each_field(client):
+    manifest = azure_manifest(name="Bad_Name", storageAccount="Bad-Store")
+    manifest["spec"]["scale"] = {"minReplicas": 5, "maxReplicas": 2}
+    body = assert_problem(client.post("/v1/deployments", json=manifest), 422)
+    fields = {e["field"]: e["message"] for e in body["errors"]}
+    assert set(fields) == {"metadata.name", "spec.azure.storageAccount", "spec.scale"}
+    assert "3-24 characters" in fields["spec.azure.storageAccount"]
+    assert "must not exceed maxReplicas" in fields["spec.scale"]
+
+
+def test_unknown_fields_are_422(client):
+    manifest = local_manifest()
+    manifest["spec"]["replicas"] = 3
+    body = assert_problem(client.post("/v1/deployments", json=manifest), 422)
+    assert body["errors"][0]["field"] == "spec.replicas"
+    assert "not a known field" in body["errors"][0]["message"]
+
+
+def test_a_missing_target_section_is_422(client):
+    body = assert_problem(
+        client.post("/v1/deployments", json={"metadata": {"name": "x1"}, "spec": {"target": "azure"}}),
+        422,
+    )
+    assert "spec.azure is required" in body["detail"]
+
+
+def test_malformed_json_is_400(client):
+    response = client.post(
+        "/v1/deployments", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 400, "not valid JSON")
+
+
+def test_a_body_that_is_not_an_object_is_422(client):
+    assert_problem(client.post("/v1/deployments", json=["a"]), 422)
+    assert_problem(client.post("/v1/deployments", json=None), 422)
+
+
+def test_wrong_api_version_or_kind_is_422(client):
+    manifest = {**local_manifest(), "apiVersion": "loraplane/v2"}
+    body = assert_problem(client.post("/v1/deployments", json=manifest), 422)
+    assert body["errors"][0]["field"] == "apiVersion"
+
+
+# ------------------------------------------------------------------------------------- GET
+
+
+def test_get_answers_the_resource_with_its_etag(client):
+    create(client)
+    response = client.get("/v1/deployments/support-bot")
+    assert response.status_code == 200
+    assert response.headers["etag"] == '"1"'
+    assert response.json()["metadata"]["labels"] == {"team": "support"}
+
+
+def test_get_of_a_missing_deployment_is_404(client):
+    assert_problem(client.get("/v1/deployments/nobody"), 404, "'nobody' not found")
+
+
+def test_get_of_an_impossible_name_is_422(client):
+    body = assert_problem(client.get("/v1/deployments/Not_A_Name"), 422)
+    assert body["errors"][0]["field"] == "path.name"
+
+
+def test_list_filters_by_label_and_pages(client):
+    for name, team in [("a-bot", "support"), ("b-bot", "search"), ("c-bot", "support")]:
+        manifest = local_manifest(name=name)
+        manifest["metadata"]["labels"] = {"team": team}
+        create(client, manifest)
+    everything = client.get("/v1/deployments").json()
+    assert [i["metadata"]["name"] for i in everything["items"]] == ["a-bot", "b-bot", "c-bot"]
+    assert "continue" not in everything
+    support = client.get("/v1/deployments", params={"label": "team=support"}).json()
+    assert [i["metadata"]["name"] for i in support["items"]] == ["a-bot", "c-bot"]
+    first = client.get("/v1/deployments", params={"limit": 2}).json()
+    assert len(first["items"]) == 2 and first["continue"]
+    second = client.get("/v1/deployments", params={"limit": 2, "continue": first["continue"]}).json()
+    assert [i["metadata"]["name"] for i in second["items"]] == ["c-bot"]
+    assert "continue" not in second
+
+
+def test_list_errors(client):
+    assert_problem(client.get("/v1/deployments", params={"label": "te am=x"}), 400, "label selector")
+    assert_problem(client.get("/v1/deployments", params={"continue": "garbage"}), 400, "continue token")
+    assert_problem(client.get("/v1/deployments", params={"limit": 0}), 422)
+    assert_problem(client.get("/v1/deployments", params={"limit": "many"}), 422)
+
+
+# ------------------------------------------------------------------------------------- PUT
+
+
+def test_put_changes_the_spec_and_bumps_generation(client):
+    create(client)
+    manifest = local_manifest(scale={"minReplicas": 1, "maxReplicas": 3})
+    response = client.put("/v1/deployments/support-bot", json=manifest, headers={"If-Match": '"1"'})
+    assert response.status_code == 200, response.text
+    meta = response.json()["metadata"]
+    assert (meta["generation"], meta["resourceVersion"]) == (2, "2")
+    assert response.headers["etag"] == '"2"'
+
+
+def test_put_of_the_same_content_writes_nothing(client):
+    create(client)
+    response = client.put("/v1/deployments/support-bot", json=local_manifest())
+    assert response.status_code == 200
+    assert response.headers["etag"] == '"1"'
+
+
+def test_put_of_labels_only_keeps_generation(client):
+    create(client)
+    manifest = local_manifest()
+    manifest["metadata"]["labels"] = {"team": "search"}
+    meta = client.put("/v1/deployments/support-bot", json=manifest).json()["metadata"]
+    assert (meta["generation"], meta["resourceVersion"], meta["labels"]) == (1, "2", {"team": "search"})
+
+
+def test_put_with_a_stale_if_match_is_412_and_changes_nothing(client):
+    create(client)
+    client.put("/v1/deployments/support-bot", json=local_manifest(scale={"maxReplicas": 2}))
+    stale = client.put(
+        "/v1/deployments/support-bot",
+        json=local_manifest(scale={"maxReplicas": 5}),
+        headers={"If-Match": '"1"'},
+    )
+    assert_problem(stale, 412, "changed since you read it")
+    assert client.get("/v1/deployments/support-bot").json()["spec"]["scale"]["maxReplicas"] == 2
+
+
+def test_put_with_a_stale_resource_version_in_the_body_is_412(client):
+    create(client)
+    client.put("/v1/deployments/support-bot", json=local_manifest(scale={"maxReplicas": 2}))
+    manifest = local_manifest(scale={"maxReplicas": 5})
+    manifest["metadata"]["resourceVersion"] = "1"
+    assert_problem(client.put("/v1/deployments/support-bot", json=manifest), 412)
+
+
+def test_put_accepts_what_get_returned(client):
+    create(client)
+    current = client.get("/v1/deployments/support-bot").json()
+    current["spec"]["scale"]["maxReplicas"] = 4
+    response = client.put("/v1/deployments/support-bot", json=current)
+    assert response.status_code == 200, response.text
+    assert response.json()["metadata"]["generation"] == 2
+
+
+def test_put_errors(client):
+    assert_problem(client.put("/v1/deployments/support-bot", json=local_manifest()), 404)
+    create(client)
+    assert_problem(
+        client.put("/v1/deployments/support-bot", json=local_manifest(name="other-bot")),
+        422,
+        "does not match the name in the URL",
+    )
+    assert_problem(
+        client.put("/v1/deployments/support-bot", json=local_manifest(), headers={"If-Match": "abc"}),
+        412,
+    )
+    bad = local_manifest(scale={"maxReplicas": -1})
+    assert_problem(client.put("/v1/deployments/support-bot", json=bad), 422)
+
+
+def test_put_cannot_change_the_target(client):
+    create(client)
+    body = assert_problem(client.put("/v1/deployments/support-bot", json=azure_manifest()), 422)
+    assert body["errors"] == [{"field": "spec.target", "message": "is immutable"}]
+
+
+# ----------------------------------------------------------------------------------- PATCH
+
+
+def test_patch_merges_into_the_spec(client):
+    create(client)
+    response = client.patch(
+        "/v1/deployments/support-bot",
+        json={"spec": {"adapter": {"strategy": "restart"}}, "metadata": {"labels": {"tier": "prod"}}},
+        headers=MERGE,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["spec"]["adapter"] == {
+        "path": "models/qlora/qlora/gpu_model/adapter",
+        "settleSeconds": 10,
+        "strategy": "restart",
+    }
+    assert body["metadata"]["labels"] == {"team": "support", "tier": "prod"}
+    assert body["metadata"]["generation"] == 2
+
+
+def test_patch_null_removes_a_label_and_resets_a_field_to_its_default(client):
+    create(client, local_manifest(adapter={"settleSeconds": 30}))
+    body = client.patch(
+        "/v1/deployments/support-bot",
+        json={"metadata": {"labels": {"team": None}}, "spec": {"adapter": {"settleSeconds": None}}},
+        headers=MERGE,
+    ).json()
+    assert body["metadata"]["labels"] == {}
+    assert body["spec"]["adapter"]["settleSeconds"] == 10
+
+
+def test_patch_accepts_plain_json_and_if_match(client):
+    create(client)
+    response = client.patch(
+        "/v1/deployments/support-bot",
+        json={"spec": {"scale": {"maxReplicas": 2}}},
+        headers={"If-Match": '"1"'},
+    )
+    assert response.status_code == 200
+    stale = client.patch(
+        "/v1/deployments/support-bot",
+        json={"spec": {"scale": {"maxReplicas": 3}}},
+        headers={**MERGE, "If-Match": '"1"'},
+    )
+    assert_problem(stale, 412)
+
+
+def test_patch_errors(client):
+    assert_problem(
+        client.patch("/v1/deployments/nobody", json={"spec": {}}, headers=MERGE), 404
+    )
+    create(client)
+    body = assert_problem(
+        client.patch(
+            "/v1/deployments/support-bot",
+            json={"spec": {"scale": {"minReplicas": 9}}},
+            headers=MERGE,
+        ),
+        422,
+    )
+    assert body["errors"][0]["field"] == "spec.scale"
+    body = assert_problem(
+        client.patch("/v1/deployments/support-bot", json={"status": {"phase": "Ready"}}, headers=MERGE),
+        422,
+    )
+    assert body["errors"][0]["field"] == "status"
+    assert_problem(
+        client.patch(
+            "/v1/deployments/support-bot", json={"metadata": {"name": "renamed"}}, headers=MERGE
+        ),
+        422,
+        "cannot be renamed",
+    )
+    assert_problem(
+        client.patch(
+            "/v1/deployments/support-bot", json={"metadata": {"labels": {"bad key": "x"}}}, headers=MERGE
+        ),
+        422,
+    )
+    assert_problem(
+        client.patch(
+            "/v1/deployments/support-bot",
+            content=b'{"spec": {}}',
+            headers={"content-type": "text/plain"},
+        ),
+        415,
+        "merge-patch",
+    )
+    assert_problem(
+        client.patch("/v1/deployments/support-bot", json={"spec": {"target": "azure"}}, headers=MERGE),
+        422,
+    )
+    assert client.get("/v1/deployments/support-bot").json()["metadata"]["resourceVersion"] == "1"
+
+
+# ---------------------------------------------------------------------------------- DELETE
+
+
+def test_delete_answers_202_and_marks_the_deployment(client):
+    create(client)
+    response = client.delete("/v1/deployments/support-bot")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"]["phase"] == "Deleting"
+    assert body["metadata"]["deletionTimestamp"]
+    assert body["metadata"]["finalizers"] == ["loraplane.io/teardown"]
+    # Still visible until the reconciler's teardown removes it; no more spec changes.
+    assert client.get("/v1/deployments/support-bot").status_code == 200
+    assert_problem(
+        client.patch("/v1/deployments/support-bot", json={"spec": {"scale": {"maxReplicas": 2}}}),
+        409,
+        "being deleted",
+    )
+    assert_problem(client.post("/v1/deployments", json=local_manifest()), 409, "being deleted")
+    assert client.delete("/v1/deployments/support-bot").status_code == 202
+
+
+def test_delete_errors(client):
+    assert_problem(client.delete("/v1/deployments/nobody"), 404)
+    create(client)
+    assert_problem(client.delete("/v1/deployments/support-bot", headers={"If-Match": '"7"'}), 412)
+
+
+# ---------------------------------------------------------------------------------- events
+
+
+def test_events_are_newest_first(client):
+    create(client)
+    client.patch("/v1/deployments/support-bot", json={"spec": {"scale": {"maxReplicas": 2}}})
+    client.delete("/v1/deployments/support-bot")
+    items = client.get("/v1/deployments/support-bot/events").json()["items"]
+    assert [e["reason"] for e in items] == ["DeletionRequested", "SpecChanged", "Created"]
+    assert items[1]["message"] == "spec changed (generation 2)"
+    limited = client.get("/v1/deployments/support-bot/events", params={"limit": 1}).json()["items"]
+    assert [e["reason"] for e in limited] == ["DeletionRequested"]
+
+
+def test_events_errors(client):
+    assert_problem(client.get("/v1/deployments/nobody/events"), 404)
+    create(client)
+    assert_problem(client.get("/v1/deployments/support-bot/events", params={"limit": 0}), 422)
+
+
+# ------------------------------------------------------------ plan and adapters (501 for now)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/deployments/support-bot/plan"),
+        ("GET", "/v1/deployments/support-bot/adapters"),
+        ("POST", "/v1/deployments/support-bot/adapters/v1/activate"),
+    ],
+)
+def test_features_not_built_yet_say_so(client, method, path):
+    assert_problem(client.request(method, path), 404)
+    create(client)
+    body = assert_problem(client.request(method, path), 501)
+    assert "not available yet" in body["title"]
+
+
+def test_plan_of_a_manifest_validates_first(client):
+    assert_problem(client.post("/v1/plan", json={"metadata": {"name": "x"}}), 422)
+    assert_problem(client.post("/v1/plan", json=local_manifest()), 501)
+
+
+# --------------------------------------------------------------------- health and metrics
+
+
+def test_health_readiness_and_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok", "detail": ""}
+    assert client.get("/readyz").json()["status"] == "ready"
+    create(client)
+    client.get("/v1/deployments/support-bot")
+    text = client.get("/metrics").text
+    assert 'loraplane_deployments{phase="Pending"} 1.0' in text
+    assert (
+        'loraplane_http_requests_total{method="GET",route="/v1/deployments/{name}",status="200"} 1.0'
+        in text
+    )
+
+
+def test_unknown_paths_and_methods_are_problems(client):
+    assert_problem(client.get("/v2/nothing"), 404, "no such path")
+    assert_problem(client.put("/v1/deployments"), 405)
+
+
+def test_openapi_is_served(client):
+    spec = client.get("/openapi.json").json()
+    assert "/v1/deployments/{name}" in spec["paths"]
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,161 @@
+"""Shared fixtures: a real database per test (SQLite file, or PostgreSQL), the API app on it,
+and a real ``loraplane serve`` process for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from api.app import create_app
+from state.db import make_engine, sqlite_url, upgrade_database
+from state.store import DeploymentStore
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+POSTGRES_URL = os.environ.get(
+    "LORAPLANE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of this test run's own on the PostgreSQL server, dropped at the end."""
+    admin_url = make_url(POSTGRES_URL)
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        pytest.skip(
+            f"PostgreSQL is not reachable at {admin_url.render_as_string(hide_password=True)} "
+            f"({type(exc).__name__}); set LORAPLANE_TEST_POSTGRES_URL to run these tests"
+        )
+    name = f"loraplane_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    upgrade_database(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _truncate(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("TRUNCATE inference_deployment, deployment_label, event RESTART IDENTITY CASCADE")
+        )
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    url = request.getfixturevalue("postgres_database")
+    _truncate(url)
+    return url
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[DeploymentStore]:
+    engine = make_engine(database_url)
+    upgrade_database(engine)
+    yield DeploymentStore(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def client(store: DeploymentStore) -> Iterator[TestClient]:
+    with TestClient(create_app(store)) as test_client:
+        yield test_client
+
+
+def local_manifest(name: str = "support-bot", share_root: str = "/srv/share", **spec) -> dict:
+    return {
+        "apiVersion": "loraplane/v1",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": name, "labels": {"team": "support"}},
+        "spec": {"target": "local", "local": {"shareRoot": share_root}, **spec},
+    }
+
+
+def azure_manifest(name: str = "support-bot", **azure) -> dict:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "target": "azure",
+            "azure": {
+                "subscriptionId": "00000000-0000-0000-0000-000000000000",
+                "resourceGroup": "rg-inference",
+                "location": "westus3",
+                **azure,
+            },
+        },
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+class ServiceProcess:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path) -> None:
+        self.url, self.process, self.log = url, process, log
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    """``loraplane serve`` as a real process on a free port, with its own data dir."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [bin_path("loraplane"), "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"loraplane serve did not become ready:\n{log.read_text()}")
+        time.sleep(0.1)
+    yield ServiceProcess(url, process, log)
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
