@@ -8,8 +8,6 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from state.db import sqlite_url
-
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -30,6 +28,10 @@ class ServiceSettings(BaseSettings):
     log_level: str = "info"
 
     def database(self) -> str:
+        # Imported here: the CLI's client commands read ClientSettings and should not pay
+        # for loading SQLAlchemy and Alembic.
+        from state.db import sqlite_url
+
         return self.database_url or sqlite_url(self.data_dir)
 
 

@@ -27,7 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (scripts, grep) gets whole lines: rich would otherwise fold tables at 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 4096)
 
 
 class _State:

@@ -1,0 +1,144 @@
+"""The CLI end to end: the real ``loraplane`` command against a real ``loraplane serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ServiceProcess, bin_path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_cli(service: ServiceProcess | None, *args: str, stdin: str | None = None, url: str | None = None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
+    env["LORAPLANE_URL"] = url or (service.url if service else "http://127.0.0.1:1")
+    return subprocess.run(
+        [bin_path("loraplane"), *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=env,
+        timeout=60,
+    )
+
+
+def assert_one_line_error(result, *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_apply_get_describe_events_delete(service, tmp_path):
+    created = run_cli(service, "apply", "-f", str(EXAMPLES / "local.yaml"))
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == "deployment/support-bot created"
+
+    again = run_cli(service, "apply", "-f", str(EXAMPLES / "local.yaml"))
+    assert again.stdout.strip() == "deployment/support-bot unchanged"
+
+    manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
+    manifest["spec"]["scale"]["maxReplicas"] = 2
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(manifest))
+    configured = run_cli(service, "apply", "-f", str(changed))
+    assert configured.stdout.strip() == "deployment/support-bot configured"
+
+    table = run_cli(service, "get")
+    assert table.returncode == 0
+    header, row = table.stdout.strip().splitlines()
+    assert header.split() == ["NAME", "TARGET", "PHASE", "READY", "ADAPTER", "AGE"]
+    assert row.split()[:3] == ["support-bot", "local", "Pending"]
+
+    wide = run_cli(service, "get", "-o", "wide")
+    assert "GENERATION" in wide.stdout and "2/0" in wide.stdout and "team=support" in wide.stdout
+
+    as_json = json.loads(run_cli(service, "get", "support-bot", "-o", "json").stdout)
+    assert as_json["spec"]["scale"]["maxReplicas"] == 2
+    as_yaml = yaml.safe_load(run_cli(service, "get", "-o", "yaml").stdout)
+    assert [i["metadata"]["name"] for i in as_yaml["items"]] == ["support-bot"]
+    assert run_cli(service, "get", "-l", "team=search").stdout.strip() == "No deployments found."
+
+    described = run_cli(service, "describe", "support-bot")
+    assert described.returncode == 0, described.stderr
+    for words in ["Name:", "support-bot", "Generation:", "2 (observed 0)", "Phase:", "Pending",
+                  "shareRoot: /tmp/loraplane-share", "Conditions:", "Events:", "SpecChanged"]:
+        assert words in described.stdout
+
+    history = run_cli(service, "events", "support-bot")
+    lines = history.stdout.strip().splitlines()
+    assert lines[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "COUNT", "MESSAGE"]
+    assert "SpecChanged" in lines[1] and "Created" in lines[2]
+
+    deleted = run_cli(service, "delete", "support-bot")
+    assert deleted.stdout.strip() == "deployment/support-bot deletion requested"
+    assert yaml.safe_load(run_cli(service, "get", "support-bot", "-o", "yaml").stdout)["status"]["phase"] == "Deleting"
+
+
+def test_apply_reads_several_documents_and_stdin(service):
+    text = (EXAMPLES / "local.yaml").read_text()
+    second = text.replace("name: support-bot", "name: search-bot")
+    result = run_cli(service, "apply", "-f", "-", stdin=text + "\n---\n" + second)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == [
+        "deployment/support-bot created",
+        "deployment/search-bot created",
+    ]
+
+
+def test_errors_are_one_line(service, tmp_path):
+    assert_one_line_error(run_cli(service, "get", "nobody"), "'nobody' not found")
+    assert_one_line_error(run_cli(service, "describe", "nobody"), "not found")
+    assert_one_line_error(run_cli(service, "events", "nobody"), "not found")
+    assert_one_line_error(run_cli(service, "delete", "nobody"), "not found")
+    assert_one_line_error(run_cli(service, "apply", "-f", str(tmp_path / "missing.yaml")), "no such file")
+    assert_one_line_error(run_cli(service, "get", "-o", "table"), "unknown output format")
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("metadata:\n  name: [unclosed\n")
+    assert_one_line_error(run_cli(service, "apply", "-f", str(broken)), "not valid YAML", "line")
+
+    bad = yaml.safe_load((EXAMPLES / "azure.yaml").read_text())
+    bad["spec"]["azure"]["storageAccount"] = "Not-Valid"
+    bad["spec"]["scale"]["minReplicas"] = 5
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text(yaml.safe_dump(bad))
+    assert_one_line_error(
+        run_cli(service, "apply", "-f", str(bad_file)),
+        "Invalid resource (422)",
+        "spec.azure.storageAccount",
+        "spec.scale",
+    )
+
+    nameless = tmp_path / "nameless.yaml"
+    nameless.write_text("spec: {target: local}\n")
+    assert_one_line_error(run_cli(service, "apply", "-f", str(nameless)), "no metadata.name")
+
+    assert_one_line_error(run_cli(service, "plan", "-f", str(EXAMPLES / "local.yaml")), "not available yet")
+
+
+def test_delete_wait_gives_up_with_a_clear_message(service):
+    """Nothing tears down yet in this process, so --wait must give up cleanly on its timeout."""
+    run_cli(service, "apply", "-f", str(EXAMPLES / "local.yaml"))
+    result = run_cli(service, "delete", "support-bot", "--wait", "--timeout", "1")
+    assert_one_line_error(result, "still being deleted after 1s")
+
+
+def test_no_server_is_a_one_line_error():
+    assert_one_line_error(run_cli(None, "get"), "cannot reach the loraplane API", "loraplane serve")
+
+
+@pytest.mark.parametrize("argv", [["serve", "--port", "0"], ["get", "--bogus"]])
+def test_usage_errors_exit_non_zero_without_a_traceback(argv):
+    result = run_cli(None, *argv)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
