@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -13,12 +14,10 @@ from api import problems
 from api.metrics import DeploymentPhaseCollector, HttpMetrics, MetricsMiddleware
 from api.problems import problem_response, problem_responses
 from api.routes import router
+from reconciler.controller import Controller
+from reconciler.core import Reconciler
 from state.db import check_database
 from state.store import DeploymentStore
-
-# Liveness: returns (alive, reason). The reconciler supplies one that fails when its loop
-# stops making progress; without a reconciler, answering at all is liveness.
-HealthCheck = Callable[[], tuple[bool, str]]
 
 
 class HealthStatus(BaseModel):
@@ -28,17 +27,34 @@ class HealthStatus(BaseModel):
 
 def create_app(
     store: DeploymentStore,
+    reconciler: Reconciler,
     *,
+    controller: Controller | None = None,
     registry: CollectorRegistry | None = None,
-    liveness: HealthCheck | None = None,
 ) -> FastAPI:
+    """The API over ``store``. With a ``controller``, the app runs the reconcile loop for its
+    lifetime (started with the app, stopped gracefully on shutdown) and /healthz reports on
+    that loop; without one (tests, a read-only replica) answering at all is liveness."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if controller is not None:
+            controller.start()
+        try:
+            yield
+        finally:
+            if controller is not None:
+                controller.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="loraplane",
         version="0.1.0",
         summary="Keeps fine-tuned LoRA inference deployments the way a team asked for them.",
         docs_url="/docs",
     )
     app.state.store = store
+    app.state.reconciler = reconciler
     app.state.registry = registry or CollectorRegistry()
     app.state.registry.register(DeploymentPhaseCollector(store))
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))
@@ -47,7 +63,7 @@ def create_app(
 
     @app.get("/healthz", response_model=HealthStatus, responses=problem_responses(503), tags=["health"])
     def healthz(request: Request) -> HealthStatus | JSONResponse:
-        alive, reason = liveness() if liveness else (True, "")
+        alive, reason = controller.liveness() if controller is not None else (True, "")
         if not alive:
             return problem_response(request, 503, "Service unavailable", reason)
         return HealthStatus(status="ok", detail=reason)

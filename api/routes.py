@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 from pydantic import ValidationError
 
 from api.problems import (
@@ -15,7 +16,11 @@ from api.problems import (
     problem_responses,
     validation_problem,
 )
-from state.errors import PreconditionFailed
+from infra.errors import PermanentError
+from infra.provider import Target
+from reconciler.core import Reconciler, target_of
+from reconciler.planning import Plan, dry_run
+from state.errors import NotFound, PreconditionFailed
 from state.models import (
     EventList,
     InferenceDeployment,
@@ -309,32 +314,70 @@ def list_events(
     return EventList(items=[event.to_public() for event in events])
 
 
-# ------------------------------------------------------------------ arriving with later issues
+# ------------------------------------------------------------------------------ dry runs
+
+
+def reconciler_of(request: Request) -> Reconciler:
+    return request.app.state.reconciler
 
 
 @router.post(
     "/deployments/{name}/plan",
-    responses=problem_responses(404, 422, 501),
-    summary="Dry run: what the reconciler would do for this deployment",
+    response_model=Plan,
+    response_model_exclude_none=True,
+    responses=problem_responses(404, 422),
+    summary="Dry run: what the reconciler would do for this deployment now; changes nothing",
 )
-def plan_deployment(name: Name, request: Request) -> None:
-    store_of(request).get(name)
-    raise NotImplementedYet(
-        "Planning",
-        "the reconciler's planner is not built yet; plans arrive with the reconciler",
+def plan_deployment(name: Name, request: Request) -> Plan:
+    row = store_of(request).get(name)
+    return dry_run(
+        reconciler_of(request), target_of(row), deleting=row.deletion_timestamp is not None
     )
 
 
 @router.post(
     "/plan",
-    responses=problem_responses(400, 422, 501),
-    summary="Dry run: what the reconciler would do for this manifest",
+    response_model=Plan,
+    response_model_exclude_none=True,
+    responses=problem_responses(400, 422),
+    summary="Dry run: what the reconciler would do if this manifest were applied; changes nothing",
 )
-def plan_manifest(body: InferenceDeploymentCreate) -> None:
-    raise NotImplementedYet(
-        "Planning",
-        "the reconciler's planner is not built yet; plans arrive with the reconciler",
-    )
+def plan_manifest(body: InferenceDeploymentCreate, request: Request) -> Plan:
+    name = body.metadata.name
+    try:
+        current = store_of(request).get(name)
+        uid, generation = current.uid, current.generation
+    except NotFound:
+        uid, generation = "", 0
+    target = Target(name=name, uid=uid, generation=generation, spec=body.spec.with_defaults(name))
+    return dry_run(reconciler_of(request), target)
+
+
+# ------------------------------------------------------------------------------------ logs
+
+
+@router.get(
+    "/deployments/{name}/logs",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **problem_responses(404, 422, 501),
+    },
+    summary="The last lines of the serving app's log",
+)
+def deployment_logs(
+    name: Name,
+    request: Request,
+    tail: Annotated[int, Query(ge=1, le=10000, description="how many lines")] = 100,
+) -> PlainTextResponse:
+    try:
+        text = reconciler_of(request).logs(name, tail)
+    except PermanentError as exc:
+        raise NotImplementedYet("Logs", exc.message) from exc
+    return PlainTextResponse(text + ("\n" if text and not text.endswith("\n") else ""))
+
+
+# ------------------------------------------------------------------ arriving with later issues
 
 
 @router.get(

@@ -26,6 +26,10 @@ class ServiceSettings(BaseSettings):
     resync_seconds: float = Field(default=30.0, gt=0)
     workers: int = Field(default=4, ge=1, le=64)
     log_level: str = "info"
+    # How to start the serving app for the local target (JSON list in the environment);
+    # default: this Python running ``-m serving``.
+    serving_command: list[str] | None = None
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     def database(self) -> str:
         # Imported here: the CLI's client commands read ClientSettings and should not pay

@@ -3,6 +3,7 @@ and a real ``loraplane serve`` process for end-to-end tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
+from infra.local.provider import LocalProvider
+from reconciler.core import Reconciler
 from state.db import make_engine, sqlite_url, upgrade_database
 from state.store import DeploymentStore
 
@@ -28,6 +31,8 @@ POSTGRES_URL = os.environ.get(
     "LORAPLANE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = ["sqlite", "postgres"]
+STANDIN_COMMAND = [sys.executable, str(Path(__file__).with_name("standin_serving.py"))]
+MODEL_PATH = "model-cache/microsoft/Phi-3-mini-4k-instruct"
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +88,29 @@ def store(database_url: str) -> Iterator[DeploymentStore]:
 
 
 @pytest.fixture
-def client(store: DeploymentStore) -> Iterator[TestClient]:
-    with TestClient(create_app(store)) as test_client:
+def share(tmp_path: Path) -> Path:
+    """A folder standing in for the Azure Files share, with the base model's folder in it."""
+    root = tmp_path / "share"
+    (root / MODEL_PATH).mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def local_provider(tmp_path: Path) -> Iterator[LocalProvider]:
+    provider = LocalProvider(tmp_path / "run", serving_command=STANDIN_COMMAND)
+    yield provider
+    provider.stop()
+    provider.stop_all()  # no test leaves a serving process behind
+
+
+@pytest.fixture
+def reconciler(store: DeploymentStore, local_provider: LocalProvider) -> Reconciler:
+    return Reconciler(store, {"local": local_provider}, poll_seconds=0.2)
+
+
+@pytest.fixture
+def client(store: DeploymentStore, reconciler: Reconciler) -> Iterator[TestClient]:
+    with TestClient(create_app(store, reconciler)) as test_client:
         yield test_client
 
 
@@ -127,15 +153,16 @@ class ServiceProcess:
         self.url, self.process, self.log = url, process, log
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[ServiceProcess]:
-    """``loraplane serve`` as a real process on a free port, with its own data dir."""
-    port = free_port()
-    log = tmp_path / "serve.log"
+def start_service(data_dir: Path, *extra_args: str, port: int | None = None, resync_seconds: float = 2.0) -> ServiceProcess:
+    """Start ``loraplane serve`` (local target on the stand-in app) and wait until it is ready."""
+    port = port or free_port()
+    log = data_dir.parent / f"serve-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
-    with log.open("wb") as sink:
+    env["LORAPLANE_SERVING_COMMAND"] = json.dumps(STANDIN_COMMAND)
+    env["LORAPLANE_RESYNC_SECONDS"] = str(resync_seconds)
+    with log.open("ab") as sink:
         process = subprocess.Popen(
-            [bin_path("loraplane"), "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            [bin_path("loraplane"), "serve", "--port", str(port), "--data-dir", str(data_dir), *extra_args],
             stdout=sink,
             stderr=subprocess.STDOUT,
             env=env,
@@ -152,10 +179,25 @@ def service(tmp_path: Path) -> Iterator[ServiceProcess]:
             process.kill()
             pytest.fail(f"loraplane serve did not become ready:\n{log.read_text()}")
         time.sleep(0.1)
-    yield ServiceProcess(url, process, log)
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return ServiceProcess(url, process, log)
+
+
+def stop_service(service: ServiceProcess) -> None:
+    if service.process.poll() is None:
+        service.process.terminate()
+        try:
+            service.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    """``loraplane serve`` as a real process on a free port, with its own data dir; serving
+    processes it started are stopped afterwards."""
+    data_dir = tmp_path / "data"
+    running = start_service(data_dir)
+    yield running
+    stop_service(running)
+    LocalProvider(data_dir / "local").stop_all()

@@ -203,14 +203,23 @@ def delete(
 
 
 @app.command()
+def logs(
+    name: Annotated[str, typer.Argument(help="the deployment")],
+    tail: Annotated[int, typer.Option(help="how many lines", min=1, max=10000)] = 100,
+) -> None:
+    """Show the last lines of the serving app's log."""
+    response = _client().request("GET", f"/v1/deployments/{name}/logs", params={"tail": tail})
+    print(response.text, end="")
+
+
+@app.command()
 def plan(
     file: Annotated[str, typer.Option("-f", "--filename", help="manifest file (YAML or JSON), '-' for stdin")],
 ) -> None:
     """Dry run: what the reconciler would create, change or delete for FILE. Changes nothing."""
     client = _client()
     for manifest in load_manifests(file):
-        body = json_body(client.request("POST", "/v1/plan", json=manifest))
-        out.print(render.to_yaml(body), end="")
+        render.plan(out, json_body(client.request("POST", "/v1/plan", json=manifest)))
 
 
 @app.command()
@@ -220,6 +229,14 @@ def serve(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="where the database and logs live")
     ] = None,
+    stop_children: Annotated[
+        bool,
+        typer.Option(
+            "--stop-children",
+            help="on shutdown, stop the serving processes too (by default they keep serving "
+            "and the next start adopts them)",
+        ),
+    ] = False,
 ) -> None:
     """Run the API and the reconciler in this process."""
     from pydantic import ValidationError
@@ -235,7 +252,7 @@ def serve(
             f"LORAPLANE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()
         )
         raise CliError(f"invalid settings: {problems}") from exc
-    run_service(settings)
+    run_service(settings, stop_children=stop_children)
 
 
 def main() -> None:

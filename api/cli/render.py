@@ -135,3 +135,23 @@ def describe(console: Console, item: dict[str, Any], events: list[dict[str, Any]
 
 def _indent(text: str) -> str:
     return "".join("  " + line for line in text.splitlines(keepends=True))
+
+
+def plan(console: Console, body: dict[str, Any]) -> None:
+    name = body.get("deployment", "?")
+    blocked = body.get("blocked")
+    actions = body.get("actions") or []
+    if blocked:
+        kind = "blocked" if blocked.get("permanent") else "waiting"
+        console.print(f"deployment/{name}: {kind}: {blocked.get('reason')}: {blocked.get('message')}")
+    if not actions and not blocked:
+        console.print(f"deployment/{name}: no changes; the world matches the spec")
+        return
+    for action in actions:
+        sign = {"create": "+", "delete": "-"}.get(action.get("verb"), "~")
+        console.print(
+            f"{sign} {action.get('verb')} {action.get('kind')} {action.get('name')}: {action.get('reason')}"
+        )
+    if actions:
+        summary = ", ".join(f"{count} to {verb}" for verb, count in sorted((body.get("summary") or {}).items()))
+        console.print(f"deployment/{name}: {summary}")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
+
+import httpx
 
 import pytest
 import yaml
@@ -38,50 +41,96 @@ def assert_one_line_error(result, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
-def test_apply_get_describe_events_delete(service, tmp_path):
-    created = run_cli(service, "apply", "-f", str(EXAMPLES / "local.yaml"))
+def example_with_share(tmp_path: Path, share: Path) -> Path:
+    manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
+    manifest["spec"]["local"]["shareRoot"] = str(share)
+    path = tmp_path / "support-bot.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def wait_for_phase(service: ServiceProcess, name: str, phase: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = run_cli(service, "get", name, "-o", "json")
+        current = json.loads(result.stdout) if result.returncode == 0 else {}
+        if current.get("status", {}).get("phase") == phase:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} did not reach {phase}: {current.get('status')}")
+        time.sleep(0.3)
+
+
+def test_apply_get_describe_events_logs_delete(service, tmp_path, share):
+    manifest_file = example_with_share(tmp_path, share)
+    created = run_cli(service, "apply", "-f", str(manifest_file))
     assert created.returncode == 0, created.stderr
     assert created.stdout.strip() == "deployment/support-bot created"
 
-    again = run_cli(service, "apply", "-f", str(EXAMPLES / "local.yaml"))
+    again = run_cli(service, "apply", "-f", str(manifest_file))
     assert again.stdout.strip() == "deployment/support-bot unchanged"
 
-    manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
+    manifest = yaml.safe_load(manifest_file.read_text())
     manifest["spec"]["scale"]["maxReplicas"] = 2
     changed = tmp_path / "changed.json"
     changed.write_text(json.dumps(manifest))
     configured = run_cli(service, "apply", "-f", str(changed))
     assert configured.stdout.strip() == "deployment/support-bot configured"
 
+    ready = wait_for_phase(service, "support-bot", "Ready")
+    endpoint = ready["status"]["endpoint"]
+    assert httpx.get(f"{endpoint}/healthz").status_code == 200
+
     table = run_cli(service, "get")
     assert table.returncode == 0
     header, row = table.stdout.strip().splitlines()
     assert header.split() == ["NAME", "TARGET", "PHASE", "READY", "ADAPTER", "AGE"]
-    assert row.split()[:3] == ["support-bot", "local", "Pending"]
+    assert row.split()[:4] == ["support-bot", "local", "Ready", "True"]
 
     wide = run_cli(service, "get", "-o", "wide")
-    assert "GENERATION" in wide.stdout and "2/0" in wide.stdout and "team=support" in wide.stdout
+    assert "GENERATION" in wide.stdout and "2/2" in wide.stdout and endpoint in wide.stdout
+    assert "team=support" in wide.stdout
 
-    as_json = json.loads(run_cli(service, "get", "support-bot", "-o", "json").stdout)
-    assert as_json["spec"]["scale"]["maxReplicas"] == 2
     as_yaml = yaml.safe_load(run_cli(service, "get", "-o", "yaml").stdout)
     assert [i["metadata"]["name"] for i in as_yaml["items"]] == ["support-bot"]
     assert run_cli(service, "get", "-l", "team=search").stdout.strip() == "No deployments found."
 
     described = run_cli(service, "describe", "support-bot")
     assert described.returncode == 0, described.stderr
-    for words in ["Name:", "support-bot", "Generation:", "2 (observed 0)", "Phase:", "Pending",
-                  "shareRoot: /tmp/loraplane-share", "Conditions:", "Events:", "SpecChanged"]:
-        assert words in described.stdout
+    for words in ["Name:", "support-bot", "Generation:", "2 (observed 2)", "Phase:", "Ready",
+                  f"Endpoint:       {endpoint}", f"shareRoot: {share}", "Conditions:", "Serving",
+                  "Events:", "SpecChanged", "Created"]:
+        assert words in described.stdout, words
 
     history = run_cli(service, "events", "support-bot")
     lines = history.stdout.strip().splitlines()
     assert lines[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "COUNT", "MESSAGE"]
-    assert "SpecChanged" in lines[1] and "Created" in lines[2]
+    assert any("Ready" in line and endpoint in line for line in lines)
 
-    deleted = run_cli(service, "delete", "support-bot")
-    assert deleted.stdout.strip() == "deployment/support-bot deletion requested"
-    assert yaml.safe_load(run_cli(service, "get", "support-bot", "-o", "yaml").stdout)["status"]["phase"] == "Deleting"
+    logs = run_cli(service, "logs", "support-bot", "--tail", "50")
+    assert logs.returncode == 0, logs.stderr
+    assert "standin: serving" in logs.stdout
+
+    deleted = run_cli(service, "delete", "support-bot", "--wait")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.strip().splitlines() == [
+        "deployment/support-bot deletion requested",
+        "deployment/support-bot deleted",
+    ]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{endpoint}/healthz", timeout=2)
+
+
+def test_a_missing_share_shows_as_degraded_naming_the_path(service, tmp_path):
+    manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
+    manifest["spec"]["local"]["shareRoot"] = str(tmp_path / "no-such-share")
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    run_cli(service, "apply", "-f", str(path))
+    degraded = wait_for_phase(service, "support-bot", "Degraded")
+    assert str(tmp_path / "no-such-share") in degraded["status"]["message"]
+    described = run_cli(service, "describe", "support-bot").stdout
+    assert "ShareRootNotFound" in described
 
 
 def test_apply_reads_several_documents_and_stdin(service):
@@ -123,14 +172,7 @@ def test_errors_are_one_line(service, tmp_path):
     nameless.write_text("spec: {target: local}\n")
     assert_one_line_error(run_cli(service, "apply", "-f", str(nameless)), "no metadata.name")
 
-    assert_one_line_error(run_cli(service, "plan", "-f", str(EXAMPLES / "local.yaml")), "not available yet")
-
-
-def test_delete_wait_gives_up_with_a_clear_message(service):
-    """Nothing tears down yet in this process, so --wait must give up cleanly on its timeout."""
-    run_cli(service, "apply", "-f", str(EXAMPLES / "local.yaml"))
-    result = run_cli(service, "delete", "support-bot", "--wait", "--timeout", "1")
-    assert_one_line_error(result, "still being deleted after 1s")
+    assert_one_line_error(run_cli(service, "logs", "nobody"), "not found")
 
 
 def test_no_server_is_a_one_line_error():

@@ -368,13 +368,63 @@ def test_events_errors(client):
     assert_problem(client.get("/v1/deployments/support-bot/events", params={"limit": 0}), 422)
 
 
-# ------------------------------------------------------------ plan and adapters (501 for now)
+# ------------------------------------------------------------------------------ dry runs
+
+
+def test_plan_of_a_deployment_lists_actions_and_changes_nothing(client, share, local_provider):
+    create(client, local_manifest(share_root=str(share)))
+    plan = client.post("/v1/deployments/support-bot/plan").json()
+    assert plan["deployment"] == "support-bot" and plan["target"] == "local"
+    assert plan["actions"] == [
+        {"verb": "create", "kind": "ServingProcess", "name": "support-bot", "reason": "not running"}
+    ]
+    assert plan["summary"] == {"create": 1}
+    assert "blocked" not in plan
+    # A dry run: nothing was started, nothing was written.
+    assert not local_provider.folder("support-bot").path.exists()
+    assert client.get("/v1/deployments/support-bot").headers["etag"] == '"1"'
+
+
+def test_plan_says_why_it_is_blocked(client, share):
+    create(client, local_manifest(share_root=str(share), model={"path": "models/missing"}))
+    plan = client.post("/v1/deployments/support-bot/plan").json()
+    assert plan["actions"] == []
+    assert plan["blocked"]["reason"] == "ModelNotFound"
+    assert str(share / "models/missing") in plan["blocked"]["message"]
+    assert plan["blocked"]["permanent"] is True
+
+
+def test_plan_of_a_manifest_needs_no_stored_deployment(client, share):
+    plan = client.post("/v1/plan", json=local_manifest(name="new-bot", share_root=str(share))).json()
+    assert [a["verb"] for a in plan["actions"]] == ["create"]
+    assert client.get("/v1/deployments/new-bot").status_code == 404
+    assert_problem(client.post("/v1/plan", json={"metadata": {"name": "x"}}), 422)
+
+
+def test_plan_errors(client):
+    assert_problem(client.post("/v1/deployments/nobody/plan"), 404)
+
+
+def test_plan_for_a_target_not_available_says_so(client):
+    create(client, azure_manifest())
+    plan = client.post("/v1/deployments/support-bot/plan").json()
+    assert plan["blocked"]["reason"] == "TargetUnavailable"
+
+
+def test_logs_of_a_deployment_never_started_are_empty(client):
+    assert_problem(client.get("/v1/deployments/nobody/logs"), 404)
+    create(client)
+    response = client.get("/v1/deployments/support-bot/logs", params={"tail": 5})
+    assert response.status_code == 200 and response.text == ""
+    assert_problem(client.get("/v1/deployments/support-bot/logs", params={"tail": 0}), 422)
+
+
+# ----------------------------------------------------------------- adapters (501 for now)
 
 
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/v1/deployments/support-bot/plan"),
         ("GET", "/v1/deployments/support-bot/adapters"),
         ("POST", "/v1/deployments/support-bot/adapters/v1/activate"),
     ],
@@ -384,11 +434,6 @@ def test_features_not_built_yet_say_so(client, method, path):
     create(client)
     body = assert_problem(client.request(method, path), 501)
     assert "not available yet" in body["title"]
-
-
-def test_plan_of_a_manifest_validates_first(client):
-    assert_problem(client.post("/v1/plan", json={"metadata": {"name": "x"}}), 422)
-    assert_problem(client.post("/v1/plan", json=local_manifest()), 501)
 
 
 # --------------------------------------------------------------------- health and metrics

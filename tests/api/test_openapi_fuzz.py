@@ -4,6 +4,7 @@ every answer matches what the OpenAPI document promises. Runs on SQLite and Post
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -18,16 +19,18 @@ from schemathesis.checks import (
 )
 
 from api.app import create_app
+from reconciler.core import Reconciler
 from state.store import DeploymentStore
 from tests.conftest import azure_manifest, local_manifest
 
 
 @pytest.fixture
-def api_schema(store: DeploymentStore) -> Iterator[schemathesis.BaseSchema]:
-    app = create_app(store)
+def api_schema(store: DeploymentStore, reconciler: Reconciler, share: Path) -> Iterator[schemathesis.BaseSchema]:
+    app = create_app(store, reconciler)
     with TestClient(app) as client:
-        # Something to find, so that reads and writes by name reach the database, not only 404s.
-        client.post("/v1/deployments", json=local_manifest(name="support-bot"))
+        # Something to find, so that reads and writes by name reach the database and the
+        # planner, not only 404s.
+        client.post("/v1/deployments", json=local_manifest(name="support-bot", share_root=str(share)))
         client.post("/v1/deployments", json=azure_manifest(name="azure-bot"))
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
 
@@ -37,7 +40,7 @@ KNOWN_NAMES = ["support-bot", "azure-bot"]
 
 @schemathesis.check
 def no_server_error(ctx, response, case):
-    """5xx is a failure, except the 501 that features not built yet document."""
+    """5xx is a failure, except the 501 that features not built yet (adapters) document."""
     if response.status_code == 501 and "501" in case.operation.definition.raw.get("responses", {}):
         return None
     return not_a_server_error(ctx, response, case)

@@ -1,0 +1,315 @@
+"""The local target: the serving app as a supervised process, a folder as the share."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+import psutil
+
+from infra.errors import PermanentError, TemporaryError
+from infra.local.process import (
+    LaunchConfig,
+    ProcessRecord,
+    RunFolder,
+    find_process,
+    free_loopback_port,
+    port_of,
+    spawn,
+)
+from infra.local.process import stop as stop_process
+from infra.provider import Action, Observation, ObservedResource, Target
+
+log = logging.getLogger("loraplane.infra.local")
+
+KIND = "ServingProcess"
+# A process that dies sooner than this after starting counts as crash-looping.
+QUICK_DEATH_SECONDS = 60.0
+MAX_RESTART_DELAY = 300.0
+EXITED = "the serving process exited"
+
+
+def default_serving_command() -> tuple[str, ...]:
+    return (sys.executable, "-m", "serving")
+
+
+def restart_delay(consecutive_failures: int) -> float:
+    """1 s, 2 s, 4 s … capped at 5 minutes, by how many quick deaths came in a row."""
+    return min(MAX_RESTART_DELAY, 2.0 ** max(0, consecutive_failures))
+
+
+class LocalProvider:
+    def __init__(
+        self,
+        run_root: Path,
+        *,
+        serving_command: Sequence[str] | None = None,
+        on_change: Callable[[str], None] | None = None,
+        probe_timeout: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        monitor_interval: float = 1.0,
+    ) -> None:
+        self.run_root = run_root
+        self.serving_command = tuple(serving_command or default_serving_command())
+        self.on_change = on_change
+        self.probe_timeout = probe_timeout
+        self.clock = clock
+        self.monitor_interval = monitor_interval
+        self._children: dict[str, subprocess.Popen] = {}  # started by this daemon: reaped here
+        self._watched: dict[str, psutil.Process] = {}  # running processes we know of
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    # ----------------------------------------------------------------------------- config
+
+    def launch_config(self, target: Target) -> LaunchConfig:
+        spec = target.spec
+        assert spec.local is not None  # the spec's validation guarantees it for target=local
+        env = {
+            "LORAPLANE_SHARE_ROOT": spec.local.share_root,
+            "LORAPLANE_MODEL_PATH": spec.model.path,
+            "LORAPLANE_ADAPTER_PATH": spec.adapter.path,
+            "LORAPLANE_HOST": "127.0.0.1",
+            "LORAPLANE_DEPLOYMENT": target.name,
+            "HF_HUB_OFFLINE": "1",
+        }
+        return LaunchConfig(command=self.serving_command, env=tuple(sorted(env.items())))
+
+    def folder(self, name: str) -> RunFolder:
+        return RunFolder(self.run_root, name)
+
+    # ---------------------------------------------------------------------------- observe
+
+    def observe(self, target: Target) -> Observation:
+        spec = target.spec
+        assert spec.local is not None
+        share_root = Path(spec.local.share_root)
+        folder = self.folder(target.name)
+        record = folder.read_record()
+        found = find_process(record, target.uid)
+        facts: dict = {
+            "now": self.clock(),
+            "share_root_exists": share_root.is_dir(),
+            "model_exists": (share_root / spec.model.path).is_dir(),
+            "running": found is not None,
+            "record": record,
+            "log_tail": folder.tail_log(3) if found is None and record is not None else "",
+        }
+        if found is None:
+            return Observation(detail="the serving process is not running", facts=facts)
+        process, found_record = found
+        self._watch(target.name, process)
+        port = found_record.port if found_record else port_of(process)
+        facts["config_hash"] = found_record.config_hash if found_record else None
+        facts["pid"] = process.pid
+        endpoint = f"http://127.0.0.1:{port}" if port else None
+        ready, detail = self._probe(endpoint)
+        return Observation(
+            resources=[ObservedResource(KIND, f"pid:{process.pid}", "Running" if ready else "Starting")],
+            endpoint=endpoint,
+            ready=ready,
+            detail=detail,
+            facts=facts,
+        )
+
+    def _probe(self, endpoint: str | None) -> tuple[bool, str]:
+        if endpoint is None:
+            return False, "the serving process's port is unknown"
+        try:
+            response = httpx.get(f"{endpoint}/readyz", timeout=self.probe_timeout)
+        except httpx.HTTPError as exc:
+            return False, f"waiting for the serving app to answer on {endpoint} ({type(exc).__name__})"
+        if response.status_code == 200:
+            return True, f"serving at {endpoint}"
+        try:
+            reason = response.json().get("detail") or response.json().get("message") or response.text
+        except ValueError:
+            reason = response.text
+        return False, f"the serving app is not ready: {str(reason).strip()[:300]}"
+
+    # ------------------------------------------------------------------------------- plan
+
+    def plan(self, target: Target, observation: Observation) -> list[Action]:
+        spec, facts = target.spec, observation.facts
+        assert spec.local is not None
+        running = facts["running"]
+        if spec.scale.max_replicas == 0:
+            return [Action("delete", KIND, target.name, "scale.maxReplicas is 0")] if running else []
+        if not facts["share_root_exists"]:
+            raise PermanentError(
+                f"the share root {spec.local.share_root} does not exist or is not a folder; "
+                "create it or fix spec.local.shareRoot",
+                reason="ShareRootNotFound",
+            )
+        if not facts["model_exists"]:
+            path = Path(spec.local.share_root) / spec.model.path
+            raise PermanentError(
+                f"the base model folder {path} does not exist; put the model there "
+                "or fix spec.model.path (it is relative to spec.local.shareRoot)",
+                reason="ModelNotFound",
+            )
+        if not running:
+            record: ProcessRecord | None = facts["record"]
+            if record is not None and record.uid == target.uid:
+                lived = facts["now"] - record.started_at
+                if lived < QUICK_DEATH_SECONDS:
+                    wait = restart_delay(record.consecutive_failures) - lived
+                    if wait > 0:
+                        last = facts["log_tail"].strip().splitlines()
+                        said = f"; its log ends: {last[-1][:200]}" if last else ""
+                        raise TemporaryError(
+                            f"the serving process exited {lived:.0f}s after starting{said}; "
+                            f"restarting in {wait:.0f}s",
+                            reason="ServingProcessCrashed",
+                            delay=wait,
+                        )
+                return [Action("create", KIND, target.name, EXITED)]
+            return [Action("create", KIND, target.name, "not running")]
+        if facts.get("config_hash") != self.launch_config(target).hash:
+            return [Action("restart", KIND, target.name, "its settings changed")]
+        return []
+
+    # ------------------------------------------------------------------------------ apply
+
+    def apply(self, target: Target, actions: list[Action]) -> None:
+        for action in actions:
+            if action.verb == "delete":
+                self._stop_process(target)
+            elif action.verb == "restart":
+                self._stop_process(target)
+                self._start(target, crashed=False)
+            elif action.verb == "create":
+                self._start(target, crashed=action.reason == EXITED)
+            else:
+                raise PermanentError(f"the local target cannot {action.verb} a {action.kind}", reason="Unsupported")
+
+    def _start(self, target: Target, *, crashed: bool) -> None:
+        folder = self.folder(target.name)
+        previous = folder.read_record()
+        # Idempotence: a process may exist that a crash kept us from recording.
+        if find_process(previous, target.uid) is not None:
+            return
+        failures = 0
+        if crashed and previous is not None and previous.uid == target.uid:
+            lived = self.clock() - previous.started_at
+            failures = previous.consecutive_failures + 1 if lived < QUICK_DEATH_SECONDS else 0
+        config = self.launch_config(target)
+        port = free_loopback_port()
+        child, create_time = spawn(
+            folder, config, uid=target.uid, port=port, base_env=_inherited_env()
+        )
+        folder.write_record(
+            ProcessRecord(
+                uid=target.uid,
+                pid=child.pid,
+                create_time=create_time,
+                port=port,
+                config_hash=config.hash,
+                started_at=self.clock(),
+                consecutive_failures=failures,
+            )
+        )
+        with self._lock:
+            self._children[target.name] = child
+            self._watched[target.name] = psutil.Process(child.pid)
+        log.info("started the serving app for %s (pid %d, port %d)", target.name, child.pid, port)
+
+    def _stop_process(self, target: Target) -> None:
+        folder = self.folder(target.name)
+        found = find_process(folder.read_record(), target.uid)
+        with self._lock:
+            self._watched.pop(target.name, None)
+        if found is not None:
+            process, _ = found
+            log.info("stopping the serving app of %s (pid %d)", target.name, process.pid)
+            stop_process(process)
+        self._reap(target.name)
+
+    def _reap(self, name: str) -> None:
+        with self._lock:
+            child = self._children.pop(name, None)
+        if child is not None:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    # ----------------------------------------------------------------------------- delete
+
+    def delete(self, target: Target) -> bool:
+        self._stop_process(target)
+        shutil.rmtree(self.folder(target.name).path, ignore_errors=True)
+        return True
+
+    def logs(self, target: Target, tail: int) -> str:
+        return self.folder(target.name).tail_log(tail)
+
+    def stop_all(self) -> None:
+        """Stop every serving process this provider's run folder knows (``serve --stop-children``)."""
+        if not self.run_root.is_dir():
+            return
+        for folder_path in sorted(p for p in self.run_root.iterdir() if p.is_dir()):
+            record = RunFolder(self.run_root, folder_path.name).read_record()
+            if record is None:
+                continue
+            found = find_process(record, record.uid)
+            if found is not None:
+                log.info("stopping the serving app of %s (pid %d)", folder_path.name, found[0].pid)
+                stop_process(found[0])
+            self._reap(folder_path.name)
+
+    # --------------------------------------------------------------------------- monitor
+
+    def _watch(self, name: str, process: psutil.Process) -> None:
+        with self._lock:
+            known = self._watched.get(name)
+            if known is None or known.pid != process.pid:
+                self._watched[name] = process
+
+    def start(self) -> None:
+        """Watch the processes: a death wakes the reconciler at once, not at the next resync."""
+        self._stop.clear()
+        self._monitor = threading.Thread(target=self._monitor_loop, name="local-monitor", daemon=True)
+        self._monitor.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
+
+    def _monitor_loop(self) -> None:
+        while not self._stop.wait(self.monitor_interval):
+            with self._lock:
+                watched = list(self._watched.items())
+                children = dict(self._children)
+            for name, child in children.items():
+                if child.poll() is not None:  # reaps our own children: no zombies
+                    with self._lock:
+                        if self._children.get(name) is child:
+                            del self._children[name]
+            for name, process in watched:
+                try:
+                    alive = process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+                except psutil.Error:
+                    alive = False
+                if not alive:
+                    with self._lock:
+                        if self._watched.get(name) is process:
+                            del self._watched[name]
+                    log.warning("the serving app of %s (pid %d) exited", name, process.pid)
+                    if self.on_change is not None:
+                        self.on_change(name)
+
+
+def _inherited_env() -> dict[str, str]:
+    """The daemon's environment minus its own LORAPLANE_ settings, which are not the app's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}

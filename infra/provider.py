@@ -1,0 +1,68 @@
+"""The Provider interface and the values that cross it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from state.resource import DeploymentSpec
+
+Verb = Literal["create", "update", "restart", "delete"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment as a provider sees it: who it is and what it should be."""
+
+    name: str
+    uid: str
+    generation: int
+    spec: DeploymentSpec
+
+
+@dataclass(frozen=True)
+class Action:
+    verb: Verb
+    kind: str  # the resource kind, e.g. "ServingProcess" or "ContainerApp"
+    name: str
+    reason: str  # why, for a person: "not running", "spec changed: model.path"
+
+    def describe(self) -> str:
+        return f"{self.verb} {self.kind} {self.name}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ObservedResource:
+    kind: str
+    id: str
+    state: str
+    managed_by: Literal["loraplane", "adopted"] = "loraplane"
+
+
+@dataclass
+class Observation:
+    """What exists now. ``ready`` means the endpoint answers as a deployment should."""
+
+    resources: list[ObservedResource] = field(default_factory=list)
+    endpoint: str | None = None
+    ready: bool = False
+    detail: str = ""  # what is going on, for the status message
+    # Provider-specific facts that its plan reads.
+    facts: dict = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    def observe(self, target: Target) -> Observation: ...
+
+    def plan(self, target: Target, observation: Observation) -> list[Action]:
+        """Pure: the same inputs give the same actions; raises PermanentError or
+        TemporaryError when the desired state cannot be reached from what was observed."""
+        ...
+
+    def apply(self, target: Target, actions: list[Action]) -> None: ...
+
+    def delete(self, target: Target) -> bool:
+        """Tear down what loraplane created for this deployment; True once nothing is left."""
+        ...
+
+    def logs(self, target: Target, tail: int) -> str: ...

@@ -1,0 +1,183 @@
+"""When to reconcile: resync timers, wake-ups, the work queue and its workers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from reconciler.core import Outcome, Reconciler
+from reconciler.workqueue import Backoff, WorkQueue
+
+log = logging.getLogger("loraplane.reconciler")
+
+
+class ReconcilerMetrics:
+    def __init__(self, registry: CollectorRegistry, queue: WorkQueue) -> None:
+        self.reconciles = Counter(
+            "loraplane_reconciles", "Reconcile passes by result", ["result"], registry=registry
+        )
+        self.duration = Histogram(
+            "loraplane_reconcile_duration_seconds",
+            "Time one reconcile pass took, by result",
+            ["result"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        depth = Gauge("loraplane_workqueue_depth", "Deployments waiting to be reconciled", registry=registry)
+        depth.set_function(queue.depth)
+        busy = Gauge("loraplane_workqueue_busy", "Deployments being reconciled now", registry=registry)
+        busy.set_function(queue.busy)
+
+
+class Controller:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        *,
+        resync_seconds: float = 30.0,
+        workers: int = 4,
+        registry: CollectorRegistry | None = None,
+        backoff: Backoff | None = None,
+        queue: WorkQueue | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        shutdown_grace_seconds: float = 30.0,
+    ) -> None:
+        self.reconciler = reconciler
+        self.store = reconciler.store
+        self.resync_seconds = resync_seconds
+        self.worker_count = workers
+        self.queue = queue or WorkQueue()
+        self.backoff = backoff or Backoff()
+        self.monotonic = monotonic
+        self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.metrics = ReconcilerMetrics(registry or CollectorRegistry(), self.queue)
+        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self._workers: list[threading.Thread] = []
+        self._last_progress = monotonic()
+        self._started = False
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self.store.add_listener(self.wake)
+        for provider in self.reconciler.providers.values():
+            start = getattr(provider, "start", None)
+            if start is not None:
+                start()
+        # Look for new and vanished deployments often; each deployment then has its own timer.
+        self.scheduler.add_job(
+            self.sync_timers,
+            IntervalTrigger(seconds=min(5.0, self.resync_seconds)),
+            id="sync-timers",
+        )
+        self.scheduler.add_job(
+            self._heartbeat, IntervalTrigger(seconds=max(0.5, self.resync_seconds / 3)), id="heartbeat"
+        )
+        self.scheduler.start()
+        self.sync_timers()
+        for name in self.store.names():  # converge everything at start, as after a crash
+            self.queue.add(name)
+        for index in range(self.worker_count):
+            worker = threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        self._started = True
+        log.info("reconciler started: %d workers, resync every %.0fs", self.worker_count, self.resync_seconds)
+
+    def stop(self) -> None:
+        """Stop taking work; let running passes finish (bounded). Serving processes stay."""
+        if not self._started:
+            return
+        self._started = False
+        self.scheduler.shutdown(wait=False)
+        self.queue.shut_down()
+        deadline = time.monotonic() + self.shutdown_grace_seconds
+        for worker in self._workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        unfinished = [w.name for w in self._workers if w.is_alive()]
+        if unfinished:
+            log.warning("stopped with passes still running in %s", ", ".join(unfinished))
+        for provider in self.reconciler.providers.values():
+            stop = getattr(provider, "stop", None)
+            if stop is not None:
+                stop()
+        log.info("reconciler stopped")
+
+    # ------------------------------------------------------------------------------ when
+
+    def wake(self, name: str) -> None:
+        """The API wrote this deployment: reconcile it now."""
+        self.queue.add(name)
+
+    def sync_timers(self) -> None:
+        """One resync timer per deployment, jittered ±25% so they do not fire in step."""
+        names = set(self.store.names())
+        jobs = {job.id for job in self.scheduler.get_jobs() if job.id.startswith("resync:")}
+        for name in names - {job_id[len("resync:"):] for job_id in jobs}:
+            self.scheduler.add_job(
+                self._resync,
+                IntervalTrigger(seconds=self.resync_seconds * 0.75, jitter=self.resync_seconds * 0.5),
+                args=[name],
+                id=f"resync:{name}",
+                replace_existing=True,
+            )
+        for job_id in jobs:
+            if job_id[len("resync:"):] not in names:
+                self.scheduler.remove_job(job_id)
+
+    def _resync(self, name: str) -> None:
+        # A key waiting out its backoff keeps waiting: a resync must not turn into a retry storm.
+        if not self.queue.has_pending_retry(name):
+            self.queue.add(name)
+
+    def _heartbeat(self) -> None:
+        if self.queue.depth() == 0 and self.queue.busy() == 0:
+            self._last_progress = self.monotonic()  # idle and caught up is progress
+
+    # ----------------------------------------------------------------------------- work
+
+    def _work(self) -> None:
+        while True:
+            name = self.queue.get()
+            if name is None:
+                return
+            try:
+                self.process(name)
+            finally:
+                self.queue.done(name)
+
+    def process(self, name: str) -> Outcome:
+        """One pass for one key, and what comes after it: requeue, backoff, or rest."""
+        started = time.perf_counter()
+        outcome = self.reconciler.reconcile(name)
+        self.metrics.reconciles.labels(outcome.result).inc()
+        self.metrics.duration.labels(outcome.result).observe(time.perf_counter() - started)
+        self._last_progress = self.monotonic()
+        if outcome.result == "temporary":
+            delay = outcome.requeue_after
+            if delay is None:
+                delay = self.backoff.next_delay(name)
+            self.queue.add_after(name, delay)
+        else:
+            self.backoff.reset(name)
+            if outcome.requeue_after is not None:
+                self.queue.add_after(name, outcome.requeue_after)
+        return outcome
+
+    # --------------------------------------------------------------------------- health
+
+    def liveness(self) -> tuple[bool, str]:
+        stalled_for = self.monotonic() - self._last_progress
+        limit = 3 * self.resync_seconds
+        if stalled_for > limit:
+            return False, (
+                f"the reconcile loop has made no progress for {stalled_for:.0f}s "
+                f"(limit {limit:.0f}s, 3 resync intervals)"
+            )
+        return True, "the reconcile loop is making progress"

@@ -1,0 +1,97 @@
+"""Status as a pure function of what the reconciler learned. Messages hold nothing that changes
+from one pass to the next when the world does not (no timestamps, no counters), so a steady
+state writes nothing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from infra.provider import Observation
+from reconciler.errors import Classified
+from state.resource import Condition, DeploymentStatus, ResourceRef
+
+
+def set_condition(
+    status: DeploymentStatus, type_: str, value: str, reason: str, message: str, now: datetime
+) -> None:
+    """Set a condition; lastTransitionTime moves only when its status flips."""
+    for index, existing in enumerate(status.conditions):
+        if existing.type == type_:
+            changed_at = existing.last_transition_time if existing.status == value else now
+            status.conditions[index] = Condition(
+                type=type_, status=value, reason=reason, message=message, last_transition_time=changed_at
+            )
+            return
+    status.conditions.append(
+        Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=now)
+    )
+    status.conditions.sort(key=lambda c: ["Ready", "Progressing", "Degraded", "AdapterSynced"].index(c.type))
+
+
+def _base(previous: DeploymentStatus, generation: int, observation: Observation | None) -> DeploymentStatus:
+    status = previous.model_copy(deep=True)
+    status.observed_generation = generation
+    if observation is not None:
+        status.endpoint = observation.endpoint
+        status.resources = [
+            ResourceRef(kind=r.kind, id=r.id, state=r.state, managed_by=r.managed_by)
+            for r in observation.resources
+        ]
+    return status
+
+
+def converged(previous: DeploymentStatus, generation: int, observation: Observation, now: datetime) -> DeploymentStatus:
+    """Nothing left to do: Ready if the endpoint answers, else still coming up."""
+    status = _base(previous, generation, observation)
+    set_condition(status, "Degraded", "False", "AsExpected", "", now)
+    if observation.ready:
+        status.phase = "Ready"
+        status.message = None
+        set_condition(status, "Ready", "True", "Serving", observation.detail, now)
+        set_condition(status, "Progressing", "False", "Reconciled", "the deployment matches its spec", now)
+    else:
+        status.phase = "Provisioning"
+        status.message = observation.detail
+        set_condition(status, "Ready", "False", "NotReady", observation.detail, now)
+        set_condition(status, "Progressing", "True", "Starting", observation.detail, now)
+    return status
+
+
+def progressing(previous: DeploymentStatus, generation: int, observation: Observation | None, message: str, now: datetime) -> DeploymentStatus:
+    """Actions were just applied."""
+    status = _base(previous, generation, observation)
+    status.phase = "Provisioning" if previous.phase != "Ready" else "Ready"
+    status.message = message
+    set_condition(status, "Progressing", "True", "Applying", message, now)
+    set_condition(status, "Degraded", "False", "AsExpected", "", now)
+    if not any(c.type == "Ready" for c in status.conditions):
+        set_condition(status, "Ready", "False", "Provisioning", message, now)
+    return status
+
+
+def failed(previous: DeploymentStatus, generation: int, observation: Observation | None, error: Classified, now: datetime) -> DeploymentStatus:
+    status = _base(previous, generation, observation)
+    status.phase = "Degraded"
+    status.message = error.message
+    set_condition(status, "Degraded", "True", error.reason, error.message, now)
+    ready = observation is not None and observation.ready
+    set_condition(
+        status, "Ready", "True" if ready else "False", "Serving" if ready else error.reason,
+        observation.detail if ready and observation else error.message, now,
+    )
+    if error.permanent:
+        set_condition(
+            status, "Progressing", "False", error.reason,
+            "stopped retrying: this needs a change to the spec or to what it points at", now,
+        )
+    else:
+        set_condition(status, "Progressing", "True", "Retrying", "retrying with backoff", now)
+    return status
+
+
+def deleting(previous: DeploymentStatus, message: str, now: datetime) -> DeploymentStatus:
+    status = previous.model_copy(deep=True)
+    status.phase = "Deleting"
+    status.message = message
+    set_condition(status, "Progressing", "True", "Deleting", message, now)
+    return status

@@ -1,0 +1,56 @@
+"""A stand-in for the serving app, for reconciler tests until the real one lands.
+
+Reads the settings the local provider passes (LORAPLANE_PORT, LORAPLANE_SHARE_ROOT,
+LORAPLANE_MODEL_PATH) and answers /healthz, /readyz (ready when the model folder exists) and
+/v1/adapter. ``STANDIN_EXIT_CODE`` makes it exit at once, as a crashing app would.
+Run as a script: ``python tests/standin_serving.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def main() -> None:
+    if "STANDIN_EXIT_CODE" in os.environ:
+        print("standin: exiting as asked", flush=True)
+        sys.exit(int(os.environ["STANDIN_EXIT_CODE"]))
+    port = int(os.environ["LORAPLANE_PORT"])
+    model = Path(os.environ["LORAPLANE_SHARE_ROOT"]) / os.environ["LORAPLANE_MODEL_PATH"]
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._answer(200, {"status": "alive"})
+            elif self.path == "/readyz":
+                if model.is_dir():
+                    self._answer(200, {"status": "ready"})
+                else:
+                    self._answer(503, {"detail": f"model folder {model} is missing"})
+            elif self.path == "/v1/adapter":
+                self._answer(200, {"version": None, "pid": os.getpid()})
+            else:
+                self._answer(404, {"detail": "not found"})
+
+        def log_message(self, format: str, *args) -> None:
+            print(format % args, flush=True)
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    print(f"standin: serving {model} on port {port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
