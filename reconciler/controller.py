@@ -47,6 +47,7 @@ class Controller:
         queue: WorkQueue | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         shutdown_grace_seconds: float = 30.0,
+        stop_children: bool = False,
     ) -> None:
         self.reconciler = reconciler
         self.store = reconciler.store
@@ -56,6 +57,9 @@ class Controller:
         self.backoff = backoff or Backoff()
         self.monotonic = monotonic
         self.shutdown_grace_seconds = shutdown_grace_seconds
+        # On stop, also stop what providers run (serving processes); by default they keep
+        # serving and the next start adopts them.
+        self.stop_children = stop_children
         self.metrics = ReconcilerMetrics(registry or CollectorRegistry(), self.queue)
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self._workers: list[threading.Thread] = []
@@ -91,7 +95,7 @@ class Controller:
         log.info("reconciler started: %d workers, resync every %.0fs", self.worker_count, self.resync_seconds)
 
     def stop(self) -> None:
-        """Stop taking work; let running passes finish (bounded). Serving processes stay."""
+        """Stop taking work; let running passes finish (bounded)."""
         if not self._started:
             return
         self._started = False
@@ -107,6 +111,10 @@ class Controller:
             stop = getattr(provider, "stop", None)
             if stop is not None:
                 stop()
+            stop_all = getattr(provider, "stop_all", None)
+            if self.stop_children and stop_all is not None:
+                log.info("stopping the serving processes (--stop-children)")
+                stop_all()
         log.info("reconciler stopped")
 
     # ------------------------------------------------------------------------------ when

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
 from api.cli.client import CliError
 from api.settings import ServiceSettings
 from infra.local.provider import LocalProvider
-from prometheus_client import CollectorRegistry
 from reconciler.controller import Controller
 from reconciler.core import Reconciler
 from state.db import make_engine, upgrade_database
@@ -43,15 +43,14 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False) -> No
         workers=settings.workers,
         registry=registry,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        stop_children=stop_children,
     )
     local.on_change = controller.wake  # a serving process died: reconcile it now
     app = create_app(store, reconciler, controller=controller, registry=registry)
     log.info("database %s is at the newest schema", shown)
     log.info("API on http://%s:%d (docs at /docs)", settings.host, settings.port)
     # uvicorn turns SIGTERM and SIGINT into a graceful shutdown: the app's lifespan stops the
-    # reconciler, letting running passes finish; serving processes are left for the next start.
+    # reconciler, letting running passes finish; serving processes are left for the next start
+    # unless --stop-children.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
-    if stop_children:
-        log.info("stopping the serving processes (--stop-children)")
-        local.stop_all()
     engine.dispose()

@@ -122,6 +122,16 @@ def find_process(record: ProcessRecord | None, uid: str) -> tuple[psutil.Process
     return None
 
 
+def launch_config_of(process: psutil.Process, keys: list[str]) -> LaunchConfig | None:
+    """The launch settings a running process was given, read back from the process itself."""
+    try:
+        command, environ = process.cmdline(), process.environ()
+    except psutil.Error:
+        return None
+    env = tuple(sorted((key, environ[key]) for key in keys if key in environ))
+    return LaunchConfig(command=tuple(command), env=env)
+
+
 def port_of(process: psutil.Process) -> int | None:
     try:
         value = process.environ().get("LORAPLANE_PORT")

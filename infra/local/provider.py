@@ -22,6 +22,7 @@ from infra.local.process import (
     RunFolder,
     find_process,
     free_loopback_port,
+    launch_config_of,
     port_of,
     spawn,
 )
@@ -35,6 +36,7 @@ KIND = "ServingProcess"
 QUICK_DEATH_SECONDS = 60.0
 MAX_RESTART_DELAY = 300.0
 EXITED = "the serving process exited"
+ADOPT = "found running, started before a crash left it unrecorded: adopting it"
 
 
 def default_serving_command() -> tuple[str, ...]:
@@ -109,8 +111,14 @@ class LocalProvider:
         process, found_record = found
         self._watch(target.name, process)
         port = found_record.port if found_record else port_of(process)
-        facts["config_hash"] = found_record.config_hash if found_record else None
+        facts["recorded"] = found_record is not None
+        if found_record is not None:
+            facts["config_hash"] = found_record.config_hash
+        else:
+            running_config = launch_config_of(process, [k for k, _ in self.launch_config(target).env])
+            facts["config_hash"] = running_config.hash if running_config else None
         facts["pid"] = process.pid
+        facts["port"] = port
         endpoint = f"http://127.0.0.1:{port}" if port else None
         ready, detail = self._probe(endpoint)
         return Observation(
@@ -176,6 +184,8 @@ class LocalProvider:
             return [Action("create", KIND, target.name, "not running")]
         if facts.get("config_hash") != self.launch_config(target).hash:
             return [Action("restart", KIND, target.name, "its settings changed")]
+        if not facts.get("recorded", True):
+            return [Action("update", KIND, target.name, ADOPT)]
         return []
 
     # ------------------------------------------------------------------------------ apply
@@ -189,6 +199,8 @@ class LocalProvider:
                 self._start(target, crashed=False)
             elif action.verb == "create":
                 self._start(target, crashed=action.reason == EXITED)
+            elif action.verb == "update":
+                self._adopt(target)
             else:
                 raise PermanentError(f"the local target cannot {action.verb} a {action.kind}", reason="Unsupported")
 
@@ -222,6 +234,31 @@ class LocalProvider:
             self._children[target.name] = child
             self._watched[target.name] = psutil.Process(child.pid)
         log.info("started the serving app for %s (pid %d, port %d)", target.name, child.pid, port)
+
+    def _adopt(self, target: Target) -> None:
+        """Record a process that runs with the right settings but has no record."""
+        folder = self.folder(target.name)
+        found = find_process(folder.read_record(), target.uid)
+        if found is None or found[1] is not None:
+            return  # gone meanwhile (the next pass starts one), or already recorded
+        process, _ = found
+        port = port_of(process)
+        if port is None:
+            raise TemporaryError(
+                f"cannot read the port of the serving process {process.pid}", reason="AdoptionFailed"
+            )
+        folder.write_record(
+            ProcessRecord(
+                uid=target.uid,
+                pid=process.pid,
+                create_time=process.create_time(),
+                port=port,
+                config_hash=self.launch_config(target).hash,
+                started_at=process.create_time(),
+            )
+        )
+        self._watch(target.name, process)
+        log.info("adopted the serving app of %s (pid %d)", target.name, process.pid)
 
     def _stop_process(self, target: Target) -> None:
         folder = self.folder(target.name)
