@@ -1,0 +1,197 @@
+"""LoRA adapters on disk: what version is there, whether it may be served, and which versions
+are in use. No torch here: inspecting an adapter reads JSON and the safetensors header."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+CONFIG = "adapter_config.json"
+WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+class AdapterError(Exception):
+    """An adapter that must not be served; the message says why, naming the path."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An adapter folder that passed the checks that need no model."""
+
+    path: Path
+    version: str
+    fingerprint: str
+    config: dict
+    weights: Path
+
+
+def stat_signature(folder: Path) -> tuple | None:
+    """Cheap change detection: names, sizes and mtimes (no reading: shares are slow)."""
+    try:
+        entries = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()
+        )
+    except OSError:
+        return None
+    return tuple(entries) or None
+
+
+def content_fingerprint(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    """The tensor names in a safetensors file; raises if the header is truncated or corrupt."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise AdapterError(f"{path} is truncated (no safetensors header)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > 100 * 1024 * 1024 or 8 + header_len > size:
+            raise AdapterError(f"{path} is truncated or not a safetensors file")
+        header = json.loads(handle.read(header_len))
+    end = max((meta["data_offsets"][1] for k, meta in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise AdapterError(f"{path} is truncated: its tensors run past the end of the file")
+    return [k for k in header if k != "__metadata__"]
+
+
+def _tail(name: str, parts: int = 2) -> str:
+    pieces = [p for p in re.split(r"[\\/]", name.strip()) if p]
+    return "/".join(pieces[-parts:]).lower()
+
+
+def base_model_matches(adapter_base: str | None, model_dir: Path, model_name: str | None) -> bool:
+    """The adapter's base_model_name_or_path names this model: by hub id (org/name) or path tail."""
+    if not adapter_base:
+        return True  # nothing recorded: the structural checks at load time decide
+    ours = {_tail(str(model_dir)), _tail(str(model_dir), 1)}
+    if model_name:
+        ours |= {_tail(model_name), _tail(model_name, 1)}
+    return _tail(adapter_base) in ours or _tail(adapter_base, 1) in ours
+
+
+def inspect_adapter(path: Path, *, version: str | None, model_dir: Path, model_name: str | None) -> Candidate:
+    """Checks that need no model: complete, parses, LoRA, for this base model, sane rank."""
+    if not path.is_dir():
+        raise AdapterError(f"no adapter folder at {path}")
+    config_file = path / CONFIG
+    if not config_file.is_file():
+        raise AdapterError(f"{config_file} is missing: not a complete adapter")
+    weights = next((path / w for w in WEIGHTS if (path / w).is_file()), None)
+    if weights is None:
+        raise AdapterError(f"{path} has no adapter_model.safetensors (or .bin): not a complete adapter")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{config_file} does not parse as JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise AdapterError(f"{config_file} is not a JSON object")
+    if config.get("peft_type") != "LORA":
+        raise AdapterError(f"{config_file} has peft_type {config.get('peft_type')!r}: only LORA adapters are served")
+    rank = config.get("r")
+    if not isinstance(rank, int) or not 1 <= rank <= 1024:
+        raise AdapterError(f"{config_file} has rank r={rank!r}: it must be an integer from 1 to 1024")
+    targets = config.get("target_modules")
+    if not targets:
+        raise AdapterError(f"{config_file} names no target_modules")
+    base = config.get("base_model_name_or_path")
+    if not base_model_matches(base, model_dir, model_name):
+        raise AdapterError(
+            f"the adapter at {path} was trained for {base!r}, but this app serves {model_dir}; "
+            "it was refused"
+        )
+    if weights.suffix == ".safetensors":
+        keys = _safetensors_keys(weights)
+        if not any("lora_" in key for key in keys):
+            raise AdapterError(f"{weights} holds no LoRA weights")
+    fingerprint = content_fingerprint([config_file, weights])
+    return Candidate(path, version or f"sha-{fingerprint[:12]}", fingerprint, config, weights)
+
+
+def read_pointer(pointer: Path, share_root: Path) -> tuple[str, Path]:
+    """The pointer file: {"version": "...", "path": "<folder under the share root>"}."""
+    try:
+        document = json.loads(pointer.read_text())
+        version, folder = document["version"], document["path"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AdapterError(f"the adapter pointer {pointer} cannot be read: {exc}") from exc
+    if not isinstance(version, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", version):
+        raise AdapterError(f"the adapter pointer {pointer} names an invalid version {version!r}")
+    target = (share_root / str(folder)).resolve()
+    if share_root.resolve() not in target.parents and target != share_root.resolve():
+        raise AdapterError(f"the adapter pointer {pointer} points outside the share root: {folder!r}")
+    return version, target
+
+
+def peft_name(version: str) -> str:
+    """PEFT keys adapters in module dicts: no dots allowed."""
+    return "v_" + re.sub(r"[^A-Za-z0-9_]", "_", version)
+
+
+@dataclass
+class Loaded:
+    version: str
+    fingerprint: str
+    path: Path
+    peft_name: str | None  # None: the base model, no adapter
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    in_flight: int = 0
+
+
+class AdapterRegistry:
+    """Which version new requests get, and which older versions still have requests running.
+
+    A request ``acquire``s the active version when it is admitted and ``release``s it when done;
+    a version replaced while requests hold it drains, and is handed back for unloading once its
+    last request finishes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active: Loaded | None = None
+        self.draining: dict[str, Loaded] = {}
+        self.last_error: str | None = None
+        self.signature: tuple | None = None  # what the watcher last acted on
+
+    def acquire(self) -> Loaded | None:
+        with self._lock:
+            if self.active is not None:
+                self.active.in_flight += 1
+            return self.active
+
+    def release(self, loaded: Loaded) -> Loaded | None:
+        """Returns the version when it is drained and may be unloaded."""
+        with self._lock:
+            loaded.in_flight -= 1
+            if loaded is not self.active and loaded.in_flight == 0 and self.draining.pop(loaded.version, None):
+                return loaded
+        return None
+
+    def activate(self, loaded: Loaded) -> Loaded | None:
+        """Make ``loaded`` what new requests get; returns the old version if nothing holds it."""
+        with self._lock:
+            old, self.active = self.active, loaded
+            self.last_error = None
+            if old is None or old.version == loaded.version:
+                return None
+            if old.in_flight == 0:
+                return old
+            self.draining[old.version] = old
+            return None
+
+    def fail(self, message: str) -> None:
+        with self._lock:
+            self.last_error = message

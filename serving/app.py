@@ -1,0 +1,108 @@
+"""The serving app: engine and watcher for the app's lifetime, routes, errors, the chat UI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.engine import Engine
+from serving.protocol import ErrorBody, ErrorDetail
+from serving.router import OpenAIError, error_response, fingerprint, router
+from serving.settings import ServingSettings
+from serving.watcher import AdapterWatcher
+
+log = logging.getLogger("loraplane.serving")
+
+
+class AdapterVersionHeaders:
+    """Every response names the adapter version: the one its request was admitted with, or
+    (for everything else) the one new requests get now."""
+
+    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+        self.app, self.engine = app, engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_version(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-adapter-version" for name, _ in headers):
+                    active = self.engine.registry.active
+                    version = active.version if active else "none"
+                    headers.append((b"x-adapter-version", version.encode()))
+                    headers.append((b"x-system-fingerprint", fingerprint(version).encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    return (f"{param}: {message}" if param else message), param
+
+
+def create_app(settings: ServingSettings) -> FastAPI:
+    engine = Engine(settings)
+    watcher = AdapterWatcher(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        watcher.start()
+        try:
+            yield
+        finally:
+            watcher.stop()
+            engine.stop()
+
+    app = FastAPI(title="loraplane serving", lifespan=lifespan, docs_url="/docs")
+    app.state.settings, app.state.engine, app.state.watcher = settings, engine, watcher
+    app.add_middleware(AdapterVersionHeaders, engine=engine)
+
+    def version_of(request: Request) -> str:
+        return getattr(request.state, "adapter_version", None) or (engine.registry.active.version if engine.registry.active else "none")
+
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+        return error_response(exc, version_of(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(OpenAIError(400, message, param=param), version_of(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(OpenAIError(exc.status_code, str(exc.detail), type_=kind), version_of(request))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        body = ErrorBody(error=ErrorDetail(message="internal error; see the server log", type="server_error"))
+        return JSONResponse(body.model_dump(), status_code=500)
+
+    app.include_router(router)
+    if settings.ui:
+        import gradio as gr
+
+        from serving.ui import build_ui
+
+        app = gr.mount_gradio_app(app, build_ui(engine, settings), path="/")
+    return app

@@ -1,0 +1,481 @@
+"""The model, its adapters, and batched generation.
+
+One worker thread owns the model. It loads it, then runs, in turn, queued model changes
+(loading or unloading an adapter) and batches of generation jobs. A batch holds jobs admitted
+on the same adapter version (up to ``max_batch_size``), decoded together by ``generate`` with
+per-row sampling, stopping and streaming, so concurrent clients share the forward passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from serving.adapters import (
+    AdapterError,
+    AdapterRegistry,
+    Candidate,
+    Loaded,
+    peft_name,
+)
+from serving.settings import ServingSettings
+
+log = logging.getLogger("loraplane.serving")
+
+Emit = Callable[[str, Any], None]  # ("delta", text) | ("done", (finish_reason, usage)) | ("error", message)
+
+
+class EngineMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.batch_size = Histogram(
+            "loraplane_serving_batch_size", "Jobs decoded together in one batch",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=self.registry,
+        )
+        self.tokens = Counter("loraplane_serving_generated_tokens", "Tokens generated", registry=self.registry)
+        self.requests = Counter(
+            "loraplane_serving_generations", "Generations finished, by how", ["finish"], registry=self.registry
+        )
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str]
+    seed: int | None
+    adapter: Loaded | None
+    emit: Emit
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    generated: list[int] = field(default_factory=list)
+    sent: int = 0  # characters of the decoded text already emitted
+    done: bool = False  # no more tokens for this job
+    closed: bool = False  # its end was emitted and its adapter released
+
+
+class Engine:
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.registry = AdapterRegistry()
+        self.tokenizer: Any = None
+        self.base: Any = None
+        self.peft: Any = None  # the PeftModel once an adapter was loaded
+        self.device = "cpu"
+        self.context_length = 4096
+        self.model_name = settings.model_dir.name
+        self.load_error: str | None = None
+        self._jobs: deque[Job] = deque()
+        self._tasks: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.loaded = threading.Event()
+        self.metrics = EngineMetrics()
+
+    # -------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify()
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the worker thread between batches: the only place the model changes."""
+        future: Future = Future()
+        with self._cond:
+            self._tasks.append((fn, future))
+            self._cond.notify()
+        return future
+
+    # ---------------------------------------------------------------------------- loading
+
+    def _load_model(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        model_dir = self.settings.model_dir
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no model at {model_dir} (config.json missing); put the base model there or "
+                "set LORAPLANE_MODEL_PATH"
+            )
+        self.device = self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype_name = self.settings.dtype or (
+            ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if self.device.startswith("cuda") else "float32"
+        )
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype_name)}
+        if self.settings.load_in_4bit:
+            quantization = _four_bit_config(dtype_name, self.device)
+            if quantization is not None:
+                kwargs["quantization_config"] = quantization
+                kwargs["device_map"] = {"": self.device}
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        if "device_map" not in kwargs:
+            model = model.to(self.device)
+        model.eval()
+        self.tokenizer, self.base = tokenizer, model
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
+        self.model_name = str(getattr(model.config, "_name_or_path", "") or model_dir.name)
+        log.info("loaded %s on %s as %s", model_dir, self.device, dtype_name)
+
+    def load_adapter(self, candidate: Candidate) -> Loaded:
+        """On the worker thread: check the weights against the model, load beside the current
+        adapter, and make it what new requests get. Raises AdapterError, leaving the old one."""
+        self._check_against_model(candidate)
+        name = peft_name(candidate.version)
+        if self.peft is not None and name in self.peft.peft_config:
+            self.peft.delete_adapter(name)  # the same version reloaded after a failure
+        try:
+            if self.peft is None:
+                from peft import PeftModel
+
+                self.peft = PeftModel.from_pretrained(self.base, str(candidate.path), adapter_name=name, is_trainable=False)
+                self.peft.eval()
+            else:
+                self.peft.load_adapter(str(candidate.path), adapter_name=name, is_trainable=False)
+        except Exception as exc:
+            if self.peft is not None and name in self.peft.peft_config and len(self.peft.peft_config) > 1:
+                self.peft.delete_adapter(name)
+            raise AdapterError(f"the weights of {candidate.path} do not load into the model: {exc}") from exc
+        loaded = Loaded(candidate.version, candidate.fingerprint, candidate.path, name)
+        self._unload(self.registry.activate(loaded))
+        log.info("serving adapter %s from %s", candidate.version, candidate.path)
+        return loaded
+
+    def serve_base_only(self) -> None:
+        self._unload(self.registry.activate(Loaded("base", "", self.settings.model_dir, None)))
+
+    def _unload(self, drained: Loaded | None) -> None:
+        if drained is not None and drained.peft_name and self.peft is not None:
+            if drained.peft_name in self.peft.peft_config and drained.peft_name != self.peft.active_adapter:
+                self.peft.delete_adapter(drained.peft_name)
+                log.info("unloaded drained adapter %s", drained.version)
+
+    def _check_against_model(self, candidate: Candidate) -> None:
+        """Target modules exist and the LoRA shapes fit them, before touching the model."""
+        modules = dict(self.base.named_modules())
+        targets = candidate.config.get("target_modules")
+        names = [targets] if isinstance(targets, str) else list(targets or [])
+        if isinstance(targets, list):
+            missing = [t for t in names if not any(n == t or n.endswith("." + t) for n in modules)]
+            if missing:
+                raise AdapterError(
+                    f"the adapter at {candidate.path} targets modules this model does not have: {', '.join(missing)}"
+                )
+        if candidate.weights.suffix != ".safetensors":
+            return
+        for key, shape in _safetensors_shapes(candidate.weights).items():
+            if ".lora_A" not in key and ".lora_B" not in key:
+                continue
+            path = key.split(".lora_")[0]
+            for prefix in ("base_model.model.", "base_model."):
+                if path.startswith(prefix):
+                    path = path[len(prefix):]
+                    break
+            module = modules.get(path)
+            if module is None:
+                raise AdapterError(f"the adapter at {candidate.path} has weights for {path}, which this model lacks")
+            in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
+            expected_dim = in_f if ".lora_A" in key else out_f
+            actual_dim = shape[1] if ".lora_A" in key else shape[0]
+            if expected_dim is not None and len(shape) == 2 and actual_dim != expected_dim:
+                raise AdapterError(
+                    f"the adapter at {candidate.path} does not fit this model: {key} has shape "
+                    f"{shape}, but {path} is {in_f}x{out_f} (was it trained for another base model?)"
+                )
+
+    # ----------------------------------------------------------------------------- worker
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                self._load_model()
+                self.load_error = None
+                break
+            except Exception as exc:  # reported by /readyz; tried again, the share may be late
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                log.error("cannot load the model: %s", self.load_error)
+                with self._cond:
+                    self._cond.wait(self.settings.watch_interval_seconds)
+        self.loaded.set()
+        while True:
+            with self._cond:
+                while not self._stopping and not self._tasks and not self._jobs:
+                    self._cond.wait()
+                if self._stopping:
+                    self._fail_pending("the server is shutting down")
+                    return
+                task = self._tasks.popleft() if self._tasks else None
+                batch = [] if task else self._take_batch()
+            if task is not None:
+                fn, future = task
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+                continue
+            try:
+                self.metrics.batch_size.observe(len(batch))
+                self._generate(batch)
+            except Exception as exc:
+                log.exception("generation failed")
+                for job in batch:
+                    self._finish(job, None, error=f"generation failed: {type(exc).__name__}: {exc}")
+
+    def _take_batch(self) -> list[Job]:
+        """Called with the lock held: the oldest job and up to max_batch_size - 1 more on its
+        adapter, waiting a moment for company when the batch is not full."""
+        limit = self.settings.max_batch_size
+        wait = self.settings.batch_wait_ms / 1000
+        if wait > 0 and len(self._jobs) < limit:
+            deadline = time.monotonic() + wait
+            while len(self._jobs) < limit and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        first = self._jobs[0]
+        batch = [job for job in self._jobs if job.adapter is first.adapter][:limit]
+        for job in batch:
+            self._jobs.remove(job)
+        return batch
+
+    def _fail_pending(self, message: str) -> None:
+        while self._jobs:
+            self._finish(self._jobs.popleft(), None, error=message)
+        while self._tasks:
+            self._tasks.popleft()[1].set_exception(RuntimeError(message))
+
+    def _generate(self, batch: list[Job]) -> None:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        for job in batch:
+            if job.cancelled.is_set():  # the client left while it waited
+                self._finish(job, None)
+        batch = [job for job in batch if not job.done]
+        if not batch:
+            return
+        adapter = batch[0].adapter
+        context = nullcontext()
+        model = self.peft if self.peft is not None else self.base
+        if self.peft is not None:
+            if adapter is None or adapter.peft_name is None:
+                context = self.peft.disable_adapter()
+            else:
+                self.peft.set_adapter(adapter.peft_name)
+        pad = self.tokenizer.pad_token_id
+        width = max(len(job.prompt_ids) for job in batch)
+        input_ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in batch], device=self.device)
+        attention = torch.tensor(
+            [[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in batch], device=self.device
+        )
+        rows = _Rows(self, batch)
+        config = GenerationConfig(
+            max_new_tokens=max(job.max_new_tokens for job in batch),
+            do_sample=False,  # the row sampler below has already chosen each token
+            pad_token_id=pad,
+            eos_token_id=self._eos_ids(),
+        )
+        with context, torch.inference_mode():
+            model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([rows.sample]),
+                stopping_criteria=StoppingCriteriaList([rows.stopped]),
+                streamer=rows,
+            )
+        for job in batch:
+            self._finish(job, "length")  # a no-op for jobs already closed
+
+    def _eos_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(self.base.generation_config, "eos_token_id", None)
+        ids |= set(configured) if isinstance(configured, list) else {configured}
+        return sorted(i for i in ids if i is not None)
+
+    def _finish(self, job: Job, reason: str | None, *, error: str | None = None) -> None:
+        """Close a job once: emit its end, release its adapter (unloading a drained one)."""
+        job.done = True
+        if job.closed:
+            return
+        job.closed = True
+        if job.adapter is not None:
+            drained = self.registry.release(job.adapter)
+            if drained is not None:
+                self.call(lambda: self._unload(drained))
+        self.metrics.tokens.inc(len(job.generated))
+        self.metrics.requests.labels("error" if error else (reason or "cancelled")).inc()
+        if error is not None:
+            job.emit("error", error)
+        elif reason is not None and not job.cancelled.is_set():
+            usage = {
+                "prompt_tokens": len(job.prompt_ids),
+                "completion_tokens": len(job.generated),
+                "total_tokens": len(job.prompt_ids) + len(job.generated),
+            }
+            job.emit("done", (reason, usage))
+
+    # ------------------------------------------------------------------------- prompts
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.encode(text)
+        # A base model without a chat template: a plain transcript.
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        return self.encode(text)
+
+
+class _Rows:
+    """Per-row sampling, stopping and streaming for one ``generate`` call."""
+
+    def __init__(self, engine: Engine, jobs: list[Job]) -> None:
+        import torch
+
+        self.engine, self.jobs = engine, jobs
+        self.eos = set(engine._eos_ids())
+        self.prompt_seen = False
+        self.generators = []
+        for job in jobs:
+            generator = torch.Generator(device=engine.device)
+            generator.manual_seed(job.seed if job.seed is not None else random.getrandbits(63))
+            self.generators.append(generator)
+        self.longest_stop = max((len(s) for job in jobs for s in job.stop), default=0)
+
+    def sample(self, input_ids, scores):
+        import torch
+
+        chosen = torch.full_like(scores, float("-inf"))
+        for row, job in enumerate(self.jobs):
+            logits = scores[row].float()
+            if job.done:
+                chosen[row, int(torch.argmax(logits))] = 0
+                continue
+            if job.temperature == 0:
+                token = int(torch.argmax(logits))
+            else:
+                probs = torch.softmax(logits / job.temperature, dim=-1)
+                if job.top_p < 1.0:
+                    ordered, order = torch.sort(probs, descending=True)
+                    keep = torch.cumsum(ordered, dim=-1) - ordered < job.top_p
+                    probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+                token = int(torch.multinomial(probs, 1, generator=self.generators[row]))
+            chosen[row, token] = 0
+        return chosen
+
+    def stopped(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.tensor([job.done or job.cancelled.is_set() for job in self.jobs], device=input_ids.device)
+
+    # The streamer protocol: the first call carries the prompt, then one token per row per step.
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        tokens = value.tolist()
+        for row, job in enumerate(self.jobs):
+            if job.done:
+                continue
+            if job.cancelled.is_set():
+                self.engine._finish(job, None)
+                continue
+            token = int(tokens[row])
+            if token in self.eos:
+                self._flush(job, self._text(job))
+                self.engine._finish(job, "stop")
+                continue
+            job.generated.append(token)
+            text = self._text(job)
+            cut = _first_stop(text, job.stop, max(0, job.sent - self.longest_stop))
+            if cut is not None:
+                self._flush(job, text[:cut])
+                self.engine._finish(job, "stop")
+            elif len(job.generated) >= job.max_new_tokens:
+                self._flush(job, text)
+                self.engine._finish(job, "length")
+            else:
+                # Hold back what may be half a character or the start of a stop sequence.
+                safe = len(text.rstrip("\ufffd"))
+                if job.stop:
+                    safe = min(safe, max(job.sent, len(text) - self.longest_stop + 1))
+                self._flush(job, text[:safe])
+
+    def end(self) -> None:
+        pass
+
+    def _text(self, job: Job) -> str:
+        return self.engine.tokenizer.decode(job.generated, skip_special_tokens=True)
+
+    @staticmethod
+    def _flush(job: Job, text: str) -> None:
+        if len(text) > job.sent:
+            job.emit("delta", text[job.sent:])
+            job.sent = len(text)
+
+
+def _first_stop(text: str, stops: list[str], start: int) -> int | None:
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def _four_bit_config(dtype_name: str, device: str) -> Any:
+    """bitsandbytes 4-bit when asked and possible; otherwise say so and load normally."""
+    try:
+        import bitsandbytes  # noqa: F401
+        import torch
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        log.warning("LORAPLANE_LOAD_IN_4BIT is set but bitsandbytes is not installed: loading unquantised")
+        return None
+    if not device.startswith("cuda"):
+        log.warning("LORAPLANE_LOAD_IN_4BIT needs a CUDA device: loading unquantised on %s", device)
+        return None
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(torch, dtype_name)
+    )
+

@@ -1,0 +1,304 @@
+"""HTTP only: OpenAI-compatible routes, health, the adapter and its reload endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from serving.adapters import Loaded
+from serving.engine import Engine, Job
+from serving.protocol import (
+    AdapterInfo,
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Delta,
+    ErrorBody,
+    ErrorDetail,
+    ModelCard,
+    ModelList,
+    Usage,
+    new_id,
+    now,
+)
+from serving.settings import ServingSettings
+from serving.watcher import AdapterWatcher
+
+router = APIRouter()
+
+
+class OpenAIError(Exception):
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.body = status, ErrorBody(error=ErrorDetail(message=message, type=type_, param=param, code=code))
+
+
+def error_response(exc: OpenAIError, version: str) -> JSONResponse:
+    return JSONResponse(exc.body.model_dump(), status_code=exc.status, headers={"x-adapter-version": version})
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def settings_of(request: Request) -> ServingSettings:
+    return request.app.state.settings
+
+
+def base_model_id(settings: ServingSettings) -> str:
+    return "/".join(settings.model_path.strip("/").split("/")[-2:])
+
+
+def adapter_model_id(settings: ServingSettings) -> str:
+    return settings.deployment or "adapter"
+
+
+def readiness(engine: Engine) -> tuple[bool, str]:
+    if engine.load_error:
+        return False, engine.load_error
+    if engine.base is None:
+        return False, f"loading the model from {engine.settings.model_dir}"
+    if engine.registry.active is None:
+        return False, engine.registry.last_error or f"waiting for an adapter at {engine.settings.adapter_dir}"
+    return True, f"serving adapter {engine.registry.active.version}"
+
+
+def fingerprint(version: str) -> str:
+    return f"lp-{version}"
+
+
+# ------------------------------------------------------------------------------ health
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    ready, detail = readiness(engine_of(request))
+    return JSONResponse({"status": "ready" if ready else "not ready", "detail": detail}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(engine_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# ------------------------------------------------------------------------ models, adapter
+
+
+@router.get("/v1/models", response_model=ModelList)
+def list_models(request: Request) -> ModelList:
+    settings, active = settings_of(request), engine_of(request).registry.active
+    base = base_model_id(settings)
+    cards = [ModelCard(id=base, created=now(), root=str(settings.model_dir))]
+    if active is not None and active.peft_name is not None:
+        cards.append(
+            ModelCard(id=adapter_model_id(settings), created=int(active.loaded_at.timestamp()), root=str(active.path), parent=base, adapter_version=active.version)
+        )
+    return ModelList(data=cards)
+
+
+@router.get("/v1/adapter", response_model=AdapterInfo)
+def adapter_info(request: Request) -> AdapterInfo:
+    registry = engine_of(request).registry
+    active = registry.active
+    return AdapterInfo(
+        version=active.version if active else None,
+        fingerprint=active.fingerprint if active else None,
+        path=str(active.path) if active else None,
+        loaded_at=active.loaded_at.isoformat() if active else None,
+        base_only=active is not None and active.peft_name is None,
+        last_error=registry.last_error,
+        draining=sorted(registry.draining),
+    )
+
+
+@router.post("/admin/adapter/reload")
+async def reload_adapter(request: Request) -> JSONResponse:
+    settings = settings_of(request)
+    if not settings.admin_token:
+        raise OpenAIError(404, "the reload endpoint is off: set LORAPLANE_ADMIN_TOKEN to turn it on", type_="not_found_error")
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {settings.admin_token}".encode()):
+        raise OpenAIError(401, "a valid bearer token is required (Authorization: Bearer <LORAPLANE_ADMIN_TOKEN>)", type_="authentication_error")
+    watcher: AdapterWatcher = request.app.state.watcher
+    result = await run_in_threadpool(watcher.poll, force=True)
+    body = {"status": result.status, "version": result.version, "message": result.message}
+    return JSONResponse(body, status_code=422 if result.status == "refused" else 200)
+
+
+# -------------------------------------------------------------------------- generation
+
+
+class _Bridge:
+    """Carries a job's events from the engine's thread to this request's event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def emit(self, kind: str, payload: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+
+
+def _admit(request: Request, body: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int]) -> tuple[Job, _Bridge, str]:
+    engine, settings = engine_of(request), settings_of(request)
+    budget = min(body.token_budget(settings.max_tokens_default), settings.max_tokens_limit)
+    if len(prompt_ids) + budget > engine.context_length:
+        raise OpenAIError(
+            400,
+            f"the prompt is {len(prompt_ids)} tokens and max_tokens is {budget}: together they exceed "
+            f"the model's context of {engine.context_length} tokens; shorten the prompt or lower max_tokens",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    adapter: Loaded | None
+    if body.model in (None, adapter_model_id(settings)):
+        adapter = engine.registry.acquire()
+    else:
+        adapter = None  # the base model, asked for by name
+    version = adapter.version if adapter is not None else "base"
+    bridge = _Bridge()
+    job = Job(
+        prompt_ids=prompt_ids,
+        max_new_tokens=budget,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop or [],
+        seed=body.seed,
+        adapter=adapter,
+        emit=bridge.emit,
+    )
+    request.state.adapter_version = version
+    engine.submit(job)
+    return job, bridge, version
+
+
+def _check_ready_and_model(request: Request, model: str | None) -> None:
+    ready, detail = readiness(engine_of(request))
+    if not ready:
+        raise OpenAIError(503, f"not ready: {detail}", type_="server_error", code="not_ready")
+    settings = settings_of(request)
+    served = {adapter_model_id(settings), base_model_id(settings)}
+    if model is not None and model not in served:
+        raise OpenAIError(404, f"the model {model!r} is not served here; use one of: {', '.join(sorted(served))}", param="model", code="model_not_found")
+
+
+async def _collect(bridge: _Bridge, job: Job) -> tuple[str, str, dict[str, int]]:
+    parts: list[str] = []
+    try:
+        while True:
+            kind, payload = await bridge.queue.get()
+            if kind == "delta":
+                parts.append(payload)
+            elif kind == "done":
+                reason, usage = payload
+                return "".join(parts), reason, usage
+            else:
+                raise OpenAIError(500, payload, type_="server_error")
+    finally:
+        job.cancelled.set()  # harmless when done; stops generating when the client has gone
+
+
+async def _sse(bridge: _Bridge, job: Job, settings: ServingSettings, make_chunk, include_usage: bool) -> AsyncIterator[str]:
+    try:
+        first = make_chunk(role=True)
+        if first is not None:
+            yield f"data: {first}\n\n"
+        while True:
+            try:
+                kind, payload = await asyncio.wait_for(bridge.queue.get(), settings.keepalive_seconds)
+            except TimeoutError:
+                # A comment line keeps proxies (ACA's ingress closes idle ones at 240 s) open.
+                yield ": keep-alive\n\n"
+                continue
+            if kind == "delta":
+                yield f"data: {make_chunk(content=payload)}\n\n"
+            elif kind == "done":
+                reason, usage = payload
+                yield f"data: {make_chunk(finish_reason=reason)}\n\n"
+                if include_usage:
+                    yield f"data: {make_chunk(usage=usage)}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            else:
+                error = ErrorBody(error=ErrorDetail(message=payload, type="server_error"))
+                yield f"data: {error.model_dump_json()}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+    finally:
+        job.cancelled.set()
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    _check_ready_and_model(request, body.model)
+    engine, settings = engine_of(request), settings_of(request)
+    try:
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
+    except ValueError as exc:
+        raise OpenAIError(400, str(exc), param="messages") from exc
+    prompt_ids = await run_in_threadpool(engine.chat_prompt, messages)
+    job, bridge, version = _admit(request, body, prompt_ids)
+    ident, created, model = new_id("chatcmpl"), now(), body.model or adapter_model_id(settings)
+    headers = {"x-adapter-version": version}
+    if body.stream:
+        def chunk(role: bool = False, content: str | None = None, finish_reason: str | None = None, usage: dict | None = None) -> str:
+            choices = [] if usage else [ChunkChoice(delta=Delta(role="assistant", content="") if role else Delta(content=content), finish_reason=finish_reason)]
+            return ChatCompletionChunk(
+                id=ident, created=created, model=model, system_fingerprint=fingerprint(version), choices=choices, usage=Usage(**usage) if usage else None
+            ).model_dump_json(exclude_none=usage is None)
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_sse(bridge, job, settings, chunk, include_usage), media_type="text/event-stream", headers=headers)
+    text, reason, usage = await _collect(bridge, job)
+    answer = ChatCompletion(
+        id=ident, created=created, model=model, system_fingerprint=fingerprint(version),
+        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)], usage=Usage(**usage),
+    )
+    return JSONResponse(answer.model_dump(), headers=headers)
+
+
+@router.post("/v1/completions", response_model=Completion)
+async def completions(body: CompletionRequest, request: Request):
+    _check_ready_and_model(request, body.model)
+    engine, settings = engine_of(request), settings_of(request)
+    prompt_ids = await run_in_threadpool(engine.encode, body.prompt_text())
+    if not prompt_ids:
+        raise OpenAIError(400, "the prompt is empty", param="prompt")
+    job, bridge, version = _admit(request, body, prompt_ids)
+    ident, created, model = new_id("cmpl"), now(), body.model or adapter_model_id(settings)
+    headers = {"x-adapter-version": version}
+    if body.stream:
+        def chunk(role: bool = False, content: str | None = None, finish_reason: str | None = None, usage: dict | None = None) -> str | None:
+            if role:
+                return None
+            choices = [] if usage else [CompletionChoice(text=content or "", finish_reason=finish_reason)]
+            return Completion(
+                id=ident, created=created, model=model, system_fingerprint=fingerprint(version), choices=choices, usage=Usage(**usage) if usage else None
+            ).model_dump_json(exclude_none=usage is None)
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_sse(bridge, job, settings, chunk, include_usage), media_type="text/event-stream", headers=headers)
+    text, reason, usage = await _collect(bridge, job)
+    answer = Completion(
+        id=ident, created=created, model=model, system_fingerprint=fingerprint(version),
+        choices=[CompletionChoice(text=text, finish_reason=reason)], usage=Usage(**usage),
+    )
+    return JSONResponse(answer.model_dump(), headers=headers)

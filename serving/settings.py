@@ -1,0 +1,48 @@
+"""The serving app's settings, read from the environment when the app starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    """Each field is ``LORAPLANE_<FIELD>``; defaults follow the AI Toolkit's container layout."""
+
+    model_config = SettingsConfigDict(env_prefix="LORAPLANE_", extra="ignore")
+
+    share_root: Path = Path("/mount")
+    model_path: str = "model-cache/microsoft/Phi-3-mini-4k-instruct"
+    adapter_path: str = "models/qlora/qlora/gpu_model/adapter"
+    # A JSON file under the share root naming the version to serve and its folder; when set,
+    # it (not the adapter folder) decides what is served: how the reconciler steers replicas.
+    adapter_pointer: str | None = None
+    allow_base_only: bool = False
+    admin_token: str | None = Field(default=None, repr=False)
+    host: str = "0.0.0.0"
+    port: int = Field(default=7860, ge=1, le=65535)
+    watch_interval_seconds: float = Field(default=5.0, gt=0)
+    device: str | None = None  # cuda, cpu; default: cuda when present
+    dtype: str | None = None  # float32, float16, bfloat16; default: by device
+    load_in_4bit: bool = False
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    batch_wait_ms: float = Field(default=5.0, ge=0)
+    max_tokens_default: int = Field(default=256, ge=1)
+    max_tokens_limit: int = Field(default=4096, ge=1)
+    keepalive_seconds: float = Field(default=15.0, gt=0)
+    ui: bool = True
+    deployment: str | None = None  # the loraplane deployment this app serves, for names
+
+    @property
+    def model_dir(self) -> Path:
+        return self.share_root / self.model_path
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.share_root / self.adapter_path
+
+    @property
+    def pointer_file(self) -> Path | None:
+        return self.share_root / self.adapter_pointer if self.adapter_pointer else None
