@@ -61,6 +61,7 @@ class Job:
     seed: int | None
     adapter: Loaded | None
     emit: Emit
+    min_tokens: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the decoded text already emitted
@@ -169,6 +170,8 @@ class Engine:
             if self.peft is not None and name in self.peft.peft_config and len(self.peft.peft_config) > 1:
                 self.peft.delete_adapter(name)
             raise AdapterError(f"the weights of {candidate.path} do not load into the model: {exc}") from exc
+        # PEFT will not delete its active adapter: make the new one active, so the old one can go.
+        self.peft.set_adapter(name)
         loaded = Loaded(candidate.version, candidate.fingerprint, candidate.path, name)
         self._unload(self.registry.activate(loaded))
         log.info("serving adapter %s from %s", candidate.version, candidate.path)
@@ -178,10 +181,17 @@ class Engine:
         self._unload(self.registry.activate(Loaded("base", "", self.settings.model_dir, None)))
 
     def _unload(self, drained: Loaded | None) -> None:
-        if drained is not None and drained.peft_name and self.peft is not None:
-            if drained.peft_name in self.peft.peft_config and drained.peft_name != self.peft.active_adapter:
-                self.peft.delete_adapter(drained.peft_name)
-                log.info("unloaded drained adapter %s", drained.version)
+        if drained is None or not drained.peft_name or self.peft is None:
+            return
+        if drained.peft_name not in self.peft.peft_config:
+            return
+        if drained.peft_name == self.peft.active_adapter:
+            current = self.registry.active
+            if current is None or not current.peft_name:
+                return  # serving the base model now; PEFT needs some adapter to stay active
+            self.peft.set_adapter(current.peft_name)
+        self.peft.delete_adapter(drained.peft_name)
+        log.info("unloaded drained adapter %s", drained.version)
 
     def _check_against_model(self, candidate: Candidate) -> None:
         """Target modules exist and the LoRA shapes fit them, before touching the model."""
@@ -240,11 +250,7 @@ class Engine:
                 task = self._tasks.popleft() if self._tasks else None
                 batch = [] if task else self._take_batch()
             if task is not None:
-                fn, future = task
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:
-                    future.set_exception(exc)
+                _run_task(*task)
                 continue
             try:
                 self.metrics.batch_size.observe(len(batch))
@@ -253,6 +259,25 @@ class Engine:
                 log.exception("generation failed")
                 for job in batch:
                     self._finish(job, None, error=f"generation failed: {type(exc).__name__}: {exc}")
+
+    def between_steps(self, batch_adapter: Loaded | None) -> None:
+        """Called between decode steps: run queued model changes now, rather than after a
+        long batch, so a new adapter serves new requests while old ones finish. Only when
+        the batch runs on an adapter: wrapping the base model mid-batch is not safe."""
+        if self.peft is None or batch_adapter is None or batch_adapter.peft_name is None:
+            return
+        import torch
+
+        while True:
+            with self._cond:
+                if not self._tasks:
+                    return
+                task = self._tasks.popleft()
+            # generate runs under inference_mode; weights loaded under it would be inference
+            # tensors that PEFT cannot use later, so step out of it for the change.
+            with torch.inference_mode(False), torch.no_grad():
+                _run_task(*task)
+                self.peft.set_adapter(batch_adapter.peft_name)  # the batch keeps its adapter
 
     def _take_batch(self) -> list[Job]:
         """Called with the lock held: the oldest job and up to max_batch_size - 1 more on its
@@ -388,6 +413,8 @@ class _Rows:
             if job.done:
                 chosen[row, int(torch.argmax(logits))] = 0
                 continue
+            if len(job.generated) < job.min_tokens:
+                logits[list(self.eos)] = float("-inf")
             if job.temperature == 0:
                 token = int(torch.argmax(logits))
             else:
@@ -410,6 +437,7 @@ class _Rows:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
+        self.engine.between_steps(self.jobs[0].adapter)
         tokens = value.tolist()
         for row, job in enumerate(self.jobs):
             if job.done:
@@ -449,6 +477,13 @@ class _Rows:
         if len(text) > job.sent:
             job.emit("delta", text[job.sent:])
             job.sent = len(text)
+
+
+def _run_task(fn: Callable[[], Any], future: Future) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as exc:  # handed to whoever waits on the future
+        future.set_exception(exc)
 
 
 def _first_stop(text: str, stops: list[str], start: int) -> int | None:

@@ -29,6 +29,8 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
+    # vLLM's extension: no end-of-sequence before this many tokens.
+    min_tokens: int = Field(default=0, ge=0)
 
     @field_validator("stop")
     @classmethod

@@ -184,6 +184,7 @@ def _admit(request: Request, body: ChatCompletionRequest | CompletionRequest, pr
         seed=body.seed,
         adapter=adapter,
         emit=bridge.emit,
+        min_tokens=min(body.min_tokens, budget),
     )
     request.state.adapter_version = version
     engine.submit(job)
