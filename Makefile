@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/loraplane serve --data-dir $(DATA)
+	$(VENV)/bin/loraplane serve --data-dir $(DATA) --demo
 
 # pytest's exit code 5 means it collected no tests: an empty suite is a failure, not a pass.
 test: $(STAMP)

@@ -93,6 +93,9 @@ def write_random_adapter(model_dir: Path, adapter_dir: Path, *, seed: int, base_
 def make_tiny_share(root: Path) -> dict[str, Path]:
     """The AI Toolkit layout under ``root``: the model, the adapter being served, and a
     second adapter to drop in for a hot reload."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model_dir = root / TINY_MODEL_PATH
     write_tiny_model(model_dir)
     write_random_adapter(model_dir, root / ADAPTER_PATH, seed=1)

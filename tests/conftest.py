@@ -153,12 +153,16 @@ class ServiceProcess:
         self.url, self.process, self.log = url, process, log
 
 
-def start_service(data_dir: Path, *extra_args: str, port: int | None = None, resync_seconds: float = 2.0) -> ServiceProcess:
-    """Start ``loraplane serve`` (local target on the stand-in app) and wait until it is ready."""
+def start_service(
+    data_dir: Path, *extra_args: str, port: int | None = None, resync_seconds: float = 2.0, standin: bool = True
+) -> ServiceProcess:
+    """Start ``loraplane serve`` and wait until it is ready; the local target runs the stand-in
+    app unless ``standin`` is False (then it runs the real serving module)."""
     port = port or free_port()
     log = data_dir.parent / f"serve-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
-    env["LORAPLANE_SERVING_COMMAND"] = json.dumps(STANDIN_COMMAND)
+    if standin:
+        env["LORAPLANE_SERVING_COMMAND"] = json.dumps(STANDIN_COMMAND)
     env["LORAPLANE_RESYNC_SECONDS"] = str(resync_seconds)
     with log.open("ab") as sink:
         process = subprocess.Popen(

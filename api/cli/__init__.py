@@ -237,6 +237,13 @@ def serve(
             "and the next start adopts them)",
         ),
     ] = False,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="also build a tiny model in the data dir and apply a local deployment serving it",
+        ),
+    ] = False,
 ) -> None:
     """Run the API and the reconciler in this process."""
     from pydantic import ValidationError
@@ -252,7 +259,26 @@ def serve(
             f"LORAPLANE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()
         )
         raise CliError(f"invalid settings: {problems}") from exc
-    run_service(settings, stop_children=stop_children)
+    run_service(settings, stop_children=stop_children, demo=demo)
+
+
+dev = typer.Typer(help="Tools for trying loraplane out and for its tests.", no_args_is_help=True)
+app.add_typer(dev, name="dev")
+
+
+@dev.command("tiny-model")
+def tiny_model(
+    directory: Annotated[Path, typer.Argument(help="the folder that stands in for the share")],
+) -> None:
+    """Write a tiny random Llama and two random LoRA adapters in the AI Toolkit layout."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from serving.tiny import make_tiny_share
+
+    paths = make_tiny_share(directory)
+    for what, path in paths.items():
+        out.print(f"{what + ':':<16}{path}")
 
 
 def main() -> None:

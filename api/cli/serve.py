@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from pathlib import Path
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -15,16 +18,81 @@ from infra.local.provider import LocalProvider
 from reconciler.controller import Controller
 from reconciler.core import Reconciler
 from state.db import make_engine, upgrade_database
+from state.errors import NotFound
+from state.models import InferenceDeploymentCreate
+from state.resource import DeploymentStatus
 from state.store import DeploymentStore
 
 log = logging.getLogger("loraplane")
 
 
-def run_service(settings: ServiceSettings, *, stop_children: bool = False) -> None:
+DEMO_NAME = "demo"
+
+
+def prepare_demo(settings: ServiceSettings, store: DeploymentStore) -> Path:
+    """A tiny model and two adapters in the data dir, and a local deployment serving them."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from serving.tiny import TINY_MODEL_PATH, make_tiny_share
+
+    share = (settings.data_dir / "demo-share").resolve()
+    if not (share / TINY_MODEL_PATH / "config.json").is_file():
+        print(f"building a tiny random model and two adapters in {share} ...", flush=True)
+        make_tiny_share(share)
+    body = InferenceDeploymentCreate.model_validate(
+        {
+            "metadata": {"name": DEMO_NAME, "labels": {"app": "loraplane-demo"}},
+            "spec": {
+                "target": "local",
+                "local": {"shareRoot": str(share)},
+                "model": {"path": TINY_MODEL_PATH},
+                "adapter": {"settleSeconds": 2},
+            },
+        }
+    )
+    try:
+        current = store.get(DEMO_NAME)
+    except NotFound:
+        store.create(body)
+    else:
+        if current.deletion_timestamp is None:
+            store.replace(DEMO_NAME, labels=body.metadata.labels, spec=body.spec)
+    return share
+
+
+def announce_demo(store: DeploymentStore, share: Path, timeout: float = 600.0) -> None:
+    """Once the demo is Ready, print how to talk to it and how to swap its adapter."""
+    from serving.tiny import ADAPTER_PATH, SECOND_ADAPTER_PATH
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = DeploymentStatus.model_validate(store.get(DEMO_NAME).status)
+        except NotFound:
+            return
+        if status.phase == "Ready" and status.endpoint:
+            endpoint = status.endpoint
+            body = '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":32}'
+            print(
+                f"\nthe demo deployment '{DEMO_NAME}' is Ready at {endpoint}\n"
+                f"  chat:     curl -si {endpoint}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
+                f"  web chat: {endpoint}/\n"
+                f"  hot reload: the second adapter replaces the first, and x-adapter-version changes:\n"
+                f"            cp {share / SECOND_ADAPTER_PATH}/* {share / ADAPTER_PATH}/\n",
+                flush=True,
+            )
+            return
+        time.sleep(1)
+
+
+def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo: bool = False) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for chatty in ("apscheduler", "httpx"):  # a line per timer tick or probe drowns the log
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.database()
     shown = make_url(url).render_as_string(hide_password=True)
@@ -46,6 +114,9 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False) -> No
         stop_children=stop_children,
     )
     local.on_change = controller.wake  # a serving process died: reconcile it now
+    if demo:
+        share = prepare_demo(settings, store)
+        threading.Thread(target=announce_demo, args=(store, share), daemon=True).start()
     app = create_app(store, reconciler, controller=controller, registry=registry)
     log.info("database %s is at the newest schema", shown)
     log.info("API on http://%s:%d (docs at /docs)", settings.host, settings.port)
