@@ -58,13 +58,16 @@ def converged(previous: DeploymentStatus, generation: int, observation: Observat
 
 
 def progressing(previous: DeploymentStatus, generation: int, observation: Observation | None, message: str, now: datetime) -> DeploymentStatus:
-    """Actions were just applied."""
+    """Actions were just applied; Ready only if what answers now already is (e.g. adopted)."""
     status = _base(previous, generation, observation)
-    status.phase = "Provisioning" if previous.phase != "Ready" else "Ready"
+    ready = observation is not None and observation.ready
+    status.phase = "Ready" if ready else "Provisioning"
     status.message = message
     set_condition(status, "Progressing", "True", "Applying", message, now)
     set_condition(status, "Degraded", "False", "AsExpected", "", now)
-    if not any(c.type == "Ready" for c in status.conditions):
+    if ready and observation is not None:
+        set_condition(status, "Ready", "True", "Serving", observation.detail, now)
+    else:
         set_condition(status, "Ready", "False", "Provisioning", message, now)
     return status
 

@@ -247,59 +247,54 @@ async def _sse(bridge: _Bridge, job: Job, settings: ServingSettings, make_chunk,
         job.cancelled.set()
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
-async def chat_completions(body: ChatCompletionRequest, request: Request):
-    _check_ready_and_model(request, body.model)
-    engine, settings = engine_of(request), settings_of(request)
-    try:
-        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
-    except ValueError as exc:
-        raise OpenAIError(400, str(exc), param="messages") from exc
-    prompt_ids = await run_in_threadpool(engine.chat_prompt, messages)
+async def _respond(request: Request, body: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int]):
+    """Admit the job, then answer as one JSON document or as an SSE stream, in the chat or the
+    text-completion shape depending on the request."""
+    settings = settings_of(request)
     job, bridge, version = _admit(request, body, prompt_ids)
-    ident, created, model = new_id("chatcmpl"), now(), body.model or adapter_model_id(settings)
+    chat = isinstance(body, ChatCompletionRequest)
+    ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
+    common = {"id": ident, "created": created, "model": body.model or adapter_model_id(settings), "system_fingerprint": fingerprint(version)}
     headers = {"x-adapter-version": version}
     if body.stream:
-        def chunk(role: bool = False, content: str | None = None, finish_reason: str | None = None, usage: dict | None = None) -> str:
-            choices = [] if usage else [ChunkChoice(delta=Delta(role="assistant", content="") if role else Delta(content=content), finish_reason=finish_reason)]
-            return ChatCompletionChunk(
-                id=ident, created=created, model=model, system_fingerprint=fingerprint(version), choices=choices, usage=Usage(**usage) if usage else None
-            ).model_dump_json(exclude_none=usage is None)
+        def chunk(role: bool = False, content: str | None = None, finish_reason: str | None = None, usage: dict | None = None) -> str | None:
+            usage_model = Usage(**usage) if usage else None
+            if chat:
+                delta = Delta(role="assistant", content="") if role else Delta(content=content)
+                choices = [] if usage else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
+                document = ChatCompletionChunk(**common, choices=choices, usage=usage_model)
+            elif role:
+                return None  # text completions have no role chunk
+            else:
+                choices = [] if usage else [CompletionChoice(text=content or "", finish_reason=finish_reason)]
+                document = Completion(**common, choices=choices, usage=usage_model)
+            return document.model_dump_json(exclude_none=usage is None)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_sse(bridge, job, settings, chunk, include_usage), media_type="text/event-stream", headers=headers)
     text, reason, usage = await _collect(bridge, job)
-    answer = ChatCompletion(
-        id=ident, created=created, model=model, system_fingerprint=fingerprint(version),
-        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)], usage=Usage(**usage),
-    )
+    if chat:
+        answer = ChatCompletion(**common, choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)], usage=Usage(**usage))
+    else:
+        answer = Completion(**common, choices=[CompletionChoice(text=text, finish_reason=reason)], usage=Usage(**usage))
     return JSONResponse(answer.model_dump(), headers=headers)
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    _check_ready_and_model(request, body.model)
+    try:
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
+    except ValueError as exc:
+        raise OpenAIError(400, str(exc), param="messages") from exc
+    prompt_ids = await run_in_threadpool(engine_of(request).chat_prompt, messages)
+    return await _respond(request, body, prompt_ids)
 
 
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request):
     _check_ready_and_model(request, body.model)
-    engine, settings = engine_of(request), settings_of(request)
-    prompt_ids = await run_in_threadpool(engine.encode, body.prompt_text())
+    prompt_ids = await run_in_threadpool(engine_of(request).encode, body.prompt_text())
     if not prompt_ids:
         raise OpenAIError(400, "the prompt is empty", param="prompt")
-    job, bridge, version = _admit(request, body, prompt_ids)
-    ident, created, model = new_id("cmpl"), now(), body.model or adapter_model_id(settings)
-    headers = {"x-adapter-version": version}
-    if body.stream:
-        def chunk(role: bool = False, content: str | None = None, finish_reason: str | None = None, usage: dict | None = None) -> str | None:
-            if role:
-                return None
-            choices = [] if usage else [CompletionChoice(text=content or "", finish_reason=finish_reason)]
-            return Completion(
-                id=ident, created=created, model=model, system_fingerprint=fingerprint(version), choices=choices, usage=Usage(**usage) if usage else None
-            ).model_dump_json(exclude_none=usage is None)
-
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse(bridge, job, settings, chunk, include_usage), media_type="text/event-stream", headers=headers)
-    text, reason, usage = await _collect(bridge, job)
-    answer = Completion(
-        id=ident, created=created, model=model, system_fingerprint=fingerprint(version),
-        choices=[CompletionChoice(text=text, finish_reason=reason)], usage=Usage(**usage),
-    )
-    return JSONResponse(answer.model_dump(), headers=headers)
+    return await _respond(request, body, prompt_ids)

@@ -73,9 +73,13 @@ class AdapterWatcher:
         if not pointer.is_file():
             return self._nothing_to_serve(f"the adapter pointer {pointer} does not exist yet")
         signature = stat_signature(pointer.parent)
+        previous, self._last_seen = self._last_seen, signature
         try:
             version, folder = read_pointer(pointer, self.settings.share_root)
         except AdapterError as exc:
+            if signature != previous and not force:
+                # Perhaps caught mid-write: judge it once it has stayed the same for a poll.
+                return ReloadResult("waiting", active.version if active else None, str(exc))
             return self._refuse(str(exc), signature)
         if active is not None and active.version == version:
             return ReloadResult("unchanged", version, f"already serving {version}")

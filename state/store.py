@@ -94,10 +94,16 @@ class DeploymentStore:
                 yield session
 
     @staticmethod
-    def _locked(session: Session, name: str) -> InferenceDeployment:
-        row = session.exec(
-            select(InferenceDeployment).where(InferenceDeployment.name == name).with_for_update()
-        ).scalar_one_or_none()
+    def _lock(session: Session, name: str, uid: str | None = None) -> InferenceDeployment | None:
+        """The row, locked for this transaction (and only if it still has that uid)."""
+        query = select(InferenceDeployment).where(InferenceDeployment.name == name)
+        if uid is not None:
+            query = query.where(InferenceDeployment.uid == uid)
+        return session.exec(query.with_for_update()).scalar_one_or_none()
+
+    @classmethod
+    def _locked(cls, session: Session, name: str) -> InferenceDeployment:
+        row = cls._lock(session, name)
         if row is None:
             raise NotFound(f"deployment {name!r} not found")
         return row
@@ -287,12 +293,15 @@ class DeploymentStore:
     ) -> InferenceDeployment | None:
         """Write status if it differs; ``None`` when the deployment (that uid) is gone."""
         document = status.wire()
+        # Compare first on a read: a steady state then takes no write lock at all.
+        with self._read() as session:
+            current = session.get(InferenceDeployment, name)
+        if current is None or current.uid != uid:
+            return None
+        if _canonical(document) == _canonical(current.status):
+            return current
         with self._write() as session:
-            row = session.exec(
-                select(InferenceDeployment)
-                .where(InferenceDeployment.name == name, InferenceDeployment.uid == uid)
-                .with_for_update()
-            ).scalar_one_or_none()
+            row = self._lock(session, name, uid)
             if row is None:
                 return None
             if _canonical(document) == _canonical(row.status):
@@ -306,11 +315,7 @@ class DeploymentStore:
     def remove(self, name: str, *, uid: str) -> bool:
         """Drop a deployment whose teardown is done, with its labels and events."""
         with self._write() as session:
-            row = session.exec(
-                select(InferenceDeployment)
-                .where(InferenceDeployment.name == name, InferenceDeployment.uid == uid)
-                .with_for_update()
-            ).scalar_one_or_none()
+            row = self._lock(session, name, uid)
             if row is None:
                 return False
             if row.deletion_timestamp is None:

@@ -65,3 +65,12 @@ def test_a_permanent_error_stops_progressing_and_says_why():
 def test_anything_unexpected_is_temporary():
     error = classify(KeyError("boom"))
     assert (error.permanent, error.reason, error.delay) == (False, "UnexpectedError", None)
+
+
+def test_a_restart_of_a_ready_deployment_is_not_reported_ready():
+    ready = statuses.converged(DeploymentStatus(), 1, READY, T0)
+    restarting = statuses.progressing(ready, 2, Observation(detail="starting"), "restart ServingProcess bot", T0)
+    assert restarting.phase == "Provisioning"
+    assert conditions(restarting)["Ready"] == ("False", "Provisioning")
+    adopted = statuses.progressing(ready, 2, READY, "update ServingProcess bot: adopting it", T0)
+    assert adopted.phase == "Ready"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -176,21 +177,48 @@ def test_a_request_keeps_the_adapter_it_was_admitted_with(serve_app, tiny_share)
     eventually(lambda: list(app.engine.peft.peft_config) == [app.engine.registry.active.peft_name], what="unload")
 
 
+def write_pointer(pointer: Path, document: dict) -> None:
+    """As the reconciler writes it: whole or not at all."""
+    scratch = pointer.with_suffix(".tmp")
+    scratch.write_text(json.dumps(document))
+    os.replace(scratch, pointer)
+
+
 def test_the_pointer_file_decides_which_version_is_served(serve_app, tiny_share):
     pointer = tiny_share / ".loraplane/support-bot/current.json"
     pointer.parent.mkdir(parents=True)
-    pointer.write_text(json.dumps({"version": "v1", "path": ADAPTER_PATH}))
+    write_pointer(pointer, {"version": "v1", "path": ADAPTER_PATH})
     app = serve_app(tiny_share, adapter_pointer=".loraplane/support-bot/current.json")
     assert version_of(app.url) == "v1"
-    pointer.write_text(json.dumps({"version": "v2", "path": SECOND_ADAPTER_PATH}))
+    write_pointer(pointer, {"version": "v2", "path": SECOND_ADAPTER_PATH})
     eventually(lambda: version_of(app.url) == "v2", what="v2")
     assert ask(app.url).headers["x-adapter-version"] == "v2"
-    pointer.write_text(json.dumps({"version": "v3", "path": "../../etc"}))
+    write_pointer(pointer, {"version": "v3", "path": "../../etc"})
     error = eventually(lambda: httpx.get(f"{app.url}/v1/adapter").json()["last_error"], what="the refusal")
     assert "outside the share root" in error and version_of(app.url) == "v2"
-    pointer.write_text(json.dumps({"version": "v4", "path": "models/missing"}))
+    write_pointer(pointer, {"version": "v4", "path": "models/missing"})
     eventually(lambda: "no adapter folder" in (httpx.get(f"{app.url}/v1/adapter").json()["last_error"] or ""), what="refusal")
     assert version_of(app.url) == "v2"
+
+
+def test_a_pointer_caught_half_written_is_not_refused(serve_app, tiny_share):
+    pointer = tiny_share / ".loraplane/support-bot/current.json"
+    pointer.parent.mkdir(parents=True)
+    write_pointer(pointer, {"version": "v1", "path": ADAPTER_PATH})
+    app = serve_app(tiny_share, adapter_pointer=".loraplane/support-bot/current.json", watch_interval_seconds=60)
+    watcher = app.app.state.watcher
+    pointer.write_text('{"version": "v2", "pa')  # a writer that is not atomic, caught midway
+    assert watcher.poll().status == "waiting"
+    assert httpx.get(f"{app.url}/v1/adapter").json()["last_error"] is None
+    write_pointer(pointer, {"version": "v2", "path": SECOND_ADAPTER_PATH})
+    assert watcher.poll().status == "loaded"
+    assert version_of(app.url) == "v2"
+    # A pointer that stays broken is refused, and v2 keeps serving.
+    pointer.write_text("{broken")
+    assert watcher.poll().status == "waiting"
+    assert watcher.poll().status == "refused"
+    assert "cannot be read" in httpx.get(f"{app.url}/v1/adapter").json()["last_error"]
+    assert ask(app.url).headers["x-adapter-version"] == "v2"
 
 
 def test_concurrent_requests_share_batches(serve_app, tiny_share):

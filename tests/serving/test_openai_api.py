@@ -199,3 +199,19 @@ def test_base_only_when_allowed(serve_app, tiny_share):
     assert response.status_code == 200
     assert response.headers["x-adapter-version"] == "base"
     assert httpx.get(f"{app.url}/v1/adapter").json()["base_only"] is True
+
+
+def test_a_waiting_stream_sends_keep_alive_comments(serve_app, tiny_share):
+    app = serve_app(tiny_share, keepalive_seconds=0.1)
+    busy = app.engine.call(lambda: time.sleep(1.0))  # the engine is busy: the stream must wait
+    with httpx.stream(
+        "POST", f"{app.url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}, timeout=60,
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+    busy.result()
+    keepalives = [i for i, line in enumerate(lines) if line == ": keep-alive"]
+    assert len(keepalives) >= 3
+    first_token = next(i for i, line in enumerate(lines) if '"content":"' in line and '"content":""' not in line)
+    assert keepalives[0] < first_token  # sent while waiting, before any token
+    assert lines[-1] == "data: [DONE]"
