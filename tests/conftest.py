@@ -61,7 +61,7 @@ def postgres_database() -> Iterator[str]:
     admin.dispose()
 
 
-def _truncate(url: str) -> None:
+def truncate(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(
@@ -75,7 +75,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return sqlite_url(tmp_path)
     url = request.getfixturevalue("postgres_database")
-    _truncate(url)
+    truncate(url)
     return url
 
 
@@ -154,7 +154,12 @@ class ServiceProcess:
 
 
 def start_service(
-    data_dir: Path, *extra_args: str, port: int | None = None, resync_seconds: float = 2.0, standin: bool = True
+    data_dir: Path,
+    *extra_args: str,
+    port: int | None = None,
+    resync_seconds: float = 2.0,
+    standin: bool = True,
+    env_overrides: dict[str, str] | None = None,
 ) -> ServiceProcess:
     """Start ``loraplane serve`` and wait until it is ready; the local target runs the stand-in
     app unless ``standin`` is False (then it runs the real serving module)."""
@@ -163,6 +168,7 @@ def start_service(
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
     if standin:
         env["LORAPLANE_SERVING_COMMAND"] = json.dumps(STANDIN_COMMAND)
+    env.update(env_overrides or {})
     env["LORAPLANE_RESYNC_SECONDS"] = str(resync_seconds)
     with log.open("ab") as sink:
         process = subprocess.Popen(

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from infra.local.provider import LocalProvider
-from tests.conftest import local_manifest, start_service, stop_service
+from tests.conftest import local_manifest, start_service, stop_service, truncate
 from tests.fakes import eventually
 from tests.reconciler.test_reconcile_local import serving_pids
 
@@ -90,3 +90,20 @@ def test_health_and_metrics_of_a_running_service(service, share):
     assert "loraplane_workqueue_depth" in metrics
     assert 'loraplane_reconciles_total{result="progressing"}' in metrics
     assert "loraplane_reconcile_duration_seconds_bucket" in metrics
+
+
+def test_the_service_runs_on_postgresql_when_told(postgres_database, data_dir, share):
+    truncate(postgres_database)
+    service = start_service(data_dir, env_overrides={"LORAPLANE_DATABASE_URL": postgres_database})
+    try:
+        assert "postgresql" in service.log.read_text()
+        assert not (data_dir / "loraplane.db").exists()
+        httpx.post(f"{service.url}/v1/deployments", json=local_manifest(share_root=str(share)))
+        eventually(lambda: ready(service.url), what="Ready on PostgreSQL")
+        events = httpx.get(f"{service.url}/v1/deployments/support-bot/events").json()["items"]
+        assert events[0]["reason"] == "Ready"
+        httpx.delete(f"{service.url}/v1/deployments/support-bot")
+        eventually(lambda: httpx.get(f"{service.url}/v1/deployments/support-bot").status_code == 404, what="gone")
+    finally:
+        stop_service(service)
+        truncate(postgres_database)
