@@ -16,7 +16,7 @@ $(PY):
 # CUDA packages; with 2.13.0 installed, the range in pyproject.toml is already met.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -q torch==2.13.0
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[serving,postgres,dev]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[serving,postgres,azure,dev]'
 	touch $(STAMP)
 
 run: $(STAMP)

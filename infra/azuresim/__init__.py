@@ -1,0 +1,12 @@
+"""A simulator of the Azure APIs loraplane calls, on loopback over HTTPS, for tests and benchmarks.
+
+Contract:
+- speaks Azure Resource Manager's wire format (routes, status codes, ``Azure-AsyncOperation``
+  long-running operations, ARM error bodies) for the resources the Azure provider manages, so
+  the official SDK clients run against it unchanged;
+- HTTPS with a CA made at start (trustme): the SDKs verify it through the CA bundle it writes;
+- counts calls by method and resource type (``GET /_sim/calls``) and injects faults at a
+  configurable rate (``POST /_sim/faults``): 429 with Retry-After, 5xx, slow answers, failed
+  long-running operations, quota errors;
+- a development tool: nothing in the product imports it.
+"""

@@ -1,0 +1,448 @@
+"""The simulator's HTTP face: Azure Resource Manager routes, and /_sim for tests.
+
+Paths are matched as ARM matches them: provider and type segments case-insensitively, names
+kept as first given. Every answer has ARM's shapes: 201 or 200 on PUT, Azure-AsyncOperation on
+long-running operations, ``{"error": {"code", "message"}}`` bodies, Retry-After on 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import hashlib
+import random
+import string
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from infra.azuresim.state import (
+    REGIONS,
+    TYPES,
+    WORKLOAD_PROFILE_TYPES,
+    ArmError,
+    Faults,
+    SimState,
+    utc_now,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    subscription: str
+    resource_group: str | None
+    type_name: str | None  # canonical, e.g. "Microsoft.App/containerApps"; None for a list
+    resource_id: str | None  # the resource the request is about
+    action: str | None  # listKeys, sharedKeys, listSecrets, activate …
+    list_of: str | None = None  # a collection GET: the child type listed under resource_id
+    namespace: str | None = None
+
+
+def _canonical_type(lower: str) -> str | None:
+    found = TYPES.get(lower)
+    return found.name if found else None
+
+
+def parse_path(path: str) -> Target:
+    parts = [p for p in path.strip("/").split("/") if p]
+    if len(parts) < 2 or parts[0].lower() != "subscriptions":
+        raise ArmError(404, "InvalidResourceType", f"no such ARM path: /{path}")
+    subscription = parts[1]
+    base = f"/subscriptions/{subscription}"
+    if len(parts) == 2:
+        raise ArmError(404, "InvalidResourceType", "subscription-level calls are not simulated")
+    if parts[2].lower() == "providers":  # subscription-level provider calls
+        return Target(subscription, None, None, base + "/" + "/".join(parts[2:]), "/".join(p.lower() for p in parts[5:]) or None, namespace=parts[3] if len(parts) > 3 else None)
+    if parts[2].lower() != "resourcegroups" or len(parts) < 4:
+        raise ArmError(404, "InvalidResourceType", f"no such ARM path: /{path}")
+    group = parts[3]
+    group_id = f"{base}/resourceGroups/{group}"
+    if len(parts) == 4:
+        return Target(subscription, group, "resourceGroups", group_id, None)
+    if parts[4].lower() != "providers" or len(parts) < 7:
+        raise ArmError(404, "InvalidResourceType", f"no such ARM path: /{path}")
+    namespace = parts[5]
+    rest = parts[6:]
+    types = [rest[i] for i in range(0, len(rest) - 1, 2)]
+    resource_id = f"{group_id}/providers/{namespace}/" + "/".join(rest[: 2 * len(types)])
+    trailing = rest[2 * len(types)] if len(rest) % 2 else None
+    type_key = f"{namespace}/{'/'.join(types)}".lower()
+    type_name = _canonical_type(type_key)
+    if trailing is not None:
+        child = _canonical_type(f"{type_key}/{trailing.lower()}")
+        if child is not None:  # a collection, e.g. containerApps/{app}/revisions
+            return Target(subscription, group, type_name, resource_id, None, list_of=child, namespace=namespace)
+        if type_name is None:
+            raise ArmError(404, "InvalidResourceType", f"the resource type of /{path} is not simulated")
+        return Target(subscription, group, type_name, resource_id, trailing.lower(), namespace=namespace)
+    if type_name is None:
+        raise ArmError(404, "InvalidResourceType", f"the resource type of /{path} is not simulated")
+    return Target(subscription, group, type_name, resource_id, None, namespace=namespace)
+
+
+def _parent_id(resource_id: str, type_name: str) -> str:
+    parent = TYPES[type_name.lower()].parent
+    parts = resource_id.split("/")
+    if parent == "resourceGroups":
+        return "/".join(parts[:5])
+    cut = 4 if type_name.lower().endswith("/fileservices/shares") else 2
+    return "/".join(parts[:-cut])
+
+
+def _fake_key(seed: str) -> str:
+    return base64.b64encode(hashlib.sha256(seed.encode()).digest() * 2).decode()
+
+
+def _suffix() -> str:
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=7))
+
+
+def _deep_merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+    return target
+
+
+class ArmSimulator:
+    """Builds the FastAPI app over a SimState."""
+
+    def __init__(self, state: SimState) -> None:
+        self.state = state
+        self.secrets: dict[str, dict[str, str]] = {}  # container app id -> secret values
+        self.storage_keys: dict[str, str] = {}  # environment storage id -> account key
+
+    # ------------------------------------------------------------------------ the app
+
+    def app(self) -> FastAPI:
+        app = FastAPI(title="loraplane Azure simulator", docs_url=None, redoc_url=None, openapi_url=None)
+
+        @app.get("/_sim/calls")
+        def calls() -> dict[str, Any]:
+            return self.state.call_counts()
+
+        @app.post("/_sim/calls/reset")
+        def reset_calls() -> dict[str, str]:
+            self.state.reset_calls()
+            return {"status": "reset"}
+
+        @app.post("/_sim/faults")
+        async def faults(request: Request) -> JSONResponse:
+            try:
+                body = await request.json()
+                self.state.set_faults(
+                    Faults(
+                        rate=float(body.get("rate", 0.0)),
+                        kinds=tuple(body.get("kinds", ("throttle", "server_error"))),
+                        retry_after_seconds=int(body.get("retryAfterSeconds", 1)),
+                        slow_seconds=float(body.get("slowSeconds", 0.5)),
+                        seed=body.get("seed"),
+                    )
+                )
+            except (ValueError, TypeError, AttributeError) as exc:
+                return JSONResponse({"error": {"code": "InvalidFaults", "message": str(exc)}}, status_code=400)
+            return JSONResponse({"status": "set"})
+
+        @app.api_route("/subscriptions/{path:path}", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"])
+        async def arm(path: str, request: Request) -> Response:
+            try:
+                target = parse_path("subscriptions/" + path)
+                label = target.list_of or target.type_name or ("operations" if "operation" in path.lower() else "provider")
+                self.state.count(request.method, label)
+                fault = self.state.draw_fault(request.method)
+                if fault == "slow":
+                    await asyncio.sleep(self.state.faults.slow_seconds)
+                elif fault == "throttle":
+                    seconds = self.state.faults.retry_after_seconds
+                    raise ArmError(429, "TooManyRequests", f"the request was throttled; retry after {seconds} seconds", {"Retry-After": str(seconds)})
+                elif fault == "server_error":
+                    raise ArmError(503, "ServiceUnavailable", "the service is temporarily unavailable")
+                body = None
+                if request.method in ("PUT", "PATCH") or (request.method == "POST" and await request.body()):
+                    try:
+                        body = await request.json()
+                    except ValueError as exc:
+                        raise ArmError(400, "InvalidRequestContent", f"the request body is not valid JSON: {exc}") from exc
+                return self.handle(request, target, body, fault)
+            except ArmError as exc:
+                return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+        return app
+
+    # ----------------------------------------------------------------------- dispatch
+
+    def handle(self, request: Request, target: Target, body: Any, fault: str | None) -> Response:
+        method = request.method
+        base = str(request.base_url).rstrip("/")
+        api_version = request.query_params.get("api-version", "")
+        if target.type_name is None:
+            return self._provider_call(method, target, base, api_version)
+        if target.list_of is not None and method == "GET":
+            return JSONResponse({"value": [self._visible(r) for r in self.state.children(target.resource_id, target.list_of)], "nextLink": None})
+        if target.action is not None:
+            return self._action(method, target)
+        if method == "GET":
+            return JSONResponse(self._visible(self._existing(target)))
+        if method == "HEAD":  # check_existence
+            return Response(status_code=204 if self.state.get(target.resource_id or "") else 404)
+        if method == "PUT":
+            return self._put(target, body, base, api_version, fault)
+        if method == "PATCH":
+            return self._patch(target, body, base, api_version, fault)
+        if method == "DELETE":
+            return self._delete(target, base, api_version, fault)
+        raise ArmError(405, "MethodNotAllowed", f"{method} is not allowed on {target.type_name}")
+
+    def _existing(self, target: Target) -> dict[str, Any]:
+        assert target.resource_id is not None
+        found = self.state.get(target.resource_id)
+        if found is not None:
+            return found
+        if target.type_name != "resourceGroups" and self.state.get(f"/subscriptions/{target.subscription}/resourceGroups/{target.resource_group}") is None:
+            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{target.resource_group}' could not be found.")
+        name = target.resource_id.rsplit("/", 1)[-1]
+        raise ArmError(404, "ResourceNotFound", f"The Resource '{target.type_name}/{name}' under resource group '{target.resource_group}' was not found.")
+
+    def _visible(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """What GET shows: secret values and account keys are never read back (as in Azure)."""
+        shown = copy.deepcopy(resource)
+        properties = shown.get("properties", {})
+        for secret in properties.get("configuration", {}).get("secrets", []) or []:
+            secret.pop("value", None)
+        if isinstance(properties.get("azureFile"), dict):
+            properties["azureFile"].pop("accountKey", None)
+        return shown
+
+    # ---------------------------------------------------------------------------- PUT
+
+    def _put(self, target: Target, body: Any, base: str, api_version: str, fault: str | None) -> Response:
+        assert target.resource_id is not None and target.type_name is not None
+        if not isinstance(body, dict):
+            raise ArmError(400, "InvalidRequestContent", "the request body must be a JSON object")
+        kind = TYPES[target.type_name.lower()]
+        if kind.parent is not None:
+            parent_id = _parent_id(target.resource_id, target.type_name)
+            if self.state.get(parent_id) is None:
+                self._existing(Target(target.subscription, target.resource_group, "resourceGroups", parent_id.split("/providers/")[0], None))
+                raise ArmError(404, "ParentResourceNotFound", f"Can not perform requested operation on nested resource. Parent resource '{parent_id.rsplit('/', 1)[-1]}' not found.")
+        location = body.get("location")
+        if kind.has_location:
+            if not isinstance(location, str) or not location:
+                raise ArmError(400, "LocationRequired", "The location property is required for this definition.")
+            if location.replace(" ", "").lower() not in REGIONS:
+                raise ArmError(400, "LocationNotAvailableForResourceType", f"The provided location '{location}' is not available for resource type '{target.type_name}'. List of available regions: {', '.join(sorted(REGIONS))}.")
+        if fault == "quota" and kind.long_running:
+            raise ArmError(409, "MaxRegionalQuotaExceeded", f"Operation could not be completed: managed environments in {location} cannot have more than 1 SubscriptionNCA100Gpus.")
+        existing = self.state.get(target.resource_id)
+        resource = {
+            "id": existing["id"] if existing else target.resource_id,
+            "name": target.resource_id.rsplit("/", 1)[-1],
+            "type": target.type_name,
+        }
+        if kind.has_location:
+            resource["location"] = location
+        for key in ("tags", "sku", "kind", "identity", "extendedLocation", "managedBy"):
+            if key in body:
+                resource[key] = copy.deepcopy(body[key])
+        properties = copy.deepcopy(body.get("properties") or {})
+        if not isinstance(properties, dict):
+            raise ArmError(400, "InvalidRequestContent", "properties must be a JSON object")
+        resource["properties"] = properties
+        self._server_fields(target, resource, existing, base)
+        if kind.long_running:
+            properties["provisioningState"] = "InProgress" if existing is None else "Updating"
+            self.state.put(target.resource_id, resource)
+            failure = ArmError(500, "ProvisioningFailed", f"provisioning {target.type_name} '{resource['name']}' failed") if fault == "failed_operation" else None
+            operation = self.state.start_operation(target.resource_id, "put", failure)
+            url = self._operation_url(base, target, operation.id, api_version)
+            if kind.put_style == "location":
+                return Response(status_code=202, headers={"Location": url.replace("/operationStatuses/", "/operationResults/"), "Retry-After": "0"})
+            headers = {"Azure-AsyncOperation": url}
+            return JSONResponse(self._visible(resource), status_code=200 if existing else 201, headers=headers)
+        properties["provisioningState"] = "Succeeded"
+        self.state.put(target.resource_id, resource)
+        return JSONResponse(self._visible(resource), status_code=200 if existing else 201)
+
+    def _server_fields(self, target: Target, resource: dict[str, Any], existing: dict[str, Any] | None, base: str) -> None:
+        """What Azure fills in itself, kept stable across updates."""
+        properties = resource["properties"]
+        old = (existing or {}).get("properties", {})
+        type_name = target.type_name.lower() if target.type_name else ""
+        if type_name == "microsoft.storage/storageaccounts":
+            account = resource["name"]
+            properties.setdefault("primaryEndpoints", {"file": f"{base}/{account}/"})
+            properties["creationTime"] = old.get("creationTime") or utc_now().isoformat()
+        elif type_name == "microsoft.operationalinsights/workspaces":
+            properties["customerId"] = old.get("customerId") or str(uuid.uuid4())
+        elif type_name == "microsoft.app/managedenvironments":
+            for profile in properties.get("workloadProfiles") or []:
+                if profile.get("workloadProfileType") not in WORKLOAD_PROFILE_TYPES:
+                    raise ArmError(400, "InvalidWorkloadProfileType", f"workload profile type '{profile.get('workloadProfileType')}' is not supported in this region; supported: {', '.join(sorted(WORKLOAD_PROFILE_TYPES))}")
+            properties["defaultDomain"] = old.get("defaultDomain") or f"{_suffix()}.{resource['location'].replace(' ', '').lower()}.azurecontainerapps.io"
+            properties["staticIp"] = old.get("staticIp") or "20.1.2.3"
+        elif type_name == "microsoft.app/managedenvironments/storages":
+            key = (properties.get("azureFile") or {}).get("accountKey")
+            if key:
+                self.storage_keys[target.resource_id.lower()] = key
+        elif type_name == "microsoft.app/containerapps":
+            self._container_app_fields(resource, existing)
+
+    def _container_app_fields(self, resource: dict[str, Any], existing: dict[str, Any] | None) -> None:
+        properties = resource["properties"]
+        old = (existing or {}).get("properties", {})
+        secrets = {s["name"]: s.get("value") for s in properties.get("configuration", {}).get("secrets", []) or []}
+        known = self.secrets.get(resource["id"].lower(), {})
+        self.secrets[resource["id"].lower()] = {name: value if value is not None else known.get(name) for name, value in secrets.items()}
+        environment_id = properties.get("managedEnvironmentId") or properties.get("environmentId")
+        environment = self.state.get(environment_id) if environment_id else None
+        if environment_id and environment is None:
+            raise ArmError(400, "ManagedEnvironmentNotFound", f"the managed environment '{environment_id}' was not found")
+        domain = environment["properties"].get("defaultDomain", "example.azurecontainerapps.io") if environment else "example.azurecontainerapps.io"
+        ingress = properties.get("configuration", {}).get("ingress")
+        if isinstance(ingress, dict):
+            ingress["fqdn"] = f"{resource['name']}.{domain}"
+        properties["outboundIpAddresses"] = ["20.1.2.3"]
+        properties["latestReadyRevisionName"] = old.get("latestReadyRevisionName")
+        template = properties.get("template")
+        if existing is None or template != old.get("template"):
+            name = f"{resource['name']}--{_suffix()}"
+            for revision in self.state.children(resource["id"], "Microsoft.App/containerApps/revisions"):
+                revision["properties"]["active"] = False  # Single revision mode
+                revision["properties"]["trafficWeight"] = 0
+                self.state.put(revision["id"], revision)
+            self.state.put(
+                f"{resource['id']}/revisions/{name}",
+                {
+                    "id": f"{resource['id']}/revisions/{name}",
+                    "name": name,
+                    "type": "Microsoft.App/containerApps/revisions",
+                    "properties": {
+                        "createdTime": utc_now().isoformat(),
+                        "active": True,
+                        "fqdn": f"{name}.{domain}",
+                        "template": copy.deepcopy(template),
+                        "replicas": ((template or {}).get("scale") or {}).get("minReplicas", 0),
+                        "trafficWeight": 100,
+                        "provisioningState": "Provisioning",
+                        "runningState": "Activating",
+                        "healthState": "None",
+                    },
+                },
+            )
+            properties["latestRevisionName"] = name
+            properties["latestRevisionFqdn"] = f"{name}.{domain}"
+        else:
+            properties["latestRevisionName"] = old.get("latestRevisionName")
+            properties["latestRevisionFqdn"] = old.get("latestRevisionFqdn")
+
+    # -------------------------------------------------------------------------- PATCH
+
+    def _patch(self, target: Target, body: Any, base: str, api_version: str, fault: str | None) -> Response:
+        if target.type_name != "Microsoft.App/containerApps":
+            raise ArmError(405, "MethodNotAllowed", f"PATCH is not simulated for {target.type_name}")
+        if not isinstance(body, dict):
+            raise ArmError(400, "InvalidRequestContent", "the request body must be a JSON object")
+        existing = self._existing(target)
+        merged = _deep_merge(copy.deepcopy(existing), {k: v for k, v in body.items() if k in ("tags", "properties", "identity")})
+        merged.setdefault("location", existing.get("location"))
+        self._put(target, merged, base, api_version, fault)
+        operation = self.state.start_operation(target.resource_id, "put")
+        return Response(status_code=202, headers={"Azure-AsyncOperation": self._operation_url(base, target, operation.id, api_version)})
+
+    # ------------------------------------------------------------------------- DELETE
+
+    def _delete(self, target: Target, base: str, api_version: str, fault: str | None) -> Response:
+        assert target.resource_id is not None and target.type_name is not None
+        if self.state.get(target.resource_id) is None:
+            return Response(status_code=204)
+        kind = TYPES[target.type_name.lower()]
+        if kind.long_running or target.type_name == "resourceGroups":
+            failure = ArmError(500, "DeletionFailed", "deleting the resource failed") if fault == "failed_operation" else None
+            operation = self.state.start_operation(target.resource_id, "delete", failure)
+            url = self._operation_url(base, target, operation.id, api_version)
+            headers = {"Location": url.replace("/operationStatuses/", "/operationResults/")}
+            if target.type_name != "resourceGroups":
+                headers["Azure-AsyncOperation"] = url
+            return Response(status_code=202, headers=headers)
+        self.state.remove(target.resource_id)
+        return Response(status_code=200)
+
+    # ------------------------------------------------------------------------ actions
+
+    def _action(self, method: str, target: Target) -> Response:
+        resource = self._existing(target)
+        action, type_name = target.action, (target.type_name or "").lower()
+        if method == "POST" and action == "listkeys" and type_name == "microsoft.storage/storageaccounts":
+            return JSONResponse({"keys": [
+                {"keyName": "key1", "value": _fake_key(resource["id"] + "1"), "permissions": "FULL", "creationTime": utc_now().isoformat()},
+                {"keyName": "key2", "value": _fake_key(resource["id"] + "2"), "permissions": "FULL", "creationTime": utc_now().isoformat()},
+            ]})
+        if method == "POST" and action == "sharedkeys" and type_name == "microsoft.operationalinsights/workspaces":
+            return JSONResponse({"primarySharedKey": _fake_key(resource["id"] + "p"), "secondarySharedKey": _fake_key(resource["id"] + "s")})
+        if method == "POST" and action == "listsecrets" and type_name == "microsoft.app/containerapps":
+            values = self.secrets.get(resource["id"].lower(), {})
+            return JSONResponse({"value": [{"name": name, "value": value} for name, value in values.items()]})
+        if method == "POST" and action in ("activate", "deactivate", "restart") and type_name == "microsoft.app/containerapps/revisions":
+            if action != "restart":
+                resource["properties"]["active"] = action == "activate"
+                self.state.put(resource["id"], resource)
+            return Response(status_code=200)
+        if method == "GET" and action == "workloadprofilestates" and type_name == "microsoft.app/managedenvironments":
+            return JSONResponse({"value": [
+                {"name": p.get("name"), "type": "Microsoft.App/managedEnvironments/workloadProfileStates",
+                 "properties": {"minimumCount": p.get("minimumCount", 0), "maximumCount": p.get("maximumCount", 1), "currentCount": 0}}
+                for p in resource["properties"].get("workloadProfiles") or []
+            ]})
+        raise ArmError(404, "InvalidResourceType", f"{method} {target.action} is not simulated for {target.type_name}")
+
+    # --------------------------------------------------------- subscription-level calls
+
+    def _provider_call(self, method: str, target: Target, base: str, api_version: str) -> Response:
+        parts = (target.resource_id or "").split("/")
+        lowered = [p.lower() for p in parts]
+        if method == "GET" and ("operationstatuses" in lowered or "operationresults" in lowered):
+            return self._operation_status(parts[-1], result="operationresults" in lowered)
+        if method == "GET" and lowered[-1:] == ["availablemanagedenvironmentsworkloadprofiletypes"]:
+            location = parts[-2]
+            if location.replace(" ", "").lower() not in REGIONS:
+                raise ArmError(404, "LocationNotFound", f"the location '{location}' is not known")
+            return JSONResponse({"value": [
+                {"name": name, "location": location, "type": "Microsoft.App/locations/availableManagedEnvironmentsWorkloadProfileTypes",
+                 "properties": {**spec, "displayName": name, "applicability": "LocationDefault"}}
+                for name, spec in WORKLOAD_PROFILE_TYPES.items()
+            ]})
+        raise ArmError(404, "InvalidResourceType", f"{method} {target.resource_id} is not simulated")
+
+    def _operation_url(self, base: str, target: Target, operation_id: str, api_version: str) -> str:
+        namespace = target.namespace or "Microsoft.Resources"
+        return f"{base}/subscriptions/{target.subscription}/providers/{namespace}/locations/simulated/operationStatuses/{operation_id}?api-version={api_version}"
+
+    def _operation_status(self, operation_id: str, *, result: bool) -> Response:
+        operation = self.state.operation(operation_id)
+        if operation is None:
+            raise ArmError(404, "OperationNotFound", f"no operation {operation_id}")
+        if result:  # Location-style polling: 202 until done, then 200 (or the failure)
+            if not operation.finished:
+                return Response(status_code=202, headers={"Retry-After": "0"})
+            if operation.fail is not None:
+                return JSONResponse(operation.fail.body(), status_code=operation.fail.status)
+            done = self.state.get(operation.resource_id) if operation.kind == "put" else None
+            return JSONResponse(self._visible(done)) if done is not None else Response(status_code=200)
+        status = "InProgress" if not operation.finished else ("Failed" if operation.fail else "Succeeded")
+        body: dict[str, Any] = {
+            "id": f"/operationStatuses/{operation.id}",
+            "name": operation.id,
+            "status": status,
+            "startTime": operation.started.isoformat(),
+        }
+        if operation.finished:
+            body["endTime"] = utc_now().isoformat()
+        if operation.fail is not None and operation.finished:
+            body["error"] = operation.fail.body()["error"]
+        return JSONResponse(body)

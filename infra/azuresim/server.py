@@ -1,0 +1,76 @@
+"""Run the simulator: HTTPS on loopback with a CA of its own, in a thread or in the foreground."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import trustme
+import uvicorn
+
+from infra.azuresim.arm import ArmSimulator
+from infra.azuresim.state import SimState
+
+
+class AzureSimulator:
+    """``with AzureSimulator(workdir) as sim:`` then point the SDKs at ``sim.url`` and trust
+    ``sim.ca_bundle``."""
+
+    def __init__(self, workdir: Path, *, port: int = 0, lro_delay_seconds: float = 0.2, host: str = "127.0.0.1") -> None:
+        self.workdir = workdir
+        self.host = host
+        self.state = SimState(lro_delay_seconds=lro_delay_seconds)
+        self.arm = ArmSimulator(self.state)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        authority = trustme.CA()
+        server_cert = authority.issue_cert(host, "localhost")
+        self.ca_bundle = self.workdir / "azure-sim-ca.pem"
+        authority.cert_pem.write_to_path(str(self.ca_bundle))
+        self._cert_file = self.workdir / "azure-sim-server.pem"
+        server_cert.private_key_and_cert_chain_pem.write_to_path(str(self._cert_file))
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.arm.app(),
+                host=host,
+                port=port,
+                ssl_certfile=str(self._cert_file),
+                log_level="warning",
+                # SDK clients keep connections alive; do not wait on them to stop.
+                timeout_graceful_shutdown=1,
+            )
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        return self._server.servers[0].sockets[0].getsockname()[1]
+
+    def start(self) -> AzureSimulator:
+        self._thread = threading.Thread(target=self._server.run, name="azure-sim", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the Azure simulator did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> AzureSimulator:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def serve_forever(self) -> None:
+        """For ``loraplane dev azure-sim``: run in this thread until interrupted."""
+        self._server.run()

@@ -1,0 +1,228 @@
+"""The simulated Azure: resources by id, long-running operations, faults, and call counts.
+
+Plain data and rules, no HTTP: ``infra.azuresim.arm`` turns requests into calls here.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    """How one ARM resource type behaves in the simulator."""
+
+    name: str  # e.g. "Microsoft.App/containerApps"
+    parent: str | None  # the type that must exist first ("resourceGroups" for top-level ones)
+    long_running: bool  # PUT and DELETE answer at once and finish after the LRO delay
+    has_location: bool = True
+    # How a long-running PUT answers: "async" (201/200 with the body and Azure-AsyncOperation,
+    # as Container Apps and Log Analytics do) or "location" (202 with Location and no body,
+    # as Storage does).
+    put_style: str = "async"
+
+
+TYPES: dict[str, ResourceType] = {
+    t.name.lower(): t
+    for t in [
+        ResourceType("resourceGroups", None, long_running=False),
+        ResourceType("Microsoft.Storage/storageAccounts", "resourceGroups", long_running=True, put_style="location"),
+        ResourceType("Microsoft.Storage/storageAccounts/fileServices/shares", "Microsoft.Storage/storageAccounts", long_running=False, has_location=False),
+        ResourceType("Microsoft.OperationalInsights/workspaces", "resourceGroups", long_running=True),
+        ResourceType("Microsoft.App/managedEnvironments", "resourceGroups", long_running=True),
+        ResourceType("Microsoft.App/managedEnvironments/storages", "Microsoft.App/managedEnvironments", long_running=False, has_location=False),
+        ResourceType("Microsoft.App/containerApps", "resourceGroups", long_running=True),
+        ResourceType("Microsoft.App/containerApps/revisions", "Microsoft.App/containerApps", long_running=False, has_location=False),
+    ]
+}
+
+# Workload profile types the simulated regions offer (AvailableWorkloadProfiles).
+WORKLOAD_PROFILE_TYPES = {
+    "Consumption": {"category": "Consumption", "cores": 4, "memoryGiB": 8, "gpus": 0},
+    "D4": {"category": "GeneralPurpose", "cores": 4, "memoryGiB": 16, "gpus": 0},
+    "E4": {"category": "MemoryOptimized", "cores": 4, "memoryGiB": 32, "gpus": 0},
+    "NC24-A100": {"category": "GPU", "cores": 24, "memoryGiB": 220, "gpus": 1},
+    "NC48-A100": {"category": "GPU", "cores": 48, "memoryGiB": 440, "gpus": 2},
+    "Consumption-GPU-NC24-A100": {"category": "Consumption", "cores": 24, "memoryGiB": 220, "gpus": 1},
+    "Consumption-GPU-NC8as-T4": {"category": "Consumption", "cores": 8, "memoryGiB": 56, "gpus": 1},
+}
+REGIONS = {"westus3", "eastus", "eastus2", "westus", "westeurope", "northeurope", "swedencentral", "australiaeast"}
+
+
+class ArmError(Exception):
+    """An ARM error answer: status, code and message, as Azure sends them."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+@dataclass
+class Operation:
+    id: str
+    resource_id: str
+    kind: str  # "put" or "delete"
+    done_at: float
+    started: datetime
+    fail: ArmError | None = None
+    finished: bool = False
+
+
+@dataclass
+class Faults:
+    """What goes wrong, and how often: each request draws once against ``rate``."""
+
+    rate: float = 0.0
+    kinds: tuple[str, ...] = ("throttle", "server_error")
+    retry_after_seconds: int = 1
+    slow_seconds: float = 0.5
+    seed: int | None = None
+
+
+FAULT_KINDS = ("throttle", "server_error", "slow", "failed_operation", "quota")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class SimState:
+    lro_delay_seconds: float = 0.2
+    clock: Callable[[], float] = time.monotonic
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # lower-case id -> resource
+    operations: dict[str, Operation] = field(default_factory=dict)
+    calls: Counter = field(default_factory=Counter)  # (method, type) -> count
+    faults: Faults = field(default_factory=Faults)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    # Called with a container app's id when one of its revisions becomes the active one.
+    on_revision_active: Callable[[dict[str, Any]], None] | None = None
+    _rng: random.Random = field(default_factory=random.Random)
+
+    # -------------------------------------------------------------------------- faults
+
+    def set_faults(self, faults: Faults) -> None:
+        unknown = set(faults.kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(FAULT_KINDS)}")
+        with self.lock:
+            self.faults = faults
+            self._rng = random.Random(faults.seed)
+
+    def draw_fault(self, method: str) -> str | None:
+        with self.lock:
+            if self.faults.rate <= 0 or self._rng.random() >= self.faults.rate:
+                return None
+            kinds = [k for k in self.faults.kinds if method != "GET" or k not in ("failed_operation", "quota")]
+            return self._rng.choice(kinds) if kinds else None
+
+    def count(self, method: str, type_name: str) -> None:
+        with self.lock:
+            self.calls[(method, type_name)] += 1
+
+    def call_counts(self) -> dict[str, dict[str, int]]:
+        with self.lock:
+            out: dict[str, dict[str, int]] = {}
+            for (method, type_name), n in sorted(self.calls.items()):
+                out.setdefault(method, {})[type_name] = n
+            return out
+
+    def reset_calls(self) -> None:
+        with self.lock:
+            self.calls.clear()
+
+    # ------------------------------------------------------------------------ resources
+
+    def get(self, resource_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            self._advance()
+            found = self.resources.get(resource_id.lower())
+            return copy.deepcopy(found) if found is not None else None
+
+    def children(self, parent_id: str, type_name: str) -> list[dict[str, Any]]:
+        prefix = parent_id.lower() + "/"
+        with self.lock:
+            self._advance()
+            return [
+                copy.deepcopy(r)
+                for key, r in sorted(self.resources.items())
+                if key.startswith(prefix) and r["type"].lower() == type_name.lower()
+            ]
+
+    def put(self, resource_id: str, resource: dict[str, Any]) -> None:
+        with self.lock:
+            self.resources[resource_id.lower()] = resource
+
+    def remove(self, resource_id: str) -> None:
+        """A resource and everything under it."""
+        key = resource_id.lower()
+        with self.lock:
+            for other in [k for k in self.resources if k == key or k.startswith(key + "/")]:
+                del self.resources[other]
+
+    # ------------------------------------------------------------------------ operations
+
+    def start_operation(self, resource_id: str, kind: str, fail: ArmError | None = None) -> Operation:
+        operation = Operation(
+            id=str(uuid.uuid4()),
+            resource_id=resource_id,
+            kind=kind,
+            done_at=self.clock() + self.lro_delay_seconds,
+            started=utc_now(),
+            fail=fail,
+        )
+        with self.lock:
+            self.operations[operation.id] = operation
+        return operation
+
+    def operation(self, operation_id: str) -> Operation | None:
+        with self.lock:
+            self._advance()
+            return self.operations.get(operation_id)
+
+    def _advance(self) -> None:
+        """Finish the operations whose time has come: provisioningState moves on."""
+        now = self.clock()
+        for operation in self.operations.values():
+            if operation.finished or operation.done_at > now:
+                continue
+            operation.finished = True
+            key = operation.resource_id.lower()
+            resource = self.resources.get(key)
+            if operation.kind == "delete":
+                if operation.fail is None:
+                    for other in [k for k in self.resources if k == key or k.startswith(key + "/")]:
+                        del self.resources[other]
+                continue
+            if resource is None:
+                continue
+            properties = resource.setdefault("properties", {})
+            properties["provisioningState"] = "Failed" if operation.fail else "Succeeded"
+            if resource["type"].lower() == "microsoft.app/containerapps" and not operation.fail:
+                self._revision_ready(resource)
+
+    def _revision_ready(self, app: dict[str, Any]) -> None:
+        properties = app["properties"]
+        latest = properties.get("latestRevisionName")
+        if latest and properties.get("latestReadyRevisionName") != latest:
+            properties["latestReadyRevisionName"] = latest
+            revision = self.resources.get(f"{app['id']}/revisions/{latest}".lower())
+            if revision is not None:
+                revision["properties"]["provisioningState"] = "Provisioned"
+                revision["properties"]["runningState"] = "Running"
+                revision["properties"]["healthState"] = "Healthy"
+            if self.on_revision_active is not None:
+                self.on_revision_active(copy.deepcopy(app))

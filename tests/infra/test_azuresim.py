@@ -1,0 +1,199 @@
+"""The Azure simulator through the official SDK clients, over HTTPS with its own CA."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.mgmt.appcontainers import ContainerAppsAPIClient
+from azure.mgmt.appcontainers import models as aca
+from azure.mgmt.loganalytics import LogAnalyticsManagementClient
+from azure.mgmt.resource.resources import ResourceManagementClient
+from azure.mgmt.storage import StorageManagementClient
+
+from infra.azure.credentials import StaticTokenCredential
+from infra.azuresim.server import AzureSimulator
+
+SUB = "00000000-0000-0000-0000-000000000000"
+FAST = {"polling_interval": 0.05}
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[AzureSimulator]:
+    with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.1) as running:
+        yield running
+
+
+class Clients:
+    def __init__(self, sim: AzureSimulator) -> None:
+        options = {"base_url": sim.url, "connection_verify": str(sim.ca_bundle), "retry_backoff_factor": 0.01}
+        credential = StaticTokenCredential()
+        self.resources = ResourceManagementClient(credential, SUB, **options)
+        self.storage = StorageManagementClient(credential, SUB, **options)
+        self.logs = LogAnalyticsManagementClient(credential, SUB, **options)
+        self.apps = ContainerAppsAPIClient(credential, SUB, **options)
+
+
+    def close(self) -> None:
+        for client in (self.resources, self.storage, self.logs, self.apps):
+            client.close()
+
+
+@pytest.fixture
+def clients(sim: AzureSimulator) -> Iterator[Clients]:
+    made = Clients(sim)
+    yield made
+    made.close()
+
+
+def trusting(sim: AzureSimulator) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(sim.ca_bundle))
+
+
+def calls(sim: AzureSimulator) -> dict:
+    return httpx.get(f"{sim.url}/_sim/calls", verify=trusting(sim)).json()
+
+
+def make_environment(clients: Clients, profile_type: str = "Consumption-GPU-NC24-A100") -> aca.ManagedEnvironment:
+    clients.resources.resource_groups.create_or_update("rg", {"location": "westus3"})
+    profiles = [aca.WorkloadProfile(name="gpu", workload_profile_type=profile_type)]
+    return clients.apps.managed_environments.begin_create_or_update(
+        "rg", "env", aca.ManagedEnvironment(location="westus3", workload_profiles=profiles), **FAST
+    ).result()
+
+
+def app_body(environment_id: str, *, image: str = "python:3.11", max_replicas: int = 1, target_port: int = 7860) -> aca.ContainerApp:
+    return aca.ContainerApp(
+        location="westus3",
+        managed_environment_id=environment_id,
+        configuration=aca.Configuration(
+            ingress=aca.Ingress(external=True, target_port=target_port),
+            secrets=[aca.Secret(name="admin-token", value="s3cret")],
+        ),
+        template=aca.Template(
+            containers=[aca.Container(name="serving", image=image)],
+            scale=aca.Scale(min_replicas=1, max_replicas=max_replicas),
+        ),
+    )
+
+
+def test_https_is_verified_against_the_simulators_own_ca(sim):
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{sim.url}/_sim/calls")  # the system's CAs do not know it
+    assert httpx.get(f"{sim.url}/_sim/calls", verify=trusting(sim)).status_code == 200
+
+
+def test_long_running_creates_move_to_succeeded(clients):
+    clients.resources.resource_groups.create_or_update("rg", {"location": "westus3"})
+    account = clients.storage.storage_accounts.begin_create(
+        "rg", "store1", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"}, **FAST
+    ).result()
+    assert str(account.provisioning_state).endswith("SUCCEEDED") or account.provisioning_state == "Succeeded"
+    share = clients.storage.file_shares.create("rg", "store1", "finetune", {"share_quota": 100})
+    assert share.name == "finetune"
+    workspace = clients.logs.workspaces.begin_create_or_update("rg", "logs1", {"location": "westus3"}, **FAST).result()
+    assert workspace.provisioning_state == "Succeeded" and workspace.customer_id
+    environment = make_environment(clients)
+    assert environment.provisioning_state == "Succeeded"
+    assert environment.default_domain.endswith(".westus3.azurecontainerapps.io")
+
+
+def test_a_container_app_gets_revisions_as_azure_makes_them(clients):
+    environment = make_environment(clients)
+    first = clients.apps.container_apps.begin_create_or_update("rg", "app", app_body(environment.id), **FAST).result()
+    assert first.provisioning_state == "Succeeded"
+    assert first.latest_revision_name.startswith("app--")
+    assert first.latest_ready_revision_name == first.latest_revision_name
+    assert first.configuration.ingress.fqdn == f"app.{environment.default_domain}"
+    # Secret values are never read back; listSecrets has them.
+    assert [s.value for s in first.configuration.secrets] == [None]
+    assert clients.apps.container_apps.list_secrets("rg", "app").value[0].value == "s3cret"
+    # A change outside the template: same revision.
+    same = clients.apps.container_apps.begin_create_or_update("rg", "app", app_body(environment.id, target_port=8000), **FAST).result()
+    assert same.latest_revision_name == first.latest_revision_name
+    # A change under properties.template: a new revision, the old one deactivated (single mode).
+    second = clients.apps.container_apps.begin_create_or_update("rg", "app", app_body(environment.id, max_replicas=3), **FAST).result()
+    assert second.latest_revision_name != first.latest_revision_name
+    revisions = {r.name: r for r in clients.apps.container_apps_revisions.list_revisions("rg", "app")}
+    assert set(revisions) == {first.latest_revision_name, second.latest_revision_name}
+    assert revisions[second.latest_revision_name].active and not revisions[first.latest_revision_name].active
+    assert revisions[second.latest_revision_name].template.scale.max_replicas == 3
+
+
+def test_missing_things_are_arm_errors(clients):
+    with pytest.raises(ResourceNotFoundError) as info:
+        clients.apps.container_apps.get("rg", "nope")
+    assert info.value.error.code == "ResourceGroupNotFound"
+    clients.resources.resource_groups.create_or_update("rg", {"location": "westus3"})
+    with pytest.raises(ResourceNotFoundError) as info:
+        clients.apps.container_apps.get("rg", "nope")
+    assert info.value.error.code == "ResourceNotFound"
+    with pytest.raises(HttpResponseError) as info:
+        clients.storage.file_shares.create("rg", "nostore", "share", {})
+    assert info.value.status_code == 404
+
+
+def test_an_unknown_region_or_workload_profile_is_refused(clients):
+    clients.resources.resource_groups.create_or_update("rg", {"location": "westus3"})
+    with pytest.raises(HttpResponseError) as info:
+        clients.logs.workspaces.begin_create_or_update("rg", "logs1", {"location": "atlantis"}, **FAST).result()
+    assert info.value.error.code == "LocationNotAvailableForResourceType"
+    with pytest.raises(HttpResponseError) as info:
+        make_environment(clients, profile_type="NC999-Quantum")
+    assert info.value.error.code == "InvalidWorkloadProfileType"
+
+
+def test_deletes_are_long_running_and_take_children_along(clients):
+    environment = make_environment(clients)
+    clients.apps.container_apps.begin_create_or_update("rg", "app", app_body(environment.id), **FAST).result()
+    clients.apps.container_apps.begin_delete("rg", "app", **FAST).result()
+    with pytest.raises(ResourceNotFoundError):
+        clients.apps.container_apps.get("rg", "app")
+    clients.resources.resource_groups.begin_delete("rg", **FAST).result()
+    assert clients.resources.resource_groups.check_existence("rg") is False
+    with pytest.raises(ResourceNotFoundError):
+        clients.apps.managed_environments.get("rg", "env")
+
+
+def test_calls_are_counted_by_method_and_type(sim, clients):
+    make_environment(clients)
+    clients.apps.managed_environments.get("rg", "env")
+    counted = calls(sim)
+    assert counted["PUT"] == {"resourceGroups": 1, "Microsoft.App/managedEnvironments": 1}
+    assert counted["GET"]["Microsoft.App/managedEnvironments"] >= 2  # the LRO's final GET and ours
+    httpx.post(f"{sim.url}/_sim/calls/reset", verify=trusting(sim))
+    assert calls(sim) == {}
+
+
+def test_throttling_says_retry_after_and_the_sdk_waits_and_retries(sim, clients):
+    clients.resources.resource_groups.create_or_update("rg", {"location": "westus3"})
+    answer = httpx.post(f"{sim.url}/_sim/faults", json={"rate": 1.0, "kinds": ["throttle"], "retryAfterSeconds": 1}, verify=trusting(sim))
+    assert answer.status_code == 200
+    raw = httpx.get(f"{sim.url}/subscriptions/{SUB}/resourceGroups/rg?api-version=2025-04-01", verify=trusting(sim))
+    assert raw.status_code == 429 and raw.headers["retry-after"] == "1"
+    assert raw.json()["error"]["code"] == "TooManyRequests"
+    httpx.post(f"{sim.url}/_sim/faults", json={"rate": 0.5, "kinds": ["throttle", "server_error"], "retryAfterSeconds": 0, "seed": 3}, verify=trusting(sim))
+    for _ in range(5):  # the SDK's retry policy rides over the faults
+        assert clients.resources.resource_groups.get("rg").name == "rg"
+
+
+def test_a_failed_operation_and_a_quota_error(sim, clients):
+    make_environment(clients)
+    httpx.post(f"{sim.url}/_sim/faults", json={"rate": 1.0, "kinds": ["failed_operation"]}, verify=trusting(sim))
+    with pytest.raises(HttpResponseError) as info:
+        clients.logs.workspaces.begin_create_or_update("rg", "logs1", {"location": "westus3"}, **FAST).result()
+    assert "ProvisioningFailed" in str(info.value)
+    httpx.post(f"{sim.url}/_sim/faults", json={"rate": 1.0, "kinds": ["quota"]}, verify=trusting(sim))
+    with pytest.raises(HttpResponseError) as info:
+        clients.apps.container_apps.begin_create_or_update("rg", "app", app_body("/subscriptions/x"), **FAST).result()
+    assert info.value.error.code == "MaxRegionalQuotaExceeded"
+    assert "cannot have more than 1 SubscriptionNCA100Gpus" in info.value.error.message
+
+
+def test_bad_fault_settings_are_refused(sim):
+    answer = httpx.post(f"{sim.url}/_sim/faults", json={"rate": 1.0, "kinds": ["meteor"]}, verify=trusting(sim))
+    assert answer.status_code == 400 and "unknown fault kinds" in answer.json()["error"]["message"]
