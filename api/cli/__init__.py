@@ -281,6 +281,28 @@ def tiny_model(
         out.print(f"{what + ':':<16}{path}")
 
 
+@dev.command("azure-sim")
+def azure_sim(
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free one)", min=0, max=65535)] = 0,
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="where its CA bundle and certificate are written")
+    ] = Path(".azure-sim"),
+    lro_delay: Annotated[float, typer.Option(help="seconds a long-running operation takes", min=0)] = 1.0,
+) -> None:
+    """Run the Azure simulator (ARM over HTTPS on loopback) until interrupted."""
+    from infra.azuresim.server import AzureSimulator
+
+    simulator = AzureSimulator(workdir.resolve(), port=port, lro_delay_seconds=lro_delay)
+    simulator.start()
+    out.print(f"Azure simulator at {simulator.url}")
+    out.print(f"CA bundle: {simulator.ca_bundle}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        simulator.stop()
+
+
 def main() -> None:
     try:
         app()

@@ -204,7 +204,7 @@ class ArmSimulator:
         found = self.state.get(target.resource_id)
         if found is not None:
             return found
-        if target.type_name != "resourceGroups" and self.state.get(f"/subscriptions/{target.subscription}/resourceGroups/{target.resource_group}") is None:
+        if self.state.get(f"/subscriptions/{target.subscription}/resourceGroups/{target.resource_group}") is None:
             raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{target.resource_group}' could not be found.")
         name = target.resource_id.rsplit("/", 1)[-1]
         raise ArmError(404, "ResourceNotFound", f"The Resource '{target.type_name}/{name}' under resource group '{target.resource_group}' was not found.")
@@ -393,6 +393,16 @@ class ArmSimulator:
                 resource["properties"]["active"] = action == "activate"
                 self.state.put(resource["id"], resource)
             return Response(status_code=200)
+        if method == "GET" and action == "replicas" and type_name == "microsoft.app/containerapps/revisions":
+            count = int(resource["properties"].get("replicas") or 0) if resource["properties"].get("active") else 0
+            containers = ((resource["properties"].get("template") or {}).get("containers")) or []
+            return JSONResponse({"value": [
+                {"id": f"{resource['id']}/replicas/{resource['name']}-{index}", "name": f"{resource['name']}-{index}",
+                 "type": "Microsoft.App/containerApps/revisions/replicas",
+                 "properties": {"createdTime": resource["properties"].get("createdTime"), "runningState": "Running",
+                                "containers": [{"name": c.get("name"), "ready": True, "started": True, "restartCount": 0} for c in containers]}}
+                for index in range(count)
+            ]})
         if method == "GET" and action == "workloadprofilestates" and type_name == "microsoft.app/managedenvironments":
             return JSONResponse({"value": [
                 {"name": p.get("name"), "type": "Microsoft.App/managedEnvironments/workloadProfileStates",

@@ -48,14 +48,25 @@ TYPES: dict[str, ResourceType] = {
 # Workload profile types the simulated regions offer (AvailableWorkloadProfiles).
 WORKLOAD_PROFILE_TYPES = {
     "Consumption": {"category": "Consumption", "cores": 4, "memoryGiB": 8, "gpus": 0},
-    "D4": {"category": "GeneralPurpose", "cores": 4, "memoryGiB": 16, "gpus": 0},
-    "E4": {"category": "MemoryOptimized", "cores": 4, "memoryGiB": 32, "gpus": 0},
+    **{f"D{n}": {"category": "GeneralPurpose", "cores": n, "memoryGiB": 4 * n, "gpus": 0} for n in (4, 8, 16, 32)},
+    **{f"E{n}": {"category": "MemoryOptimized", "cores": n, "memoryGiB": 8 * n, "gpus": 0} for n in (4, 8, 16, 32)},
+    # The names older API versions and Microsoft's examples use for the same families.
+    "GeneralPurpose": {"category": "GeneralPurpose", "cores": 4, "memoryGiB": 16, "gpus": 0},
+    "MemoryOptimized": {"category": "MemoryOptimized", "cores": 4, "memoryGiB": 32, "gpus": 0},
+    "ComputeOptimized": {"category": "ComputeOptimized", "cores": 4, "memoryGiB": 8, "gpus": 0},
     "NC24-A100": {"category": "GPU", "cores": 24, "memoryGiB": 220, "gpus": 1},
     "NC48-A100": {"category": "GPU", "cores": 48, "memoryGiB": 440, "gpus": 2},
     "Consumption-GPU-NC24-A100": {"category": "Consumption", "cores": 24, "memoryGiB": 220, "gpus": 1},
     "Consumption-GPU-NC8as-T4": {"category": "Consumption", "cores": 8, "memoryGiB": 56, "gpus": 1},
 }
-REGIONS = {"westus3", "eastus", "eastus2", "westus", "westeurope", "northeurope", "swedencentral", "australiaeast"}
+REGIONS = {
+    "eastus", "eastus2", "westus", "westus2", "westus3", "centralus", "northcentralus", "southcentralus",
+    "westcentralus", "canadacentral", "canadaeast", "brazilsouth", "northeurope", "westeurope", "uksouth",
+    "ukwest", "francecentral", "germanywestcentral", "norwayeast", "swedencentral", "switzerlandnorth",
+    "uaenorth", "southafricanorth", "centralindia", "southindia", "japaneast", "japanwest", "koreacentral",
+    "eastasia", "southeastasia", "australiaeast", "australiasoutheast",
+    "eastus2euap", "centraluseuap",  # Azure's canary regions, which Microsoft's examples use
+}
 
 
 class ArmError(Exception):

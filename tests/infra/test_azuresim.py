@@ -197,3 +197,32 @@ def test_a_failed_operation_and_a_quota_error(sim, clients):
 def test_bad_fault_settings_are_refused(sim):
     answer = httpx.post(f"{sim.url}/_sim/faults", json={"rate": 1.0, "kinds": ["meteor"]}, verify=trusting(sim))
     assert answer.status_code == 400 and "unknown fault kinds" in answer.json()["error"]["message"]
+
+
+def test_the_cli_runs_the_simulator_and_says_where(tmp_path):
+    import subprocess
+    import sys
+    import time as clock
+
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "loraplane"), "dev", "azure-sim", "--workdir", str(tmp_path / "w")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        url_line = process.stdout.readline()
+        ca_line = process.stdout.readline()
+        assert url_line.startswith("Azure simulator at https://127.0.0.1:")
+        url, ca = url_line.split()[-1], ca_line.split()[-1]
+        context = ssl.create_default_context(cafile=ca)
+        deadline = clock.monotonic() + 10
+        while True:
+            try:
+                answer = httpx.get(f"{url}/subscriptions/{SUB}/resourceGroups/rg?api-version=2025-04-01", verify=context)
+                break
+            except httpx.ConnectError:
+                assert clock.monotonic() < deadline
+                clock.sleep(0.1)
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "ResourceGroupNotFound"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
