@@ -1,0 +1,158 @@
+"""The ARM limiter and the ARM error table, with real SDK clients against the simulator."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from azure.mgmt.appcontainers import ContainerAppsAPIClient
+from azure.mgmt.appcontainers import models as aca
+from azure.mgmt.loganalytics import LogAnalyticsManagementClient
+from azure.mgmt.resource.resources import ResourceManagementClient
+
+from infra.azure.credentials import StaticTokenCredential, make_credential
+from infra.azure.errors import QUOTA_RETRY_SECONDS, classify_azure_error
+from infra.azure.limiter import ArmLimiter, BucketSpec, TokenBucket, kind_of
+from infra.azuresim.server import AzureSimulator
+from infra.errors import PermanentError, TemporaryError
+from tests.fakes import FakeClock
+
+SUB = "00000000-0000-0000-0000-000000000000"
+
+
+# ------------------------------------------------------------------------------ limiter
+
+
+def test_a_bucket_gives_its_burst_then_one_token_per_interval():
+    clock = FakeClock(0.0)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    bucket = TokenBucket(BucketSpec(rate_per_second=10, burst=3), clock=clock, sleep=sleep)
+    assert [bucket.acquire() for _ in range(3)] == [0, 0, 0]
+    assert bucket.acquire() == pytest.approx(0.1, abs=0.002)
+    assert bucket.acquire() == pytest.approx(0.1, abs=0.002)
+    clock.advance(10)  # idle time refills up to the burst, no further
+    assert [bucket.acquire() for _ in range(3)] == [0, 0, 0]
+    assert bucket.acquire() == pytest.approx(0.1, abs=0.002)
+
+
+def test_calls_are_sorted_into_reads_writes_and_deletes():
+    assert [kind_of(m) for m in ("GET", "HEAD", "PUT", "PATCH", "POST", "DELETE")] == [
+        "read", "read", "write", "write", "write", "delete"
+    ]
+    limiter = ArmLimiter()
+    assert limiter.buckets["read"].spec == BucketSpec(25.0, 250)
+    assert limiter.buckets["write"].spec == BucketSpec(10.0, 200)
+    assert limiter.buckets["delete"].spec == BucketSpec(10.0, 200)
+    with pytest.raises(ValueError):
+        TokenBucket(BucketSpec(0, 1))
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[AzureSimulator]:
+    with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.05) as running:
+        yield running
+
+
+def options(sim: AzureSimulator, **extra) -> dict:
+    return {"base_url": sim.url, "connection_verify": str(sim.ca_bundle), **extra}
+
+
+def set_faults(sim: AzureSimulator, **faults) -> None:
+    httpx.post(f"{sim.url}/_sim/faults", json=faults, verify=ssl.create_default_context(cafile=str(sim.ca_bundle)))
+
+
+def test_every_sdk_attempt_waits_for_a_token(sim):
+    clock = FakeClock(0.0)
+    waited: list[float] = []
+    limiter = ArmLimiter({"read": BucketSpec(5, 2), "write": BucketSpec(5, 1)}, clock=clock, sleep=lambda s: (waited.append(s), clock.advance(s)))
+    client = ResourceManagementClient(
+        StaticTokenCredential(), SUB, **options(sim, per_retry_policies=[limiter.policy()], retry_backoff_factor=0.01)
+    )
+    client.resource_groups.create_or_update("rg", {"location": "westus3"})
+    for _ in range(4):
+        client.resource_groups.get("rg")
+    assert waited == [pytest.approx(0.2, abs=0.002), pytest.approx(0.2, abs=0.002)]  # 2 reads from the burst, then 1 per 0.2 s
+    # Retries are attempts too: a throttled call takes a token for each try.
+    set_faults(sim, rate=1.0, kinds=["server_error"], seed=1)
+    with pytest.raises(HttpResponseError):
+        client.resource_groups.get("rg", retry_total=2)
+    assert len(waited) == 5
+    client.close()
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def make_group_and_environment(sim: AzureSimulator) -> ContainerAppsAPIClient:
+    ResourceManagementClient(StaticTokenCredential(), SUB, **options(sim)).resource_groups.create_or_update("rg", {"location": "westus3"})
+    return ContainerAppsAPIClient(StaticTokenCredential(), SUB, **options(sim, retry_total=0))
+
+
+def env(profile: str = "Consumption-GPU-NC24-A100", location: str = "westus3") -> aca.ManagedEnvironment:
+    return aca.ManagedEnvironment(location=location, workload_profiles=[aca.WorkloadProfile(name="gpu", workload_profile_type=profile)])
+
+
+def classify_call(call) -> Exception:
+    with pytest.raises(Exception) as info:
+        call()
+    return classify_azure_error(info.value, doing="creating managed environment env")
+
+
+def test_quota_is_a_slow_retry_carrying_azures_message(sim):
+    apps = make_group_and_environment(sim)
+    set_faults(sim, rate=1.0, kinds=["quota"])
+    error = classify_call(lambda: apps.managed_environments.begin_create_or_update("rg", "env", env(), polling_interval=0.05).result())
+    assert isinstance(error, TemporaryError)
+    assert (error.reason, error.delay) == ("QuotaExceeded", QUOTA_RETRY_SECONDS)
+    assert "cannot have more than 1 SubscriptionNCA100Gpus" in error.message
+    assert error.message.startswith("creating managed environment env: Azure said MaxRegionalQuotaExceeded")
+
+
+def test_an_unknown_region_or_workload_profile_is_permanent(sim):
+    apps = make_group_and_environment(sim)
+    error = classify_call(lambda: apps.managed_environments.begin_create_or_update("rg", "env", env(location="atlantis"), polling_interval=0.05).result())
+    assert isinstance(error, PermanentError) and error.reason == "UnknownRegion"
+    error = classify_call(lambda: apps.managed_environments.begin_create_or_update("rg", "env", env(profile="NC999-Quantum"), polling_interval=0.05).result())
+    assert isinstance(error, PermanentError) and error.reason == "UnknownWorkloadProfile"
+
+
+def test_throttling_waits_as_long_as_azure_says(sim):
+    apps = make_group_and_environment(sim)
+    set_faults(sim, rate=1.0, kinds=["throttle"], retryAfterSeconds=7)
+    error = classify_call(lambda: apps.managed_environments.get("rg", "env"))
+    assert isinstance(error, TemporaryError) and (error.reason, error.delay) == ("Throttled", 7.0)
+
+
+def test_server_errors_and_missing_parents_are_temporary(sim):
+    apps = ContainerAppsAPIClient(StaticTokenCredential(), SUB, **options(sim, retry_total=0))
+    error = classify_call(lambda: apps.managed_environments.begin_create_or_update("rg", "env", env(), polling_interval=0.05).result())
+    assert isinstance(error, TemporaryError) and error.reason == "DependencyNotReady"
+    make_group_and_environment(sim)
+    set_faults(sim, rate=1.0, kinds=["server_error"])
+    error = classify_call(lambda: apps.managed_environments.get("rg", "env"))
+    assert isinstance(error, TemporaryError) and error.reason == "AzureError" and error.delay is None
+
+
+def test_a_failed_long_running_operation_is_temporary(sim):
+    make_group_and_environment(sim)
+    logs = LogAnalyticsManagementClient(StaticTokenCredential(), SUB, **options(sim, retry_total=0))
+    set_faults(sim, rate=1.0, kinds=["failed_operation"])
+    error = classify_call(lambda: logs.workspaces.begin_create_or_update("rg", "logs", {"location": "westus3"}, polling_interval=0.05).result())
+    assert isinstance(error, TemporaryError)
+
+
+def test_refused_credentials_are_permanent_and_unknown_credential_kinds_are_refused():
+    error = classify_azure_error(ClientAuthenticationError(message="token expired"), doing="reading app")
+    assert isinstance(error, PermanentError) and error.reason == "AuthorizationFailed"
+    with pytest.raises(ValueError, match="'default' or 'static'"):
+        make_credential("magic")
+    assert make_credential("static").get_token("scope").token
