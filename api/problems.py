@@ -87,7 +87,7 @@ _TITLES = {
 }
 
 
-def problem_type(status: int, title: str) -> str:
+def problem_type(title: str) -> str:
     return "urn:loraplane:problem:" + title.lower().replace(" ", "-").replace("'", "")
 
 
@@ -101,7 +101,7 @@ def problem_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = Problem(
-        type=problem_type(status, title),
+        type=problem_type(title),
         title=title,
         status=status,
         detail=detail,

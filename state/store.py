@@ -15,7 +15,7 @@ import binascii
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -133,7 +133,7 @@ class DeploymentStore:
 
     def list(
         self,
-        requirements: list[Requirement] = (),  # type: ignore[assignment]
+        requirements: Sequence[Requirement] = (),
         *,
         limit: int | None = None,
         continue_token: str | None = None,

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from rich import box
 from rich.console import Console
 from rich.table import Table
 
