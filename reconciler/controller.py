@@ -163,7 +163,13 @@ class Controller:
     def process(self, name: str) -> Outcome:
         """One pass for one key, and what comes after it: requeue, backoff, or rest."""
         started = time.perf_counter()
-        outcome = self.reconciler.reconcile(name)
+        try:
+            outcome = self.reconciler.reconcile(name)
+        except Exception:
+            # reconcile() classifies provider failures itself; this is the database failing
+            # under it (while writing status, say). Retry with backoff; never lose the worker.
+            log.exception("reconciling %s failed; retrying with backoff", name)
+            outcome = Outcome("temporary")
         self.metrics.reconciles.labels(outcome.result).inc()
         self.metrics.duration.labels(outcome.result).observe(time.perf_counter() - started)
         self._last_progress = self.monotonic()

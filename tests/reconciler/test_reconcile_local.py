@@ -18,6 +18,7 @@ from infra.local.provider import LocalProvider
 from reconciler.controller import Controller
 from reconciler.core import Reconciler
 from reconciler.workqueue import WorkQueue
+from state.db import make_engine, sqlite_url, upgrade_database
 from state.errors import NotFound
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentSpec, DeploymentStatus
@@ -238,3 +239,25 @@ def test_a_target_without_a_provider_is_permanent(store, reconciler):
     store.request_deletion("cloud-bot")
     assert reconciler.reconcile("cloud-bot").result == "deleted"
 
+
+
+def test_a_database_failure_mid_pass_is_retried_and_keeps_the_worker(share, tmp_path):
+    """The database goes away under a pass: the controller backs off instead of dying."""
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade_database(engine)
+    store = DeploymentStore(engine)
+    clock = FakeClock()
+    queue = WorkQueue(clock=clock)
+    registry = CollectorRegistry()
+    reconciler = Reconciler(store, {"local": LocalProvider(tmp_path / "run", serving_command=STANDIN_COMMAND)})
+    controller = Controller(reconciler, queue=queue, registry=registry)
+    create(store, share, model={"path": "models/absent"})
+    engine.dispose()
+    database = Path(engine.url.database)
+    for leftover in tmp_path.glob(database.name + "*"):
+        leftover.unlink()
+    database.mkdir()  # a folder where the database file was: every query now fails
+    outcome = controller.process("support-bot")
+    assert outcome.result == "temporary"
+    assert queue.has_pending_retry("support-bot")
+    assert 'loraplane_reconciles_total{result="temporary"} 1.0' in generate_latest(registry).decode()
