@@ -1,0 +1,140 @@
+"""The desired Azure resources of a deployment, and drift as Azure's echo of them shows it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.mgmt.appcontainers import ContainerAppsAPIClient
+from azure.mgmt.loganalytics import LogAnalyticsManagementClient
+from azure.mgmt.resource.resources import ResourceManagementClient
+from azure.mgmt.storage import StorageManagementClient
+
+from infra.azure.credentials import StaticTokenCredential
+from infra.azure.desired import DEFAULT_IMAGE, desired_resources, drifted_fields, loraplane_tags, value_at
+from infra.azuresim.server import AzureSimulator
+from infra.provider import Target
+from state.resource import DeploymentSpec
+from tests.conftest import azure_manifest
+
+SUB = "00000000-0000-0000-0000-000000000000"
+
+
+def target(**changes) -> Target:
+    manifest = azure_manifest(name="support-bot")
+    spec = manifest["spec"]
+    for key, value in changes.items():
+        spec[key] = value
+    return Target("support-bot", "uid-1", 1, DeploymentSpec.model_validate(spec).with_defaults("support-bot"))
+
+
+def by_kind(t: Target, **kwargs) -> dict:
+    return {r.kind: r for r in desired_resources(t, serving_wheel="loraplane-0.1.0-py3-none-any.whl", **kwargs)}
+
+
+def test_resources_come_parents_first_tagged_as_ours():
+    resources = desired_resources(target(), serving_wheel="w.whl")
+    assert [r.kind for r in resources] == [
+        "ResourceGroup", "StorageAccount", "FileShare", "Workspace", "ManagedEnvironment", "EnvironmentStorage", "ContainerApp"
+    ]
+    for resource in resources:
+        if "location" in resource.body:
+            assert resource.body["tags"] == loraplane_tags("support-bot")
+    assert resources[-1].id == f"/subscriptions/{SUB}/resourceGroups/rg-inference/providers/Microsoft.App/containerApps/support-bot"
+
+
+def test_the_container_app_is_the_ai_toolkits_inference_app_made_declarative():
+    app = by_kind(target(scale={"minReplicas": 0, "maxReplicas": 2}))["ContainerApp"].body["properties"]
+    assert app["workloadProfileName"] == "gpu"
+    assert app["configuration"]["ingress"] == {"external": True, "targetPort": 7860, "transport": "auto"}
+    assert app["configuration"]["secrets"] == [{"name": "loraplane-admin-token"}]  # no value in the plan
+    template = app["template"]
+    assert template["scale"] == {"minReplicas": 0, "maxReplicas": 2}
+    assert template["volumes"] == [{"name": "share", "storageType": "AzureFile", "storageName": "support-bot-storage"}]
+    [container] = template["containers"]
+    assert container["image"] == DEFAULT_IMAGE
+    assert container["volumeMounts"] == [{"volumeName": "share", "mountPath": "/mount"}]
+    assert "pip install --no-cache-dir '/mount/.loraplane/dist/loraplane-0.1.0-py3-none-any.whl[serving]'" in container["args"][0]
+    env = {e["name"]: e.get("value", e.get("secretRef")) for e in container["env"]}
+    assert env["LORAPLANE_SHARE_ROOT"] == "/mount"
+    assert env["LORAPLANE_ADAPTER_POINTER"] == ".loraplane/support-bot/current.json"
+    assert env["LORAPLANE_PORT"] == "7860"
+    assert env["LORAPLANE_ADMIN_TOKEN"] == "loraplane-admin-token"  # a secret reference
+    probes = {p["type"]: p for p in container["probes"]}
+    assert probes["Readiness"]["httpGet"]["path"] == "/readyz"
+    assert probes["Startup"]["failureThreshold"] * probes["Startup"]["periodSeconds"] >= 1800
+
+
+def test_a_prebuilt_image_runs_as_it_is():
+    azure = azure_manifest()["spec"]["azure"] | {"image": "myregistry.azurecr.io/loraplane-serving:1.0"}
+    [container] = by_kind(target(azure=azure))["ContainerApp"].body["properties"]["template"]["containers"]
+    assert container["image"] == "myregistry.azurecr.io/loraplane-serving:1.0"
+    assert "command" not in container and "args" not in container
+    with pytest.raises(ValueError, match="wheel"):
+        desired_resources(target())
+
+
+def test_the_gpu_workload_profile_is_in_the_environment():
+    environment = by_kind(target())["ManagedEnvironment"].body["properties"]
+    assert environment["workloadProfiles"] == [
+        {"name": "Consumption", "workloadProfileType": "Consumption"},
+        {"name": "gpu", "workloadProfileType": "Consumption-GPU-NC24-A100"},
+    ]
+    dedicated = azure_manifest()["spec"]["azure"] | {"workloadProfile": {"name": "a100", "type": "NC24-A100"}}
+    profiles = by_kind(target(azure=dedicated, scale={"minReplicas": 1, "maxReplicas": 3}))["ManagedEnvironment"].body["properties"]["workloadProfiles"]
+    assert profiles[1] == {"name": "a100", "workloadProfileType": "NC24-A100", "minimumCount": 0, "maximumCount": 3}
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[AzureSimulator]:
+    with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.05) as running:
+        yield running
+
+
+def put_all(sim: AzureSimulator, resources: dict) -> dict[str, dict]:
+    """Create everything as the provider will (PUT each desired body), then read each back."""
+    options = {"base_url": sim.url, "connection_verify": str(sim.ca_bundle), "polling_interval": 0.05}
+    credential = StaticTokenCredential()
+    groups = ResourceManagementClient(credential, SUB, **options)
+    stores = StorageManagementClient(credential, SUB, **options)
+    workspaces = LogAnalyticsManagementClient(credential, SUB, **options)
+    apps = ContainerAppsAPIClient(credential, SUB, **options)
+    rg, account, share = "rg-inference", resources["StorageAccount"].name, resources["FileShare"].name
+    groups.resource_groups.create_or_update(rg, resources["ResourceGroup"].body)
+    stores.storage_accounts.begin_create(rg, account, resources["StorageAccount"].body).result()
+    stores.file_shares.create(rg, account, share, resources["FileShare"].body)
+    workspaces.workspaces.begin_create_or_update(rg, resources["Workspace"].name, resources["Workspace"].body).result()
+    environment = resources["ManagedEnvironment"].name
+    apps.managed_environments.begin_create_or_update(rg, environment, resources["ManagedEnvironment"].body).result()
+    storage_body = resources["EnvironmentStorage"].body
+    storage_body["properties"]["azureFile"]["accountKey"] = "fetched-at-apply-time"
+    apps.managed_environments_storages.create_or_update(rg, environment, resources["EnvironmentStorage"].name, storage_body)
+    app_body = resources["ContainerApp"].body
+    app_body["properties"]["configuration"]["secrets"][0]["value"] = "generated-at-apply-time"
+    apps.container_apps.begin_create_or_update(rg, resources["ContainerApp"].name, app_body).result()
+    observed = {
+        "ResourceGroup": groups.resource_groups.get(rg).as_dict(),
+        "StorageAccount": stores.storage_accounts.get_properties(rg, account).as_dict(),
+        "FileShare": stores.file_shares.get(rg, account, share).as_dict(),
+        "Workspace": workspaces.workspaces.get(rg, resources["Workspace"].name).as_dict(),
+        "ManagedEnvironment": apps.managed_environments.get(rg, environment).as_dict(),
+        "EnvironmentStorage": apps.managed_environments_storages.get(rg, environment, resources["EnvironmentStorage"].name).as_dict(),
+        "ContainerApp": apps.container_apps.get(rg, resources["ContainerApp"].name).as_dict(),
+    }
+    for client in (groups, stores, workspaces, apps):
+        client.close()
+    return observed
+
+
+def test_what_azure_echoes_back_is_not_drift_and_a_real_change_is(sim):
+    desired = by_kind(target())
+    observed = put_all(sim, by_kind(target()))
+    assert {kind: drifted_fields(desired[kind], observed[kind]) for kind in desired} == {kind: [] for kind in desired}
+    # Azure filled things in that we did not send: still not drift.
+    assert value_at(observed["ContainerApp"], ("properties", "latestRevisionName"))
+    assert value_at(observed["ContainerApp"], ("properties", "configuration", "ingress", "fqdn"))
+    # maxReplicas changes: exactly one resource drifts, in exactly one place.
+    changed = by_kind(target(scale={"minReplicas": 1, "maxReplicas": 4}))
+    drift = {kind: drifted_fields(changed[kind], observed[kind]) for kind in changed}
+    assert {kind: fields for kind, fields in drift.items() if fields} == {"ContainerApp": ["properties.template"]}
