@@ -144,10 +144,6 @@ class Backoff:
         spread = delay * self.jitter
         return max(0.0, min(self.cap, delay + self.rng.uniform(-spread, spread)))
 
-    def failures(self, key: str) -> int:
-        with self._lock:
-            return self._failures.get(key, 0)
-
     def reset(self, key: str) -> None:
         with self._lock:
             self._failures.pop(key, None)

@@ -71,6 +71,3 @@ class AzureSimulator:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def serve_forever(self) -> None:
-        """For ``loraplane dev azure-sim``: run in this thread until interrupted."""
-        self._server.run()
