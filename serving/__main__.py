@@ -28,7 +28,10 @@ def main() -> None:
     logging.getLogger("loraplane.serving").info(
         "serving %s with adapter %s on %s:%d", settings.model_dir, settings.pointer_file or settings.adapter_dir, settings.host, settings.port
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    tls = {}
+    if settings.tls_certfile is not None:
+        tls = {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile) if settings.tls_keyfile else None}
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", **tls)
 
 
 if __name__ == "__main__":

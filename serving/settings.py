@@ -23,6 +23,10 @@ class ServingSettings(BaseSettings):
     admin_token: str | None = Field(default=None, repr=False)
     host: str = "0.0.0.0"
     port: int = Field(default=7860, ge=1, le=65535)
+    # HTTPS straight from the app, for where no ingress terminates TLS in front of it (the
+    # Azure simulator's stand-in for ACA's ingress). Both or neither.
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
     watch_interval_seconds: float = Field(default=5.0, gt=0)
     device: str | None = None  # cuda, cpu; default: cuda when present
     dtype: str | None = None  # float32, float16, bfloat16; default: by device

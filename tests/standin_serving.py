@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,7 +48,12 @@ def main() -> None:
         def log_message(self, format: str, *args) -> None:
             print(format % args, flush=True)
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    host = os.environ.get("LORAPLANE_HOST", "127.0.0.1")
+    server = ThreadingHTTPServer((host if host != "0.0.0.0" else "127.0.0.1", port), Handler)
+    if os.environ.get("LORAPLANE_TLS_CERTFILE"):  # as the real app: HTTPS when given a certificate
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(os.environ["LORAPLANE_TLS_CERTFILE"], os.environ.get("LORAPLANE_TLS_KEYFILE") or None)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"standin: serving {model} on port {port}", flush=True)
     server.serve_forever()
 

@@ -13,13 +13,18 @@ import copy
 import hashlib
 import random
 import string
+import shutil
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from pathlib import Path
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from infra.azuresim.containers import ContainerRunner
+from infra.azuresim.files import FilesSimulator
 from infra.azuresim.state import (
     REGIONS,
     TYPES,
@@ -29,6 +34,12 @@ from infra.azuresim.state import (
     SimState,
     utc_now,
 )
+
+
+GROUP_RESOURCES = "resources"
+STORAGE_ACCOUNTS = "microsoft.storage/storageaccounts"
+FILE_SHARES = "microsoft.storage/storageaccounts/fileservices/shares"
+CONTAINER_APPS = "microsoft.app/containerapps"
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,8 @@ def parse_path(path: str) -> Target:
     group_id = f"{base}/resourceGroups/{group}"
     if len(parts) == 4:
         return Target(subscription, group, "resourceGroups", group_id, None)
+    if len(parts) == 5 and parts[4].lower() == "resources":  # everything in the group
+        return Target(subscription, group, "resourceGroups", group_id, None, list_of=GROUP_RESOURCES)
     if parts[4].lower() != "providers" or len(parts) < 7:
         raise ArmError(404, "InvalidResourceType", f"no such ARM path: /{path}")
     namespace = parts[5]
@@ -111,12 +124,74 @@ def _deep_merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
 
 
 class ArmSimulator:
-    """Builds the FastAPI app over a SimState."""
+    """Builds the FastAPI app over a SimState: ARM, and the Azure Files data plane of the
+    storage accounts it holds (shares are folders under ``files_root``). With a
+    ``runner``, a container app's active revision runs as a local process."""
 
-    def __init__(self, state: SimState) -> None:
+    def __init__(self, state: SimState, files_root: Path, runner: ContainerRunner | None = None) -> None:
         self.state = state
         self.secrets: dict[str, dict[str, str]] = {}  # container app id -> secret values
         self.storage_keys: dict[str, str] = {}  # environment storage id -> account key
+        self.files = FilesSimulator(files_root, self._account_keys, self.state.count)
+        self.runner = runner
+        self.replica_failures: dict[str, str] = {}  # container app id -> why its replica failed
+        state.on_removed = self._removed
+        if runner is not None:
+            state.on_revision_active = self._run_revision
+
+    # ------------------------------------------------------------ storage and containers
+
+    def _account(self, name: str) -> dict[str, Any] | None:
+        with self.state.lock:
+            for resource in self.state.resources.values():
+                if resource["type"].lower() == STORAGE_ACCOUNTS and resource["name"] == name:
+                    return resource
+        return None
+
+    def _account_keys(self, name: str) -> list[str]:
+        account = self._account(name)
+        return [_fake_key(account["id"] + "1"), _fake_key(account["id"] + "2")] if account else []
+
+    def _share_folder_of(self, share: dict[str, Any]) -> Path:
+        account = share["id"].split("/")[8]
+        return self.files.share_folder(account, share["name"])
+
+    def _removed(self, resource: dict[str, Any]) -> None:
+        type_name = resource["type"].lower()
+        if type_name == FILE_SHARES:
+            shutil.rmtree(self._share_folder_of(resource), ignore_errors=True)
+        elif type_name == STORAGE_ACCOUNTS:
+            shutil.rmtree(self.files.root / resource["name"], ignore_errors=True)
+        elif type_name == CONTAINER_APPS and self.runner is not None:
+            self.runner.stop(resource["id"])
+
+    def _run_revision(self, app: dict[str, Any]) -> str | None:
+        """A revision is becoming active: run its replica, with the shares its volumes name."""
+        assert self.runner is not None
+        properties = app["properties"]
+        template = properties.get("template") or {}
+        environment_id = properties.get("managedEnvironmentId") or properties.get("environmentId") or ""
+        folders: dict[str, Path] = {}
+        for volume in template.get("volumes") or []:
+            if (volume.get("storageType") or "").lower() != "azurefile":
+                continue
+            storage = self.state.resources.get(f"{environment_id}/storages/{volume.get('storageName')}".lower())
+            azure_file = ((storage or {}).get("properties") or {}).get("azureFile") or {}
+            if not azure_file:
+                return f"volume {volume.get('name')!r}: environment storage {volume.get('storageName')!r} does not exist"
+            folders[volume["name"]] = self.files.share_folder(azure_file.get("accountName", ""), azure_file.get("shareName", ""))
+        mounts = {
+            mount["mountPath"]: folders[mount["volumeName"]]
+            for container in template.get("containers") or []
+            for mount in container.get("volumeMounts") or []
+            if mount.get("volumeName") in folders
+        }
+        failure = self.runner.run(app, mounts, self.secrets.get(app["id"].lower(), {}))
+        if failure is not None:
+            self.replica_failures[app["id"].lower()] = failure
+        else:
+            self.replica_failures.pop(app["id"].lower(), None)
+        return failure
 
     # ------------------------------------------------------------------------ the app
 
@@ -173,6 +248,10 @@ class ArmSimulator:
             except ArmError as exc:
                 return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+        @app.api_route("/{account}/{rest:path}", methods=["GET", "HEAD", "PUT", "DELETE"])
+        async def files(account: str, rest: str, request: Request) -> Response:
+            return await self.files.handle(request, account, rest)
+
         return app
 
     # ----------------------------------------------------------------------- dispatch
@@ -183,6 +262,8 @@ class ArmSimulator:
         api_version = request.query_params.get("api-version", "")
         if target.type_name is None:
             return self._provider_call(method, target, base, api_version)
+        if target.list_of == GROUP_RESOURCES and method == "GET":
+            return JSONResponse({"value": self._group_resources(target), "nextLink": None})
         if target.list_of is not None and method == "GET":
             return JSONResponse({"value": [self._visible(r) for r in self.state.children(target.resource_id, target.list_of)], "nextLink": None})
         if target.action is not None:
@@ -198,6 +279,14 @@ class ArmSimulator:
         if method == "DELETE":
             return self._delete(target, base, api_version, fault)
         raise ArmError(405, "MethodNotAllowed", f"{method} is not allowed on {target.type_name}")
+
+    def _group_resources(self, target: Target) -> list[dict[str, Any]]:
+        """GET …/resourceGroups/{g}/resources: the group's top-level resources, generic shape."""
+        self._existing(target)
+        prefix = (target.resource_id or "").lower() + "/providers/"
+        with self.state.lock:
+            found = [r for key, r in sorted(self.state.resources.items()) if key.startswith(prefix) and key[len(prefix):].count("/") == 2]
+        return [{k: r[k] for k in ("id", "name", "type", "location", "tags") if k in r} for r in found]
 
     def _existing(self, target: Target) -> dict[str, Any]:
         assert target.resource_id is not None
@@ -217,6 +306,9 @@ class ArmSimulator:
             secret.pop("value", None)
         if isinstance(properties.get("azureFile"), dict):
             properties["azureFile"].pop("accountKey", None)
+        log_analytics = (properties.get("appLogsConfiguration") or {}).get("logAnalyticsConfiguration")
+        if isinstance(log_analytics, dict):
+            log_analytics.pop("sharedKey", None)
         return shown
 
     # ---------------------------------------------------------------------------- PUT
@@ -286,6 +378,8 @@ class ArmSimulator:
                     raise ArmError(400, "InvalidWorkloadProfileType", f"workload profile type '{profile.get('workloadProfileType')}' is not supported in this region; supported: {', '.join(sorted(WORKLOAD_PROFILE_TYPES))}")
             properties["defaultDomain"] = old.get("defaultDomain") or f"{_suffix()}.{resource['location'].replace(' ', '').lower()}.azurecontainerapps.io"
             properties["staticIp"] = old.get("staticIp") or "20.1.2.3"
+        elif type_name == FILE_SHARES:
+            self.files.share_folder(target.resource_id.split("/")[8], resource["name"]).mkdir(parents=True, exist_ok=True)
         elif type_name == "microsoft.app/managedenvironments/storages":
             key = (properties.get("azureFile") or {}).get("accountKey")
             if key:
@@ -306,7 +400,8 @@ class ArmSimulator:
         domain = environment["properties"].get("defaultDomain", "example.azurecontainerapps.io") if environment else "example.azurecontainerapps.io"
         ingress = properties.get("configuration", {}).get("ingress")
         if isinstance(ingress, dict):
-            ingress["fqdn"] = f"{resource['name']}.{domain}"
+            # Where the runner's replicas answer, when it runs them: no DNS for ACA here.
+            ingress["fqdn"] = f"127.0.0.1:{self.runner.port_for(resource['id'])}" if self.runner else f"{resource['name']}.{domain}"
         properties["outboundIpAddresses"] = ["20.1.2.3"]
         properties["latestReadyRevisionName"] = old.get("latestReadyRevisionName")
         template = properties.get("template")
@@ -344,7 +439,7 @@ class ArmSimulator:
     # -------------------------------------------------------------------------- PATCH
 
     def _patch(self, target: Target, body: Any, base: str, api_version: str, fault: str | None) -> Response:
-        if target.type_name != "Microsoft.App/containerApps":
+        if target.type_name not in ("Microsoft.App/containerApps", "Microsoft.App/managedEnvironments"):
             raise ArmError(405, "MethodNotAllowed", f"PATCH is not simulated for {target.type_name}")
         if not isinstance(body, dict):
             raise ArmError(400, "InvalidRequestContent", "the request body must be a JSON object")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import trustme
 import uvicorn
 
 from infra.azuresim.arm import ArmSimulator
+from infra.azuresim.containers import ContainerRunner
 from infra.azuresim.state import SimState
 
 
@@ -17,13 +19,27 @@ class AzureSimulator:
     """``with AzureSimulator(workdir) as sim:`` then point the SDKs at ``sim.url`` and trust
     ``sim.ca_bundle``."""
 
-    def __init__(self, workdir: Path, *, port: int = 0, lro_delay_seconds: float = 0.2, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int = 0,
+        lro_delay_seconds: float = 0.2,
+        host: str = "127.0.0.1",
+        share_root: Path | None = None,
+        run_containers: bool = False,
+        container_command: Sequence[str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.host = host
-        self.state = SimState(lro_delay_seconds=lro_delay_seconds)
-        self.arm = ArmSimulator(self.state)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # Each file share is the folder share_root/ACCOUNT/SHARE.
+        self.share_root = share_root or workdir / "shares"
+        self.share_root.mkdir(parents=True, exist_ok=True)
         authority = trustme.CA()
+        self.runner = ContainerRunner(workdir, authority, container_command) if run_containers else None
+        self.state = SimState(lro_delay_seconds=lro_delay_seconds)
+        self.arm = ArmSimulator(self.state, self.share_root, self.runner)
         server_cert = authority.issue_cert(host, "localhost")
         self.ca_bundle = self.workdir / "azure-sim-ca.pem"
         authority.cert_pem.write_to_path(str(self.ca_bundle))
@@ -60,7 +76,12 @@ class AzureSimulator:
             time.sleep(0.02)
         return self
 
+    def share_folder(self, account: str, share: str) -> Path:
+        return self.arm.files.share_folder(account, share)
+
     def stop(self) -> None:
+        if self.runner is not None:
+            self.runner.stop_all()
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)

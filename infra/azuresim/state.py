@@ -119,8 +119,11 @@ class SimState:
     calls: Counter = field(default_factory=Counter)  # (method, type) -> count
     faults: Faults = field(default_factory=Faults)
     lock: threading.RLock = field(default_factory=threading.RLock)
-    # Called with a container app's id when one of its revisions becomes the active one.
-    on_revision_active: Callable[[dict[str, Any]], None] | None = None
+    # Called with a container app when its latest revision is about to become the ready one;
+    # an answer other than None says why its replica failed, and the revision fails with it.
+    on_revision_active: Callable[[dict[str, Any]], str | None] | None = None
+    # Called with each resource as it is removed (deleted, or under a deleted parent).
+    on_removed: Callable[[dict[str, Any]], None] | None = None
     _rng: random.Random = field(default_factory=random.Random)
 
     # -------------------------------------------------------------------------- faults
@@ -179,10 +182,14 @@ class SimState:
 
     def remove(self, resource_id: str) -> None:
         """A resource and everything under it."""
-        key = resource_id.lower()
         with self.lock:
-            for other in [k for k in self.resources if k == key or k.startswith(key + "/")]:
-                del self.resources[other]
+            self._remove(resource_id.lower())
+
+    def _remove(self, key: str) -> None:
+        for other in sorted((k for k in self.resources if k == key or k.startswith(key + "/")), reverse=True):
+            removed = self.resources.pop(other)
+            if self.on_removed is not None:
+                self.on_removed(removed)
 
     # ------------------------------------------------------------------------ operations
 
@@ -215,8 +222,7 @@ class SimState:
             resource = self.resources.get(key)
             if operation.kind == "delete":
                 if operation.fail is None:
-                    for other in [k for k in self.resources if k == key or k.startswith(key + "/")]:
-                        del self.resources[other]
+                    self._remove(key)
                 continue
             if resource is None:
                 continue
@@ -229,11 +235,14 @@ class SimState:
         properties = app["properties"]
         latest = properties.get("latestRevisionName")
         if latest and properties.get("latestReadyRevisionName") != latest:
-            properties["latestReadyRevisionName"] = latest
+            failure = self.on_revision_active(copy.deepcopy(app)) if self.on_revision_active is not None else None
             revision = self.resources.get(f"{app['id']}/revisions/{latest}".lower())
+            if failure is None:
+                properties["latestReadyRevisionName"] = latest
             if revision is not None:
-                revision["properties"]["provisioningState"] = "Provisioned"
-                revision["properties"]["runningState"] = "Running"
-                revision["properties"]["healthState"] = "Healthy"
-            if self.on_revision_active is not None:
-                self.on_revision_active(copy.deepcopy(app))
+                revision["properties"].update(
+                    {"provisioningState": "Provisioned", "runningState": "Running", "healthState": "Healthy"}
+                    if failure is None
+                    else {"provisioningState": "Failed", "runningState": "Failed", "healthState": "Unhealthy",
+                          "provisioningError": failure}
+                )

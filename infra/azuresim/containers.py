@@ -1,0 +1,145 @@
+"""Running the container: when a container app's revision becomes active, the simulator starts
+the serving app as a local process, as ACA would start the revision's replica.
+
+What the container would see, it sees: the revision's environment variables (secret
+references resolved from the app's secrets), and the share's folder where the volume is
+mounted. What ACA's ingress would give, it gets: HTTPS with a certificate from the simulator's
+CA, on a loopback port that the app's ``ingress.fqdn`` names (``127.0.0.1:PORT``: there is no
+DNS for azurecontainerapps.io here). The image is not pulled: the command runs the serving app
+from this Python, after checking that what the container's command would install (the wheel
+on the share) is there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+log = logging.getLogger("loraplane.azuresim")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ContainerRunner:
+    def __init__(self, workdir: Path, authority: trustme.CA, command: Sequence[str] | None = None) -> None:
+        self.folder = workdir / "containers"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.command = tuple(command or (sys.executable, "-m", "serving"))
+        certificate = authority.issue_cert("127.0.0.1", "localhost")
+        self.certfile = self.folder / "ingress-cert.pem"
+        self.keyfile = self.folder / "ingress-key.pem"
+        certificate.cert_chain_pems[0].write_to_path(str(self.certfile))
+        certificate.private_key_pem.write_to_path(str(self.keyfile))
+        self._ports: dict[str, int] = {}
+        self._processes: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def port_for(self, app_id: str) -> int:
+        """The app's ingress port: chosen once, kept across revisions (the fqdn never moves)."""
+        with self._lock:
+            return self._ports.setdefault(app_id.lower(), _free_port())
+
+    def log_file(self, app_name: str) -> Path:
+        return self.folder / f"{app_name}.log"
+
+    def run(self, app: dict[str, Any], mounts: dict[str, Path], secrets: dict[str, str | None]) -> str | None:
+        """Start the app's active revision, stopping the one before (single revision mode).
+        ``mounts`` maps each mount path to the share folder behind it. Returns why the replica
+        could not start, or None."""
+        template = app["properties"].get("template") or {}
+        containers = template.get("containers") or []
+        if not containers:
+            return "the revision has no containers"
+        container = containers[0]
+        self.stop(app["id"])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
+        for variable in container.get("env") or []:
+            value = variable.get("value")
+            if variable.get("secretRef"):
+                value = secrets.get(variable["secretRef"])
+                if value is None:
+                    return f"secret {variable['secretRef']!r} has no value"
+            env[variable["name"]] = _remap(value or "", mounts)
+        missing = self._missing_install(container, mounts)
+        if missing is not None:
+            return missing
+        port = self.port_for(app["id"])
+        env.update({
+            "LORAPLANE_HOST": "127.0.0.1",
+            "LORAPLANE_PORT": str(port),
+            "LORAPLANE_TLS_CERTFILE": str(self.certfile),
+            "LORAPLANE_TLS_KEYFILE": str(self.keyfile),
+            "HF_HUB_OFFLINE": "1",
+        })
+        log_handle = open(self.log_file(app["name"]), "ab")  # noqa: SIM115 - the child owns it
+        try:
+            process = subprocess.Popen(
+                self.command, env=env, stdout=log_handle, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        finally:
+            log_handle.close()
+        with self._lock:
+            self._processes[app["id"].lower()] = process
+        log.info("running %s's revision %s on port %d (pid %d)", app["name"], app["properties"].get("latestRevisionName"), port, process.pid)
+        return None
+
+    @staticmethod
+    def _missing_install(container: dict[str, Any], mounts: dict[str, Path]) -> str | None:
+        """The default image's command installs a wheel from the share: without it, pip fails
+        and so would the replica."""
+        command = " ".join([*(container.get("command") or []), *(container.get("args") or [])])
+        for wheel in re.findall(r"(/\S+?\.whl)", command):
+            local = Path(_remap(wheel, mounts))
+            if not local.is_file():
+                return f"pip: {shlex.quote(wheel)} does not exist on the share"
+        return None
+
+    def running(self, app_id: str) -> bool:
+        with self._lock:
+            process = self._processes.get(app_id.lower())
+        return process is not None and process.poll() is None
+
+    def stop(self, app_id: str) -> None:
+        with self._lock:
+            process = self._processes.pop(app_id.lower(), None)
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def stop_all(self) -> None:
+        with self._lock:
+            apps = list(self._processes)
+        for app_id in apps:
+            self.stop(app_id)
+
+
+def _remap(value: str, mounts: dict[str, Path]) -> str:
+    """A path inside the container, as the same file on this machine."""
+    for mount_path, folder in mounts.items():
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(folder) + value[len(mount_path.rstrip("/")):]
+    return value
