@@ -66,3 +66,31 @@ class Provider(Protocol):
         ...
 
     def logs(self, target: Target, tail: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class ResourceRecord:
+    """What a provider must remember about one cloud resource across restarts: whether
+    loraplane created it (so it may delete it), and the long-running operation in flight on
+    it, as the SDK's continuation token (never holding a secret)."""
+
+    resource_id: str
+    kind: str
+    created: bool = False
+    operation: str | None = None  # "create", "update" or "delete" while one runs
+    continuation_token: str | None = None
+
+
+class ResourceJournal(Protocol):
+    """Durable memory for providers, by deployment uid (the reconciler backs it with the
+    database)."""
+
+    def records(self, deployment_uid: str) -> dict[str, ResourceRecord]:
+        """By resource id, lower-cased."""
+        ...
+
+    def save(self, deployment_uid: str, record: ResourceRecord) -> None: ...
+
+    def forget(self, deployment_uid: str, resource_id: str | None = None) -> None:
+        """One record, or (``resource_id`` None) all of the deployment's."""
+        ...

@@ -197,3 +197,24 @@ class EventPublic(EventBase):
 
 class EventList(CamelModel):
     items: list[EventPublic]
+
+
+# --------------------------------------------------------------------------------------------
+# CloudResource
+
+
+class CloudResource(SQLModel, table=True):
+    """A provider's durable memory of one cloud resource of a deployment: whether loraplane
+    created it (only then may it delete it) and the long-running operation in flight on it, as
+    the SDK's continuation token, so that a restart resumes polling rather than sending the
+    request again. Never holds a secret."""
+
+    __tablename__ = "cloud_resource"
+
+    deployment_uid: str = Field(sa_column=Column(String(36), primary_key=True))
+    resource_id: str = Field(sa_column=Column(String(512), primary_key=True))  # lower-cased
+    kind: str = Field(sa_column=Column(String(64), nullable=False))
+    created: bool = Field(default=False, nullable=False)
+    operation: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
+    continuation_token: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -27,6 +27,7 @@ from sqlmodel import Session
 from state.db import WRITE
 from state.errors import AlreadyExists, Conflict, InvalidChange, NotFound, PreconditionFailed
 from state.models import (
+    CloudResource,
     FINALIZER,
     DeploymentLabel,
     Event,
@@ -322,8 +323,37 @@ class DeploymentStore:
                 raise Conflict(f"deployment {name!r} is not marked for deletion")
             session.exec(delete(DeploymentLabel).where(DeploymentLabel.deployment_name == name))
             session.exec(delete(Event).where(Event.deployment_uid == uid))
+            session.exec(delete(CloudResource).where(CloudResource.deployment_uid == uid))
             session.delete(row)
         return True
+
+    # ---------------------------------------------------------------------- cloud resources
+
+    def cloud_resources(self, deployment_uid: str) -> list[CloudResource]:
+        with self._read() as session:
+            return list(session.exec(select(CloudResource).where(CloudResource.deployment_uid == deployment_uid)).scalars())
+
+    def save_cloud_resource(
+        self, deployment_uid: str, resource_id: str, *, kind: str, created: bool,
+        operation: str | None, continuation_token: str | None,
+    ) -> None:
+        """Insert or replace the record of one resource (ids are compared lower-cased, as ARM does)."""
+        key = resource_id.lower()
+        with self._write() as session:
+            row = session.get(CloudResource, (deployment_uid, key))
+            if row is None:
+                row = CloudResource(deployment_uid=deployment_uid, resource_id=key, kind=kind, updated_at=self.clock())
+            row.kind, row.created, row.operation = kind, created, operation
+            row.continuation_token = continuation_token
+            row.updated_at = self.clock()
+            session.add(row)
+
+    def forget_cloud_resources(self, deployment_uid: str, resource_id: str | None = None) -> None:
+        query = delete(CloudResource).where(CloudResource.deployment_uid == deployment_uid)
+        if resource_id is not None:
+            query = query.where(CloudResource.resource_id == resource_id.lower())
+        with self._write() as session:
+            session.exec(query)
 
     def record_event(
         self, row: InferenceDeployment, type_: str, reason: str, message: str

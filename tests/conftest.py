@@ -65,7 +65,7 @@ def truncate(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(
-            text("TRUNCATE inference_deployment, deployment_label, event RESTART IDENTITY CASCADE")
+            text("TRUNCATE inference_deployment, deployment_label, event, cloud_resource RESTART IDENTITY CASCADE")
         )
     engine.dispose()
 
