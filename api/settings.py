@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,6 +32,20 @@ class ServiceSettings(BaseSettings):
     # default: this Python running ``-m serving``.
     serving_command: list[str] | None = None
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # The azure target. The defaults reach the public cloud with DefaultAzureCredential; the
+    # simulator stands in with its URL, its CA bundle and the static credential. HTTPS is
+    # always verified.
+    azure_arm_url: str = Field(default="https://management.azure.com", pattern=r"^https://")
+    azure_ca_bundle: Path | None = None
+    azure_credential: Literal["default", "static"] = "default"
+    azure_polling_seconds: float = Field(default=5.0, gt=0)
+    # The client-side ARM limiter (token buckets shared by every worker).
+    azure_reads_per_second: float = Field(default=25.0, gt=0)
+    azure_read_burst: int = Field(default=250, ge=1)
+    azure_writes_per_second: float = Field(default=10.0, gt=0)
+    azure_write_burst: int = Field(default=200, ge=1)
+    azure_deletes_per_second: float = Field(default=10.0, gt=0)
+    azure_delete_burst: int = Field(default=200, ge=1)
 
     def database(self) -> str:
         # Imported here: the CLI's client commands read ClientSettings and should not pay

@@ -1,4 +1,5 @@
-"""Hot reload: poll the adapter folder, or the reconciler's pointer file, and swap in what is new.
+"""Hot reload: poll the adapter folder, or the reconciler's pointer file once one exists, and
+swap in what is new.
 
 SMB shares have no inotify, so this polls. A changed adapter folder is acted on only once its
 files have stayed the same for one poll (a copy in progress is not an adapter). The reload
@@ -71,7 +72,9 @@ class AdapterWatcher:
         assert pointer is not None
         active = self.registry.active
         if not pointer.is_file():
-            return self._nothing_to_serve(f"the adapter pointer {pointer} does not exist yet")
+            # No rollout has written it yet: serve the adapter folder meanwhile, as an app
+            # without a reconciler would; from the first pointer on, the pointer decides.
+            return self._follow_folder(force)
         signature = stat_signature(pointer.parent)
         previous, self._last_seen = self._last_seen, signature
         try:

@@ -14,9 +14,12 @@ from sqlalchemy.engine import make_url
 from api.app import create_app
 from api.cli.client import CliError
 from api.settings import ServiceSettings
+from infra.azure.limiter import ArmLimiter, BucketSpec
+from infra.azure.provider import AzureConfig, AzureProvider
 from infra.local.provider import LocalProvider
 from reconciler.controller import Controller
 from reconciler.core import Reconciler
+from reconciler.journal import DatabaseJournal
 from state.db import make_engine, upgrade_database
 from state.errors import NotFound
 from state.models import InferenceDeploymentCreate
@@ -86,6 +89,21 @@ def announce_demo(store: DeploymentStore, share: Path, timeout: float = 600.0) -
         time.sleep(1)
 
 
+def azure_provider(settings: ServiceSettings, store: DeploymentStore) -> AzureProvider:
+    limits = {
+        "read": BucketSpec(settings.azure_reads_per_second, settings.azure_read_burst),
+        "write": BucketSpec(settings.azure_writes_per_second, settings.azure_write_burst),
+        "delete": BucketSpec(settings.azure_deletes_per_second, settings.azure_delete_burst),
+    }
+    config = AzureConfig(
+        arm_url=settings.azure_arm_url,
+        ca_bundle=settings.azure_ca_bundle,
+        credential=settings.azure_credential,
+        polling_seconds=settings.azure_polling_seconds,
+    )
+    return AzureProvider(config, DatabaseJournal(store), limiter=ArmLimiter(limits))
+
+
 def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo: bool = False) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -104,7 +122,7 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     store = DeploymentStore(engine)
     registry = CollectorRegistry()
     local = LocalProvider(settings.data_dir / "local", serving_command=settings.serving_command)
-    reconciler = Reconciler(store, {"local": local})
+    reconciler = Reconciler(store, {"local": local, "azure": azure_provider(settings, store)})
     controller = Controller(
         reconciler,
         resync_seconds=settings.resync_seconds,

@@ -85,12 +85,31 @@ def _serving_container(target: Target, serving_wheel: str | None) -> aca.Contain
             raise ValueError("the default image installs the serving app from a wheel on the share: name it")
         wheel = f"{SHARE_MOUNT}/{DIST_FOLDER}/{serving_wheel}"
         container.command = ["/bin/sh", "-c"]
-        container.args = [f"pip install --no-cache-dir '{wheel}[serving]' && exec python -m serving"]
+        container.args = [f"pip install --no-cache-dir '{wheel}' && exec python -m serving"]
     return container
 
 
-def desired_resources(target: Target, *, serving_wheel: str | None = None) -> list[DesiredResource]:
-    """Every resource of the deployment, parents first."""
+# What each kind needs to exist (and have finished provisioning) before it can be created.
+DEPENDS_ON: dict[str, tuple[str, ...]] = {
+    "ResourceGroup": (),
+    "StorageAccount": ("ResourceGroup",),
+    "FileShare": ("StorageAccount",),
+    "Workspace": ("ResourceGroup",),
+    "ManagedEnvironment": ("Workspace",),
+    "EnvironmentStorage": ("ManagedEnvironment", "StorageAccount", "FileShare"),
+    "ContainerApp": ("ManagedEnvironment", "EnvironmentStorage"),
+}
+# Lists compared by the ``name`` of their items, and only for the items loraplane sends: an
+# environment may hold other teams' workload profiles besides ours.
+NAMED_SUBSET_LISTS = {"workloadProfiles"}
+
+
+def desired_resources(
+    target: Target, *, serving_wheel: str | None = None, workspace_customer_id: str | None = None
+) -> list[DesiredResource]:
+    """Every resource of the deployment, parents first. The environment's logs go to the
+    workspace whose ``customerId`` Azure assigned (known once the workspace exists); its shared
+    key, like every secret, is added at apply time and never appears here."""
     azure = target.spec.azure
     if azure is None:
         raise ValueError("spec.azure is required for the azure target")
@@ -137,8 +156,15 @@ def desired_resources(target: Target, *, serving_wheel: str | None = None) -> li
                         logs.Workspace(location=azure.location, tags=tags, sku=logs.WorkspaceSku(name="PerGB2018"),
                                        retention_in_days=30).as_dict(), (("properties", "sku", "name"),)),
         DesiredResource("ManagedEnvironment", azure.environment, environment_id,
-                        aca.ManagedEnvironment(location=azure.location, tags=tags, workload_profiles=workload_profiles).as_dict(),
-                        (("properties", "workloadProfiles"),)),
+                        aca.ManagedEnvironment(
+                            location=azure.location, tags=tags, workload_profiles=workload_profiles,
+                            app_logs_configuration=aca.AppLogsConfiguration(
+                                destination="log-analytics",
+                                log_analytics_configuration=aca.LogAnalyticsConfiguration(customer_id=workspace_customer_id),
+                            ),
+                        ).as_dict(),
+                        (("properties", "workloadProfiles"), ("properties", "appLogsConfiguration", "destination"),
+                         ("properties", "appLogsConfiguration", "logAnalyticsConfiguration", "customerId"))),
         DesiredResource("EnvironmentStorage", azure.environment_storage, f"{environment_id}/storages/{azure.environment_storage}",
                         aca.ManagedEnvironmentStorage(properties=aca.ManagedEnvironmentStorageProperties(
                             azure_file=aca.AzureFileProperties(account_name=azure.storage_account, share_name=azure.file_share,
@@ -169,15 +195,18 @@ def drifted_fields(desired: DesiredResource, observed: dict[str, Any]) -> list[s
     return [
         ".".join(path)
         for path in desired.drift_paths
-        if not _holds(value_at(observed, path), value_at(desired.body, path))
+        if not _holds(value_at(observed, path), value_at(desired.body, path), named=path[-1] in NAMED_SUBSET_LISTS)
     ]
 
 
-def _holds(observed: Any, wanted: Any) -> bool:
+def _holds(observed: Any, wanted: Any, named: bool = False) -> bool:
     if wanted is None:
         return True
     if isinstance(wanted, dict):
         return isinstance(observed, dict) and all(_holds(observed.get(k), v) for k, v in wanted.items())
+    if isinstance(wanted, list) and all(isinstance(w, dict) and "name" in w for w in wanted) and named:
+        by_name = {o.get("name"): o for o in observed or [] if isinstance(o, dict)} if isinstance(observed, list) else {}
+        return all(_holds(by_name.get(w["name"]), w) for w in wanted)
     if isinstance(wanted, list):
         return (
             isinstance(observed, list)

@@ -55,7 +55,7 @@ def test_the_container_app_is_the_ai_toolkits_inference_app_made_declarative():
     [container] = template["containers"]
     assert container["image"] == DEFAULT_IMAGE
     assert container["volumeMounts"] == [{"volumeName": "share", "mountPath": "/mount"}]
-    assert "pip install --no-cache-dir '/mount/.loraplane/dist/loraplane-0.1.0-py3-none-any.whl[serving]'" in container["args"][0]
+    assert "pip install --no-cache-dir '/mount/.loraplane/dist/loraplane-0.1.0-py3-none-any.whl'" in container["args"][0]
     env = {e["name"]: e.get("value", e.get("secretRef")) for e in container["env"]}
     assert env["LORAPLANE_SHARE_ROOT"] == "/mount"
     assert env["LORAPLANE_ADAPTER_POINTER"] == ".loraplane/support-bot/current.json"

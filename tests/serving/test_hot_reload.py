@@ -238,3 +238,13 @@ def test_concurrent_requests_share_batches(serve_app, tiny_share):
     singles = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith('loraplane_serving_batch_size_bucket{le="1.0"}'))
     batches = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("loraplane_serving_batch_size_count"))
     assert batches < 8 and singles < batches  # some batches held more than one request
+
+
+def test_before_the_first_pointer_the_adapter_folder_is_served(serve_app, tiny_share):
+    app = serve_app(tiny_share, adapter_pointer=".loraplane/support-bot/current.json")
+    served_from_folder = version_of(app.url)
+    assert served_from_folder and ask(app.url).status_code == 200
+    pointer = tiny_share / ".loraplane/support-bot/current.json"
+    pointer.parent.mkdir(parents=True)
+    write_pointer(pointer, {"version": "v2", "path": SECOND_ADAPTER_PATH})
+    eventually(lambda: version_of(app.url) == "v2", what="the pointer's version")

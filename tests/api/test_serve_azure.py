@@ -1,0 +1,69 @@
+"""``loraplane serve`` pointed at the Azure simulator by its settings alone
+(LORAPLANE_AZURE_ARM_URL, _CA_BUNDLE, _CREDENTIAL=static), driven by the CLI: apply, get,
+export-toolkit, delete. And no secret in its log."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+from azure.mgmt.appcontainers import ContainerAppsAPIClient
+from azure.mgmt.resource.resources import ResourceManagementClient
+from azure.mgmt.storage import StorageManagementClient
+
+from infra.azure.credentials import StaticTokenCredential
+from infra.azuresim.server import AzureSimulator
+from state.resource import DeploymentSpec
+from tests.api.test_cli import run_cli
+from tests.conftest import MODEL_PATH, STANDIN_COMMAND, azure_manifest, start_service, stop_service
+
+SUB = "00000000-0000-0000-0000-000000000000"
+
+
+def test_serve_runs_an_azure_deployment_against_the_simulator(tmp_path: Path):
+    sim = AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.2, run_containers=True, container_command=STANDIN_COMMAND).start()
+    service = start_service(tmp_path / "data", env_overrides={
+        "LORAPLANE_AZURE_ARM_URL": sim.url,
+        "LORAPLANE_AZURE_CA_BUNDLE": str(sim.ca_bundle),
+        "LORAPLANE_AZURE_CREDENTIAL": "static",
+        "LORAPLANE_AZURE_POLLING_SECONDS": "0.1",
+    })
+    try:
+        manifest = azure_manifest("support-bot")
+        spec = DeploymentSpec.model_validate(manifest["spec"]).with_defaults("support-bot")
+        (sim.share_folder(spec.azure.storage_account, spec.azure.file_share) / MODEL_PATH).mkdir(parents=True)
+        (tmp_path / "bot.yaml").write_text(yaml.safe_dump(manifest))
+        assert run_cli(service, "apply", "-f", str(tmp_path / "bot.yaml")).returncode == 0
+
+        deadline = time.monotonic() + 90
+        while True:
+            shown = json.loads(run_cli(service, "get", "support-bot", "-o", "json").stdout)
+            if shown["status"]["phase"] == "Ready":
+                break
+            assert time.monotonic() < deadline, shown["status"]
+            time.sleep(0.5)
+        endpoint = shown["status"]["endpoint"]
+        assert endpoint.startswith("https://127.0.0.1:")
+
+        exported = run_cli(service, "export-toolkit", "support-bot", "--project", str(tmp_path / "project"))
+        assert exported.returncode == 0, exported.stderr
+        config = json.loads((tmp_path / "project" / "infra" / "inference.config.json").read_text())
+        assert config["ACA_APP_ENDPOINT"] == endpoint and config["ACA_APP_NAME"] == "support-bot"
+
+        options = {"base_url": sim.url, "connection_verify": str(sim.ca_bundle)}
+        storage = StorageManagementClient(StaticTokenCredential(), SUB, **options)
+        apps = ContainerAppsAPIClient(StaticTokenCredential(), SUB, **options)
+        key = storage.storage_accounts.list_keys("rg-inference", spec.azure.storage_account)["keys"][0]["value"]
+        token = next(s.value for s in apps.container_apps.list_secrets("rg-inference", "support-bot").value)
+
+        deleted = run_cli(service, "delete", "support-bot", "--wait")
+        assert deleted.returncode == 0, deleted.stderr
+        assert not ResourceManagementClient(StaticTokenCredential(), SUB, **options).resource_groups.check_existence("rg-inference")
+    finally:
+        stop_service(service)
+        sim.stop()
+    log = service.log.read_text()
+    assert "created" in log or "create" in log
+    assert key not in log and token not in log

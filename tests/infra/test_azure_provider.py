@@ -1,0 +1,332 @@
+"""The azure target end to end: the reconciler, the Azure provider and the official SDK
+clients against the simulator over HTTPS, with the container app's revision running as a
+local process. What a user sees: status, resources, the endpoint, and the calls Azure got."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from azure.mgmt.appcontainers import ContainerAppsAPIClient
+from azure.mgmt.resource.resources import ResourceManagementClient
+from azure.mgmt.storage import StorageManagementClient
+from sqlalchemy import text
+
+from infra.azure.credentials import StaticTokenCredential
+from infra.azure.provider import AzureConfig, AzureProvider
+from infra.azuresim.server import AzureSimulator
+from reconciler.core import Outcome, Reconciler, target_of
+from reconciler.journal import DatabaseJournal
+from state.db import make_engine, sqlite_url, upgrade_database
+from state.models import InferenceDeploymentCreate
+from state.resource import DeploymentSpec, DeploymentStatus
+from state.store import DeploymentStore
+from tests.conftest import MODEL_PATH, STANDIN_COMMAND, azure_manifest
+
+SUB = "00000000-0000-0000-0000-000000000000"
+RG = "rg-inference"
+NAME = "support-bot"
+WRITES = ("PUT", "PATCH", "POST", "DELETE")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DeploymentStore]:
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade_database(engine)
+    yield DeploymentStore(engine)
+    engine.dispose()
+
+
+def start_sim(tmp_path: Path, *, lro_delay: float = 0.1, command=STANDIN_COMMAND) -> AzureSimulator:
+    return AzureSimulator(tmp_path / "sim", lro_delay_seconds=lro_delay, run_containers=True, container_command=command).start()
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[AzureSimulator]:
+    simulator = start_sim(tmp_path)
+    yield simulator
+    simulator.stop()
+
+
+def make_provider(store: DeploymentStore, sim: AzureSimulator) -> AzureProvider:
+    config = AzureConfig(arm_url=sim.url, ca_bundle=sim.ca_bundle, credential="static", polling_seconds=0.05)
+    return AzureProvider(config, DatabaseJournal(store))
+
+
+@pytest.fixture
+def provider(store: DeploymentStore, sim: AzureSimulator) -> Iterator[AzureProvider]:
+    made = make_provider(store, sim)
+    yield made
+    made.close()
+
+
+def tls(sim: AzureSimulator) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(sim.ca_bundle))
+
+
+def calls(sim: AzureSimulator) -> dict[str, dict[str, int]]:
+    return httpx.get(f"{sim.url}/_sim/calls", verify=tls(sim)).json()
+
+
+def writes(sim: AzureSimulator) -> dict[str, dict[str, int]]:
+    """ARM writes only: the data plane of the share (files, directories) is not ARM."""
+    return {
+        method: {kind: n for kind, n in kinds.items() if not kind.startswith("Microsoft.Storage/fileShares/")}
+        for method, kinds in calls(sim).items()
+        if method in WRITES
+    }
+
+
+def reset_calls(sim: AzureSimulator) -> None:
+    httpx.post(f"{sim.url}/_sim/calls/reset", verify=tls(sim)).raise_for_status()
+
+
+def create(store: DeploymentStore, sim: AzureSimulator, **azure) -> DeploymentSpec:
+    manifest = azure_manifest(NAME, **azure)
+    manifest["spec"]["adapter"] = {"settleSeconds": 1}
+    row = store.create(InferenceDeploymentCreate.model_validate(manifest))
+    spec = DeploymentSpec.model_validate(row.spec)
+    # The team's base model is on the share before the app starts (the stand-in checks it).
+    (sim.share_folder(spec.azure.storage_account, spec.azure.file_share) / MODEL_PATH).mkdir(parents=True)
+    return spec
+
+
+def status_of(store: DeploymentStore) -> DeploymentStatus:
+    return DeploymentStatus.model_validate(store.get(NAME).status)
+
+
+def drive(reconciler: Reconciler, until: Callable[[], bool], *, timeout: float = 60.0, passes: list[Outcome] | None = None) -> int:
+    """Reconcile as the controller would (again after requeue_after, or soon on an error)
+    until ``until()``; returns how many passes it took."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while not until():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not there after {count} passes and {timeout}s; status: {_status_text(reconciler)}")
+        outcome = reconciler.reconcile(NAME)
+        count += 1
+        if passes is not None:
+            passes.append(outcome)
+        time.sleep(min(outcome.requeue_after or 0.05, 0.2))
+    return count
+
+
+def _status_text(reconciler: Reconciler) -> str:
+    try:
+        return str(reconciler.store.get(NAME).status)
+    except Exception as exc:  # noqa: BLE001 - only for the failure message
+        return repr(exc)
+
+
+def ready(store: DeploymentStore) -> Callable[[], bool]:
+    return lambda: status_of(store).phase == "Ready"
+
+
+def arm(sim: AzureSimulator):
+    options = {"base_url": sim.url, "connection_verify": str(sim.ca_bundle), "polling_interval": 0.05}
+    credential = StaticTokenCredential()
+    return (
+        ResourceManagementClient(credential, SUB, **options),
+        StorageManagementClient(credential, SUB, **options),
+        ContainerAppsAPIClient(credential, SUB, **options),
+    )
+
+
+EXPECTED_TYPES = {
+    "resourceGroups", "Microsoft.Storage/storageAccounts", "Microsoft.Storage/storageAccounts/fileServices/shares",
+    "Microsoft.OperationalInsights/workspaces", "Microsoft.App/managedEnvironments",
+    "Microsoft.App/managedEnvironments/storages", "Microsoft.App/containerApps",
+}
+
+
+def test_from_nothing_to_ready_creating_exactly_the_expected_resources(store, sim, provider):
+    spec = create(store, sim)
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    drive(reconciler, ready(store))
+
+    status = status_of(store)
+    assert status.endpoint and status.endpoint.startswith("https://127.0.0.1:")
+    assert httpx.get(f"{status.endpoint}/readyz", verify=tls(sim)).status_code == 200
+    # One PUT per resource, and nothing else written but the keys fetched at apply time.
+    assert writes(sim)["PUT"] == {t: 1 for t in EXPECTED_TYPES}
+    assert set(writes(sim)["POST"]) <= {"Microsoft.Storage/storageAccounts", "Microsoft.OperationalInsights/workspaces"}
+    assert "DELETE" not in writes(sim)
+    assert [(r.kind, r.managed_by) for r in status.resources] == [
+        (kind, "loraplane") for kind in
+        ["ResourceGroup", "StorageAccount", "FileShare", "Workspace", "ManagedEnvironment", "EnvironmentStorage", "ContainerApp"]
+    ]
+    assert all(r.state == "Succeeded" for r in status.resources)
+    # The default image installs the serving app from a wheel the reconciler put on the share.
+    dist = sim.share_folder(spec.azure.storage_account, spec.azure.file_share) / ".loraplane" / "dist"
+    [wheel] = dist.iterdir()
+    assert wheel.name == provider.wheel().filename and wheel.read_bytes() == provider.wheel().content
+    _, _, apps = arm(sim)
+    tags = apps.container_apps.get(RG, NAME).tags
+    assert tags == {"managed-by": "loraplane", "loraplane-deployment": NAME}
+
+
+def test_a_second_resync_makes_zero_writes_and_max_replicas_makes_one(store, sim, provider):
+    create(store, sim)
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    drive(reconciler, ready(store))
+    version = store.get(NAME).resource_version
+    reset_calls(sim)
+    assert reconciler.reconcile(NAME).result == "converged"
+    assert reconciler.reconcile(NAME).result == "converged"
+    assert writes(sim) == {}
+    assert store.get(NAME).resource_version == version  # nor a database write
+
+    spec = store.get(NAME).spec
+    spec["scale"] = {"minReplicas": 1, "maxReplicas": 3}
+    store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(spec))
+    reset_calls(sim)
+    generation = store.get(NAME).generation
+    drive(reconciler, lambda: status_of(store).phase == "Ready" and status_of(store).observed_generation == generation)
+    assert writes(sim) == {"PATCH": {"Microsoft.App/containerApps": 1}}
+    _, _, apps = arm(sim)
+    assert apps.container_apps.get(RG, NAME).template.scale.max_replicas == 3
+
+
+def test_no_secret_is_written_to_the_database(store, sim, provider, tmp_path):
+    create(store, sim)
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    drive(reconciler, ready(store))
+    _, storage, apps = arm(sim)
+    account_key = storage.storage_accounts.list_keys(RG, store.get(NAME).spec["azure"]["storageAccount"])["keys"][0]["value"]
+    admin_token = next(s.value for s in apps.container_apps.list_secrets(RG, NAME).value if s.name == "loraplane-admin-token")
+    assert provider.admin_token(target_of(store.get(NAME))) == admin_token
+    with store.engine.connect() as connection:
+        dump = "\n".join(
+            str(row) for table in ("inference_deployment", "event", "cloud_resource")
+            for row in connection.execute(text(f"SELECT * FROM {table}"))
+        )
+    assert account_key not in dump and admin_token not in dump
+    assert len(admin_token) >= 32
+
+
+def test_a_restart_mid_operation_resumes_polling_without_a_second_put(store, tmp_path):
+    sim = start_sim(tmp_path, lro_delay=1.5)
+    try:
+        create(store, sim)
+        first = make_provider(store, sim)
+        reconciler = Reconciler(store, {"azure": first}, poll_seconds=0.1)
+        # Run until the container app's PUT is in flight, then "restart": a new provider,
+        # with nothing in memory, on the same database.
+        drive(reconciler, lambda: any(r.kind == "ContainerApp" and r.operation for r in DatabaseJournal(store).records(store.get(NAME).uid).values()), timeout=90)
+        restarted = make_provider(store, sim)
+        drive(Reconciler(store, {"azure": restarted}, poll_seconds=0.1), ready(store), timeout=90)
+        assert writes(sim)["PUT"] == {t: 1 for t in EXPECTED_TYPES}
+        first.close()
+        restarted.close()
+    finally:
+        sim.stop()
+
+
+def test_existing_storage_account_and_environment_are_adopted_and_survive_delete(store, sim, provider):
+    groups, storage, apps = arm(sim)
+    groups.resource_groups.create_or_update(RG, {"location": "westus3", "tags": {"team": "ml"}})
+    storage.storage_accounts.begin_create(RG, "teamstorage", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2", "tags": {"team": "ml"}}).result()
+    apps.managed_environments.begin_create_or_update(
+        RG, "finetune-env", {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}]}}
+    ).result()
+    create(store, sim, storageAccount="teamstorage", environment="finetune-env")
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    drive(reconciler, ready(store))
+
+    managed = {r.kind: r.managed_by for r in status_of(store).resources}
+    assert managed == {
+        "ResourceGroup": "adopted", "StorageAccount": "adopted", "FileShare": "loraplane", "Workspace": "loraplane",
+        "ManagedEnvironment": "adopted", "EnvironmentStorage": "loraplane", "ContainerApp": "loraplane",
+    }
+    environment = apps.managed_environments.get(RG, "finetune-env")
+    # The GPU profile the spec asks for was added; what the team had is kept, tags too.
+    assert [p.name for p in environment.workload_profiles] == ["Consumption", "gpu"]
+    assert environment.tags in (None, {})
+
+    uid = store.get(NAME).uid
+    store.request_deletion(NAME)
+    drive(reconciler, lambda: NAME not in store.names(), timeout=60)
+    assert groups.resource_groups.get(RG).tags == {"team": "ml"}
+    assert storage.storage_accounts.get_properties(RG, "teamstorage").name == "teamstorage"
+    assert apps.managed_environments.get(RG, "finetune-env").name == "finetune-env"
+    left = {r.name for r in groups.resources.list_by_resource_group(RG)}
+    assert left == {"teamstorage", "finetune-env"}  # what loraplane made is gone
+    assert DatabaseJournal(store).records(uid) == {}
+
+
+def test_delete_removes_a_group_loraplane_made_and_detach_leaves_everything(store, sim, provider):
+    create(store, sim)
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    drive(reconciler, ready(store))
+    endpoint = status_of(store).endpoint
+    store.request_deletion(NAME)
+    drive(reconciler, lambda: NAME not in store.names(), timeout=60)
+    groups, _, _ = arm(sim)
+    assert not groups.resource_groups.check_existence(RG)
+    with pytest.raises(httpx.HTTPError):  # the replica went with its app
+        httpx.get(f"{endpoint}/readyz", verify=tls(sim), timeout=2)
+
+
+def test_detach_on_delete_leaves_azure_as_it_is(store, sim, provider):
+    create(store, sim, policy="detachOnDelete")
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    drive(reconciler, ready(store))
+    reset_calls(sim)
+    store.request_deletion(NAME)
+    drive(reconciler, lambda: NAME not in store.names())
+    assert writes(sim) == {}
+    _, _, apps = arm(sim)
+    assert apps.container_apps.get(RG, NAME).name == NAME
+
+
+def test_policy_observe_reports_and_never_writes(store, sim, provider):
+    create(store, sim, policy="observe")
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    for _ in range(3):
+        reconciler.reconcile(NAME)
+    assert writes(sim) == {}
+    status = status_of(store)
+    assert status.phase != "Ready"
+    assert "policy observe, not fixed" in (status.message or "") and "ResourceGroup rg-inference does not exist" in status.message
+    assert {r.state for r in status.resources} == {"Missing"}
+
+
+def test_a_20_percent_fault_rate_still_converges_with_a_bounded_number_of_calls(store, sim, provider):
+    create(store, sim)
+    httpx.post(
+        f"{sim.url}/_sim/faults", verify=tls(sim),
+        json={"rate": 0.2, "kinds": ["throttle", "server_error", "slow", "failed_operation"], "retryAfterSeconds": 0, "slowSeconds": 0.2, "seed": 7},
+    ).raise_for_status()
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    passes: list[Outcome] = []
+    drive(reconciler, ready(store), timeout=120, passes=passes)
+    total = sum(n for kinds in calls(sim).values() for n in kinds.values())
+    # Without faults this takes about 60 calls; retries may add some, never a storm.
+    assert total < 400, calls(sim)
+    assert len(passes) < 150
+    assert writes(sim)["PUT"]["Microsoft.App/containerApps"] <= 4
+
+
+def test_quota_errors_are_reported_with_azures_message_and_a_slow_retry(store, sim, provider):
+    create(store, sim)
+    httpx.post(f"{sim.url}/_sim/faults", verify=tls(sim), json={"rate": 1.0, "kinds": ["quota"]}).raise_for_status()
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    outcomes = [reconciler.reconcile(NAME) for _ in range(3)]
+    assert outcomes[-1] == Outcome("temporary", 300.0)
+    status = status_of(store)
+    degraded = next(c for c in status.conditions if c.type == "Degraded")
+    assert degraded.reason == "QuotaExceeded"
+    assert "cannot have more than 1 SubscriptionNCA100Gpus" in degraded.message
+
+
+def test_an_unknown_region_is_permanent(store, sim, provider):
+    create(store, sim, location="marsnorth")
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    outcome = reconciler.reconcile(NAME)
+    assert outcome.result == "permanent"
+    degraded = next(c for c in status_of(store).conditions if c.type == "Degraded")
+    assert degraded.reason == "UnknownRegion" and "marsnorth" in degraded.message
