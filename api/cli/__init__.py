@@ -222,6 +222,45 @@ def plan(
         render.plan(out, json_body(client.request("POST", "/v1/plan", json=manifest)))
 
 
+@app.command("import-toolkit")
+def import_toolkit(
+    project: Annotated[Path, typer.Argument(help="the AI Toolkit project folder (holding infra/inference.config.json)")],
+    name: Annotated[str | None, typer.Option(help="the deployment's name (default: the ACA app's)")] = None,
+    location: Annotated[str | None, typer.Option(help="the Azure region, when the parameters file has none")] = None,
+) -> None:
+    """Print a manifest that adopts what an AI Toolkit project provisioned (pipe it to apply -f -)."""
+    from api.cli.toolkit import import_toolkit as convert
+
+    print(render.to_yaml(convert(project, name=name, location=location)), end="")
+
+
+@app.command("export-toolkit")
+def export_toolkit(
+    name: Annotated[str, typer.Argument(help="the deployment")],
+    project: Annotated[
+        Path | None, typer.Option(help="write PROJECT/infra/inference.config.json instead of printing it")
+    ] = None,
+) -> None:
+    """Write the AI Toolkit's inference.config.json for a deployment, ACA_APP_ENDPOINT included."""
+    from api.cli.toolkit import CONFIG_FILE, export_toolkit as convert
+
+    response = _client().get_deployment(name)
+    if response is None:
+        raise CliError(f"deployment {name!r} not found")
+    config = convert(json_body(response))
+    text = json.dumps(config, indent=2) + "\n"
+    if project is None:
+        print(text, end="")
+        return
+    path = project / CONFIG_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{path}: cannot write it ({exc.strerror})") from exc
+    out.print(f"wrote {path}" + ("" if config["ACA_APP_ENDPOINT"] else " (no endpoint yet: the deployment is not Ready)"))
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
@@ -281,6 +320,22 @@ def tiny_model(
         out.print(f"{what + ':':<16}{path}")
 
 
+@dev.command("serving-wheel")
+def serving_wheel(
+    directory: Annotated[Path, typer.Argument(help="where to write the wheel")] = Path("dist"),
+) -> None:
+    """Build the serving app's wheel, as the reconciler uploads it (for serving/Dockerfile)."""
+    from infra.azure.wheel import build_serving_wheel
+
+    wheel = build_serving_wheel()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / wheel.filename).write_bytes(wheel.content)
+    except OSError as exc:
+        raise CliError(f"{directory}: cannot write the wheel there ({exc.strerror})") from exc
+    out.print(str(directory / wheel.filename))
+
+
 @dev.command("azure-sim")
 def azure_sim(
     port: Annotated[int, typer.Option(help="port to listen on (0: any free one)", min=0, max=65535)] = 0,
@@ -288,14 +343,30 @@ def azure_sim(
         Path, typer.Option("--workdir", help="where its CA bundle and certificate are written")
     ] = Path(".azure-sim"),
     lro_delay: Annotated[float, typer.Option(help="seconds a long-running operation takes", min=0)] = 1.0,
+    share_root: Annotated[
+        Path | None,
+        typer.Option("--share-root", help="where file shares live, one folder each: DIR/ACCOUNT/SHARE (default: WORKDIR/shares)"),
+    ] = None,
+    run_containers: Annotated[
+        bool,
+        typer.Option("--run-containers/--no-run-containers", help="run a container app's active revision as a local serving process"),
+    ] = True,
 ) -> None:
-    """Run the Azure simulator (ARM over HTTPS on loopback) until interrupted."""
+    """Run the Azure simulator (ARM and Azure Files over HTTPS on loopback) until interrupted."""
     from infra.azuresim.server import AzureSimulator
 
-    simulator = AzureSimulator(workdir.resolve(), port=port, lro_delay_seconds=lro_delay)
+    simulator = AzureSimulator(
+        workdir.resolve(), port=port, lro_delay_seconds=lro_delay,
+        share_root=share_root.resolve() if share_root else None, run_containers=run_containers,
+    )
     simulator.start()
     out.print(f"Azure simulator at {simulator.url}")
     out.print(f"CA bundle: {simulator.ca_bundle}")
+    out.print(f"file shares: {simulator.share_root}/ACCOUNT/SHARE")
+    out.print(
+        "point loraplane at it: LORAPLANE_AZURE_ARM_URL="
+        f"{simulator.url} LORAPLANE_AZURE_CA_BUNDLE={simulator.ca_bundle} LORAPLANE_AZURE_CREDENTIAL=static"
+    )
     try:
         while True:
             time.sleep(3600)
