@@ -218,3 +218,72 @@ class CloudResource(SQLModel, table=True):
     operation: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
     continuation_token: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+# --------------------------------------------------------------------------------------------
+# AdapterVersion
+
+AdapterState = Literal["Staged", "Active", "Rejected", "Failed", "Superseded"]
+
+
+class AdapterFile(CamelModel):
+    name: str
+    size: int
+    # What identifies this content where it lives: an ETag on Azure Files, an mtime locally,
+    # and the content MD5 when the store keeps one.
+    etag: str | None = None
+    md5: str | None = None
+
+
+class AdapterVersionBase(CamelModel):
+    version: str
+    state: AdapterState
+    fingerprint: str
+    source_path: str  # the adapter folder it was found in, under the share root
+    path: str | None = None  # its immutable staged copy, under the share root
+    files: list[AdapterFile] = PydanticField(default_factory=list)
+    message: str | None = None  # why it was rejected or failed
+
+
+class AdapterVersion(SQLModel, table=True):
+    """One adapter the reconciler found on the share, by content: its history row."""
+
+    __tablename__ = "adapter_version"
+    __table_args__ = (Index("ix_adapter_version_uid_fingerprint", "deployment_uid", "fingerprint"),)
+
+    deployment_uid: str = Field(sa_column=Column(String(36), primary_key=True))
+    version: str = Field(sa_column=Column(String(64), primary_key=True))
+    deployment_name: str = Field(sa_column=Column(String(63), nullable=False))
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+    fingerprint: str = Field(sa_column=Column(String(64), nullable=False))
+    source_path: str = Field(sa_column=Column(String(1024), nullable=False))
+    path: str | None = Field(default=None, sa_column=Column(String(1024), nullable=True))
+    files: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    detected_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    staged_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    activated_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+
+    def to_public(self) -> AdapterVersionPublic:
+        return AdapterVersionPublic(
+            version=self.version,
+            state=self.state,  # type: ignore[arg-type]
+            fingerprint=self.fingerprint,
+            source_path=self.source_path,
+            path=self.path,
+            files=[AdapterFile.model_validate(f) for f in self.files],
+            message=self.message,
+            detected_at=self.detected_at,
+            staged_at=self.staged_at,
+            activated_at=self.activated_at,
+        )
+
+
+class AdapterVersionPublic(AdapterVersionBase):
+    detected_at: datetime
+    staged_at: datetime | None = None
+    activated_at: datetime | None = None
+
+
+class AdapterVersionList(CamelModel):
+    items: list[AdapterVersionPublic]  # newest first

@@ -27,6 +27,7 @@ from sqlmodel import Session
 from state.db import WRITE
 from state.errors import AlreadyExists, Conflict, InvalidChange, NotFound, PreconditionFailed
 from state.models import (
+    AdapterVersion,
     CloudResource,
     FINALIZER,
     DeploymentLabel,
@@ -324,6 +325,7 @@ class DeploymentStore:
             session.exec(delete(DeploymentLabel).where(DeploymentLabel.deployment_name == name))
             session.exec(delete(Event).where(Event.deployment_uid == uid))
             session.exec(delete(CloudResource).where(CloudResource.deployment_uid == uid))
+            session.exec(delete(AdapterVersion).where(AdapterVersion.deployment_uid == uid))
             session.delete(row)
         return True
 
@@ -393,3 +395,54 @@ class DeploymentStore:
             )
         )
 
+
+    # ---------------------------------------------------------------------- adapter versions
+
+    def adapter_versions(self, deployment_uid: str) -> list[AdapterVersion]:
+        """Newest first."""
+        query = (
+            select(AdapterVersion)
+            .where(AdapterVersion.deployment_uid == deployment_uid)
+            .order_by(AdapterVersion.detected_at.desc(), AdapterVersion.version)
+        )
+        with self._read() as session:
+            return list(session.exec(query).scalars())
+
+    def adapter_version(self, deployment_uid: str, version: str) -> AdapterVersion | None:
+        with self._read() as session:
+            return session.get(AdapterVersion, (deployment_uid, version))
+
+    def add_adapter_version(self, row: AdapterVersion) -> AdapterVersion:
+        """A version seen for the first time; an existing one of that id is left as it is."""
+        with self._write() as session:
+            existing = session.get(AdapterVersion, (row.deployment_uid, row.version))
+            if existing is not None:
+                return existing
+            session.add(row)
+        return row
+
+    def update_adapter_version(self, deployment_uid: str, version: str, **changes: Any) -> None:
+        with self._write() as session:
+            row = session.get(AdapterVersion, (deployment_uid, version))
+            if row is None:
+                raise NotFound(f"adapter version {version!r} not found")
+            for key, value in changes.items():
+                setattr(row, key, value)
+            session.add(row)
+
+    def activate_adapter_version(self, deployment_uid: str, version: str) -> None:
+        """``version`` is what serves now: Active; whatever was Active before is Superseded."""
+        with self._write() as session:
+            rows = session.exec(
+                select(AdapterVersion).where(AdapterVersion.deployment_uid == deployment_uid, AdapterVersion.state == "Active")
+            ).scalars()
+            for row in rows:
+                if row.version != version:
+                    row.state = "Superseded"
+                    session.add(row)
+            row = session.get(AdapterVersion, (deployment_uid, version))
+            if row is None:
+                raise NotFound(f"adapter version {version!r} not found")
+            if row.state != "Active":
+                row.state, row.activated_at, row.message = "Active", self.clock(), None
+                session.add(row)

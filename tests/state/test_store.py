@@ -219,8 +219,8 @@ def test_upgrade_is_idempotent_and_sqlite_runs_in_wal_mode(tmp_path: Path):
     upgrade_database(engine)
     upgrade_database(engine)
     tables = set(inspect(engine).get_table_names())
-    assert {"inference_deployment", "deployment_label", "event", "cloud_resource", "alembic_version"} <= tables
+    assert {"inference_deployment", "deployment_label", "event", "cloud_resource", "adapter_version", "alembic_version"} <= tables
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 5000
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
