@@ -18,6 +18,19 @@ class Target:
     uid: str
     generation: int
     spec: DeploymentSpec
+    # The adapter version the serving app's environment names, under the restart strategy:
+    # a new one there is a restart (a new revision on Azure). None under hotReload.
+    adapter_version: str | None = None
+
+
+def pointer_path(deployment: str) -> str:
+    """The pointer file every replica follows, relative to the share root."""
+    return f".loraplane/{deployment}/current.json"
+
+
+def staged_path(deployment: str, version: str) -> str:
+    """Where a version is staged: an immutable copy, relative to the share root."""
+    return f".loraplane/{deployment}/adapters/{version}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,35 @@ class Observation:
     facts: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ShareEntry:
+    name: str
+    size: int
+    is_dir: bool = False
+    etag: str | None = None  # changes whenever the content may have (an mtime locally)
+    md5: str | None = None  # the content's MD5, where the store keeps one
+
+
+class AdapterShare(Protocol):
+    """The deployment's share, as the adapter rollout uses it (paths relative to its root)."""
+
+    def list(self, folder: str) -> list[ShareEntry] | None:
+        """The folder's entries; None when there is no such folder."""
+        ...
+
+    def read(self, path: str, *, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def copy(self, source: str, destination: str) -> None:
+        """A file, within the share (server-side where the store can); folders made as needed."""
+        ...
+
+    def write(self, path: str, content: bytes) -> None:
+        """Replace a file atomically: a reader sees the old content or the new, never a part."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Provider(Protocol):
     def observe(self, target: Target) -> Observation: ...
 
@@ -66,6 +108,16 @@ class Provider(Protocol):
         ...
 
     def logs(self, target: Target, tail: int) -> str: ...
+
+    def share(self, target: Target) -> AdapterShare: ...
+
+    def adapter_status(self, target: Target, endpoint: str) -> dict:
+        """``GET /v1/adapter`` of the serving app (one replica's answer)."""
+        ...
+
+    def reload_adapter(self, target: Target, endpoint: str) -> dict:
+        """Ask the serving app to look at the pointer now (with its admin token)."""
+        ...
 
 
 @dataclass(frozen=True)

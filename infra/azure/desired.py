@@ -12,7 +12,7 @@ from azure.mgmt.loganalytics import models as logs
 from azure.mgmt.resource.resources import models as resources
 from azure.mgmt.storage import models as storage
 
-from infra.provider import Target
+from infra.provider import Target, pointer_path
 
 SHARE_MOUNT = "/mount"  # where the AI Toolkit's inference container sees the share
 SERVING_PORT = 7860
@@ -39,11 +39,6 @@ def loraplane_tags(deployment: str) -> dict[str, str]:
     return {"managed-by": "loraplane", "loraplane-deployment": deployment}
 
 
-def pointer_path(deployment: str) -> str:
-    """The pointer file every replica follows, relative to the share root."""
-    return f".loraplane/{deployment}/current.json"
-
-
 def _serving_env(target: Target) -> list[aca.EnvironmentVar]:
     spec = target.spec
     values = {
@@ -56,6 +51,10 @@ def _serving_env(target: Target) -> list[aca.EnvironmentVar]:
         "LORAPLANE_DEPLOYMENT": target.name,
         "HF_HUB_OFFLINE": "1",
     }
+    if spec.adapter.strategy == "restart":
+        values["LORAPLANE_WATCH"] = "false"  # a new adapter is a new revision, never a swap
+    if target.adapter_version:  # the restart strategy: a new version is a new revision
+        values["LORAPLANE_ADAPTER_VERSION"] = target.adapter_version
     env = [aca.EnvironmentVar(name=name, value=value) for name, value in values.items()]
     env.append(aca.EnvironmentVar(name="LORAPLANE_ADMIN_TOKEN", secret_ref=ADMIN_TOKEN_SECRET))
     return env

@@ -21,6 +21,7 @@ import logging
 import secrets
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,6 +57,7 @@ from infra.provider import Action, Observation, ObservedResource, ResourceJourna
 log = logging.getLogger("loraplane.infra.azure")
 
 PUBLIC_CLOUD = "https://management.azure.com"
+SHARE_KEY_SECONDS = 600.0  # how long a fetched storage key is reused (in memory) before a refetch
 # Azure's words for a resource that is not done yet; anything else is final.
 BUSY_STATES = {"inprogress", "creating", "updating", "deleting", "accepted", "provisioning", "scheduledfordelete"}
 FAILED_STATES = {"failed", "canceled"}
@@ -180,6 +182,7 @@ class AzureProvider:
         self._wheel: ServingWheel | None = None
         self._clients: dict[str, AzureClients] = {}
         self._pollers: dict[tuple[str, str], LROPoller] = {}
+        self._share_access: dict[str, tuple[str, str, float]] = {}  # account -> (url, key, fetched)
         self._lock = threading.Lock()
         # The serving app's endpoint is checked against the same CA as ARM (never unverified).
         self._tls = ssl.create_default_context(cafile=str(config.ca_bundle)) if config.ca_bundle else True
@@ -511,19 +514,50 @@ class AzureProvider:
             raise classify_azure_error(exc, doing=f"reading the secrets of {azure.app}") from exc
         return next((s.get("value") for s in listed if s.get("name") == ADMIN_TOKEN_SECRET), None)
 
-    def share(self, target: Target) -> ShareFiles:
-        """The deployment's file share, through its data plane, with a key fetched now."""
-        azure = self._azure(target)
-        clients = self.clients(azure.subscription_id)
+    def adapter_status(self, target: Target, endpoint: str) -> dict:
         try:
-            account = clients.storage.storage_accounts.get_properties(azure.resource_group, azure.storage_account).as_dict()
-            key = self._account_key(clients, target)
-        except AzureError as exc:
-            raise classify_azure_error(exc, doing=f"opening the file share {azure.file_share}") from exc
-        url = value_at(account, ("properties", "primaryEndpoints", "file"))
-        if not url:
-            raise TemporaryError(f"the storage account {azure.storage_account} has no file endpoint yet", reason="DependencyNotReady")
-        return ShareFiles(url.rstrip("/"), azure.file_share or "", key, ca_bundle=self.config.ca_bundle)
+            response = httpx.get(f"{endpoint}/v1/adapter", timeout=self.config.probe_timeout_seconds, verify=self._tls)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise TemporaryError(f"asking {endpoint} what it serves failed: {exc}", reason="EndpointUnavailable") from exc
+
+    def reload_adapter(self, target: Target, endpoint: str) -> dict:
+        token = self.admin_token(target)
+        try:
+            response = httpx.post(f"{endpoint}/admin/adapter/reload", headers={"Authorization": f"Bearer {token}"},
+                                  timeout=120, verify=self._tls)
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise TemporaryError(f"asking {endpoint} to reload its adapter failed: {exc}", reason="EndpointUnavailable") from exc
+
+    def share(self, target: Target) -> ShareFiles:
+        """The deployment's file share, through its data plane. The account's endpoint and
+        key are fetched once and then kept in memory only (never stored), for a while: each
+        resync looks at the adapter folder, and a listKeys each time would be a write."""
+        azure = self._azure(target)
+        cache_key = f"{azure.subscription_id}/{azure.resource_group}/{azure.storage_account}".lower()
+        with self._lock:
+            cached = self._share_access.get(cache_key)
+        if cached is None or time.monotonic() - cached[2] > SHARE_KEY_SECONDS:
+            clients = self.clients(azure.subscription_id)
+            try:
+                account = clients.storage.storage_accounts.get_properties(azure.resource_group, azure.storage_account).as_dict()
+                key = self._account_key(clients, target)
+            except AzureError as exc:
+                raise classify_azure_error(exc, doing=f"opening the file share {azure.file_share}") from exc
+            url = value_at(account, ("properties", "primaryEndpoints", "file"))
+            if not url:
+                raise TemporaryError(f"the storage account {azure.storage_account} has no file endpoint yet", reason="DependencyNotReady")
+            cached = (url.rstrip("/"), key, time.monotonic())
+            with self._lock:
+                self._share_access[cache_key] = cached
+        return ShareFiles(cached[0], azure.file_share or "", cached[1], ca_bundle=self.config.ca_bundle,
+                          on_auth_failure=lambda: self._forget_share_key(cache_key))
+
+    def _forget_share_key(self, cache_key: str) -> None:
+        with self._lock:
+            self._share_access.pop(cache_key, None)
 
     def _upload_wheel(self, clients: AzureClients, target: Target) -> None:
         wheel = self.wheel()

@@ -3,16 +3,32 @@ shared key (fetched by the caller at the time of use, never stored)."""
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.fileshare import ShareClient
+
+from infra.azure.errors import classify_azure_error
+from infra.errors import TemporaryError
+from infra.provider import ShareEntry
+
+COPY_TIMEOUT_SECONDS = 300.0
 
 
 class ShareFiles:
-    def __init__(self, account_url: str, share: str, account_key: str, *, ca_bundle: Path | None = None) -> None:
+    def __init__(self, account_url: str, share: str, account_key: str, *, ca_bundle: Path | None = None,
+                 on_auth_failure: Callable[[], None] | None = None) -> None:
         options = {"connection_verify": str(ca_bundle)} if ca_bundle else {}
         self.client = ShareClient(account_url=account_url, share_name=share, credential=account_key, **options)
+        self.on_auth_failure = on_auth_failure
+
+    def _failed(self, exc: AzureError, doing: str) -> Exception:
+        if isinstance(exc, ClientAuthenticationError) and self.on_auth_failure is not None:
+            self.on_auth_failure()  # the key was rotated: fetch it again next time
+        return classify_azure_error(exc, doing=doing)
 
     def close(self) -> None:
         self.client.close()
@@ -44,3 +60,60 @@ class ShareFiles:
         if folder:
             self.make_folders(folder)
         self.client.get_file_client(path).upload_file(content)
+
+    # The AdapterShare protocol: listing and properties to detect, ranged reads to validate,
+    # server-side copies to stage, an upload and a rename to replace the pointer atomically.
+
+    def list(self, folder: str) -> list[ShareEntry] | None:
+        try:
+            directory = self.client.get_directory_client(folder)
+            listed = list(directory.list_directories_and_files(include=["timestamps", "Etag"]))
+            entries = []
+            for item in sorted(listed, key=lambda i: i["name"]):
+                if item["is_directory"]:
+                    entries.append(ShareEntry(item["name"], 0, True))
+                    continue
+                properties = directory.get_file_client(item["name"]).get_file_properties()
+                md5 = properties.content_settings.content_md5
+                entries.append(ShareEntry(
+                    item["name"], properties.size, False, etag=properties.etag,
+                    md5=bytes(md5).hex() if md5 else None,
+                ))
+            return entries
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise self._failed(exc, f"listing {folder} on the share") from exc
+
+    def read(self, path: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        try:
+            return self.client.get_file_client(path).download_file(offset=offset, length=length).readall()
+        except AzureError as exc:
+            raise self._failed(exc, f"reading {path} from the share") from exc
+
+    def copy(self, source: str, destination: str) -> None:
+        try:
+            if "/" in destination:
+                self.make_folders(destination.rsplit("/", 1)[0])
+            target = self.client.get_file_client(destination)
+            copy = target.start_copy_from_url(self.client.get_file_client(source).url)
+            deadline = time.monotonic() + COPY_TIMEOUT_SECONDS
+            status = copy.get("copy_status")
+            while status == "pending":  # a large copy runs on in the service: wait for it
+                if time.monotonic() > deadline:
+                    raise TemporaryError(f"copying {source} to {destination} on the share is taking too long", reason="CopyPending")
+                time.sleep(1.0)
+                status = target.get_file_properties().copy.status
+            if status != "success":
+                raise TemporaryError(f"copying {source} to {destination} on the share ended {status}", reason="CopyFailed")
+        except AzureError as exc:
+            raise self._failed(exc, f"copying {source} to {destination} on the share") from exc
+
+    def write(self, path: str, content: bytes) -> None:
+        folder, _, name = path.rpartition("/")
+        scratch = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}" if folder else f".{name}.{uuid.uuid4().hex[:8]}"
+        try:
+            self.upload(scratch, content)
+            self.client.get_file_client(scratch).rename_file(path, overwrite=True)
+        except AzureError as exc:
+            raise self._failed(exc, f"writing {path} on the share") from exc

@@ -212,6 +212,8 @@ class FilesSimulator:
             raise FilesError(400, "InvalidUri", "a file request must name a file")
         if method == "PUT" and comp is None and "x-ms-copy-source" in headers:
             return self._copy(folder, target, headers["x-ms-copy-source"])
+        if method == "PUT" and comp == "rename":
+            return self._rename(folder, target, headers)
         if method == "PUT" and comp is None:
             if headers.get("x-ms-type", "").lower() != "file":
                 raise FilesError(400, "MissingRequiredHeader", "x-ms-type: file is required to create a file")
@@ -293,6 +295,26 @@ class FilesSimulator:
         if source in self.md5:
             self.md5[target] = self.md5[source]
         return Response(status_code=202, headers=self._common(target) | {"x-ms-copy-id": str(uuid.uuid4()), "x-ms-copy-status": "success"})
+
+
+    def _rename(self, folder: Path, target: Path, headers: Any) -> Response:
+        """Rename within a share: atomic, as on the service (a reader sees the old file or
+        the new one, never a part)."""
+        source_url = headers.get("x-ms-file-rename-source", "")
+        parts = [unquote(p) for p in urlparse(source_url).path.split("/") if p]
+        # A URL names account and share first; a bare path is within this share.
+        relative = parts[2:] if source_url.startswith("http") else parts
+        source = self._resolve(folder, "/".join(relative))
+        if not source.is_file():
+            raise FilesError(404, "ResourceNotFound", "The source of the rename does not exist.")
+        if not target.parent.is_dir():
+            raise FilesError(404, "ParentNotFound", "The specified parent path does not exist.")
+        if target.exists() and headers.get("x-ms-file-rename-replace-if-exists", "false").lower() != "true":
+            raise FilesError(409, "ResourceAlreadyExists", "The specified resource already exists.")
+        os.replace(source, target)
+        if source in self.md5:
+            self.md5[target] = self.md5.pop(source)
+        return Response(status_code=200, headers=self._common(target))
 
 
 def _byte_range(value: str | None) -> tuple[int, int]:

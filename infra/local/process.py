@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -61,6 +62,20 @@ class RunFolder:
         self.path = root / name
         self.record_file = self.path / "process.json"
         self.log_file = self.path / "serving.log"
+        self.token_file = self.path / "admin-token"
+
+    def admin_token(self) -> str:
+        """The serving app's admin token: made once, kept readable by this user alone."""
+        try:
+            return self.token_file.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.path.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        descriptor = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(token)
+        return token
 
     def read_record(self) -> ProcessRecord | None:
         try:

@@ -27,7 +27,8 @@ from infra.local.process import (
     spawn,
 )
 from infra.local.process import stop as stop_process
-from infra.provider import Action, Observation, ObservedResource, Target
+from infra.local.share import LocalShare
+from infra.provider import Action, Observation, ObservedResource, Target, pointer_path
 
 log = logging.getLogger("loraplane.infra.local")
 
@@ -82,8 +83,13 @@ class LocalProvider:
             "LORAPLANE_ADAPTER_PATH": spec.adapter.path,
             "LORAPLANE_HOST": "127.0.0.1",
             "LORAPLANE_DEPLOYMENT": target.name,
+            "LORAPLANE_ADAPTER_POINTER": pointer_path(target.name),
             "HF_HUB_OFFLINE": "1",
         }
+        if spec.adapter.strategy == "restart":
+            env["LORAPLANE_WATCH"] = "false"  # a new adapter is a new process, never a swap
+        if target.adapter_version:  # the restart strategy: a new version is a restart
+            env["LORAPLANE_ADAPTER_VERSION"] = target.adapter_version
         return LaunchConfig(command=self.serving_command, env=tuple(sorted(env.items())))
 
     def folder(self, name: str) -> RunFolder:
@@ -216,9 +222,10 @@ class LocalProvider:
             failures = previous.consecutive_failures + 1 if lived < QUICK_DEATH_SECONDS else 0
         config = self.launch_config(target)
         port = free_loopback_port()
-        child, create_time = spawn(
-            folder, config, uid=target.uid, port=port, base_env=_inherited_env()
-        )
+        # The admin token goes in the environment, not the launch config: it is a secret and
+        # must not decide whether the settings changed.
+        base_env = {**_inherited_env(), "LORAPLANE_ADMIN_TOKEN": folder.admin_token()}
+        child, create_time = spawn(folder, config, uid=target.uid, port=port, base_env=base_env)
         folder.write_record(
             ProcessRecord(
                 uid=target.uid,
@@ -289,6 +296,30 @@ class LocalProvider:
 
     def logs(self, target: Target, tail: int) -> str:
         return self.folder(target.name).tail_log(tail)
+
+    # ------------------------------------------------------------------------- adapters
+
+    def share(self, target: Target) -> LocalShare:
+        assert target.spec.local is not None
+        return LocalShare(Path(target.spec.local.share_root))
+
+    def adapter_status(self, target: Target, endpoint: str) -> dict:
+        try:
+            response = httpx.get(f"{endpoint}/v1/adapter", timeout=self.probe_timeout)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise TemporaryError(f"asking {endpoint} what it serves failed: {exc}", reason="EndpointUnavailable") from exc
+
+    def reload_adapter(self, target: Target, endpoint: str) -> dict:
+        token = self.folder(target.name).admin_token()
+        try:
+            response = httpx.post(
+                f"{endpoint}/admin/adapter/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120
+            )
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise TemporaryError(f"asking {endpoint} to reload its adapter failed: {exc}", reason="EndpointUnavailable") from exc
 
     def stop_all(self) -> None:
         """Stop every serving process this provider's run folder knows (``serve --stop-children``)."""
