@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from prometheus_client import CollectorRegistry
+
 from infra.errors import PermanentError
 from infra.provider import Action, Observation, Provider, Target
 from reconciler import status as statuses
 from reconciler.errors import Classified, classify
+from reconciler.rollout import AdapterRollout, RolloutMetrics, restart_version
 from state.errors import NotFound
 from state.models import InferenceDeployment, utcnow
 from state.resource import DeploymentSpec, DeploymentStatus
@@ -33,12 +36,11 @@ class Outcome:
 
 
 def target_of(row: InferenceDeployment) -> Target:
-    return Target(
-        name=row.name,
-        uid=row.uid,
-        generation=row.generation,
-        spec=DeploymentSpec.model_validate(row.spec),
-    )
+    spec = DeploymentSpec.model_validate(row.spec)
+    version = None
+    if spec.adapter.strategy == "restart":
+        version = restart_version(DeploymentStatus.model_validate(row.status))
+    return Target(name=row.name, uid=row.uid, generation=row.generation, spec=spec, adapter_version=version)
 
 
 class Reconciler:
@@ -49,10 +51,15 @@ class Reconciler:
         *,
         clock: Callable[[], datetime] = utcnow,
         poll_seconds: float = 2.0,
+        registry: CollectorRegistry | None = None,
+        rollout: AdapterRollout | None = None,
     ) -> None:
         self.store = store
         self.providers = dict(providers)
         self.clock = clock
+        self.rollout = rollout or AdapterRollout(
+            store, clock=clock, metrics=RolloutMetrics(registry or CollectorRegistry()), poll_seconds=min(1.0, poll_seconds)
+        )
         # How soon to look again while something is starting or being torn down.
         self.poll_seconds = poll_seconds
         # name -> generation whose apply failed permanently: not retried until the spec moves.
@@ -93,8 +100,20 @@ class Reconciler:
                 with self._lock:
                     self._stalled.pop(name, None)
                 status = statuses.converged(previous, row.generation, observation, self.clock())
+                if not observation.ready:  # adapters wait for an endpoint (and a share) to exist
+                    stuck = self.rollout.watch_in_flight(row, target, provider, observation, previous)
+                    if stuck is not None:  # a restart onto a version the app cannot start with
+                        statuses.with_rollout(status, stuck, self.clock())
+                        for type_, reason, message in stuck.events:
+                            self.store.record_event(row, type_, reason, message)
+                    self._write(row, previous, status)
+                    return Outcome("converged", self.poll_seconds)
+                report = self.rollout.step(row, target, provider, observation, previous)
+                statuses.with_rollout(status, report, self.clock())
                 self._write(row, previous, status)
-                return Outcome("converged", None if observation.ready else self.poll_seconds)
+                for type_, reason, message in report.events:
+                    self.store.record_event(row, type_, reason, message)
+                return Outcome("converged", report.requeue_after)
             with self._lock:
                 stalled = self._stalled.get(name) == row.generation
             if stalled:
@@ -130,6 +149,7 @@ class Reconciler:
             if not done:
                 return Outcome("progressing", self.poll_seconds)
             self.store.remove(row.name, uid=row.uid)
+            self.rollout.forget(row.uid)
             with self._lock:
                 self._stalled.pop(row.name, None)
             log.info("deployment %s deleted", row.name)

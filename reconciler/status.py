@@ -8,6 +8,7 @@ from datetime import datetime
 
 from infra.provider import Observation
 from reconciler.errors import Classified
+from reconciler.rollout import RolloutReport
 from state.resource import Condition, DeploymentStatus, ResourceRef
 
 
@@ -89,6 +90,21 @@ def failed(previous: DeploymentStatus, generation: int, observation: Observation
         )
     else:
         set_condition(status, "Progressing", "True", "Retrying", "retrying with backoff", now)
+    return status
+
+
+def with_rollout(status: DeploymentStatus, report: RolloutReport, now: datetime) -> DeploymentStatus:
+    """The adapter's part of a converged status: AdapterSynced, and Degraded (phase too) when
+    the newest adapter failed and an older one serves, or a pin names no usable version."""
+    status.adapter = report.adapter
+    synced = report.synced and not report.failed
+    set_condition(status, "AdapterSynced", "True" if synced else "False", report.reason, report.message, now)
+    if report.failed:
+        status.phase = "Degraded"
+        status.message = report.message
+        set_condition(status, "Degraded", "True", report.reason, report.message, now)
+    elif not report.synced and status.phase == "Ready" and report.reason not in ("Serving",):
+        status.message = report.message
     return status
 
 

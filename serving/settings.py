@@ -28,6 +28,9 @@ class ServingSettings(BaseSettings):
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     watch_interval_seconds: float = Field(default=5.0, gt=0)
+    # Off: the adapter is read once at start and on the reload endpoint only (loraplane's
+    # restart strategy, where a new adapter means a new process).
+    watch: bool = True
     device: str | None = None  # cuda, cpu; default: cuda when present
     dtype: str | None = None  # float32, float16, bfloat16; default: by device
     load_in_4bit: bool = False

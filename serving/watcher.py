@@ -57,6 +57,8 @@ class AdapterWatcher:
                 first = False
             except Exception:  # the watcher must outlive any one bad poll
                 log.exception("adapter poll failed")
+            if not self.settings.watch and not first:
+                return  # what serves was decided at start; the reload endpoint can still act
             self._stop.wait(self.settings.watch_interval_seconds)
 
     def poll(self, *, force: bool = False) -> ReloadResult:

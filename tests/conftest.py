@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def truncate(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(
-            text("TRUNCATE inference_deployment, deployment_label, event, cloud_resource RESTART IDENTITY CASCADE")
+            text("TRUNCATE inference_deployment, deployment_label, event, cloud_resource, adapter_version RESTART IDENTITY CASCADE")
         )
     engine.dispose()
 
@@ -92,6 +93,26 @@ def share(tmp_path: Path) -> Path:
     """A folder standing in for the Azure Files share, with the base model's folder in it."""
     root = tmp_path / "share"
     (root / MODEL_PATH).mkdir(parents=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_share_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random model and its adapters in the AI Toolkit layout: built once per run."""
+    from serving.tiny import TINY_MODEL_PATH, make_tiny_share, write_random_adapter
+
+    root = tmp_path_factory.mktemp("tiny-share")
+    make_tiny_share(root)
+    # A third adapter, for tests that need one more version.
+    write_random_adapter(root / TINY_MODEL_PATH, root / "models/extra/third-adapter", seed=3)
+    return root
+
+
+@pytest.fixture
+def tiny_share(tiny_share_template: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the share, free to change."""
+    root = tmp_path / "share"
+    shutil.copytree(tiny_share_template, root)
     return root
 
 

@@ -66,6 +66,7 @@ def test_create_becomes_ready_with_an_endpoint_that_answers(store, reconciler, s
     conditions = {c.type: (c.status, c.reason) for c in status.conditions}
     assert conditions == {
         "Ready": ("True", "Serving"), "Progressing": ("False", "Reconciled"), "Degraded": ("False", "AsExpected"),
+        "AdapterSynced": ("False", "NoAdapter"),  # the share holds no adapter yet
     }
     assert [r.kind for r in status.resources] == ["ServingProcess"]
     reasons = [e.reason for e in store.list_events("support-bot")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,25 +13,8 @@ import uvicorn
 
 from serving.app import create_app
 from serving.settings import ServingSettings
-from serving.tiny import ADAPTER_PATH, TINY_MODEL_PATH, make_tiny_share, write_random_adapter
+from serving.tiny import ADAPTER_PATH, TINY_MODEL_PATH
 from tests.conftest import free_port
-
-
-@pytest.fixture(scope="session")
-def tiny_share_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-share")
-    make_tiny_share(root)
-    # A third adapter, for tests that need one more version.
-    write_random_adapter(root / TINY_MODEL_PATH, root / "models/extra/third-adapter", seed=3)
-    return root
-
-
-@pytest.fixture
-def tiny_share(tiny_share_template: Path, tmp_path: Path) -> Path:
-    """This test's own copy of the share, free to change."""
-    root = tmp_path / "share"
-    shutil.copytree(tiny_share_template, root)
-    return root
 
 
 class RunningApp:

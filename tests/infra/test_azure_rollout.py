@@ -1,0 +1,111 @@
+"""Adapter rollouts on the azure target: the simulator runs the container app's revisions
+with the real serving app; adapters arrive on the share through the Azure Files API, as a
+remote fine-tuning job leaves them."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+from pathlib import Path
+
+import httpx
+
+from infra.azure.provider import AzureConfig, AzureProvider
+from infra.azure.share import ShareFiles
+from infra.azuresim.server import AzureSimulator
+from infra.provider import Target
+from reconciler.core import Reconciler, target_of
+from reconciler.journal import DatabaseJournal
+from serving.tiny import ADAPTER_PATH, SECOND_ADAPTER_PATH, TINY_MODEL_PATH, make_tiny_share, write_random_adapter
+from state.db import make_engine, sqlite_url, upgrade_database
+from state.models import InferenceDeploymentCreate
+from state.resource import DeploymentSpec, DeploymentStatus
+from state.store import DeploymentStore
+from tests.conftest import azure_manifest
+from tests.fakes import eventually
+from tests.reconciler.test_rollout_local import SERVING_WITHOUT_UI
+
+NAME = "support-bot"
+
+
+def upload_adapter(share: ShareFiles, source: Path) -> None:
+    """Through the data plane, config last: a job's upload in progress looks incomplete."""
+    for file in sorted(source.iterdir(), key=lambda f: f.name == "adapter_config.json"):
+        share.upload(f"{ADAPTER_PATH}/{file.name}", file.read_bytes())
+
+
+def test_azure_adapters_roll_out_by_hot_reload_and_by_new_revision(tmp_path: Path):
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade_database(engine)
+    store = DeploymentStore(engine)
+    sim = AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.1, run_containers=True, container_command=SERVING_WITHOUT_UI).start()
+    provider = AzureProvider(
+        AzureConfig(arm_url=sim.url, ca_bundle=sim.ca_bundle, credential="static", polling_seconds=0.05),
+        DatabaseJournal(store),
+    )
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.2)
+    stop = threading.Event()
+
+    def reconcile_until_stopped() -> None:  # as the controller's worker would, often
+        while not stop.is_set():
+            reconciler.reconcile(NAME)
+            stop.wait(0.3)
+
+    worker = threading.Thread(target=reconcile_until_stopped, daemon=True)
+    try:
+        manifest = azure_manifest(NAME)
+        manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
+        manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": 1}
+        spec = DeploymentSpec.model_validate(store.create(InferenceDeploymentCreate.model_validate(manifest)).spec)
+        folder = sim.share_folder(spec.azure.storage_account, spec.azure.file_share)
+        make_tiny_share(folder)
+        write_random_adapter(folder / TINY_MODEL_PATH, tmp_path / "third", seed=3)
+        worker.start()
+
+        def status() -> DeploymentStatus:
+            return DeploymentStatus.model_validate(store.get(NAME).status)
+
+        def serving() -> str | None:
+            current = status()
+            synced = any(c.type == "AdapterSynced" and c.status == "True" for c in current.conditions)
+            return current.adapter.serving_version if synced else None
+
+        first = eventually(serving, timeout=180, what="the first adapter")
+        endpoint = status().endpoint
+        tls = ssl.create_default_context(cafile=str(sim.ca_bundle))
+        pointer = json.loads((folder / f".loraplane/{NAME}/current.json").read_text())
+        assert pointer == {"version": first, "path": f".loraplane/{NAME}/adapters/{first}"}
+        revision = provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME).latest_revision_name
+
+        # hotReload: a new adapter uploaded to the share serves in place, same revision.
+        with provider.share(provider_target(store)) as share:
+            upload_adapter(share, folder / SECOND_ADAPTER_PATH)
+        second = eventually(lambda: (v := serving()) != first and v, timeout=60, what="the second adapter")
+        assert httpx.get(f"{endpoint}/v1/adapter", verify=tls).json()["version"] == second
+        apps = provider.clients(spec.azure.subscription_id).apps
+        assert apps.container_apps.get("rg-inference", NAME).latest_revision_name == revision
+
+        # restart: the version goes into the container's environment, a new revision serves it.
+        changed = store.get(NAME).spec
+        changed["adapter"]["strategy"] = "restart"
+        store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(changed))
+        with provider.share(provider_target(store)) as share:
+            upload_adapter(share, tmp_path / "third")
+        third = eventually(lambda: (v := serving()) not in (first, second) and v, timeout=180, what="the third adapter")
+        app = apps.container_apps.get("rg-inference", NAME)
+        assert app.latest_revision_name != revision
+        env = {e.name: e.value for e in app.template.containers[0].env}
+        assert env["LORAPLANE_ADAPTER_VERSION"] == third and env["LORAPLANE_WATCH"] == "false"
+        assert httpx.get(f"{status().endpoint}/v1/adapter", verify=tls).json()["version"] == third
+        assert status().adapter.last_rollout.strategy == "restart"
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+        provider.close()
+        sim.stop()
+        engine.dispose()
+
+
+def provider_target(store: DeploymentStore) -> Target:
+    return target_of(store.get(NAME))
