@@ -20,8 +20,9 @@ from infra.errors import PermanentError
 from infra.provider import Target
 from reconciler.core import Reconciler, target_of
 from reconciler.planning import Plan, dry_run
-from state.errors import NotFound, PreconditionFailed
+from state.errors import Conflict, NotFound, PreconditionFailed
 from state.models import (
+    AdapterVersionList,
     EventList,
     InferenceDeployment,
     InferenceDeploymentCreate,
@@ -377,33 +378,46 @@ def deployment_logs(
     return PlainTextResponse(text + ("\n" if text and not text.endswith("\n") else ""))
 
 
-# ------------------------------------------------------------------ arriving with later issues
+# -------------------------------------------------------------------------------- adapters
+
+VersionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="an adapter version id")]
 
 
 @router.get(
     "/deployments/{name}/adapters",
-    responses=problem_responses(404, 422, 501),
-    summary="Adapter version history",
+    response_model=AdapterVersionList,
+    response_model_exclude_none=True,
+    responses=problem_responses(404, 422),
+    summary="Adapter version history, newest first: staged, active, superseded, rejected, failed",
 )
-def list_adapters(name: Name, request: Request) -> None:
-    store_of(request).get(name)
-    raise NotImplementedYet(
-        "Adapter history", "adapter versions are recorded once adapter rollouts are built"
-    )
+def list_adapters(name: Name, request: Request) -> AdapterVersionList:
+    store = store_of(request)
+    row = store.get(name)
+    return AdapterVersionList(items=[v.to_public() for v in store.adapter_versions(row.uid)])
 
 
 @router.post(
     "/deployments/{name}/adapters/{version}/activate",
-    responses=problem_responses(404, 422, 501),
-    summary="Pin an adapter version (or roll back to it)",
+    status_code=202,
+    response_model=InferenceDeploymentPublic,
+    response_model_exclude_none=True,
+    responses=problem_responses(404, 409, 422),
+    summary="Pin an adapter version (spec.adapter.pin): roll forward or back to it",
 )
-def activate_adapter(
-    name: Name,
-    version: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
-    request: Request,
-) -> None:
-    store_of(request).get(name)
-    raise NotImplementedYet(
-        "Adapter activation", "adapter versions are recorded once adapter rollouts are built"
-    )
-
+def activate_adapter(name: Name, version: VersionPath, request: Request, response: Response) -> InferenceDeploymentPublic:
+    store = store_of(request)
+    for _attempt in range(5):
+        row = store.get(name)
+        found = store.adapter_version(row.uid, version)
+        if found is None:
+            raise NotFound(f"deployment {name!r} has no adapter version {version!r}; list them with GET /v1/deployments/{name}/adapters")
+        if found.state == "Rejected":
+            raise Conflict(f"adapter version {version!r} was rejected and cannot serve: {found.message}")
+        spec = DeploymentSpec.model_validate(row.spec)
+        spec.adapter.pin = version
+        try:
+            row, _ = store.replace(name, labels=row.labels, spec=spec, expected_version=row.resource_version)
+        except PreconditionFailed:
+            continue
+        return _answer(response, row)
+    raise ApiError(409, "Conflict", f"deployment {name!r} kept changing; try again")

@@ -222,6 +222,62 @@ def plan(
         render.plan(out, json_body(client.request("POST", "/v1/plan", json=manifest)))
 
 
+@app.command()
+def adapters(
+    name: Annotated[str, typer.Argument(help="the deployment")],
+    output: Annotated[str | None, typer.Option("-o", "--output", help="json or yaml")] = None,
+    follow_latest: Annotated[
+        bool, typer.Option("--follow-latest", help="drop the pin: serve the newest good adapter again")
+    ] = False,
+) -> None:
+    """Show a deployment's adapter versions: staged, serving, superseded, rejected, failed."""
+    if output not in (None, "json", "yaml"):
+        raise CliError(f"unknown output format {output!r}: use json or yaml")
+    client = _client()
+    if follow_latest:
+        client.request(
+            "PATCH", f"/v1/deployments/{name}", content=json.dumps({"spec": {"adapter": {"pin": None}}}),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        out.print(f"deployment/{name} follows the newest adapter")
+        return
+    response = client.get_deployment(name)
+    if response is None:
+        raise CliError(f"deployment {name!r} not found")
+    versions = json_body(client.request("GET", f"/v1/deployments/{name}/adapters"))["items"]
+    if output in ("json", "yaml"):
+        document = {"items": versions}
+        print(render.to_json(document) if output == "json" else render.to_yaml(document), end="\n" if output == "json" else "")
+        return
+    if not versions:
+        out.print("No adapter versions yet: loraplane stages one once a complete adapter has settled at spec.adapter.path.")
+        return
+    out.print(render.adapters_table(versions, json_body(response)))
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="the deployment")],
+    version: Annotated[str | None, typer.Argument(help="the version to serve (default: the one before what serves now)")] = None,
+) -> None:
+    """Serve an earlier adapter version again (this pins it: see adapters --follow-latest)."""
+    client = _client()
+    response = client.get_deployment(name)
+    if response is None:
+        raise CliError(f"deployment {name!r} not found")
+    serving = ((json_body(response).get("status") or {}).get("adapter") or {}).get("servingVersion")
+    if version is None:
+        versions = json_body(client.request("GET", f"/v1/deployments/{name}/adapters"))["items"]
+        names = [v["version"] for v in versions]
+        older = versions[names.index(serving) + 1:] if serving in names else versions
+        earlier = next((v for v in older if v["state"] in ("Superseded", "Active", "Staged")), None)
+        if earlier is None:
+            raise CliError(f"deployment {name!r} has no earlier good adapter version to roll back to")
+        version = earlier["version"]
+    client.request("POST", f"/v1/deployments/{name}/adapters/{version}/activate", ok=(202,))
+    out.print(f"deployment/{name} pinned to adapter {version}" + (f" (was serving {serving})" if serving else ""))
+
+
 @app.command("import-toolkit")
 def import_toolkit(
     project: Annotated[Path, typer.Argument(help="the AI Toolkit project folder (holding infra/inference.config.json)")],

@@ -62,6 +62,30 @@ def deployments_table(items: list[dict[str, Any]], *, wide: bool = False) -> Tab
     return table
 
 
+def adapters_table(versions: list[dict[str, Any]], deployment: dict[str, Any]) -> Table:
+    """Versions newest first; the one serving and the one wanted are marked."""
+    adapter = (deployment.get("status") or {}).get("adapter") or {}
+    pin = ((deployment.get("spec") or {}).get("adapter") or {}).get("pin")
+    table = _table("VERSION", "STATE", "SERVING", "DETECTED", "ACTIVATED", "SIZE", "MESSAGE")
+    for version in versions:
+        marks = []
+        if version["version"] == adapter.get("servingVersion"):
+            marks.append("serving")
+        if version["version"] == pin:
+            marks.append("pinned")
+        size = sum(f.get("size", 0) for f in version.get("files") or [])
+        table.add_row(
+            version["version"],
+            version["state"],
+            ",".join(marks) or "-",
+            age(version.get("detectedAt")),
+            age(version.get("activatedAt")),
+            f"{size / 1e6:.1f} MB",
+            version.get("message") or "",
+        )
+    return table
+
+
 def events_table(events: list[dict[str, Any]]) -> Table:
     table = _table("LAST SEEN", "TYPE", "REASON", "COUNT", "MESSAGE")
     for event in events:

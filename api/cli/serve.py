@@ -65,7 +65,8 @@ def prepare_demo(settings: ServiceSettings, store: DeploymentStore) -> Path:
 
 
 def announce_demo(store: DeploymentStore, share: Path, timeout: float = 600.0) -> None:
-    """Once the demo is Ready, print how to talk to it and how to swap its adapter."""
+    """Once the demo is Ready and serves its first adapter version, print how to talk to it
+    and how to swap its adapter."""
     from serving.tiny import ADAPTER_PATH, SECOND_ADAPTER_PATH
 
     deadline = time.monotonic() + timeout
@@ -74,7 +75,8 @@ def announce_demo(store: DeploymentStore, share: Path, timeout: float = 600.0) -
             status = DeploymentStatus.model_validate(store.get(DEMO_NAME).status)
         except NotFound:
             return
-        if status.phase == "Ready" and status.endpoint:
+        synced = any(c.type == "AdapterSynced" and c.status == "True" for c in status.conditions)
+        if status.phase == "Ready" and status.endpoint and synced:
             endpoint = status.endpoint
             body = '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":32}'
             print(
@@ -82,7 +84,8 @@ def announce_demo(store: DeploymentStore, share: Path, timeout: float = 600.0) -
                 f"  chat:     curl -si {endpoint}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
                 f"  web chat: {endpoint}/\n"
                 f"  hot reload: the second adapter replaces the first, and x-adapter-version changes:\n"
-                f"            cp {share / SECOND_ADAPTER_PATH}/* {share / ADAPTER_PATH}/\n",
+                f"            cp {share / SECOND_ADAPTER_PATH}/* {share / ADAPTER_PATH}/\n"
+                f"  history:  loraplane adapters {DEMO_NAME}    (and loraplane rollback {DEMO_NAME})\n",
                 flush=True,
             )
             return
@@ -122,7 +125,7 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     store = DeploymentStore(engine)
     registry = CollectorRegistry()
     local = LocalProvider(settings.data_dir / "local", serving_command=settings.serving_command)
-    reconciler = Reconciler(store, {"local": local, "azure": azure_provider(settings, store)})
+    reconciler = Reconciler(store, {"local": local, "azure": azure_provider(settings, store)}, registry=registry)
     controller = Controller(
         reconciler,
         resync_seconds=settings.resync_seconds,

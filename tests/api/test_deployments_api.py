@@ -419,21 +419,16 @@ def test_logs_of_a_deployment_never_started_are_empty(client):
     assert_problem(client.get("/v1/deployments/support-bot/logs", params={"tail": 0}), 422)
 
 
-# ----------------------------------------------------------------- adapters (501 for now)
+# --------------------------------------------------------------------------------- adapters
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("GET", "/v1/deployments/support-bot/adapters"),
-        ("POST", "/v1/deployments/support-bot/adapters/v1/activate"),
-    ],
-)
-def test_features_not_built_yet_say_so(client, method, path):
-    assert_problem(client.request(method, path), 404)
+def test_adapter_history_and_activation_name_what_is_missing(client):
+    assert_problem(client.get("/v1/deployments/support-bot/adapters"), 404)
     create(client)
-    body = assert_problem(client.request(method, path), 501)
-    assert "not available yet" in body["title"]
+    assert client.get("/v1/deployments/support-bot/adapters").json() == {"items": []}
+    body = assert_problem(client.post("/v1/deployments/support-bot/adapters/v1/activate"), 404)
+    assert "no adapter version 'v1'" in body["detail"] and "/adapters" in body["detail"]
+    assert_problem(client.post("/v1/deployments/support-bot/adapters/bad!version/activate"), 422)
 
 
 # --------------------------------------------------------------------- health and metrics
