@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[serving,postgres,azure,dev]'
 	touch $(STAMP)
 
+# A single-user local run: no tokens (the service says so loudly at start).
 run: $(STAMP)
-	$(VENV)/bin/loraplane serve --data-dir $(DATA) --demo
+	LORAPLANE_AUTH=off $(VENV)/bin/loraplane serve --data-dir $(DATA) --demo
 
 # pytest's exit code 5 means it collected no tests: an empty suite is a failure, not a pass.
 test: $(STAMP)

@@ -11,11 +11,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel
 
 from api import problems
+from api.auth import Authenticator
 from api.metrics import DeploymentPhaseCollector, HttpMetrics, MetricsMiddleware
 from api.problems import problem_response, problem_responses
 from api.routes import router
 from reconciler.controller import Controller
 from reconciler.core import Reconciler
+from state.access import AccessStore
 from state.db import check_database
 from state.store import DeploymentStore
 
@@ -31,10 +33,13 @@ def create_app(
     *,
     controller: Controller | None = None,
     registry: CollectorRegistry | None = None,
+    authenticate: bool = False,
 ) -> FastAPI:
     """The API over ``store``. With a ``controller``, the app runs the reconcile loop for its
     lifetime (started with the app, stopped gracefully on shutdown) and /healthz reports on
-    that loop; without one (tests, a read-only replica) answering at all is liveness."""
+    that loop; without one (tests, a read-only replica) answering at all is liveness. With
+    ``authenticate``, every call but health, metrics and docs needs a bearer token of a role
+    that allows it (``loraplane serve`` turns it on unless LORAPLANE_AUTH=off)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +60,8 @@ def create_app(
     )
     app.state.store = store
     app.state.reconciler = reconciler
+    app.state.access = AccessStore(store.engine, clock=store.clock)
+    app.state.authenticator = Authenticator(app.state.access) if authenticate else None
     app.state.registry = registry or CollectorRegistry()
     app.state.registry.register(DeploymentPhaseCollector(store))
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))

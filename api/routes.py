@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
+from api.auth import Identity, require
+from api.watch import watch_events
 from api.problems import (
     ApiError,
     NotImplementedYet,
@@ -21,8 +25,13 @@ from infra.provider import Target
 from reconciler.core import Reconciler, target_of
 from reconciler.planning import Plan, dry_run
 from state.errors import Conflict, NotFound, PreconditionFailed
+from state.access import AccessStore
 from state.models import (
     AdapterVersionList,
+    ApiTokenCreate,
+    ApiTokenCreated,
+    ApiTokenList,
+    AuditEventList,
     EventList,
     InferenceDeployment,
     InferenceDeploymentCreate,
@@ -48,6 +57,11 @@ IfMatch = Annotated[
     ),
 ]
 MERGE_PATCH = "application/merge-patch+json"
+
+
+Viewer = Annotated[Identity, Depends(require("viewer"))]
+Deployer = Annotated[Identity, Depends(require("deployer"))]
+Admin = Annotated[Identity, Depends(require("admin"))]
 
 
 def store_of(request: Request) -> DeploymentStore:
@@ -98,22 +112,33 @@ def _check_name(path_name: str, body_name: str) -> None:
     summary="Create a deployment",
 )
 def create_deployment(
-    body: InferenceDeploymentCreate, request: Request, response: Response
+    body: InferenceDeploymentCreate, request: Request, response: Response, caller: Deployer
 ) -> InferenceDeploymentPublic:
-    row = store_of(request).create(body)
+    row = store_of(request).create(body, owner=caller.name, actor=caller.name)
     response.headers["Location"] = f"/v1/deployments/{row.name}"
     return _answer(response, row)
+
+
+WATCH_RESPONSE = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+          "description": "with watch: ADDED, MODIFIED and DELETED events as they happen"}
+}
+Watch = Annotated[bool, Query(description="stream changes as server-sent events instead of answering once")]
+TimeoutSeconds = Annotated[int, Query(alias="timeoutSeconds", ge=1, le=3600, description="with watch: end the stream after this long")]
 
 
 @router.get(
     "/deployments",
     response_model=InferenceDeploymentList,
     response_model_exclude_none=True,
-    responses=problem_responses(400, 422),
-    summary="List deployments",
+    responses={**WATCH_RESPONSE, **problem_responses(400, 422)},
+    summary="List deployments (or watch them change)",
 )
-def list_deployments(
+async def list_deployments(
     request: Request,
+    caller: Viewer,
+    watch: Watch = False,
+    timeout_seconds: TimeoutSeconds = 1800,
     label: Annotated[
         list[str] | None,
         Query(
@@ -127,26 +152,38 @@ def list_deployments(
         str | None,
         Query(alias="continue", max_length=512, description="token from the previous page"),
     ] = None,
-) -> InferenceDeploymentList:
+) -> InferenceDeploymentList | StreamingResponse:
     try:
         requirements = [req for text in label or [] for req in parse_selector(text)]
-        rows, token = store_of(request).list(
-            requirements, limit=limit, continue_token=continue_
+        if watch:
+            return _stream(watch_events(store_of(request), requirements=requirements, timeout_seconds=timeout_seconds,
+                                        is_disconnected=request.is_disconnected))
+        rows, token = await run_in_threadpool(
+            store_of(request).list, requirements, limit=limit, continue_token=continue_
         )
     except ValueError as exc:
         raise ApiError(400, "Bad request", str(exc)) from exc
     return InferenceDeploymentList(items=[row.to_public() for row in rows], continue_=token)
 
 
+def _stream(events) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 @router.get(
     "/deployments/{name}",
     response_model=InferenceDeploymentPublic,
     response_model_exclude_none=True,
-    responses=problem_responses(404, 422),
-    summary="Read a deployment",
+    responses={**WATCH_RESPONSE, **problem_responses(404, 422)},
+    summary="Read a deployment (or watch it change)",
 )
-def get_deployment(name: Name, request: Request, response: Response) -> InferenceDeploymentPublic:
-    return _answer(response, store_of(request).get(name))
+async def get_deployment(
+    name: Name, request: Request, response: Response, caller: Viewer, watch: Watch = False, timeout_seconds: TimeoutSeconds = 1800
+) -> InferenceDeploymentPublic | StreamingResponse:
+    row = await run_in_threadpool(store_of(request).get, name)
+    if watch:
+        return _stream(watch_events(store_of(request), name=name, timeout_seconds=timeout_seconds, is_disconnected=request.is_disconnected))
+    return _answer(response, row)
 
 
 @router.put(
@@ -161,6 +198,7 @@ def replace_deployment(
     body: InferenceDeploymentCreate,
     request: Request,
     response: Response,
+    caller: Deployer,
     if_match: IfMatch = None,
 ) -> InferenceDeploymentPublic:
     _check_name(name, body.metadata.name)
@@ -168,7 +206,7 @@ def replace_deployment(
     if expected is None and body.metadata.resource_version is not None:
         expected = expected_version(body.metadata.resource_version)
     row, _ = store_of(request).replace(
-        name, labels=body.metadata.labels, spec=body.spec, expected_version=expected
+        name, labels=body.metadata.labels, spec=body.spec, expected_version=expected, actor=caller.name
     )
     return _answer(response, row)
 
@@ -261,6 +299,7 @@ def patch_deployment(
     request: Request,
     response: Response,
     document: Annotated[dict[str, Any], Depends(merge_patch_document)],
+    caller: Deployer,
     if_match: IfMatch = None,
 ) -> InferenceDeploymentPublic:
     store = store_of(request)
@@ -276,6 +315,7 @@ def patch_deployment(
                 labels=labels,
                 spec=spec,
                 expected_version=expected if expected is not None else row.resource_version,
+                actor=caller.name,
             )
         except PreconditionFailed:
             if expected is not None:
@@ -294,9 +334,9 @@ def patch_deployment(
     summary="Delete a deployment: its resources are torn down, then it is gone",
 )
 def delete_deployment(
-    name: Name, request: Request, response: Response, if_match: IfMatch = None
+    name: Name, request: Request, response: Response, caller: Deployer, if_match: IfMatch = None
 ) -> InferenceDeploymentPublic:
-    row = store_of(request).request_deletion(name, expected_version=expected_version(if_match))
+    row = store_of(request).request_deletion(name, expected_version=expected_version(if_match), actor=caller.name)
     return _answer(response, row)
 
 
@@ -309,6 +349,7 @@ def delete_deployment(
 def list_events(
     name: Name,
     request: Request,
+    caller: Viewer,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> EventList:
     events = store_of(request).list_events(name, limit=limit)
@@ -329,7 +370,7 @@ def reconciler_of(request: Request) -> Reconciler:
     responses=problem_responses(404, 422),
     summary="Dry run: what the reconciler would do for this deployment now; changes nothing",
 )
-def plan_deployment(name: Name, request: Request) -> Plan:
+def plan_deployment(name: Name, request: Request, caller: Viewer) -> Plan:
     row = store_of(request).get(name)
     return dry_run(
         reconciler_of(request), target_of(row), deleting=row.deletion_timestamp is not None
@@ -343,7 +384,7 @@ def plan_deployment(name: Name, request: Request) -> Plan:
     responses=problem_responses(400, 422),
     summary="Dry run: what the reconciler would do if this manifest were applied; changes nothing",
 )
-def plan_manifest(body: InferenceDeploymentCreate, request: Request) -> Plan:
+def plan_manifest(body: InferenceDeploymentCreate, request: Request, caller: Viewer) -> Plan:
     name = body.metadata.name
     try:
         current = store_of(request).get(name)
@@ -369,6 +410,7 @@ def plan_manifest(body: InferenceDeploymentCreate, request: Request) -> Plan:
 def deployment_logs(
     name: Name,
     request: Request,
+    caller: Viewer,
     tail: Annotated[int, Query(ge=1, le=10000, description="how many lines")] = 100,
 ) -> PlainTextResponse:
     try:
@@ -390,7 +432,7 @@ VersionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", 
     responses=problem_responses(404, 422),
     summary="Adapter version history, newest first: staged, active, superseded, rejected, failed",
 )
-def list_adapters(name: Name, request: Request) -> AdapterVersionList:
+def list_adapters(name: Name, request: Request, caller: Viewer) -> AdapterVersionList:
     store = store_of(request)
     row = store.get(name)
     return AdapterVersionList(items=[v.to_public() for v in store.adapter_versions(row.uid)])
@@ -404,7 +446,7 @@ def list_adapters(name: Name, request: Request) -> AdapterVersionList:
     responses=problem_responses(404, 409, 422),
     summary="Pin an adapter version (spec.adapter.pin): roll forward or back to it",
 )
-def activate_adapter(name: Name, version: VersionPath, request: Request, response: Response) -> InferenceDeploymentPublic:
+def activate_adapter(name: Name, version: VersionPath, request: Request, response: Response, caller: Deployer) -> InferenceDeploymentPublic:
     store = store_of(request)
     for _attempt in range(5):
         row = store.get(name)
@@ -416,8 +458,73 @@ def activate_adapter(name: Name, version: VersionPath, request: Request, respons
         spec = DeploymentSpec.model_validate(row.spec)
         spec.adapter.pin = version
         try:
-            row, _ = store.replace(name, labels=row.labels, spec=spec, expected_version=row.resource_version)
+            row, _ = store.replace(name, labels=row.labels, spec=spec, expected_version=row.resource_version,
+                                   actor=caller.name, action="activate")
         except PreconditionFailed:
             continue
         return _answer(response, row)
     raise ApiError(409, "Conflict", f"deployment {name!r} kept changing; try again")
+
+
+# ---------------------------------------------------------------------------- tokens, audit
+
+
+def access_of(request: Request) -> AccessStore:
+    return request.app.state.access
+
+
+@router.post(
+    "/tokens",
+    status_code=201,
+    response_model=ApiTokenCreated,
+    response_model_exclude_none=True,
+    responses=problem_responses(401, 403, 409, 422),
+    summary="Make a bearer token: its secret is in this answer and nowhere else, ever",
+)
+def create_token(body: ApiTokenCreate, request: Request, caller: Admin) -> ApiTokenCreated:
+    row, secret = access_of(request).create_token(body.name, body.role, actor=caller.name)
+    return ApiTokenCreated(**row.to_public().model_dump(), token=secret)
+
+
+@router.get(
+    "/tokens",
+    response_model=ApiTokenList,
+    response_model_exclude_none=True,
+    responses=problem_responses(401, 403),
+    summary="The tokens, by holder and role (never their secrets)",
+)
+def list_tokens(request: Request, caller: Admin) -> ApiTokenList:
+    return ApiTokenList(items=[row.to_public() for row in access_of(request).tokens()])
+
+
+@router.delete(
+    "/tokens/{token_name}",
+    status_code=204,
+    responses=problem_responses(401, 403, 404, 422),
+    summary="Revoke a token: it stops working at once",
+)
+def revoke_token(token_name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9-]{0,62}$")], request: Request, caller: Admin) -> Response:
+    access_of(request).revoke_token(token_name, actor=caller.name)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/audit",
+    response_model=AuditEventList,
+    response_model_exclude_none=True,
+    responses=problem_responses(401, 403, 422),
+    summary="Who changed what and when, newest first",
+)
+def list_audit(
+    request: Request,
+    caller: Viewer,
+    actor: Annotated[str | None, Query(max_length=63, description="a token's name")] = None,
+    resource: Annotated[str | None, Query(max_length=128, description="e.g. deployment/support-bot or token/alice")] = None,
+    action: Annotated[str | None, Query(max_length=32, description="create, update, delete, activate, token.create, token.revoke")] = None,
+    since: Annotated[datetime | None, Query(description="only changes at or after this time (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditEventList:
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)  # a time without a zone is taken as UTC
+    rows = access_of(request).audit(actor=actor, resource=resource, action=action, since=since, limit=limit)
+    return AuditEventList(items=[row.to_public() for row in rows])

@@ -32,6 +32,8 @@ class ServiceSettings(BaseSettings):
     # default: this Python running ``-m serving``.
     serving_command: list[str] | None = None
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # Bearer tokens with roles; "off" only for a single-user local run (every caller is admin).
+    auth: Literal["on", "off"] = "on"
     # The azure target. The defaults reach the public cloud with DefaultAzureCredential; the
     # simulator stands in with its URL, its CA bundle and the static credential. HTTPS is
     # always verified.
@@ -55,10 +57,35 @@ class ServiceSettings(BaseSettings):
         return self.database_url or sqlite_url(self.data_dir)
 
 
+def default_config_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "loraplane" / "config.yaml"
+
+
 class ClientSettings(BaseSettings):
-    """The CLI's settings: where the API is."""
+    """The CLI's settings: where the API is and the token to show it. The environment
+    (LORAPLANE_URL, LORAPLANE_TOKEN) wins over the config file (``url:`` and ``token:`` in
+    $XDG_CONFIG_HOME/loraplane/config.yaml, or LORAPLANE_CONFIG)."""
 
     model_config = SettingsConfigDict(env_prefix="LORAPLANE_", extra="ignore")
 
-    url: str = "http://127.0.0.1:8080"
+    url: str | None = None
+    token: str | None = Field(default=None, repr=False)
     timeout_seconds: float = 30.0
+    config: Path = Field(default_factory=default_config_file)
+
+    def resolved(self) -> tuple[str, str | None]:
+        """(url, token), filling in from the config file what the environment left out."""
+        url, token = self.url, self.token
+        if (url is None or token is None) and self.config.is_file():
+            import yaml
+
+            try:
+                document = yaml.safe_load(self.config.read_text()) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise ValueError(f"{self.config}: cannot read it ({exc})".splitlines()[0]) from exc
+            if not isinstance(document, dict):
+                raise ValueError(f"{self.config}: expected 'url:' and 'token:' keys")
+            url = url or document.get("url")
+            token = token or document.get("token")
+        return url or "http://127.0.0.1:8080", token

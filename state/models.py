@@ -287,3 +287,83 @@ class AdapterVersionPublic(AdapterVersionBase):
 
 class AdapterVersionList(CamelModel):
     items: list[AdapterVersionPublic]  # newest first
+
+
+# --------------------------------------------------------------------------------------------
+# ApiToken and AuditEvent
+
+Role = Literal["viewer", "deployer", "admin"]
+
+
+class ApiTokenBase(CamelModel):
+    name: str = PydanticField(pattern=r"^[a-z][a-z0-9-]{0,62}$", description="who holds it, e.g. alice or ci")
+    role: Role
+
+
+class ApiTokenCreate(ApiTokenBase):
+    pass
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token, by its holder's name. Only a hash of the secret is kept."""
+
+    __tablename__ = "api_token"
+
+    name: str = Field(sa_column=Column(String(63), primary_key=True))
+    role: str = Field(sa_column=Column(String(16), nullable=False))
+    token_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    created_by: str | None = Field(default=None, sa_column=Column(String(63), nullable=True))
+
+    def to_public(self) -> ApiTokenPublic:
+        return ApiTokenPublic(name=self.name, role=self.role, created_at=self.created_at, created_by=self.created_by)  # type: ignore[arg-type]
+
+
+class ApiTokenPublic(ApiTokenBase):
+    created_at: datetime
+    created_by: str | None = None
+
+
+class ApiTokenCreated(ApiTokenPublic):
+    token: str = PydanticField(description="the secret: shown this once, never again")
+
+
+class ApiTokenList(CamelModel):
+    items: list[ApiTokenPublic]
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who changed what, when: one row per change made through the API."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_resource", "resource"), Index("ix_audit_event_actor", "actor"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    actor: str = Field(sa_column=Column(String(63), nullable=False))
+    action: str = Field(sa_column=Column(String(32), nullable=False))
+    resource: str = Field(sa_column=Column(String(128), nullable=False))  # e.g. deployment/support-bot
+    generation_before: int | None = Field(default=None)
+    generation_after: int | None = Field(default=None)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+    def to_public(self) -> AuditEventPublic:
+        return AuditEventPublic(
+            id=self.id or 0, at=self.at, actor=self.actor, action=self.action, resource=self.resource,
+            generation_before=self.generation_before, generation_after=self.generation_after, detail=self.detail,
+        )
+
+
+class AuditEventPublic(CamelModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    resource: str
+    generation_before: int | None = None
+    generation_after: int | None = None
+    detail: str | None = None
+
+
+class AuditEventList(CamelModel):
+    items: list[AuditEventPublic]  # newest first

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, and_, delete, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from state.access import add_audit
 from state.db import WRITE
 from state.errors import AlreadyExists, Conflict, InvalidChange, NotFound, PreconditionFailed
 from state.models import (
@@ -162,6 +163,14 @@ class DeploymentStore:
             return rows, encode_continue(rows[-1].name)
         return rows, None
 
+    def versions(self, name: str | None = None) -> dict[str, tuple[str, int]]:
+        """name -> (uid, resourceVersion): what a watch compares between two looks."""
+        query = select(InferenceDeployment.name, InferenceDeployment.uid, InferenceDeployment.resource_version)
+        if name is not None:
+            query = query.where(InferenceDeployment.name == name)
+        with self._read() as session:
+            return {row[0]: (row[1], row[2]) for row in session.exec(query)}
+
     def names(self) -> list[str]:
         with self._read() as session:
             return list(session.exec(select(InferenceDeployment.name)).scalars())
@@ -188,7 +197,7 @@ class DeploymentStore:
 
     # ------------------------------------------------------------------------------ writes
 
-    def create(self, body: InferenceDeploymentCreate, *, owner: str | None = None) -> InferenceDeployment:
+    def create(self, body: InferenceDeploymentCreate, *, owner: str | None = None, actor: str | None = None) -> InferenceDeployment:
         name = body.metadata.name
         now = self.clock()
         spec = body.spec.with_defaults(name).wire()
@@ -214,6 +223,8 @@ class DeploymentStore:
                 session.flush()
                 self._replace_labels(session, name, row.labels)
                 self._add_event(session, row, "Normal", "Created", "deployment created")
+                if actor is not None:
+                    add_audit(session, at=now, actor=actor, action="create", resource=f"deployment/{name}", after=1)
         except IntegrityError as exc:
             # Lost a race with another creator between the check and the insert.
             raise AlreadyExists(f"deployment {name!r} already exists") from exc
@@ -239,6 +250,8 @@ class DeploymentStore:
         labels: dict[str, str],
         spec: DeploymentSpec,
         expected_version: int | None = None,
+        actor: str | None = None,
+        action: str = "update",
     ) -> tuple[InferenceDeployment, bool]:
         """Set labels and spec; returns the row and whether anything was written."""
         new_spec = spec.with_defaults(name).wire()
@@ -258,6 +271,7 @@ class DeploymentStore:
             labels_changed = labels != row.labels
             if not spec_changed and not labels_changed:
                 return row, False
+            before = row.generation
             if spec_changed:
                 row.spec = new_spec
                 row.generation += 1
@@ -270,10 +284,14 @@ class DeploymentStore:
             row.resource_version += 1
             row.updated_at = self.clock()
             session.add(row)
+            if actor is not None:
+                changed = [what for what, did in (("spec", spec_changed), ("labels", labels_changed)) if did]
+                add_audit(session, at=row.updated_at, actor=actor, action=action, resource=f"deployment/{name}",
+                          before=before, after=row.generation, detail=" and ".join(changed) + " changed")
         self._notify(name)
         return row, True
 
-    def request_deletion(self, name: str, *, expected_version: int | None = None) -> InferenceDeployment:
+    def request_deletion(self, name: str, *, expected_version: int | None = None, actor: str | None = None) -> InferenceDeployment:
         """Mark for deletion (idempotent); the reconciler tears down, then ``remove`` runs."""
         with self._write() as session:
             row = self._locked(session, name)
@@ -287,6 +305,9 @@ class DeploymentStore:
                 row.status = status.wire()
                 session.add(row)
                 self._add_event(session, row, "Normal", "DeletionRequested", "deletion requested")
+                if actor is not None:
+                    add_audit(session, at=row.updated_at, actor=actor, action="delete", resource=f"deployment/{name}",
+                              before=row.generation, after=row.generation)
         self._notify(name)
         return row
 

@@ -66,7 +66,7 @@ def truncate(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(
-            text("TRUNCATE inference_deployment, deployment_label, event, cloud_resource, adapter_version RESTART IDENTITY CASCADE")
+            text("TRUNCATE inference_deployment, deployment_label, event, cloud_resource, adapter_version, api_token, audit_event RESTART IDENTITY CASCADE")
         )
     engine.dispose()
 
@@ -181,6 +181,7 @@ def start_service(
     resync_seconds: float = 2.0,
     standin: bool = True,
     env_overrides: dict[str, str] | None = None,
+    auth: bool = False,
 ) -> ServiceProcess:
     """Start ``loraplane serve`` and wait until it is ready; the local target runs the stand-in
     app unless ``standin`` is False (then it runs the real serving module)."""
@@ -189,6 +190,8 @@ def start_service(
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
     if standin:
         env["LORAPLANE_SERVING_COMMAND"] = json.dumps(STANDIN_COMMAND)
+    if not auth:  # most tests are about something else; tests/api/test_auth.py turns it on
+        env["LORAPLANE_AUTH"] = "off"
     env.update(env_overrides or {})
     env["LORAPLANE_RESYNC_SECONDS"] = str(resync_seconds)
     with log.open("ab") as sink:

@@ -50,7 +50,11 @@ def _global_options(
 
 def _client() -> ApiClient:
     settings = ClientSettings()
-    return ApiClient(_state.url or settings.url, timeout=settings.timeout_seconds)
+    try:
+        url, token = settings.resolved()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    return ApiClient(_state.url or url, timeout=settings.timeout_seconds, token=token)
 
 
 # ------------------------------------------------------------------------------- manifests
@@ -126,11 +130,16 @@ def get(
     selector: Annotated[
         str | None, typer.Option("-l", "--selector", help="label selector, e.g. team=support")
     ] = None,
+    watch: Annotated[bool, typer.Option("-w", "--watch", help="after the list, a line per change, until interrupted")] = False,
+    timeout: Annotated[int, typer.Option(help="with --watch: stop after this many seconds", min=1, max=3600)] = 3600,
 ) -> None:
     """Show deployments."""
     if output not in (None, "json", "yaml", "wide"):
         raise CliError(f"unknown output format {output!r}: use json, yaml or wide")
     client = _client()
+    if watch:
+        _watch(client, name, selector, output, timeout)
+        return
     if name:
         response = client.get_deployment(name)
         if response is None:
@@ -148,6 +157,26 @@ def get(
         out.print("No deployments found.")
         return
     out.print(render.deployments_table(items, wide=output == "wide"))
+
+
+def _watch(client: ApiClient, name: str | None, selector: str | None, output: str | None, timeout: int) -> None:
+    """kubectl get -w: the deployments as they are, then again each time one changes."""
+    path = f"/v1/deployments/{name}" if name else "/v1/deployments"
+    params: dict[str, Any] = {"watch": "true", "timeoutSeconds": timeout}
+    if selector:
+        params["label"] = selector
+    header = True
+    for kind, document in client.watch(path, params):
+        if output == "json":
+            print(json.dumps({"type": kind, "object": document}), flush=True)
+            continue
+        if kind == "DELETED":
+            out.print(f"{document['metadata']['name']}  deleted")
+            continue
+        table = render.deployments_table([document], wide=output == "wide")
+        table.show_header = header
+        header = False
+        out.print(table)
 
 
 @app.command()
@@ -276,6 +305,50 @@ def rollback(
         version = earlier["version"]
     client.request("POST", f"/v1/deployments/{name}/adapters/{version}/activate", ok=(202,))
     out.print(f"deployment/{name} pinned to adapter {version}" + (f" (was serving {serving})" if serving else ""))
+
+
+token_app = typer.Typer(help="Bearer tokens (admin only): who may use the API, and as what.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="who holds it, e.g. alice or ci")],
+    role: Annotated[str, typer.Option("--role", help="viewer, deployer or admin")],
+) -> None:
+    """Make a token; its secret is printed this once and kept nowhere."""
+    if role not in ("viewer", "deployer", "admin"):
+        raise CliError(f"unknown role {role!r}: use viewer, deployer or admin")
+    body = json_body(_client().request("POST", "/v1/tokens", json={"name": name, "role": role}, ok=(201,)))
+    print(body["token"])
+    print(f"token {name!r} ({role}) created: the line above is its secret, shown this once; give it as LORAPLANE_TOKEN", file=sys.stderr)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """The tokens: holders and roles, never secrets."""
+    items = json_body(_client().request("GET", "/v1/tokens"))["items"]
+    out.print(render.tokens_table(items))
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="the token's name")]) -> None:
+    """Revoke a token: it stops working at once."""
+    _client().request("DELETE", f"/v1/tokens/{name}", ok=(204,))
+    out.print(f"token {name!r} revoked")
+
+
+@app.command()
+def audit(
+    actor: Annotated[str | None, typer.Option(help="a token's name")] = None,
+    resource: Annotated[str | None, typer.Option(help="e.g. deployment/support-bot")] = None,
+    action: Annotated[str | None, typer.Option(help="create, update, delete, activate, token.create, token.revoke")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+) -> None:
+    """Who changed what and when, newest first."""
+    params = {k: v for k, v in {"actor": actor, "resource": resource, "action": action, "limit": limit}.items() if v is not None}
+    items = json_body(_client().request("GET", "/v1/audit", params=params))["items"]
+    out.print(render.audit_table(items) if items else "No changes recorded.")
 
 
 @app.command("import-toolkit")

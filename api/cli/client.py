@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,9 +29,10 @@ def describe_problem(response: httpx.Response) -> str:
 
 
 class ApiClient:
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 30.0, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()
@@ -56,6 +59,24 @@ class ApiClient:
         if response.status_code not in ok:
             raise CliError(describe_problem(response))
         return response
+
+    def watch(self, path: str, params: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event type, object) from a watch stream, as they come."""
+        try:
+            with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(30.0, read=None)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise CliError(describe_problem(response))
+                data: list[str] = []
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        event = json.loads("".join(data))
+                        data = []
+                        yield event["type"], event["object"]
+        except httpx.ConnectError as exc:
+            raise CliError(f"cannot reach the loraplane API at {self.base_url}: is 'loraplane serve' running?") from exc
 
     def get_deployment(self, name: str) -> httpx.Response | None:
         response = self.request("GET", f"/v1/deployments/{name}", ok=(200, 404))

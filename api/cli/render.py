@@ -86,6 +86,22 @@ def adapters_table(versions: list[dict[str, Any]], deployment: dict[str, Any]) -
     return table
 
 
+def tokens_table(tokens: list[dict[str, Any]]) -> Table:
+    table = _table("NAME", "ROLE", "CREATED", "BY")
+    for token in tokens:
+        table.add_row(token["name"], token["role"], age(token.get("createdAt")), token.get("createdBy") or "-")
+    return table
+
+
+def audit_table(items: list[dict[str, Any]]) -> Table:
+    table = _table("WHEN", "ACTOR", "ACTION", "RESOURCE", "GENERATION", "DETAIL")
+    for item in items:
+        before, after = item.get("generationBefore"), item.get("generationAfter")
+        generation = f"{before}->{after}" if before is not None and before != after else (str(after) if after is not None else "-")
+        table.add_row(item["at"][:19].replace("T", " "), item["actor"], item["action"], item["resource"], generation, item.get("detail") or "")
+    return table
+
+
 def events_table(events: list[dict[str, Any]]) -> Table:
     table = _table("LAST SEEN", "TYPE", "REASON", "COUNT", "MESSAGE")
     for event in events:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from infra.local.provider import LocalProvider
 from reconciler.controller import Controller
 from reconciler.core import Reconciler
 from reconciler.journal import DatabaseJournal
+from state.access import AccessStore
 from state.db import make_engine, upgrade_database
 from state.errors import NotFound
 from state.models import InferenceDeploymentCreate
@@ -34,8 +36,6 @@ DEMO_NAME = "demo"
 
 def prepare_demo(settings: ServiceSettings, store: DeploymentStore) -> Path:
     """A tiny model and two adapters in the data dir, and a local deployment serving them."""
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from serving.tiny import TINY_MODEL_PATH, make_tiny_share
 
@@ -107,6 +107,23 @@ def azure_provider(settings: ServiceSettings, store: DeploymentStore) -> AzurePr
     return AzureProvider(config, DatabaseJournal(store), limiter=ArmLimiter(limits))
 
 
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def first_admin_token(settings: ServiceSettings, access: AccessStore) -> Path | None:
+    """On the first start with no tokens: an admin token, in a file only this user can read.
+    Returns the file's path (the token itself is never logged)."""
+    if access.has_tokens():
+        return None
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    _, secret = access.create_token("admin", "admin", actor="loraplane")
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret + "\n")
+    return path
+
+
 def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo: bool = False) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -138,7 +155,16 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     if demo:
         share = prepare_demo(settings, store)
         threading.Thread(target=announce_demo, args=(store, share), daemon=True).start()
-    app = create_app(store, reconciler, controller=controller, registry=registry)
+    authenticate = settings.auth == "on"
+    if authenticate:
+        made = first_admin_token(settings, AccessStore(engine))
+        if made is not None:
+            log.warning("no API tokens yet: made an admin token, readable by this user only, in %s "
+                        "(export LORAPLANE_TOKEN=$(cat %s); then 'loraplane token create' for the team)", made, made)
+    else:
+        log.warning("AUTHENTICATION IS OFF (LORAPLANE_AUTH=off): anyone who can reach %s:%d may do anything; "
+                    "use this for a single-user local run only", settings.host, settings.port)
+    app = create_app(store, reconciler, controller=controller, registry=registry, authenticate=authenticate)
     log.info("database %s is at the newest schema", shown)
     log.info("API on http://%s:%d (docs at /docs)", settings.host, settings.port)
     # uvicorn turns SIGTERM and SIGINT into a graceful shutdown: the app's lifespan stops the

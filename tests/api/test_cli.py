@@ -18,9 +18,13 @@ from tests.conftest import ServiceProcess, bin_path
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def run_cli(service: ServiceProcess | None, *args: str, stdin: str | None = None, url: str | None = None):
+def run_cli(service: ServiceProcess | None, *args: str, stdin: str | None = None, url: str | None = None,
+            env: dict[str, str] | None = None):
+    overrides = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
     env["LORAPLANE_URL"] = url or (service.url if service else "http://127.0.0.1:1")
+    env["LORAPLANE_CONFIG"] = "/nonexistent/loraplane-config.yaml"  # no user's config file
+    env.update(overrides)
     return subprocess.run(
         [bin_path("loraplane"), *args],
         capture_output=True,

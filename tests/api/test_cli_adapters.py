@@ -3,37 +3,15 @@ no reconciler running, so the history is exactly what the test wrote)."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
-import uvicorn
 
-from api.app import create_app
-from reconciler.core import Reconciler
 from state.models import AdapterVersion, InferenceDeploymentCreate
 from state.resource import DeploymentSpec, DeploymentStatus
 from state.store import DeploymentStore
 from tests.api.test_cli import assert_one_line_error, run_cli
-from tests.conftest import ServiceProcess, free_port, local_manifest
-
-
-@pytest.fixture
-def api(store: DeploymentStore) -> Iterator[ServiceProcess]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store, Reconciler(store, {})), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield ServiceProcess(url, None, None)  # type: ignore[arg-type]
-    server.should_exit = True
-    thread.join(timeout=10)
+from tests.conftest import local_manifest
 
 
 def history(store: DeploymentStore) -> str:

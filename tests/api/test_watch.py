@@ -1,0 +1,91 @@
+"""Watch: changes as server-sent events, over real HTTP, and ``loraplane get -w``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import httpx
+
+from state.models import InferenceDeploymentCreate
+from state.resource import DeploymentStatus
+from tests.api.test_cli import run_cli
+from tests.conftest import bin_path, local_manifest
+
+
+def collect(url: str, params: dict, into: list, ready: threading.Event) -> None:
+    with httpx.stream("GET", url, params=params, timeout=httpx.Timeout(10, read=None)) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        ready.set()
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                into.append(json.loads(line[5:]))
+
+
+def watching(url: str, params: dict) -> tuple[list, threading.Thread]:
+    events: list = []
+    ready = threading.Event()
+    thread = threading.Thread(target=collect, args=(url, params, events, ready), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    return events, thread
+
+
+def wait_for(events: list, count: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while len(events) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_list_watch_sends_what_exists_then_each_change(store, api):
+    store.create(InferenceDeploymentCreate.model_validate(local_manifest("old-bot")))  # without the label
+    events, thread = watching(f"{api.url}/v1/deployments", {"watch": "true", "timeoutSeconds": 6, "label": "tier=prod"})
+    manifest = local_manifest("support-bot")
+    manifest["metadata"]["labels"] = {"tier": "prod"}
+    store.create(InferenceDeploymentCreate.model_validate(manifest))
+    store.create(InferenceDeploymentCreate.model_validate(local_manifest("other-bot")))  # not tier=prod
+    wait_for(events, 1)
+    row = store.get("support-bot")
+    store.update_status("support-bot", DeploymentStatus(phase="Ready", endpoint="http://127.0.0.1:1"), uid=row.uid)
+    wait_for(events, 2)
+    store.request_deletion("support-bot")
+    store.remove("support-bot", uid=row.uid)
+    thread.join(timeout=15)
+    kinds = [(e["type"], e["object"]["metadata"]["name"]) for e in events]
+    assert kinds[0] == ("ADDED", "support-bot") and kinds[-1] == ("DELETED", "support-bot")
+    assert ("MODIFIED", "support-bot") in kinds
+    assert all(name == "support-bot" for _, name in kinds)  # the selector held
+    ready = next(e for e in events if e["type"] == "MODIFIED" and e["object"]["status"].get("phase") == "Ready")
+    assert ready["object"]["status"]["endpoint"] == "http://127.0.0.1:1"
+
+
+def test_watching_one_deployment_ends_when_it_is_gone(store, api):
+    missing = httpx.get(f"{api.url}/v1/deployments/nobody", params={"watch": "true"})
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    row = store.create(InferenceDeploymentCreate.model_validate(local_manifest("support-bot")))
+    events, thread = watching(f"{api.url}/v1/deployments/support-bot", {"watch": "1"})
+    wait_for(events, 1)
+    store.request_deletion("support-bot")
+    wait_for(events, 2)
+    store.remove("support-bot", uid=row.uid)
+    thread.join(timeout=10)
+    assert not thread.is_alive()  # the stream ended by itself
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]
+    assert events[1]["object"]["metadata"]["deletionTimestamp"]
+
+
+def test_get_w_prints_a_line_per_change(store, api):
+    store.create(InferenceDeploymentCreate.model_validate(local_manifest("support-bot")))
+    env = {"LORAPLANE_URL": api.url, "LORAPLANE_CONFIG": "/nonexistent/config.yaml", "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen([bin_path("loraplane"), "get", "-w", "--timeout", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.5)
+    row = store.get("support-bot")
+    store.update_status("support-bot", DeploymentStatus(phase="Ready"), uid=row.uid)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    lines = [line.split() for line in out.splitlines()]
+    assert lines[0][:3] == ["NAME", "TARGET", "PHASE"]
+    assert [line[2] for line in lines[1:]] == ["Pending", "Ready"]
+    assert run_cli(api, "get", "nobody", "-w").returncode != 0
