@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?= $(CURDIR)/data
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ $(STAMP): pyproject.toml | $(PY)
 run: $(STAMP)
 	LORAPLANE_AUTH=off $(VENV)/bin/loraplane serve --data-dir $(DATA) --demo
 
+# The dashboard's tests drive Debian's Chromium through chromedriver: installed when missing
+# (as root, from the machine's package sources); without them those tests skip, saying why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || \
+	  echo "could not install chromium and chromium-driver: the dashboard tests will be skipped" >&2
+
 # pytest's exit code 5 means it collected no tests: an empty suite is a failure, not a pass.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: an empty suite is a failure" >&2; exit 1; fi; \

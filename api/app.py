@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from api import problems
 from api.auth import Authenticator
+from api.dashboard import router as dashboard_router
 from api.metrics import DeploymentPhaseCollector, HttpMetrics, MetricsMiddleware
 from api.problems import problem_response, problem_responses
 from api.routes import router
@@ -67,6 +68,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))
     problems.install(app)
     app.include_router(router)
+    app.include_router(dashboard_router)
 
     @app.get("/healthz", response_model=HealthStatus, responses=problem_responses(503), tags=["health"])
     def healthz(request: Request) -> HealthStatus | JSONResponse:

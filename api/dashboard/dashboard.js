@@ -1,0 +1,151 @@
+// The dashboard's one script: API calls with the user's token, and the watch stream read with
+// fetch (EventSource cannot send an Authorization header).
+"use strict";
+
+const TOKEN_KEY = "loraplane-token";
+
+function token() { return localStorage.getItem(TOKEN_KEY); }
+
+function headers() {
+  const t = token();
+  return t ? { Authorization: "Bearer " + t } : {};
+}
+
+function text(value) { return value === undefined || value === null || value === "" ? "-" : String(value); }
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value; else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : text(child));
+  return node;
+}
+
+function showLogin(message) {
+  const box = document.getElementById("login");
+  box.hidden = false;
+  document.getElementById("login-message").textContent = message;
+  document.getElementById("login-form").onsubmit = (event) => {
+    event.preventDefault();
+    localStorage.setItem(TOKEN_KEY, document.getElementById("login-token").value.trim());
+    location.reload();
+  };
+}
+
+async function api(path) {
+  const response = await fetch(path, { headers: headers() });
+  if (response.status === 401 || response.status === 403) {
+    const problem = await response.json();
+    showLogin(problem.detail);
+    throw new Error(problem.detail);
+  }
+  if (!response.ok) throw new Error((await response.json()).detail || response.statusText);
+  return response.json();
+}
+
+// Calls onEvent(type, object) for each server-sent event; reconnects when the stream ends.
+async function watch(path, onEvent) {
+  const live = document.getElementById("live");
+  for (;;) {
+    try {
+      const response = await fetch(path + (path.includes("?") ? "&" : "?") + "watch=1", { headers: headers() });
+      if (!response.ok) { live.textContent = "not live: " + response.status; return; }
+      live.textContent = "live";
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5)).join("");
+          if (data) { const event = JSON.parse(data); onEvent(event.type, event.object); }
+        }
+      }
+    } catch (error) {
+      live.textContent = "reconnecting";
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+function condition(item, type) {
+  return ((item.status || {}).conditions || []).find((c) => c.type === type);
+}
+
+function deploymentRow(item) {
+  const status = item.status || {};
+  const ready = condition(item, "Ready");
+  const name = item.metadata.name;
+  return el("tr", { "data-name": name },
+    el("td", {}, el("a", { href: "/ui/deployments/" + encodeURIComponent(name) }, name)),
+    el("td", {}, item.spec.target),
+    el("td", { class: "phase phase-" + text(status.phase) }, text(status.phase)),
+    el("td", {}, ready ? ready.status : "-"),
+    el("td", { class: "mono" }, text(status.endpoint)),
+    el("td", { class: "mono" }, text((status.adapter || {}).servingVersion)),
+    el("td", { class: "muted" }, text(status.message)));
+}
+
+async function listPage() {
+  const body = document.getElementById("deployments");
+  const rows = new Map();
+  const put = (item) => {
+    const row = deploymentRow(item);
+    const old = rows.get(item.metadata.name);
+    if (old) old.replaceWith(row); else body.append(row);
+    rows.set(item.metadata.name, row);
+    document.getElementById("empty").hidden = rows.size > 0;
+  };
+  const first = await api("/v1/deployments");
+  first.items.forEach(put);
+  document.getElementById("empty").hidden = rows.size > 0;
+  watch("/v1/deployments", (type, object) => {
+    if (type === "DELETED") {
+      const row = rows.get(object.metadata.name);
+      if (row) row.remove();
+      rows.delete(object.metadata.name);
+    } else put(object);
+  });
+}
+
+function fill(id, rows) {
+  const body = document.getElementById(id);
+  body.replaceChildren(...rows);
+}
+
+async function detailPage() {
+  const name = decodeURIComponent(location.pathname.split("/").pop());
+  document.getElementById("name").textContent = name;
+  document.title = name + " · loraplane";
+  const show = async (item) => {
+    const status = item.status || {};
+    fill("summary", [deploymentRow(item)]);
+    fill("conditions", (status.conditions || []).map((c) =>
+      el("tr", {}, el("td", {}, c.type), el("td", {}, c.status), el("td", {}, c.reason), el("td", { class: "muted" }, c.message))));
+    const events = await api("/v1/deployments/" + encodeURIComponent(name) + "/events?limit=30");
+    fill("events", events.items.map((e) =>
+      el("tr", {}, el("td", { class: "muted" }, e.lastTimestamp.slice(0, 19).replace("T", " ")), el("td", {}, e.type),
+        el("td", {}, e.reason), el("td", {}, e.count), el("td", {}, e.message))));
+    const adapters = await api("/v1/deployments/" + encodeURIComponent(name) + "/adapters");
+    fill("adapters", adapters.items.map((v) =>
+      el("tr", {}, el("td", { class: "mono" }, v.version), el("td", {}, v.state),
+        el("td", {}, v.version === (status.adapter || {}).servingVersion ? "serving" : ""),
+        el("td", { class: "muted" }, v.detectedAt.slice(0, 19).replace("T", " ")), el("td", { class: "muted" }, v.message))));
+  };
+  await show(await api("/v1/deployments/" + encodeURIComponent(name)));
+  watch("/v1/deployments/" + encodeURIComponent(name), (type, object) => {
+    if (type === "DELETED") document.getElementById("live").textContent = "deleted";
+    else show(object);
+  });
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  const page = document.body.dataset.page === "deployment" ? detailPage : listPage;
+  page().catch((error) => { document.getElementById("error").textContent = error.message; });
+});

@@ -1,0 +1,145 @@
+"""The dashboard in a real browser: headless Chromium driven through chromedriver's WebDriver
+HTTP API. The deployments render, a change shows up live from the watch stream, a deployment's
+page shows its conditions, events and adapter history, and with authentication on the page
+asks for a token. A screenshot is kept in test-artifacts/."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from state.models import InferenceDeploymentCreate
+from state.resource import DeploymentStatus
+from tests.conftest import free_port, local_manifest
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Debian's chromium and chromium-driver are not installed (make test installs them)",
+)
+
+
+class Browser:
+    """Just enough WebDriver: open a page, run a script, take a screenshot."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=60)
+        options = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   "--disable-dev-shm-usage", "--window-size=1280,720"]
+        answer = self.http.post("/session", json={"capabilities": {"alwaysMatch": {
+            "browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM, "args": options}}}})
+        answer.raise_for_status()
+        self.session = f"/session/{answer.json()['value']['sessionId']}"
+
+    def open(self, url: str) -> None:
+        self.http.post(f"{self.session}/url", json={"url": url}).raise_for_status()
+
+    def run(self, script: str):
+        answer = self.http.post(f"{self.session}/execute/sync", json={"script": script, "args": []})
+        answer.raise_for_status()
+        return answer.json()["value"]
+
+    def until(self, script: str, timeout: float = 15.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.run(script)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the page never satisfied: {script}")
+            time.sleep(0.2)
+
+    def screenshot(self, path: Path) -> None:
+        answer = self.http.get(f"{self.session}/screenshot")
+        answer.raise_for_status()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(answer.json()["value"]))
+
+    def close(self) -> None:
+        self.http.delete(self.session)
+        self.http.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    port = free_port()
+    driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{url}/status", timeout=1).json()["value"]["ready"]:
+                break
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        assert time.monotonic() < deadline, "chromedriver did not start"
+        time.sleep(0.1)
+    opened = Browser(url)
+    yield opened
+    opened.close()
+    driver.terminate()
+    driver.wait(timeout=10)
+
+
+ROWS = "return [...document.querySelectorAll('#deployments tr')].map(r => [...r.cells].map(c => c.textContent))"
+
+
+def test_the_dashboard_lists_deployments_and_follows_them_live(store, api, browser):
+    store.create(InferenceDeploymentCreate.model_validate(local_manifest("support-bot")))
+    browser.open(f"{api.url}/ui")
+    rows = browser.until(ROWS)
+    assert rows[0][:4] == ["support-bot", "local", "Pending", "-"]
+    browser.until("return document.getElementById('live').textContent === 'live'")
+
+    # A change made elsewhere shows up without a reload.
+    row = store.get("support-bot")
+    store.update_status("support-bot", DeploymentStatus.model_validate({
+        "phase": "Ready", "endpoint": "http://127.0.0.1:7860", "adapter": {"servingVersion": "3f2a9c01d4e5"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Serving", "message": "serving", "lastTransitionTime": "2026-11-21T10:00:00Z"}],
+    }), uid=row.uid)
+    store.create(InferenceDeploymentCreate.model_validate(local_manifest("second-bot")))
+    rows = browser.until(ROWS.replace("return ", "const rows = ") + "; return rows.length === 2 && rows[0][2] === 'Ready' ? rows : null")
+    assert rows[0] == ["support-bot", "local", "Ready", "True", "http://127.0.0.1:7860", "3f2a9c01d4e5", "-"]
+    assert rows[1][0] == "second-bot"
+    browser.screenshot(ARTIFACTS / "dashboard.png")
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+    browser.open(f"{api.url}/ui/deployments/support-bot")
+    conditions = browser.until("return [...document.querySelectorAll('#conditions tr')].map(r => r.cells[0].textContent)")
+    assert conditions == ["Ready"]
+    events = browser.until("return [...document.querySelectorAll('#events tr')].map(r => r.cells[2].textContent)")
+    assert "Created" in events
+    browser.screenshot(ARTIFACTS / "dashboard-deployment.png")
+
+
+def test_with_authentication_on_the_dashboard_asks_for_a_token(store, browser):
+    import threading
+
+    import uvicorn
+
+    from api.app import create_app
+    from reconciler.core import Reconciler
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(store, Reconciler(store, {}), authenticate=True),
+                                           host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        browser.open(f"http://127.0.0.1:{port}/ui")
+        message = browser.until("return !document.getElementById('login').hidden && document.getElementById('login-message').textContent")
+        assert "needs a token" in message
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
