@@ -17,6 +17,7 @@ from api.metrics import DeploymentPhaseCollector, HttpMetrics, MetricsMiddleware
 from api.problems import problem_response, problem_responses
 from api.routes import router
 from reconciler.controller import Controller
+from reconciler.leader import LeadingController
 from reconciler.core import Reconciler
 from state.access import AccessStore
 from state.db import check_database
@@ -32,7 +33,7 @@ def create_app(
     store: DeploymentStore,
     reconciler: Reconciler,
     *,
-    controller: Controller | None = None,
+    controller: Controller | LeadingController | None = None,
     registry: CollectorRegistry | None = None,
     authenticate: bool = False,
 ) -> FastAPI:

@@ -13,12 +13,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from reconciler.core import Outcome, Reconciler
 from reconciler.workqueue import Backoff, WorkQueue
+from state.errors import Fenced
 
 log = logging.getLogger("loraplane.reconciler")
 
 
 class ReconcilerMetrics:
-    def __init__(self, registry: CollectorRegistry, queue: WorkQueue) -> None:
+    def __init__(self, registry: CollectorRegistry, queue: Callable[[], WorkQueue]) -> None:
         self.reconciles = Counter(
             "loraplane_reconciles", "Reconcile passes by result", ["result"], registry=registry
         )
@@ -30,9 +31,9 @@ class ReconcilerMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         depth = Gauge("loraplane_workqueue_depth", "Deployments waiting to be reconciled", registry=registry)
-        depth.set_function(queue.depth)
+        depth.set_function(lambda: queue().depth())
         busy = Gauge("loraplane_workqueue_busy", "Deployments being reconciled now", registry=registry)
-        busy.set_function(queue.busy)
+        busy.set_function(lambda: queue().busy())
 
 
 class Controller:
@@ -60,16 +61,30 @@ class Controller:
         # On stop, also stop what providers run (serving processes); by default they keep
         # serving and the next start adopts them.
         self.stop_children = stop_children
-        self.metrics = ReconcilerMetrics(registry or CollectorRegistry(), self.queue)
-        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self.metrics = ReconcilerMetrics(registry or CollectorRegistry(), lambda: self.queue)
+        self.scheduler = self._new_scheduler()
         self._workers: list[threading.Thread] = []
         self._last_progress = monotonic()
         self._started = False
+        self._stopped_once = False
+        self._listening = False
+        self._versions: dict[str, tuple[str, int]] = {}
 
     # ------------------------------------------------------------------------- lifecycle
 
+    @staticmethod
+    def _new_scheduler() -> BackgroundScheduler:
+        return BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+
     def start(self) -> None:
-        self.store.add_listener(self.wake)
+        if self._stopped_once:  # a replica that leads again: a fresh queue and timers
+            self.queue = WorkQueue()
+            self.scheduler = self._new_scheduler()
+            self._workers = []
+        self.store = self.reconciler.store
+        if not self._listening:
+            self.store.add_listener(self.wake)
+            self._listening = True
         for provider in self.reconciler.providers.values():
             start = getattr(provider, "start", None)
             if start is not None:
@@ -99,6 +114,7 @@ class Controller:
         if not self._started:
             return
         self._started = False
+        self._stopped_once = True
         self.scheduler.shutdown(wait=False)
         self.queue.shut_down()
         deadline = time.monotonic() + self.shutdown_grace_seconds
@@ -124,8 +140,16 @@ class Controller:
         self.queue.add(name)
 
     def sync_timers(self) -> None:
-        """One resync timer per deployment, jittered ±25% so they do not fire in step."""
-        names = set(self.store.names())
+        """One resync timer per deployment, jittered ±25% so they do not fire in step; and a
+        pass for each deployment whose resourceVersion moved since the last look (written by
+        another replica's API, which cannot wake this process)."""
+        versions = self.store.versions()
+        moved = [name for name, version in versions.items() if self._versions.get(name) not in (None, version)]
+        new = [name for name in versions if name not in self._versions] if self._versions else []
+        self._versions = versions
+        for name in (*moved, *new):
+            self.queue.add(name)
+        names = set(versions)
         jobs = {job.id for job in self.scheduler.get_jobs() if job.id.startswith("resync:")}
         for name in names - {job_id[len("resync:"):] for job_id in jobs}:
             self.scheduler.add_job(
@@ -165,6 +189,10 @@ class Controller:
         started = time.perf_counter()
         try:
             outcome = self.reconciler.reconcile(name)
+        except Fenced:
+            # Another replica leads now; this controller is being stopped. Nothing to retry.
+            log.info("not reconciling %s: this replica no longer leads", name)
+            return Outcome("gone")
         except Exception:
             # reconcile() classifies provider failures itself; this is the database failing
             # under it (while writing status, say). Retry with backoff; never lose the worker.

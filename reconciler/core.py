@@ -16,7 +16,7 @@ from infra.provider import Action, Observation, Provider, Target
 from reconciler import status as statuses
 from reconciler.errors import Classified, classify
 from reconciler.rollout import AdapterRollout, RolloutMetrics, restart_version
-from state.errors import NotFound
+from state.errors import Fenced, NotFound
 from state.models import InferenceDeployment, utcnow
 from state.resource import DeploymentSpec, DeploymentStatus
 from state.store import DeploymentStore
@@ -66,6 +66,11 @@ class Reconciler:
         self._stalled: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def use_store(self, store: DeploymentStore) -> None:
+        """Reconcile through ``store`` from now on (a leader's fenced view of the database)."""
+        self.store = store
+        self.rollout.store = store
+
     def provider_for(self, target: Target) -> Provider:
         provider = self.providers.get(target.spec.target)
         if provider is None:
@@ -79,6 +84,7 @@ class Reconciler:
     # -------------------------------------------------------------------------- reconcile
 
     def reconcile(self, name: str) -> Outcome:
+        self.store.assert_leader()  # a deposed leader's pass ends here (Fenced)
         try:
             row = self.store.get(name)
         except NotFound:
@@ -120,6 +126,7 @@ class Reconciler:
                 # Applying this generation already failed for good; the status says why.
                 return Outcome("permanent")
             applying = True
+            self.store.assert_leader()  # cloud calls check the fence too, just before
             provider.apply(target, actions)
             for action in actions:
                 self.store.record_event(row, "Normal", EVENT_REASONS[action.verb], _event_message(action))
@@ -128,6 +135,8 @@ class Reconciler:
             status = statuses.progressing(previous, row.generation, observation, message, self.clock())
             self._write(row, previous, status)
             return Outcome("progressing", self.poll_seconds)
+        except Fenced:
+            raise  # not the leader any more: nothing to write, nothing to retry here
         except Exception as exc:  # classified in one place; nothing escapes to the loop
             error = classify(exc)
             if error.reason == "UnexpectedError":
@@ -145,6 +154,7 @@ class Reconciler:
         try:
             provider = self.providers.get(target.spec.target)
             self._write(row, previous, statuses.deleting(previous, "tearing down", self.clock()))
+            self.store.assert_leader()
             done = provider.delete(target) if provider is not None else True
             if not done:
                 return Outcome("progressing", self.poll_seconds)
@@ -154,6 +164,8 @@ class Reconciler:
                 self._stalled.pop(row.name, None)
             log.info("deployment %s deleted", row.name)
             return Outcome("deleted")
+        except Fenced:
+            raise
         except Exception as exc:
             error = classify(exc)
             log.warning("tearing down %s: %s: %s", row.name, error.reason, error.message)

@@ -10,6 +10,10 @@ class DatabaseJournal:
     def __init__(self, store: DeploymentStore) -> None:
         self.store = store
 
+    def use_store(self, store: DeploymentStore) -> None:
+        """Write through ``store`` from now on (a leader's fenced view of the database)."""
+        self.store = store
+
     def records(self, deployment_uid: str) -> dict[str, ResourceRecord]:
         return {
             row.resource_id: ResourceRecord(

@@ -33,3 +33,8 @@ class InvalidChange(StateError):
     def __init__(self, detail: str, fields: list[str]) -> None:
         super().__init__(detail)
         self.fields = fields
+
+
+class Fenced(StateError):
+    """A write by a reconciler that no longer holds the leader lease: refused, so that a
+    deposed leader can never write after its successor has started."""

@@ -367,3 +367,15 @@ class AuditEventPublic(CamelModel):
 
 class AuditEventList(CamelModel):
     items: list[AuditEventPublic]  # newest first
+
+
+class LeaderLease(SQLModel, table=True):
+    """Who reconciles: one row per lease; ``epoch`` grows with every new holder (the fence)."""
+
+    __tablename__ = "leader_lease"
+
+    name: str = Field(sa_column=Column(String(63), primary_key=True))
+    holder: str = Field(sa_column=Column(String(255), nullable=False))
+    epoch: int = Field(nullable=False)
+    acquired_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

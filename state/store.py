@@ -68,10 +68,13 @@ def decode_continue(token: str) -> str:
 
 
 class DeploymentStore:
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow, fence: Callable[[Session], None] | None = None) -> None:
         self.engine = engine
         self._write_engine = engine.execution_options(**{WRITE: True})
         self.clock = clock
+        # For the reconciler of a replicated service: called first in every write transaction,
+        # it refuses (Fenced) the writes of a replica that lost the leader lease.
+        self.fence = fence
         # Called with the deployment's name after a write to its desired state commits (create,
         # spec or label change, deletion request): how the API wakes the reconciler.
         self._listeners: list[ChangeListener] = []
@@ -94,7 +97,21 @@ class DeploymentStore:
     def _write(self) -> Iterator[Session]:
         with Session(self._write_engine, expire_on_commit=False) as session:
             with session.begin():
+                if self.fence is not None:
+                    self.fence(session)
                 yield session
+
+    def fenced(self, fence: Callable[[Session], None]) -> DeploymentStore:
+        """The same database, every write checked by ``fence`` (for a leader's reconciler)."""
+        view = DeploymentStore(self.engine, clock=self.clock, fence=fence)
+        view._listeners = self._listeners
+        return view
+
+    def assert_leader(self) -> None:
+        """Before an action outside the database (a cloud call): still the leader?"""
+        if self.fence is not None:
+            with self._write():
+                pass
 
     @staticmethod
     def _lock(session: Session, name: str, uid: str | None = None) -> InferenceDeployment | None:

@@ -66,7 +66,7 @@ def truncate(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(
-            text("TRUNCATE inference_deployment, deployment_label, event, cloud_resource, adapter_version, api_token, audit_event RESTART IDENTITY CASCADE")
+            text("TRUNCATE inference_deployment, deployment_label, event, cloud_resource, adapter_version, api_token, audit_event, leader_lease RESTART IDENTITY CASCADE")
         )
     engine.dispose()
 

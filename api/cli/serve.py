@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import uvicorn
@@ -21,8 +23,10 @@ from infra.local.provider import LocalProvider
 from reconciler.controller import Controller
 from reconciler.core import Reconciler
 from reconciler.journal import DatabaseJournal
+from reconciler.leader import LeadingController
 from state.access import AccessStore
 from state.db import make_engine, upgrade_database
+from state.lease import Lease
 from state.errors import NotFound
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
@@ -92,7 +96,7 @@ def announce_demo(store: DeploymentStore, share: Path, timeout: float = 600.0) -
         time.sleep(1)
 
 
-def azure_provider(settings: ServiceSettings, store: DeploymentStore) -> AzureProvider:
+def azure_provider(settings: ServiceSettings, journal: DatabaseJournal) -> AzureProvider:
     limits = {
         "read": BucketSpec(settings.azure_reads_per_second, settings.azure_read_burst),
         "write": BucketSpec(settings.azure_writes_per_second, settings.azure_write_burst),
@@ -104,7 +108,7 @@ def azure_provider(settings: ServiceSettings, store: DeploymentStore) -> AzurePr
         credential=settings.azure_credential,
         polling_seconds=settings.azure_polling_seconds,
     )
-    return AzureProvider(config, DatabaseJournal(store), limiter=ArmLimiter(limits))
+    return AzureProvider(config, journal, limiter=ArmLimiter(limits))
 
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -142,8 +146,9 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     store = DeploymentStore(engine)
     registry = CollectorRegistry()
     local = LocalProvider(settings.data_dir / "local", serving_command=settings.serving_command)
-    reconciler = Reconciler(store, {"local": local, "azure": azure_provider(settings, store)}, registry=registry)
-    controller = Controller(
+    journal = DatabaseJournal(store)
+    reconciler = Reconciler(store, {"local": local, "azure": azure_provider(settings, journal)}, registry=registry)
+    controller: Controller | LeadingController = Controller(
         reconciler,
         resync_seconds=settings.resync_seconds,
         workers=settings.workers,
@@ -151,6 +156,11 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         stop_children=stop_children,
     )
+    if engine.dialect.name == "postgresql":
+        # Replicas may share this database: each serves the API, the lease holder reconciles.
+        replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        controller = LeadingController(controller, Lease(engine, replica), on_store=journal.use_store)
+        log.info("replica %s: reconciles while it holds the leader lease (PostgreSQL)", replica)
     local.on_change = controller.wake  # a serving process died: reconcile it now
     if demo:
         share = prepare_demo(settings, store)

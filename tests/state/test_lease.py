@@ -1,0 +1,55 @@
+"""The leader lease on PostgreSQL: one holder, an epoch per holder, fenced writes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from state.db import make_engine
+from state.errors import Fenced
+from state.lease import Lease
+from state.models import InferenceDeploymentCreate
+from state.resource import DeploymentStatus
+from state.store import DeploymentStore
+from tests.conftest import local_manifest, truncate
+
+
+@pytest.fixture
+def engine(postgres_database: str) -> Iterator:
+    truncate(postgres_database)
+    made = make_engine(postgres_database)
+    yield made
+    made.dispose()
+
+
+def test_one_holder_at_a_time_and_a_new_epoch_for_each(engine):
+    a, b = Lease(engine, "replica-a", duration_seconds=1.0), Lease(engine, "replica-b", duration_seconds=1.0)
+    assert a.try_acquire() == 1
+    assert b.try_acquire() is None
+    assert a.try_acquire() == 1  # a renewal keeps the epoch
+    time.sleep(1.2)  # a stops renewing: the lease expires by the database's clock
+    assert b.try_acquire() == 2
+    assert a.try_acquire() is None
+    b.release()
+    assert a.try_acquire() == 3  # released: taken at once, not after the expiry
+    assert a.current().holder == "replica-a"
+
+
+def test_a_deposed_leader_cannot_write(engine):
+    store = DeploymentStore(engine)
+    row = store.create(InferenceDeploymentCreate.model_validate(local_manifest()))
+    a, b = Lease(engine, "replica-a", duration_seconds=1.0), Lease(engine, "replica-b", duration_seconds=1.0)
+    epoch = a.try_acquire()
+    as_leader = store.fenced(a.fence(epoch))
+    assert as_leader.update_status(row.name, DeploymentStatus(phase="Provisioning"), uid=row.uid) is not None
+    as_leader.assert_leader()
+    time.sleep(1.2)
+    assert b.try_acquire() == epoch + 1
+    with pytest.raises(Fenced, match="no longer leads"):
+        as_leader.update_status(row.name, DeploymentStatus(phase="Ready"), uid=row.uid)
+    with pytest.raises(Fenced):
+        as_leader.assert_leader()
+    assert store.get(row.name).status["phase"] == "Provisioning"  # the refused write left no trace
+    store.update_status(row.name, DeploymentStatus(phase="Degraded"), uid=row.uid)  # the API's store is not fenced
