@@ -1,4 +1,4 @@
-"""A stand-in for the serving app, for reconciler tests until the real one lands.
+"""A stand-in for the serving app, light enough for the reconciler's mechanics tests.
 
 Reads the settings the local provider passes (LORAPLANE_PORT, LORAPLANE_SHARE_ROOT,
 LORAPLANE_MODEL_PATH) and answers /healthz, /readyz (ready when the model folder exists) and

@@ -15,8 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from state.db import make_engine, sqlite_url, upgrade_database
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
+from state.store import DeploymentStore
 from tests.conftest import free_port, local_manifest
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -25,6 +27,15 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="Debian's chromium and chromium-driver are not installed (make test installs them)",
 )
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[DeploymentStore]:
+    """SQLite only: what is tested here is above the database (both are tested in tests/state)."""
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade_database(engine)
+    yield DeploymentStore(engine)
+    engine.dispose()
 
 
 class Browser:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from tests.conftest import azure_manifest, local_manifest
 
 PROBLEM = "application/problem+json"

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import yaml
 from azure.mgmt.appcontainers import ContainerAppsAPIClient
 from azure.mgmt.resource.resources import ResourceManagementClient
@@ -17,7 +18,13 @@ from infra.azure.credentials import StaticTokenCredential
 from infra.azuresim.server import AzureSimulator
 from state.resource import DeploymentSpec
 from tests.api.test_cli import run_cli
-from tests.conftest import MODEL_PATH, STANDIN_COMMAND, azure_manifest, start_service, stop_service
+from tests.conftest import (
+    MODEL_PATH,
+    STANDIN_COMMAND,
+    azure_manifest,
+    start_service,
+    stop_service,
+)
 
 SUB = "00000000-0000-0000-0000-000000000000"
 
@@ -57,6 +64,14 @@ def test_serve_runs_an_azure_deployment_against_the_simulator(tmp_path: Path):
         apps = ContainerAppsAPIClient(StaticTokenCredential(), SUB, **options)
         key = storage.storage_accounts.list_keys("rg-inference", spec.azure.storage_account)["keys"][0]["value"]
         token = next(s.value for s in apps.container_apps.list_secrets("rg-inference", "support-bot").value)
+        # Nor in any answer of the API: the deployment, its events, plan, adapters, audit.
+        answers = "".join(
+            httpx.get(f"{service.url}{path}").text if method == "GET" else httpx.post(f"{service.url}{path}").text
+            for method, path in [("GET", "/v1/deployments"), ("GET", "/v1/deployments/support-bot"),
+                                 ("GET", "/v1/deployments/support-bot/events"), ("POST", "/v1/deployments/support-bot/plan"),
+                                 ("GET", "/v1/deployments/support-bot/adapters"), ("GET", "/v1/audit")]
+        )
+        assert "support-bot" in answers and key not in answers and token not in answers
 
         deleted = run_cli(service, "delete", "support-bot", "--wait")
         assert deleted.returncode == 0, deleted.stderr
