@@ -17,7 +17,9 @@ import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,8 +117,56 @@ def _identity_matches(process: psutil.Process, create_time: float) -> bool:
         return False
 
 
-def find_process(record: ProcessRecord | None, uid: str) -> tuple[psutil.Process, ProcessRecord | None] | None:
-    """The live serving process of this deployment, checked by identity, or None."""
+class MarkerIndex:
+    """Which live process carries which deployment's marker, from one scan of every process
+    reused for ``max_age`` seconds: observing many deployments that have no process must not
+    read every process's environment once per deployment."""
+
+    def __init__(self, max_age: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age, self.clock = max_age, clock
+        self._by_uid: dict[str, psutil.Process] = {}
+        self._scanned = float("-inf")
+        self._lock = threading.Lock()
+
+    def lookup(self, uid: str) -> psutil.Process | None:
+        with self._lock:
+            if self.clock() - self._scanned > self.max_age:
+                self._by_uid = _scan_markers()
+                self._scanned = self.clock()
+            process = self._by_uid.get(uid)
+        if process is not None and _alive(process):
+            return process
+        return None
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _scan_markers() -> dict[str, psutil.Process]:
+    found: dict[str, psutil.Process] = {}
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.pid == os.getpid():
+                continue
+            marker = process.environ().get(MARKER_ENV)
+        except psutil.Error:
+            continue
+        if marker and _alive(process):
+            found.setdefault(marker, process)
+    return found
+
+
+def find_process(
+    record: ProcessRecord | None, uid: str, *, index: MarkerIndex | None = None
+) -> tuple[psutil.Process, ProcessRecord | None] | None:
+    """The live serving process of this deployment, checked by identity, or None. Without a
+    trustworthy record, a process carrying the deployment's marker (one a crash kept us from
+    recording): from ``index`` when given (observing), else from a fresh scan (before starting
+    one, where a stale answer could double it)."""
     if record is not None and record.uid == uid:
         try:
             process = psutil.Process(record.pid)
@@ -124,17 +174,8 @@ def find_process(record: ProcessRecord | None, uid: str) -> tuple[psutil.Process
             process = None
         if process is not None and _identity_matches(process, record.create_time):
             return process, record
-    # No trustworthy record: look for a child we started but could not record.
-    for process in psutil.process_iter(["pid"]):
-        try:
-            if process.pid == os.getpid() or process.environ().get(MARKER_ENV) != uid:
-                continue
-            if process.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except psutil.Error:
-            continue
-        return process, None
-    return None
+    process = index.lookup(uid) if index is not None else _scan_markers().get(uid)
+    return (process, None) if process is not None else None
 
 
 def launch_config_of(process: psutil.Process, keys: list[str]) -> LaunchConfig | None:

@@ -18,6 +18,7 @@ import psutil
 from infra.errors import PermanentError, TemporaryError
 from infra.local.process import (
     LaunchConfig,
+    MarkerIndex,
     ProcessRecord,
     RunFolder,
     find_process,
@@ -66,6 +67,7 @@ class LocalProvider:
         self.probe_timeout = probe_timeout
         self.clock = clock
         self.monitor_interval = monitor_interval
+        self._markers = MarkerIndex()  # shared by every observe: one scan of processes at a time
         self._children: dict[str, subprocess.Popen] = {}  # started by this daemon: reaped here
         self._watched: dict[str, psutil.Process] = {}  # running processes we know of
         self._lock = threading.Lock()
@@ -103,7 +105,7 @@ class LocalProvider:
         share_root = Path(spec.local.share_root)
         folder = self.folder(target.name)
         record = folder.read_record()
-        found = find_process(record, target.uid)
+        found = find_process(record, target.uid, index=self._markers)
         facts: dict = {
             "now": self.clock(),
             "share_root_exists": share_root.is_dir(),
