@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?= $(CURDIR)/data
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test lint clean browser
+.PHONY: run test lint clean browser bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: an empty suite is a failure" >&2; exit 1; fi; \
 	exit $$rc
+
+# Each benchmark prints a table and writes bench/results/NAME.json (see the README's Performance).
+bench: $(STAMP)
+	$(PY) -m bench.serving
+	$(PY) -m bench.api
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
