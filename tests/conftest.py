@@ -89,6 +89,16 @@ def store(database_url: str) -> Iterator[DeploymentStore]:
 
 
 @pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[DeploymentStore]:
+    """A store on SQLite alone, for modules about what sits above the database (they override
+    ``store`` with it; the store itself is tested on both backends)."""
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade_database(engine)
+    yield DeploymentStore(engine)
+    engine.dispose()
+
+
+@pytest.fixture
 def share(tmp_path: Path) -> Path:
     """A folder standing in for the Azure Files share, with the base model's folder in it."""
     root = tmp_path / "share"

@@ -3,13 +3,11 @@ no reconciler running, so the history is exactly what the test wrote)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
-from state.db import make_engine, sqlite_url, upgrade_database
 from state.models import AdapterVersion, InferenceDeploymentCreate
 from state.resource import DeploymentSpec, DeploymentStatus
 from state.store import DeploymentStore
@@ -18,12 +16,9 @@ from tests.conftest import local_manifest
 
 
 @pytest.fixture
-def store(tmp_path) -> Iterator[DeploymentStore]:
-    """SQLite only: what is tested here is above the database (both are tested in tests/state)."""
-    engine = make_engine(sqlite_url(tmp_path))
-    upgrade_database(engine)
-    yield DeploymentStore(engine)
-    engine.dispose()
+def store(sqlite_store: DeploymentStore) -> DeploymentStore:
+    """SQLite only: what is tested here sits above the database."""
+    return sqlite_store
 
 
 def history(store: DeploymentStore) -> str:

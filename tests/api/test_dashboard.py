@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from state.db import make_engine, sqlite_url, upgrade_database
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
@@ -30,12 +29,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def store(tmp_path) -> Iterator[DeploymentStore]:
-    """SQLite only: what is tested here is above the database (both are tested in tests/state)."""
-    engine = make_engine(sqlite_url(tmp_path))
-    upgrade_database(engine)
-    yield DeploymentStore(engine)
-    engine.dispose()
+def store(sqlite_store: DeploymentStore) -> DeploymentStore:
+    """SQLite only: what is tested here sits above the database."""
+    return sqlite_store
 
 
 class Browser:

@@ -6,12 +6,10 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from state.db import make_engine, sqlite_url, upgrade_database
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
@@ -20,12 +18,9 @@ from tests.conftest import bin_path, local_manifest
 
 
 @pytest.fixture
-def store(tmp_path) -> Iterator[DeploymentStore]:
-    """SQLite only: what is tested here is above the database (both are tested in tests/state)."""
-    engine = make_engine(sqlite_url(tmp_path))
-    upgrade_database(engine)
-    yield DeploymentStore(engine)
-    engine.dispose()
+def store(sqlite_store: DeploymentStore) -> DeploymentStore:
+    """SQLite only: what is tested here sits above the database."""
+    return sqlite_store
 
 
 def collect(url: str, params: dict, into: list, ready: threading.Event) -> None:

@@ -21,7 +21,6 @@ from infra.azure.provider import AzureConfig, AzureProvider
 from infra.azuresim.server import AzureSimulator
 from reconciler.core import Outcome, Reconciler, target_of
 from reconciler.journal import DatabaseJournal
-from state.db import make_engine, sqlite_url, upgrade_database
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentSpec, DeploymentStatus
 from state.store import DeploymentStore
@@ -34,11 +33,9 @@ WRITES = ("PUT", "PATCH", "POST", "DELETE")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[DeploymentStore]:
-    engine = make_engine(sqlite_url(tmp_path))
-    upgrade_database(engine)
-    yield DeploymentStore(engine)
-    engine.dispose()
+def store(sqlite_store: DeploymentStore) -> DeploymentStore:
+    """SQLite only: what is tested here sits above the database."""
+    return sqlite_store
 
 
 def start_sim(tmp_path: Path, *, lro_delay: float = 0.1, command=STANDIN_COMMAND) -> AzureSimulator:

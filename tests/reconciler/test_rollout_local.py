@@ -22,7 +22,6 @@ from infra.local.provider import LocalProvider
 from reconciler.controller import Controller
 from reconciler.core import Reconciler
 from serving.tiny import ADAPTER_PATH, SECOND_ADAPTER_PATH, TINY_MODEL_PATH
-from state.db import make_engine, sqlite_url, upgrade_database
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
@@ -69,13 +68,9 @@ class Load:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[DeploymentStore]:
-    """SQLite only here: these tests are about the rollout; the store's adapter rows are
-    tested on PostgreSQL too in tests/state."""
-    engine = make_engine(sqlite_url(tmp_path))
-    upgrade_database(engine)
-    yield DeploymentStore(engine)
-    engine.dispose()
+def store(sqlite_store: DeploymentStore) -> DeploymentStore:
+    """SQLite only: what is tested here sits above the database."""
+    return sqlite_store
 
 
 @pytest.fixture
