@@ -68,7 +68,7 @@ class Controller:
         self._started = False
         self._stopped_once = False
         self._listening = False
-        self._versions: dict[str, tuple[str, int]] = {}
+        self._versions: dict[str, tuple[str, int, bool]] = {}
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -141,9 +141,10 @@ class Controller:
 
     def sync_timers(self) -> None:
         """One resync timer per deployment, jittered ±25% so they do not fire in step; and a
-        pass for each deployment whose resourceVersion moved since the last look (written by
-        another replica's API, which cannot wake this process)."""
-        versions = self.store.versions()
+        pass for each deployment whose desired state (spec generation, deletion) moved since the
+        last look (written by another replica's API, which cannot wake this process). Our own
+        status writes do not count: each would cost a second pass for nothing."""
+        versions = self.store.desired_versions()
         moved = [name for name, version in versions.items() if self._versions.get(name) not in (None, version)]
         new = [name for name in versions if name not in self._versions] if self._versions else []
         self._versions = versions

@@ -188,6 +188,16 @@ class DeploymentStore:
         with self._read() as session:
             return {row[0]: (row[1], row[2]) for row in session.exec(query)}
 
+    def desired_versions(self) -> dict[str, tuple[str, int, bool]]:
+        """name -> (uid, generation, being deleted): what the reconciler acts on. Status writes
+        (the reconciler's own) and label changes move the resourceVersion but not this."""
+        query = select(
+            InferenceDeployment.name, InferenceDeployment.uid, InferenceDeployment.generation,
+            InferenceDeployment.deletion_timestamp.is_not(None),
+        )
+        with self._read() as session:
+            return {row[0]: (row[1], row[2], bool(row[3])) for row in session.exec(query)}
+
     def names(self) -> list[str]:
         with self._read() as session:
             return list(session.exec(select(InferenceDeployment.name)).scalars())

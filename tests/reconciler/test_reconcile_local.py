@@ -270,3 +270,28 @@ def test_a_database_failure_mid_pass_is_retried_and_keeps_the_worker(share, tmp_
     assert outcome.result == "temporary"
     assert queue.has_pending_retry("support-bot")
     assert 'loraplane_reconciles_total{result="temporary"} 1.0' in generate_latest(registry).decode()
+
+
+def test_another_replicas_spec_change_is_picked_up_but_status_and_label_writes_are_not(store, share):
+    """The periodic look for writes this process was not told of (another replica's API) reacts
+    to the desired state only: the reconciler's own status writes would cost a pass each."""
+    controller = Controller(Reconciler(store, {}), resync_seconds=30)
+    row = create(store, share)
+    controller.sync_timers()  # the first look only learns what is there
+    assert controller.queue.depth() == 0
+
+    store.update_status("support-bot", DeploymentStatus(phase="Ready", observed_generation=1), uid=row.uid)
+    store.replace("support-bot", labels={"team": "search"}, spec=DeploymentSpec.model_validate(row.spec))
+    controller.sync_timers()
+    assert controller.queue.depth() == 0
+
+    store.replace("support-bot", labels={"team": "search"},
+                  spec=DeploymentSpec.model_validate({**row.spec, "scale": {"maxReplicas": 2}}))
+    controller.sync_timers()
+    assert controller.queue.depth() == 1
+    assert controller.queue.get() == "support-bot"
+    controller.queue.done("support-bot")
+
+    store.request_deletion("support-bot")
+    controller.sync_timers()
+    assert controller.queue.depth() == 1
