@@ -16,6 +16,7 @@ from api.dashboard import router as dashboard_router
 from api.metrics import DeploymentPhaseCollector, HttpMetrics, MetricsMiddleware
 from api.problems import problem_response, problem_responses
 from api.routes import router
+from api.views import PublicViews
 from reconciler.controller import Controller
 from reconciler.leader import LeadingController
 from reconciler.core import Reconciler
@@ -64,6 +65,7 @@ def create_app(
     app.state.reconciler = reconciler
     app.state.access = AccessStore(store.engine, clock=store.clock)
     app.state.authenticator = Authenticator(app.state.access) if authenticate else None
+    app.state.views = PublicViews()
     app.state.registry = registry or CollectorRegistry()
     app.state.registry.register(DeploymentPhaseCollector(store))
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))

@@ -9,11 +9,12 @@ single-user local run) every caller is ``anonymous`` with the admin role.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from api.problems import ApiError
 from state.access import AccessStore
@@ -53,12 +54,14 @@ class Authenticator:
         return Identity(row.name, row.role)
 
 
-def require(role: Role) -> Callable[[Request], Identity]:
-    def dependency(request: Request) -> Identity:
+def require(role: Role) -> Callable[[Request], Awaitable[Identity]]:
+    # A coroutine, so that it costs a trip to the thread pool only when there is a token to
+    # look up (a plain ``def`` dependency always makes one).
+    async def dependency(request: Request) -> Identity:
         authenticator: Authenticator | None = request.app.state.authenticator
         if authenticator is None:
             return ANONYMOUS
-        identity = authenticator.identify(request.headers.get("authorization"))
+        identity = await run_in_threadpool(authenticator.identify, request.headers.get("authorization"))
         if RANK[identity.role] < RANK[role]:
             raise ApiError(
                 403, "Forbidden",

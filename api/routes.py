@@ -1,4 +1,8 @@
-"""The /v1 routes. Thin: parse, call the store, answer with a response model."""
+"""The /v1 routes. Thin: parse, call the store, answer with a response model.
+
+The deployment routes are coroutines that hand their database work to the thread pool in one
+call: a plain ``def`` route costs a second hop to the pool just to check its answer, and under
+load every hop is a wait for the GIL."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from api.auth import Identity, require
+from api.views import PublicViews
 from api.watch import watch_events
 from api.problems import (
     ApiError,
@@ -88,9 +93,13 @@ def expected_version(if_match: str | None) -> int | None:
     return int(value)
 
 
-def _answer(response: Response, row: InferenceDeployment) -> InferenceDeploymentPublic:
+def views_of(request: Request) -> PublicViews:
+    return request.app.state.views
+
+
+def _answer(request: Request, response: Response, row: InferenceDeployment) -> InferenceDeploymentPublic:
     response.headers["ETag"] = etag(row)
-    return row.to_public()
+    return views_of(request).of(row)
 
 
 def _check_name(path_name: str, body_name: str) -> None:
@@ -111,12 +120,12 @@ def _check_name(path_name: str, body_name: str) -> None:
     responses=problem_responses(400, 409, 422),
     summary="Create a deployment",
 )
-def create_deployment(
+async def create_deployment(
     body: InferenceDeploymentCreate, request: Request, response: Response, caller: Deployer
 ) -> InferenceDeploymentPublic:
-    row = store_of(request).create(body, owner=caller.name, actor=caller.name)
+    row = await run_in_threadpool(store_of(request).create, body, owner=caller.name, actor=caller.name)
     response.headers["Location"] = f"/v1/deployments/{row.name}"
-    return _answer(response, row)
+    return _answer(request, response, row)
 
 
 WATCH_RESPONSE = {
@@ -158,12 +167,15 @@ async def list_deployments(
         if watch:
             return _stream(watch_events(store_of(request), requirements=requirements, timeout_seconds=timeout_seconds,
                                         is_disconnected=request.is_disconnected))
-        rows, token = await run_in_threadpool(
-            store_of(request).list, requirements, limit=limit, continue_token=continue_
-        )
+        return await run_in_threadpool(_list_page, request, requirements, limit, continue_)
     except ValueError as exc:
         raise ApiError(400, "Bad request", str(exc)) from exc
-    return InferenceDeploymentList(items=[row.to_public() for row in rows], continue_=token)
+
+
+def _list_page(request: Request, requirements: list, limit: int | None, continue_: str | None) -> InferenceDeploymentList:
+    rows, token = store_of(request).list(requirements, limit=limit, continue_token=continue_)
+    views = views_of(request)
+    return InferenceDeploymentList(items=[views.of(row) for row in rows], continue_=token)
 
 
 def _stream(events) -> StreamingResponse:
@@ -183,7 +195,7 @@ async def get_deployment(
     row = await run_in_threadpool(store_of(request).get, name)
     if watch:
         return _stream(watch_events(store_of(request), name=name, timeout_seconds=timeout_seconds, is_disconnected=request.is_disconnected))
-    return _answer(response, row)
+    return _answer(request, response, row)
 
 
 @router.put(
@@ -193,7 +205,7 @@ async def get_deployment(
     responses=problem_responses(400, 404, 409, 412, 422),
     summary="Replace a deployment's labels and spec",
 )
-def replace_deployment(
+async def replace_deployment(
     name: Name,
     body: InferenceDeploymentCreate,
     request: Request,
@@ -205,10 +217,11 @@ def replace_deployment(
     expected = expected_version(if_match)
     if expected is None and body.metadata.resource_version is not None:
         expected = expected_version(body.metadata.resource_version)
-    row, _ = store_of(request).replace(
-        name, labels=body.metadata.labels, spec=body.spec, expected_version=expected, actor=caller.name
+    row, _ = await run_in_threadpool(
+        store_of(request).replace,
+        name, labels=body.metadata.labels, spec=body.spec, expected_version=expected, actor=caller.name,
     )
-    return _answer(response, row)
+    return _answer(request, response, row)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -294,7 +307,7 @@ async def merge_patch_document(request: Request) -> dict[str, Any]:
         }
     },
 )
-def patch_deployment(
+async def patch_deployment(
     name: Name,
     request: Request,
     response: Response,
@@ -302,8 +315,13 @@ def patch_deployment(
     caller: Deployer,
     if_match: IfMatch = None,
 ) -> InferenceDeploymentPublic:
-    store = store_of(request)
-    expected = expected_version(if_match)
+    row = await run_in_threadpool(_apply_patch, store_of(request), name, document, expected_version(if_match), caller)
+    return _answer(request, response, row)
+
+
+def _apply_patch(
+    store: DeploymentStore, name: str, document: dict[str, Any], expected: int | None, caller: Identity
+) -> InferenceDeployment:
     # Without If-Match the patch applies to whatever is current: re-read and re-merge if
     # another writer got in between, rather than failing a client that asked for no check.
     for _attempt in range(5):
@@ -321,7 +339,7 @@ def patch_deployment(
             if expected is not None:
                 raise
             continue
-        return _answer(response, row)
+        return row
     raise ApiError(409, "Conflict", f"deployment {name!r} kept changing; try the patch again")
 
 
@@ -333,11 +351,13 @@ def patch_deployment(
     responses=problem_responses(404, 412, 422),
     summary="Delete a deployment: its resources are torn down, then it is gone",
 )
-def delete_deployment(
+async def delete_deployment(
     name: Name, request: Request, response: Response, caller: Deployer, if_match: IfMatch = None
 ) -> InferenceDeploymentPublic:
-    row = store_of(request).request_deletion(name, expected_version=expected_version(if_match), actor=caller.name)
-    return _answer(response, row)
+    row = await run_in_threadpool(
+        store_of(request).request_deletion, name, expected_version=expected_version(if_match), actor=caller.name
+    )
+    return _answer(request, response, row)
 
 
 @router.get(
@@ -462,7 +482,7 @@ def activate_adapter(name: Name, version: VersionPath, request: Request, respons
                                    actor=caller.name, action="activate")
         except PreconditionFailed:
             continue
-        return _answer(response, row)
+        return _answer(request, response, row)
     raise ApiError(409, "Conflict", f"deployment {name!r} kept changing; try again")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -135,6 +136,10 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     )
     for chatty in ("apscheduler", "httpx"):  # a line per timer tick or probe drowns the log
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # The API's event loop shares the GIL with the reconciler's workers and the thread pool; a
+    # thread busy in Python keeps it for the whole switch interval (5 ms by default), and a
+    # request that hops loop -> pool -> loop waits that long at each hop. 1 ms bounds the wait.
+    sys.setswitchinterval(0.001)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.database()
     shown = make_url(url).render_as_string(hide_password=True)
