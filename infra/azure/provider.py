@@ -51,6 +51,7 @@ from infra.azure.errors import classify_azure_error
 from infra.azure.limiter import ArmLimiter
 from infra.azure.share import ShareFiles
 from infra.azure.wheel import ServingWheel, build_serving_wheel
+from infra.endpoints import EndpointClient
 from infra.errors import PermanentError, TemporaryError
 from infra.provider import Action, Observation, ObservedResource, ResourceJournal, ResourceRecord, Target
 
@@ -186,6 +187,7 @@ class AzureProvider:
         self._lock = threading.Lock()
         # The serving app's endpoint is checked against the same CA as ARM (never unverified).
         self._tls = ssl.create_default_context(cafile=str(config.ca_bundle)) if config.ca_bundle else True
+        self.endpoints = EndpointClient(timeout=config.probe_timeout_seconds, verify=self._tls)
 
     # ------------------------------------------------------------------------ plumbing
 
@@ -200,6 +202,7 @@ class AzureProvider:
             for clients in self._clients.values():
                 clients.close()
             self._clients.clear()
+        self.endpoints.close()
 
     def stop(self) -> None:
         """With the reconciler: operations in flight go on in Azure, and are resumed from
@@ -299,7 +302,7 @@ class AzureProvider:
         if endpoint is None:
             return None, False, "the container app has no ingress address yet"
         try:
-            response = httpx.get(f"{endpoint}/readyz", timeout=self.config.probe_timeout_seconds, verify=self._tls)
+            response = self.endpoints.get(f"{endpoint}/readyz")
         except httpx.HTTPError as exc:
             return endpoint, False, f"waiting for the serving app to answer on {endpoint} ({type(exc).__name__})"
         if response.status_code == 200:
@@ -516,7 +519,7 @@ class AzureProvider:
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
         try:
-            response = httpx.get(f"{endpoint}/v1/adapter", timeout=self.config.probe_timeout_seconds, verify=self._tls)
+            response = self.endpoints.get(f"{endpoint}/v1/adapter")
             response.raise_for_status()
             return response.json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -525,8 +528,8 @@ class AzureProvider:
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         token = self.admin_token(target)
         try:
-            response = httpx.post(f"{endpoint}/admin/adapter/reload", headers={"Authorization": f"Bearer {token}"},
-                                  timeout=120, verify=self._tls)
+            response = self.endpoints.post(f"{endpoint}/admin/adapter/reload", headers={"Authorization": f"Bearer {token}"},
+                                           timeout=120)
             return response.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise TemporaryError(f"asking {endpoint} to reload its adapter failed: {exc}", reason="EndpointUnavailable") from exc

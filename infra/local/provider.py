@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from infra.endpoints import EndpointClient
 from infra.errors import PermanentError, TemporaryError
 from infra.local.process import (
     LaunchConfig,
@@ -65,6 +66,7 @@ class LocalProvider:
         self.serving_command = tuple(serving_command or default_serving_command())
         self.on_change = on_change
         self.probe_timeout = probe_timeout
+        self.endpoints = EndpointClient(timeout=probe_timeout)
         self.clock = clock
         self.monitor_interval = monitor_interval
         self._markers = MarkerIndex()  # shared by every observe: one scan of processes at a time
@@ -141,7 +143,7 @@ class LocalProvider:
         if endpoint is None:
             return False, "the serving process's port is unknown"
         try:
-            response = httpx.get(f"{endpoint}/readyz", timeout=self.probe_timeout)
+            response = self.endpoints.get(f"{endpoint}/readyz")
         except httpx.HTTPError as exc:
             return False, f"waiting for the serving app to answer on {endpoint} ({type(exc).__name__})"
         if response.status_code == 200:
@@ -307,7 +309,7 @@ class LocalProvider:
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
         try:
-            response = httpx.get(f"{endpoint}/v1/adapter", timeout=self.probe_timeout)
+            response = self.endpoints.get(f"{endpoint}/v1/adapter")
             response.raise_for_status()
             return response.json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -316,7 +318,7 @@ class LocalProvider:
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         token = self.folder(target.name).admin_token()
         try:
-            response = httpx.post(
+            response = self.endpoints.post(
                 f"{endpoint}/admin/adapter/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120
             )
             return response.json()
@@ -355,6 +357,7 @@ class LocalProvider:
         self._stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=5)
+        self.endpoints.close()
 
     def _monitor_loop(self) -> None:
         while not self._stop.wait(self.monitor_interval):

@@ -1,0 +1,40 @@
+"""One HTTP client for talking to serving apps (readiness, adapter status, reload).
+
+A one-off ``httpx.get`` builds a TLS context and a connection pool each time: 17-30 ms of CPU
+on these machines, several times per reconcile pass of every deployment (it was most of a hot
+adapter swap's time). This client is made on first use, shared by threads (httpx clients are
+thread-safe), keeps connections to the apps alive, and is closed with its provider.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+
+import httpx
+
+
+class EndpointClient:
+    def __init__(self, *, timeout: float, verify: ssl.SSLContext | bool = True) -> None:
+        self.timeout, self.verify = timeout, verify
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout, verify=self.verify)
+            return self._client
+
+    def get(self, url: str, *, timeout: float | None = None) -> httpx.Response:
+        return self._http().get(url, timeout=timeout or self.timeout)
+
+    def post(self, url: str, *, headers: dict[str, str], timeout: float | None = None) -> httpx.Response:
+        return self._http().post(url, headers=headers, timeout=timeout or self.timeout)
+
+    def close(self) -> None:
+        """Close the connections; the next call opens a new client."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
