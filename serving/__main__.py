@@ -28,6 +28,9 @@ def main() -> None:
     logging.getLogger("loraplane.serving").info(
         "serving %s with adapter %s on %s:%d", settings.model_dir, settings.pointer_file or settings.adapter_dir, settings.host, settings.port
     )
+    # The event loop (requests, health, reloads) shares the GIL with the engine's thread, whose
+    # generation loop is mostly Python: by default it may keep the GIL 5 ms at a time.
+    sys.setswitchinterval(0.001)
     tls = {}
     if settings.tls_certfile is not None:
         tls = {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile) if settings.tls_keyfile else None}
