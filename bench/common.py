@@ -1,13 +1,23 @@
-"""What every benchmark shares: percentiles, a printed table, a JSON result file."""
+"""What every benchmark shares: percentiles, a printed table, a JSON result file, and
+starting a process and waiting for it (or for anything) to be ready."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,3 +59,64 @@ def write_result(name: str, document: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """The first true value ``probe`` gives, checked every ``interval`` s; a clear exit after
+    ``timeout`` s naming ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval)
+    raise SystemExit(f"gave up after {timeout:.0f}s waiting for {what}")
+
+
+def start_ready(command: list[str], env: Mapping[str, str], url: str, timeout: float = 180) -> subprocess.Popen:
+    """Start ``command`` and wait until ``url``/readyz answers 200."""
+    process = subprocess.Popen(command, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise SystemExit(f"{command[0]} exited with {process.returncode} before it was ready")
+        try:
+            return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, timeout, f"{url}/readyz", interval=0.1)
+    except SystemExit:
+        process.kill()
+        raise
+    return process
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This environment without any LORAPLANE_ setting, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
+    env["HF_HUB_OFFLINE"] = "1"
+    env.update(settings)
+    return env
+
+
+def start_service(data_dir: Path, database_url: str | None = None, *,
+                  extra_env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen, str, dict[str, str]]:
+    """``loraplane serve`` on a free port, as it runs by default (tokens checked): the process,
+    its URL and the headers that carry the admin token it writes on first start."""
+    port = free_port()
+    env = clean_env(LORAPLANE_LOG_LEVEL="warning", **(extra_env or {}))
+    if database_url:
+        env["LORAPLANE_DATABASE_URL"] = database_url
+    binary = str(Path(sys.executable).parent / "loraplane")
+    url = f"http://127.0.0.1:{port}"
+    process = start_ready([binary, "serve", "--port", str(port), "--data-dir", str(data_dir)], env, url, timeout=60)
+    token = (data_dir / "admin-token").read_text().strip()
+    return process, url, {"Authorization": f"Bearer {token}"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import table, write_result
+from bench.common import clean_env, free_port, start_ready, table, write_result
 
 CONCURRENCY = (1, 4, 8)
 
@@ -28,27 +27,13 @@ CONCURRENCY = (1, 4, 8)
 def start_app(share: Path, batch: int) -> tuple[subprocess.Popen, str]:
     from serving.tiny import ADAPTER_PATH, TINY_MODEL_PATH
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
-    env.update({
-        "LORAPLANE_SHARE_ROOT": str(share), "LORAPLANE_MODEL_PATH": TINY_MODEL_PATH, "LORAPLANE_ADAPTER_PATH": ADAPTER_PATH,
-        "LORAPLANE_PORT": str(port), "LORAPLANE_HOST": "127.0.0.1", "LORAPLANE_UI": "false",
-        "LORAPLANE_MAX_BATCH_SIZE": str(batch), "HF_HUB_OFFLINE": "1",
-    })
-    process = subprocess.Popen([sys.executable, "-m", "serving"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    env = clean_env(
+        LORAPLANE_SHARE_ROOT=str(share), LORAPLANE_MODEL_PATH=TINY_MODEL_PATH, LORAPLANE_ADAPTER_PATH=ADAPTER_PATH,
+        LORAPLANE_PORT=str(port), LORAPLANE_HOST="127.0.0.1", LORAPLANE_UI="false", LORAPLANE_MAX_BATCH_SIZE=str(batch),
+    )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the serving app did not become ready")
+    return start_ready([sys.executable, "-m", "serving"], env, url), url
 
 
 def throughput(url: str, clients: int, seconds: float, tokens: int) -> tuple[float, int]:
