@@ -11,11 +11,13 @@ import asyncio
 import base64
 import copy
 import hashlib
+import math
 import random
 import string
 import shutil
 import uuid
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from pathlib import Path
@@ -27,6 +29,7 @@ from infra.azuresim.containers import ContainerRunner
 from infra.azuresim.files import FilesSimulator
 from infra.azuresim.state import (
     REGIONS,
+    ArmLimits,
     TYPES,
     WORKLOAD_PROFILE_TYPES,
     ArmError,
@@ -37,6 +40,7 @@ from infra.azuresim.state import (
 
 
 GROUP_RESOURCES = "resources"
+PAGE_SIZE = 100  # items per page of a list (ARM's pages vary by type; 100 is common)
 STORAGE_ACCOUNTS = "microsoft.storage/storageaccounts"
 FILE_SHARES = "microsoft.storage/storageaccounts/fileservices/shares"
 CONTAINER_APPS = "microsoft.app/containerapps"
@@ -80,6 +84,11 @@ def parse_path(path: str) -> Target:
         raise ArmError(404, "InvalidResourceType", f"no such ARM path: /{path}")
     namespace = parts[5]
     rest = parts[6:]
+    if len(rest) == 1:  # every resource of one type in the group: …/providers/Microsoft.App/containerApps
+        listed = _canonical_type(f"{namespace}/{rest[0]}".lower())
+        if listed is None:
+            raise ArmError(404, "InvalidResourceType", f"the resource type of /{path} is not simulated")
+        return Target(subscription, group, "resourceGroups", group_id, None, list_of=listed, namespace=namespace)
     types = [rest[i] for i in range(0, len(rest) - 1, 2)]
     resource_id = f"{group_id}/providers/{namespace}/" + "/".join(rest[: 2 * len(types)])
     trailing = rest[2 * len(types)] if len(rest) % 2 else None
@@ -126,10 +135,15 @@ def _deep_merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
 class ArmSimulator:
     """Builds the FastAPI app over a SimState: ARM, and the Azure Files data plane of the
     storage accounts it holds (shares are folders under ``files_root``). With a
-    ``runner``, a container app's active revision runs as a local process."""
+    ``runner``, a container app's active revision runs as a local process. With a
+    ``standin_ingress`` instead (the simulator's own host:port), every app's ingress is the
+    simulator itself, answering as a healthy replica that serves no adapter: for fleets of
+    hundreds of apps, where a process each is out of the question (the benchmarks)."""
 
-    def __init__(self, state: SimState, files_root: Path, runner: ContainerRunner | None = None) -> None:
+    def __init__(self, state: SimState, files_root: Path, runner: ContainerRunner | None = None,
+                 standin_ingress: Callable[[], str] | None = None) -> None:
         self.state = state
+        self.standin_ingress = standin_ingress
         self.secrets: dict[str, dict[str, str]] = {}  # container app id -> secret values
         self.storage_keys: dict[str, str] = {}  # environment storage id -> account key
         self.files = FilesSimulator(files_root, self._account_keys, self.state.count)
@@ -198,6 +212,15 @@ class ArmSimulator:
     def app(self) -> FastAPI:
         app = FastAPI(title="loraplane Azure simulator", docs_url=None, redoc_url=None, openapi_url=None)
 
+        if self.standin_ingress is not None:
+            @app.get("/readyz")
+            def standin_ready() -> dict[str, str]:
+                return {"status": "ready", "detail": "a stand-in replica of the Azure simulator"}
+
+            @app.get("/v1/adapter")
+            def standin_adapter() -> dict[str, Any]:
+                return {"version": None, "path": None, "loaded_at": None, "base_only": True, "last_error": None, "draining": []}
+
         @app.get("/_sim/calls")
         def calls() -> dict[str, Any]:
             return self.state.call_counts()
@@ -230,6 +253,13 @@ class ArmSimulator:
                 target = parse_path("subscriptions/" + path)
                 label = target.list_of or target.type_name or ("operations" if "operation" in path.lower() else "provider")
                 self.state.count(request.method, label)
+                if self.state.limits is not None:
+                    wait = self.state.limits.take(target.subscription, request.method)
+                    if wait is not None:
+                        self.state.count("429", label)
+                        seconds = max(1, math.ceil(wait))
+                        raise ArmError(429, "TooManyRequests", f"the subscription's {ArmLimits.kind_of(request.method)} budget is spent; "
+                                       f"retry after {seconds} seconds", {"Retry-After": str(seconds)})
                 fault = self.state.draw_fault(request.method)
                 if fault == "slow":
                     await asyncio.sleep(self.state.faults.slow_seconds)
@@ -265,7 +295,7 @@ class ArmSimulator:
         if target.list_of == GROUP_RESOURCES and method == "GET":
             return JSONResponse({"value": self._group_resources(target), "nextLink": None})
         if target.list_of is not None and method == "GET":
-            return JSONResponse({"value": [self._visible(r) for r in self.state.children(target.resource_id, target.list_of)], "nextLink": None})
+            return self._page(request, [self._visible(r) for r in self.state.children(target.resource_id, target.list_of)])
         if target.action is not None:
             return self._action(method, target)
         if method == "GET":
@@ -279,6 +309,19 @@ class ArmSimulator:
         if method == "DELETE":
             return self._delete(target, base, api_version, fault)
         raise ArmError(405, "MethodNotAllowed", f"{method} is not allowed on {target.type_name}")
+
+    @staticmethod
+    def _page(request: Request, items: list[dict[str, Any]]) -> JSONResponse:
+        """One page of a list, as ARM pages them: a nextLink carries on from where it ends."""
+        try:
+            start = max(0, int(request.query_params.get("$skiptoken", "0")))
+        except ValueError as exc:
+            raise ArmError(400, "InvalidSkipToken", "the $skiptoken is not one this service issued") from exc
+        end = start + PAGE_SIZE
+        next_link = None
+        if end < len(items):
+            next_link = str(request.url.include_query_params(**{"$skiptoken": str(end)}))
+        return JSONResponse({"value": items[start:end], "nextLink": next_link})
 
     def _group_resources(self, target: Target) -> list[dict[str, Any]]:
         """GET …/resourceGroups/{g}/resources: the group's top-level resources, generic shape."""
@@ -401,7 +444,12 @@ class ArmSimulator:
         ingress = properties.get("configuration", {}).get("ingress")
         if isinstance(ingress, dict):
             # Where the runner's replicas answer, when it runs them: no DNS for ACA here.
-            ingress["fqdn"] = f"127.0.0.1:{self.runner.port_for(resource['id'])}" if self.runner else f"{resource['name']}.{domain}"
+            if self.runner is not None:
+                ingress["fqdn"] = f"127.0.0.1:{self.runner.port_for(resource['id'])}"
+            elif self.standin_ingress is not None:
+                ingress["fqdn"] = self.standin_ingress()
+            else:
+                ingress["fqdn"] = f"{resource['name']}.{domain}"
         properties["outboundIpAddresses"] = ["20.1.2.3"]
         properties["latestReadyRevisionName"] = old.get("latestReadyRevisionName")
         template = properties.get("template")

@@ -12,7 +12,7 @@ import uvicorn
 
 from infra.azuresim.arm import ArmSimulator
 from infra.azuresim.containers import ContainerRunner
-from infra.azuresim.state import SimState
+from infra.azuresim.state import ArmLimits, SimState
 
 
 class AzureSimulator:
@@ -29,7 +29,14 @@ class AzureSimulator:
         share_root: Path | None = None,
         run_containers: bool = False,
         container_command: Sequence[str] | None = None,
+        standin_replicas: bool = False,
+        arm_limits: bool = False,
     ) -> None:
+        """``run_containers`` runs each app's active revision as a serving process;
+        ``standin_replicas`` instead has the simulator answer for every app as a healthy replica
+        (fleets too big for a process each). ``arm_limits`` applies ARM's own throttling."""
+        if run_containers and standin_replicas:
+            raise ValueError("run_containers and standin_replicas exclude each other: pick one")
         self.workdir = workdir
         self.host = host
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -38,8 +45,9 @@ class AzureSimulator:
         self.share_root.mkdir(parents=True, exist_ok=True)
         authority = trustme.CA()
         self.runner = ContainerRunner(workdir, authority, container_command) if run_containers else None
-        self.state = SimState(lro_delay_seconds=lro_delay_seconds)
-        self.arm = ArmSimulator(self.state, self.share_root, self.runner)
+        self.state = SimState(lro_delay_seconds=lro_delay_seconds, limits=ArmLimits() if arm_limits else None)
+        self.arm = ArmSimulator(self.state, self.share_root, self.runner,
+                                standin_ingress=(lambda: f"{self.host}:{self.port}") if standin_replicas else None)
         server_cert = authority.issue_cert(host, "localhost")
         self.ca_bundle = self.workdir / "azure-sim-ca.pem"
         authority.cert_pem.write_to_path(str(self.ca_bundle))

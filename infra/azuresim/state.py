@@ -106,6 +106,38 @@ class Faults:
 FAULT_KINDS = ("throttle", "server_error", "slow", "failed_operation", "quota")
 
 
+class ArmLimits:
+    """ARM's published throttling (the token-bucket algorithm, per subscription and region):
+    reads 250 at once then 25/s, writes 200 then 10/s, deletes 200 then 10/s. A call over the
+    budget is answered 429 with Retry-After, and counted."""
+
+    BUCKETS = {"read": (250, 25.0), "write": (200, 10.0), "delete": (200, 10.0)}
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._tokens: dict[tuple[str, str], tuple[float, float]] = {}  # (subscription, kind) -> (tokens, at)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def kind_of(method: str) -> str:
+        return {"GET": "read", "HEAD": "read", "DELETE": "delete"}.get(method, "write")
+
+    def take(self, subscription: str, method: str) -> float | None:
+        """None when the call may go; else the seconds until a token is there."""
+        kind = self.kind_of(method)
+        burst, rate = self.BUCKETS[kind]
+        key = (subscription.lower(), kind)
+        with self._lock:
+            now = self.clock()
+            tokens, at = self._tokens.get(key, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - at) * rate)
+            if tokens >= 1:
+                self._tokens[key] = (tokens - 1, now)
+                return None
+            self._tokens[key] = (tokens, now)
+            return (1 - tokens) / rate
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -125,6 +157,9 @@ class SimState:
     # Called with each resource as it is removed (deleted, or under a deleted parent).
     on_removed: Callable[[dict[str, Any]], None] | None = None
     _rng: random.Random = field(default_factory=random.Random)
+    _pending: set[str] = field(default_factory=set)  # ids of operations not finished yet
+    # ARM's own throttling, when set: token buckets per subscription and kind of call.
+    limits: ArmLimits | None = None
 
     # -------------------------------------------------------------------------- faults
 
@@ -204,6 +239,7 @@ class SimState:
         )
         with self.lock:
             self.operations[operation.id] = operation
+            self._pending.add(operation.id)
         return operation
 
     def operation(self, operation_id: str) -> Operation | None:
@@ -214,9 +250,9 @@ class SimState:
     def _advance(self) -> None:
         """Finish the operations whose time has come: provisioningState moves on."""
         now = self.clock()
-        for operation in self.operations.values():
-            if operation.finished or operation.done_at > now:
-                continue
+        for operation_id in [i for i in self._pending if self.operations[i].done_at <= now]:
+            self._pending.discard(operation_id)
+            operation = self.operations[operation_id]
             operation.finished = True
             key = operation.resource_id.lower()
             resource = self.resources.get(key)

@@ -226,3 +226,39 @@ def test_the_cli_runs_the_simulator_and_says_where(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_groups_apps_are_listed_a_page_at_a_time(clients):
+    environment = make_environment(clients)
+    for index in range(130):
+        clients.apps.container_apps.begin_create_or_update("rg", f"app-{index:03d}", app_body(environment.id), polling=False)
+    pages = list(clients.apps.container_apps.list_by_resource_group("rg").by_page())
+    assert [len(list(page)) for page in pages] == [100, 30]
+    listed = [app.name for app in clients.apps.container_apps.list_by_resource_group("rg")]
+    assert sorted(listed) == [f"app-{index:03d}" for index in range(130)]
+
+
+def test_arm_limits_answer_429_past_the_write_budget_and_the_sdk_waits(tmp_path: Path):
+    with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.01, arm_limits=True) as sim:
+        made = Clients(sim)
+        try:
+            made.resources.resource_groups.create_or_update("rg", {"location": "westus3"})
+            for index in range(205):  # the write bucket holds 200
+                made.resources.resource_groups.create_or_update(f"rg-{index}", {"location": "westus3"})
+            throttled = calls(sim).get("429", {})
+            assert throttled.get("resourceGroups", 0) >= 1
+            assert made.resources.resource_groups.get("rg-204").name == "rg-204"  # retried, not lost
+        finally:
+            made.close()
+
+
+def test_standin_replicas_answer_for_every_app_at_the_simulators_address(tmp_path: Path):
+    with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.01, standin_replicas=True) as sim:
+        made = Clients(sim)
+        try:
+            environment = make_environment(made)
+            app = made.apps.container_apps.begin_create_or_update("rg", "bot", app_body(environment.id), **FAST).result()
+            assert app.configuration.ingress.fqdn == f"127.0.0.1:{sim.port}"
+            assert httpx.get(f"https://{app.configuration.ingress.fqdn}/readyz", verify=trusting(sim)).status_code == 200
+        finally:
+            made.close()
