@@ -41,6 +41,9 @@ class ServiceSettings(BaseSettings):
     azure_ca_bundle: Path | None = None
     azure_credential: Literal["default", "static"] = "default"
     azure_polling_seconds: float = Field(default=5.0, gt=0)
+    # How old an ARM read may be and still serve an observation (container apps are listed per
+    # resource group); the smaller of this and half of resync_seconds is used.
+    azure_observe_max_age_seconds: float = Field(default=10.0, ge=0)
     # The client-side ARM limiter (token buckets shared by every worker).
     azure_reads_per_second: float = Field(default=25.0, gt=0)
     azure_read_burst: int = Field(default=250, ge=1)

@@ -108,6 +108,7 @@ def azure_provider(settings: ServiceSettings, journal: DatabaseJournal) -> Azure
         ca_bundle=settings.azure_ca_bundle,
         credential=settings.azure_credential,
         polling_seconds=settings.azure_polling_seconds,
+        observe_max_age_seconds=min(settings.azure_observe_max_age_seconds, settings.resync_seconds / 2),
     )
     return AzureProvider(config, journal, limiter=ArmLimiter(limits))
 

@@ -103,6 +103,22 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
 NAMED_SUBSET_LISTS = {"workloadProfiles"}
 
 
+def resource_ids(azure: Any) -> dict[str, str]:
+    """kind -> the ARM id of the deployment's resource of that kind (``spec.azure`` named)."""
+    group_id = f"/subscriptions/{azure.subscription_id}/resourceGroups/{azure.resource_group}"
+    account_id = f"{group_id}/providers/Microsoft.Storage/storageAccounts/{azure.storage_account}"
+    environment_id = f"{group_id}/providers/Microsoft.App/managedEnvironments/{azure.environment}"
+    return {
+        "ResourceGroup": group_id,
+        "StorageAccount": account_id,
+        "FileShare": f"{account_id}/fileServices/default/shares/{azure.file_share}",
+        "Workspace": f"{group_id}/providers/Microsoft.OperationalInsights/workspaces/{azure.log_analytics}",
+        "ManagedEnvironment": environment_id,
+        "EnvironmentStorage": f"{environment_id}/storages/{azure.environment_storage}",
+        "ContainerApp": f"{group_id}/providers/Microsoft.App/containerApps/{azure.app}",
+    }
+
+
 def desired_resources(
     target: Target, *, serving_wheel: str | None = None, workspace_customer_id: str | None = None
 ) -> list[DesiredResource]:
@@ -116,9 +132,8 @@ def desired_resources(
     assert azure.storage_account and azure.file_share and azure.environment
     assert azure.environment_storage and azure.app and azure.log_analytics
     tags = loraplane_tags(target.name)
-    group_id = f"/subscriptions/{azure.subscription_id}/resourceGroups/{azure.resource_group}"
-    account_id = f"{group_id}/providers/Microsoft.Storage/storageAccounts/{azure.storage_account}"
-    environment_id = f"{group_id}/providers/Microsoft.App/managedEnvironments/{azure.environment}"
+    ids = resource_ids(azure)
+    group_id, account_id, environment_id = ids["ResourceGroup"], ids["StorageAccount"], ids["ManagedEnvironment"]
     profile = azure.workload_profile
     consumption_gpu = profile.type.startswith("Consumption")
     workload_profiles = [aca.WorkloadProfile(name="Consumption", workload_profile_type="Consumption")]
@@ -148,10 +163,9 @@ def desired_resources(
                         storage.StorageAccountCreateParameters(
                             sku=storage.Sku(name="Standard_LRS"), kind="StorageV2", location=azure.location, tags=tags,
                         ).as_dict(), (("sku", "name"), ("kind",))),
-        DesiredResource("FileShare", azure.file_share, f"{account_id}/fileServices/default/shares/{azure.file_share}",
+        DesiredResource("FileShare", azure.file_share, ids["FileShare"],
                         storage.FileShare(share_quota=1024).as_dict(), ()),
-        DesiredResource("Workspace", azure.log_analytics,
-                        f"{group_id}/providers/Microsoft.OperationalInsights/workspaces/{azure.log_analytics}",
+        DesiredResource("Workspace", azure.log_analytics, ids["Workspace"],
                         logs.Workspace(location=azure.location, tags=tags, sku=logs.WorkspaceSku(name="PerGB2018"),
                                        retention_in_days=30).as_dict(), (("properties", "sku", "name"),)),
         DesiredResource("ManagedEnvironment", azure.environment, environment_id,
@@ -164,13 +178,13 @@ def desired_resources(
                         ).as_dict(),
                         (("properties", "workloadProfiles"), ("properties", "appLogsConfiguration", "destination"),
                          ("properties", "appLogsConfiguration", "logAnalyticsConfiguration", "customerId"))),
-        DesiredResource("EnvironmentStorage", azure.environment_storage, f"{environment_id}/storages/{azure.environment_storage}",
+        DesiredResource("EnvironmentStorage", azure.environment_storage, ids["EnvironmentStorage"],
                         aca.ManagedEnvironmentStorage(properties=aca.ManagedEnvironmentStorageProperties(
                             azure_file=aca.AzureFileProperties(account_name=azure.storage_account, share_name=azure.file_share,
                                                                access_mode="ReadWrite"))).as_dict(),
                         (("properties", "azureFile", "accountName"), ("properties", "azureFile", "shareName"),
                          ("properties", "azureFile", "accessMode"))),
-        DesiredResource("ContainerApp", azure.app, f"{group_id}/providers/Microsoft.App/containerApps/{azure.app}",
+        DesiredResource("ContainerApp", azure.app, ids["ContainerApp"],
                         app.as_dict(),
                         (("properties", "managedEnvironmentId"), ("properties", "workloadProfileName"),
                          ("properties", "configuration", "ingress", "targetPort"),

@@ -43,11 +43,13 @@ from infra.azure.desired import (
     NAMED_SUBSET_LISTS,
     DesiredResource,
     desired_resources,
+    resource_ids,
     drifted_fields,
     loraplane_tags,
     value_at,
 )
 from infra.azure.errors import classify_azure_error
+from infra.azure.inventory import Inventory
 from infra.azure.limiter import ArmLimiter
 from infra.azure.share import ShareFiles
 from infra.azure.wheel import ServingWheel, build_serving_wheel
@@ -79,6 +81,9 @@ class AzureConfig:
     credential: str = "default"
     polling_seconds: float = 5.0
     probe_timeout_seconds: float = 5.0
+    # How old a read may be and still serve an observation (see infra.azure.inventory); below
+    # the resync interval, so that each resync judges drift on a read made since the last one.
+    observe_max_age_seconds: float = 10.0
 
 
 class AzureClients:
@@ -188,6 +193,7 @@ class AzureProvider:
         # The serving app's endpoint is checked against the same CA as ARM (never unverified).
         self._tls = ssl.create_default_context(cafile=str(config.ca_bundle)) if config.ca_bundle else True
         self.endpoints = EndpointClient(timeout=config.probe_timeout_seconds, verify=self._tls)
+        self.inventory = Inventory(config.observe_max_age_seconds)
 
     # ------------------------------------------------------------------------ plumbing
 
@@ -229,7 +235,30 @@ class AzureProvider:
 
     # --------------------------------------------------------------------------- reads
 
-    def _get(self, clients: AzureClients, target: Target, kind: str) -> dict[str, Any] | None:
+    def _get(self, clients: AzureClients, target: Target, kind: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        """The resource as Azure has it (None: absent), through the inventory: at most
+        ``observe_max_age_seconds`` old, container apps listed per group; ``fresh`` reads it now
+        (before a write that is computed from it)."""
+        azure = self._azure(target)
+        resource_id = resource_ids(azure)[kind]
+        if fresh:
+            self.inventory.touched(resource_id)
+        if kind != "ContainerApp":
+            return self.inventory.get(resource_id, lambda: self._read(clients, target, kind))
+        rg = azure.resource_group
+
+        def every_app_in_the_group() -> list[dict[str, Any]]:
+            try:
+                return [app.as_dict() for app in clients.apps.container_apps.list_by_resource_group(rg)]
+            except ResourceNotFoundError:
+                return []  # no group, no apps
+            except AzureError as exc:
+                raise classify_azure_error(exc, doing=f"listing the container apps of {rg}") from exc
+
+        scope = f"/subscriptions/{azure.subscription_id}/resourceGroups/{rg}/containerApps"
+        return self.inventory.get_listed(resource_id, scope, lambda: self._read(clients, target, kind), every_app_in_the_group)
+
+    def _read(self, clients: AzureClients, target: Target, kind: str) -> dict[str, Any] | None:
         azure = self._azure(target)
         rg = azure.resource_group
         calls: dict[str, Callable[[], Any]] = {
@@ -325,6 +354,7 @@ class AzureProvider:
                 continue
             with self._lock:
                 self._pollers.pop((target.uid, key), None)
+            self.inventory.touched(record.resource_id)
             finished = replace(record, operation=None, continuation_token=None)
             if record.operation == "delete":
                 self.journal.forget(target.uid, record.resource_id)
@@ -383,6 +413,7 @@ class AzureProvider:
 
     def _started(self, target: Target, resource_id: str, kind: str, verb: str, poller: LROPoller | None,
                  sent_secrets: tuple[str, ...] = ()) -> None:
+        self.inventory.touched(resource_id)
         records = self.journal.records(target.uid)
         known = records.get(resource_id.lower())
         created = verb == "create" or (known is not None and known.created)
@@ -430,7 +461,7 @@ class AzureProvider:
         azure = self._azure(target)
         rg, name = azure.resource_group, resource.name
         body = copy.deepcopy(resource.body)
-        current = self._get(clients, target, resource.kind) if verb == "update" else None
+        current = self._get(clients, target, resource.kind, fresh=True) if verb == "update" else None
         adopted = current is not None and not _owned_by_tags(current, target.name) and not self._created(target, resource.id)
         if adopted:
             body = adopted_body(as_adopted(resource), current)

@@ -1,0 +1,119 @@
+"""Reads that scale with resource groups, not deployments: the inventory on a fake clock, then
+the provider on the simulator with a fleet of deployments in one group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.azure.inventory import Inventory
+from infra.azuresim.server import AzureSimulator
+from reconciler.core import Reconciler
+from state.models import InferenceDeploymentCreate
+from state.resource import DeploymentStatus
+from state.store import DeploymentStore
+from tests.conftest import azure_manifest
+from tests.fakes import FakeClock
+from tests.infra.test_azure_provider import calls, make_provider, reset_calls
+
+APP = "/subscriptions/s/resourceGroups/g/providers/Microsoft.App/containerApps/{}"
+SCOPE = "/subscriptions/s/resourceGroups/g/containerApps"
+
+
+class Azure:
+    """Counts the reads the inventory makes, as ARM would see them."""
+
+    def __init__(self, apps: list[str]) -> None:
+        self.apps = {APP.format(name): {"id": APP.format(name), "name": name, "v": 1} for name in apps}
+        self.gets = self.lists = 0
+
+    def read(self, name: str):
+        def get():
+            self.gets += 1
+            found = self.apps.get(APP.format(name))
+            return dict(found) if found else None
+        return get
+
+    def read_all(self):
+        self.lists += 1
+        return [dict(app) for app in self.apps.values()]
+
+
+def test_one_list_serves_every_app_in_the_group_until_it_is_too_old():
+    clock, azure = FakeClock(), Azure(["a", "b", "c"])
+    inventory = Inventory(max_age=10, clock=clock)
+    for name in "abc":
+        assert inventory.get_listed(APP.format(name), SCOPE, azure.read(name), azure.read_all)["name"] == name
+    assert (azure.lists, azure.gets) == (1, 0)
+    assert inventory.get_listed(APP.format("nope"), SCOPE, azure.read("nope"), azure.read_all) is None
+    assert (azure.lists, azure.gets) == (1, 0)  # not in a recent list: it does not exist
+
+    azure.apps[APP.format("a")]["v"] = 2  # changed in Azure by someone else
+    clock.advance(9)
+    assert inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all)["v"] == 1
+    clock.advance(2)  # older than max_age: listed again
+    assert inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all)["v"] == 2
+    assert azure.lists == 2
+
+
+def test_what_loraplane_changed_is_read_afresh_and_alone():
+    clock, azure = FakeClock(), Azure(["a", "b"])
+    inventory = Inventory(max_age=10, clock=clock)
+    inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all)
+    azure.apps[APP.format("a")]["v"] = 2
+    inventory.touched(APP.format("a"))
+    assert inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all)["v"] == 2
+    assert (azure.lists, azure.gets) == (1, 1)
+    # Read afresh once; then served from that read like any other.
+    assert inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all)["v"] == 2
+    assert (azure.lists, azure.gets) == (1, 1)
+
+
+def test_other_reads_are_shared_for_max_age():
+    clock, azure = FakeClock(), Azure(["a"])
+    inventory = Inventory(max_age=10, clock=clock)
+    for _ in range(5):
+        inventory.get(APP.format("a"), azure.read("a"))
+    assert azure.gets == 1
+    clock.advance(11)
+    inventory.get(APP.format("a"), azure.read("a"))
+    assert azure.gets == 2
+
+
+@pytest.fixture
+def store(sqlite_store: DeploymentStore) -> DeploymentStore:
+    return sqlite_store
+
+
+def test_a_resync_of_a_fleet_in_one_group_lists_its_apps_instead_of_reading_each(store, tmp_path: Path):
+    fleet = [f"bot-{index}" for index in range(12)]
+    shared = {"storageAccount": "teamstore", "fileShare": "models", "environment": "team-env",
+              "environmentStorage": "models", "logAnalytics": "team-logs"}
+    with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.05, standin_replicas=True) as sim:
+        provider = make_provider(store, sim)
+        try:
+            reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+            for name in fleet:
+                store.create(InferenceDeploymentCreate.model_validate(azure_manifest(name, app=name, **shared)))
+            for _ in range(40):
+                if all(DeploymentStatus.model_validate(store.get(n).status).phase == "Ready" for n in fleet):
+                    break
+                for name in fleet:
+                    reconciler.reconcile(name)
+            assert {DeploymentStatus.model_validate(store.get(n).status).phase for n in fleet} == {"Ready"}
+
+            provider.inventory.max_age = 3600  # one resync, all within one read's lifetime
+            reset_calls(sim)
+            for name in fleet:
+                assert reconciler.reconcile(name).result == "converged"
+            # ARM only: listing the adapter folders is the share's data plane.
+            seen = {method: {kind: n for kind, n in kinds.items() if not kind.startswith("Microsoft.Storage/fileShares/")}
+                    for method, kinds in calls(sim).items()}
+            assert {method for method, kinds in seen.items() if kinds} <= {"GET"}  # no writes
+            # At most one list of the group's apps and one read of each shared resource: not 7 x 12.
+            assert seen.get("GET", {}).get("Microsoft.App/containerApps", 0) <= 1
+            assert sum(seen.get("GET", {}).values()) <= 7
+
+        finally:
+            provider.close()
