@@ -46,11 +46,11 @@ class ServiceSettings(BaseSettings):
     azure_observe_max_age_seconds: float = Field(default=10.0, ge=0)
     # The client-side ARM limiter (token buckets shared by every worker).
     azure_reads_per_second: float = Field(default=25.0, gt=0)
-    azure_read_burst: int = Field(default=250, ge=1)
+    azure_read_burst: int = Field(default=225, ge=1)
     azure_writes_per_second: float = Field(default=10.0, gt=0)
-    azure_write_burst: int = Field(default=200, ge=1)
+    azure_write_burst: int = Field(default=180, ge=1)
     azure_deletes_per_second: float = Field(default=10.0, gt=0)
-    azure_delete_burst: int = Field(default=200, ge=1)
+    azure_delete_burst: int = Field(default=180, ge=1)
 
     def database(self) -> str:
         # Imported here: the CLI's client commands read ClientSettings and should not pay

@@ -40,6 +40,17 @@ class Inventory:
         with self._lock:
             self._stale.add(resource_id.lower())
 
+    def read_now(self, resource_id: str, resource: Resource | None) -> None:
+        """What Azure answered just now for it (an operation's final result): no read needed."""
+        self._keep(resource_id.lower(), resource, self.clock())
+
+    def last(self, resource_id: str) -> Resource | None:
+        """The last read of it, however old, without reading (None if never read): for a
+        resource whose operation is still running, the operation says how it goes."""
+        with self._lock:
+            found = self._read.get(resource_id.lower())
+        return found[1] if found is not None else None
+
     def _fresh(self, key: str) -> tuple[bool, Resource | None]:
         with self._lock:
             if key in self._stale:

@@ -299,6 +299,8 @@ class AzureProvider:
             parent = CONTAINED_IN.get(resource.kind)
             if parent is not None and observed.get(parent) is None:
                 observed[resource.kind] = None  # nothing can exist inside what does not: no call
+            elif resource.kind in busy:
+                observed[resource.kind] = self.inventory.last(resource.id)  # its operation tells how it goes
             else:
                 observed[resource.kind] = self._get(clients, target, resource.kind)
         refs = []
@@ -354,19 +356,26 @@ class AzureProvider:
                 continue
             with self._lock:
                 self._pollers.pop((target.uid, key), None)
-            self.inventory.touched(record.resource_id)
             finished = replace(record, operation=None, continuation_token=None)
             if record.operation == "delete":
                 self.journal.forget(target.uid, record.resource_id)
             else:
                 self.journal.save(target.uid, finished)
             if poller is None:
+                self.inventory.touched(record.resource_id)
                 continue
             try:
-                poller.result(timeout=0)
+                result = poller.result(timeout=0)
             except AzureError as exc:
+                self.inventory.touched(record.resource_id)
                 failure = classify_azure_error(exc, doing=f"{record.operation} {record.kind} {record.resource_id.rsplit('/', 1)[-1]}")
                 failure.__cause__ = exc
+                continue
+            if record.operation != "delete" and hasattr(result, "as_dict"):
+                # The operation's last answer is the resource as it is now: no read needed.
+                self.inventory.read_now(record.resource_id, result.as_dict())
+            else:
+                self.inventory.touched(record.resource_id)
         if failure is not None:
             raise failure
         return busy

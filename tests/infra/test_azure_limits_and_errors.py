@@ -49,9 +49,10 @@ def test_calls_are_sorted_into_reads_writes_and_deletes():
         "read", "read", "write", "write", "write", "delete"
     ]
     limiter = ArmLimiter()
-    assert limiter.buckets["read"].spec == BucketSpec(25.0, 250)
-    assert limiter.buckets["write"].spec == BucketSpec(10.0, 200)
-    assert limiter.buckets["delete"].spec == BucketSpec(10.0, 200)
+    # ARM's rates, with bursts a tenth below ARM's (250, 200, 200).
+    assert limiter.buckets["read"].spec == BucketSpec(25.0, 225)
+    assert limiter.buckets["write"].spec == BucketSpec(10.0, 180)
+    assert limiter.buckets["delete"].spec == BucketSpec(10.0, 180)
     with pytest.raises(ValueError):
         TokenBucket(BucketSpec(0, 1))
 
