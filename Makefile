@@ -39,8 +39,11 @@ test: $(STAMP) browser
 
 # Each benchmark prints a table and writes bench/results/NAME.json (see the README's Performance).
 bench: $(STAMP)
-	$(PY) -m bench.serving
+	$(PY) -m bench.swap
+	$(PY) -m bench.steady
+	$(PY) -m bench.converge
 	$(PY) -m bench.api
+	$(PY) -m bench.serving
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
