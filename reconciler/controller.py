@@ -69,6 +69,9 @@ class Controller:
         self._stopped_once = False
         self._listening = False
         self._versions: dict[str, tuple[str, int, bool]] = {}
+        # Names woken since the last sync_timers: their change is being handled already.
+        self._woken: set[str] = set()
+        self._woken_lock = threading.Lock()
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -137,16 +140,21 @@ class Controller:
 
     def wake(self, name: str) -> None:
         """The API wrote this deployment: reconcile it now."""
+        with self._woken_lock:
+            self._woken.add(name)
         self.queue.add(name)
 
     def sync_timers(self) -> None:
         """One resync timer per deployment, jittered ±25% so they do not fire in step; and a
         pass for each deployment whose desired state (spec generation, deletion) moved since the
         last look (written by another replica's API, which cannot wake this process). Our own
-        status writes do not count: each would cost a second pass for nothing."""
+        status writes do not count, nor what this process's API wrote (it woke the reconciler
+        already): each would cost a second pass for nothing."""
+        with self._woken_lock:
+            woken, self._woken = self._woken, set()
         versions = self.store.desired_versions()
-        moved = [name for name, version in versions.items() if self._versions.get(name) not in (None, version)]
-        new = [name for name in versions if name not in self._versions] if self._versions else []
+        moved = [name for name, version in versions.items() if self._versions.get(name) not in (None, version) and name not in woken]
+        new = [name for name in versions if name not in self._versions and name not in woken] if self._versions else []
         self._versions = versions
         for name in (*moved, *new):
             self.queue.add(name)

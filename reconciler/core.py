@@ -189,13 +189,15 @@ class Reconciler:
         *,
         event_reason: str | None = None,
     ) -> None:
-        written = self.store.update_status(row.name, status, uid=row.uid)
-        if written is None:
-            return  # deleted (or replaced by a new deployment of that name) meanwhile
+        events = []
         if event_reason is not None and status.message != previous.message:
-            self.store.record_event(row, "Warning", event_reason, status.message or event_reason)
+            events.append(("Warning", event_reason, status.message or event_reason))
         elif status.phase == "Ready" and previous.phase != "Ready":
-            self.store.record_event(row, "Normal", "Ready", f"serving at {status.endpoint}")
+            events.append(("Normal", "Ready", f"serving at {status.endpoint}"))
+        # One transaction for both; None: deleted (or replaced by a new one of that name) meanwhile.
+        written = self.store.update_status(row.name, status, uid=row.uid, read=row, events=events)
+        if written is not None:
+            row.status = written.status  # a second write in this pass compares with this one
 
     # ------------------------------------------------------------------------------- logs
 

@@ -76,7 +76,7 @@ class DeploymentStore:
         # it refuses (Fenced) the writes of a replica that lost the leader lease.
         self.fence = fence
         # Called with the deployment's name after a write to its desired state commits (create,
-        # spec or label change, deletion request): how the API wakes the reconciler.
+        # spec change, deletion request): how the API wakes the reconciler.
         self._listeners: list[ChangeListener] = []
 
     # ----------------------------------------------------------------------------- plumbing
@@ -249,7 +249,7 @@ class DeploymentStore:
                 session.add(row)
                 session.flush()
                 self._replace_labels(session, name, row.labels)
-                self._add_event(session, row, "Normal", "Created", "deployment created")
+                self._add_event(session, row, "Normal", "Created", "deployment created", first=True)
                 if actor is not None:
                     add_audit(session, at=now, actor=actor, action="create", resource=f"deployment/{name}", after=1)
         except IntegrityError as exc:
@@ -315,7 +315,8 @@ class DeploymentStore:
                 changed = [what for what, did in (("spec", spec_changed), ("labels", labels_changed)) if did]
                 add_audit(session, at=row.updated_at, actor=actor, action=action, resource=f"deployment/{name}",
                           before=before, after=row.generation, detail=" and ".join(changed) + " changed")
-        self._notify(name)
+        if spec_changed:  # labels are for people and selectors: nothing to reconcile
+            self._notify(name)
         return row, True
 
     def request_deletion(self, name: str, *, expected_version: int | None = None, actor: str | None = None) -> InferenceDeployment:
@@ -339,13 +340,19 @@ class DeploymentStore:
         return row
 
     def update_status(
-        self, name: str, status: DeploymentStatus, *, uid: str
+        self, name: str, status: DeploymentStatus, *, uid: str, read: InferenceDeployment | None = None,
+        events: Sequence[tuple[str, str, str]] = (),
     ) -> InferenceDeployment | None:
-        """Write status if it differs; ``None`` when the deployment (that uid) is gone."""
+        """Write status if it differs, and ``events`` (type, reason, message) with it in the same
+        transaction; ``None`` when the deployment (that uid) is gone. ``read`` is the row as the
+        caller read it, when only its caller writes status (the reconciler, one pass per
+        deployment at a time): compared with that, an unchanged status costs no read at all."""
         document = status.wire()
         # Compare first on a read: a steady state then takes no write lock at all.
-        with self._read() as session:
-            current = session.get(InferenceDeployment, name)
+        current = read
+        if current is None:
+            with self._read() as session:
+                current = session.get(InferenceDeployment, name)
         if current is None or current.uid != uid:
             return None
         if _canonical(document) == _canonical(current.status):
@@ -360,6 +367,8 @@ class DeploymentStore:
             row.resource_version += 1
             row.updated_at = self.clock()
             session.add(row)
+            for type_, reason, message in events:
+                self._add_event(session, row, type_, reason, message)
         return row
 
     def remove(self, name: str, *, uid: str) -> bool:
@@ -412,10 +421,12 @@ class DeploymentStore:
             self._add_event(session, row, type_, reason, message)
 
     def _add_event(
-        self, session: Session, row: InferenceDeployment, type_: str, reason: str, message: str
+        self, session: Session, row: InferenceDeployment, type_: str, reason: str, message: str, *, first: bool = False
     ) -> None:
+        """Add an event, or count one more of the newest if it says the same (``first``: the
+        deployment is new and has none, nothing to look up)."""
         now = self.clock()
-        newest = session.exec(
+        newest = None if first else session.exec(
             select(Event)
             .where(Event.deployment_uid == row.uid)
             .order_by(Event.id.desc())

@@ -204,12 +204,15 @@ def test_count_by_phase(store):
     assert store.count_by_phase() == {"Pending": 1, "Ready": 1}
 
 
-def test_listeners_hear_desired_state_writes_but_not_status_writes(store):
+def test_listeners_hear_desired_state_writes_but_not_status_or_label_writes(store):
     heard: list[str] = []
     store.add_listener(heard.append)
     row = create(store)
-    store.replace("support-bot", labels={}, spec=spec_of())
+    assert heard == ["support-bot"]
+    store.replace("support-bot", labels={"team": "search"}, spec=spec_of())  # labels only
     store.update_status("support-bot", DeploymentStatus(phase="Ready"), uid=row.uid)
+    assert heard == ["support-bot"]
+    store.replace("support-bot", labels={"team": "search"}, spec=spec_of(scale={"maxReplicas": 2}))
     store.request_deletion("support-bot")
     assert heard == ["support-bot", "support-bot", "support-bot"]
 
