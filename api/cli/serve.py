@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -186,5 +187,10 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     # uvicorn turns SIGTERM and SIGINT into a graceful shutdown: the app's lifespan stops the
     # reconciler, letting running passes finish; serving processes are left for the next start
     # unless --stop-children.
+    # Everything made so far (modules, the app, the ORM's mappers) lives as long as the process:
+    # frozen out of the collector, a full collection no longer walks it. Unfrozen, those
+    # collections paused every thread for 90-120 ms under load (the API's p99).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     engine.dispose()
