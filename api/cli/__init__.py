@@ -480,13 +480,23 @@ def azure_sim(
         bool,
         typer.Option("--run-containers/--no-run-containers", help="run a container app's active revision as a local serving process"),
     ] = True,
+    standin_replicas: Annotated[
+        bool,
+        typer.Option("--standin-replicas", help="answer for every app as a healthy replica instead of running it (fleets); needs --no-run-containers"),
+    ] = False,
+    arm_limits: Annotated[
+        bool, typer.Option("--arm-limits", help="apply ARM's throttling: 429 past 25 reads/s (burst 250) or 10 writes/s (burst 200)")
+    ] = False,
 ) -> None:
     """Run the Azure simulator (ARM and Azure Files over HTTPS on loopback) until interrupted."""
     from infra.azuresim.server import AzureSimulator
 
+    if standin_replicas and run_containers:
+        raise CliError("--standin-replicas answers for the apps instead of running them: add --no-run-containers")
     simulator = AzureSimulator(
         workdir.resolve(), port=port, lro_delay_seconds=lro_delay,
         share_root=share_root.resolve() if share_root else None, run_containers=run_containers,
+        standin_replicas=standin_replicas, arm_limits=arm_limits,
     )
     simulator.start()
     out.print(f"Azure simulator at {simulator.url}")

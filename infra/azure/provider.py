@@ -43,9 +43,9 @@ from infra.azure.desired import (
     NAMED_SUBSET_LISTS,
     DesiredResource,
     desired_resources,
-    resource_ids,
     drifted_fields,
     loraplane_tags,
+    resource_ids,
     value_at,
 )
 from infra.azure.errors import classify_azure_error
