@@ -3,7 +3,7 @@ Azure simulator: ARM calls per reconcile pass by method and resource type (goal:
 at most one read per managed resource, 7 a deployment), and the daemon's CPU seconds per pass.
 
 The fleet grows in place (10, then 100, then 1,000); at each size, once every deployment is
-Ready and two seconds have passed, calls, passes and CPU are counted over one resync interval
+Ready and a second has passed, calls, passes and CPU are counted over one resync interval
 (LORAPLANE_RESYNC_SECONDS=10 here, so observations may be at most 5 s old: stricter than the
 default 30 s, which allows 10) and divided by the passes made in it.
 
@@ -60,7 +60,7 @@ def main() -> None:
             fleet.create(new)
             names += new
             fleet.wait_ready(names, timeout=600)
-            time.sleep(2)  # the passes that made them Ready are followed by one more each
+            time.sleep(1)  # the passes that made them Ready are followed by one more each
             results.append(measure(fleet, size, args.window))
     rows = []
     for result in results:

@@ -105,28 +105,30 @@ def write_adapter(share: Path, source: str, folder: str) -> None:
         (share / folder / file.name).write_bytes(file.read_bytes())
 
 
-def prepare(client: httpx.Client, share: Path, strategy: str) -> tuple[str, str]:
-    """A deployment serving, one after the other, the share's two adapters: their versions."""
+def prepare(client: httpx.Client, share: Path, strategies: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """A deployment per strategy (made side by side), each serving, one after the other, the
+    share's two adapters: strategy -> their versions."""
     from serving.tiny import ADAPTER_PATH, SECOND_ADAPTER_PATH, TINY_MODEL_PATH
 
-    name = NAME[strategy]
-    folder = f"adapters/{name}"
-    shutil.copytree(share / ADAPTER_PATH, share / folder)
-    client.post("/v1/deployments", json={
-        "metadata": {"name": name},
-        "spec": {"target": "local", "local": {"shareRoot": str(share)}, "model": {"path": TINY_MODEL_PATH},
-                 "adapter": {"path": folder, "strategy": strategy, "settleSeconds": 0}},
-    }).raise_for_status()
-    first = wait_for(lambda: synced_version(client, name), 180, f"{name} to serve its first adapter")
-    write_adapter(share, SECOND_ADAPTER_PATH, folder)
-    second = wait_for(lambda: (v := synced_version(client, name)) not in (None, first) and v, 180,
-                      f"{name} to serve its second adapter")
-    return first, second
+    for strategy in strategies:
+        name = NAME[strategy]
+        shutil.copytree(share / ADAPTER_PATH, share / f"adapters/{name}")
+        client.post("/v1/deployments", json={
+            "metadata": {"name": name},
+            "spec": {"target": "local", "local": {"shareRoot": str(share)}, "model": {"path": TINY_MODEL_PATH},
+                     "adapter": {"path": f"adapters/{name}", "strategy": strategy, "settleSeconds": 0}},
+        }).raise_for_status()
+    first = {s: wait_for(lambda s=s: synced_version(client, NAME[s]), 180, f"{NAME[s]} to serve its first adapter") for s in strategies}
+    for strategy in strategies:
+        write_adapter(share, SECOND_ADAPTER_PATH, f"adapters/{NAME[strategy]}")
+    second = {s: wait_for(lambda s=s: (v := synced_version(client, NAME[s])) not in (None, first[s]) and v, 180,
+                          f"{NAME[s]} to serve its second adapter") for s in strategies}
+    return {s: (first[s], second[s]) for s in strategies}
 
 
-def run_strategy(client: httpx.Client, share: Path, strategy: str, rounds: int) -> dict:
+def run_strategy(client: httpx.Client, strategy: str, versions: tuple[str, str], rounds: int) -> dict:
     name = NAME[strategy]
-    first, second = prepare(client, share, strategy)
+    first, second = versions
     times: list[float] = []
     with Load(lambda: status_of(client, name).get("endpoint", "")) as load:
         wait_for(lambda: load.first_from(second, 0.0), 60, "the load to get answers")
@@ -143,9 +145,15 @@ def run_strategy(client: httpx.Client, share: Path, strategy: str, rounds: int) 
             current = wanted
         failed = load.failures - failures_before
         answered = len(load.answers)
-    client.delete(f"/v1/deployments/{name}").raise_for_status()
-    wait_for(lambda: client.get(f"/v1/deployments/{name}").status_code == 404, 60, f"{name} to be deleted")
     return {**summary(times), "samples": times, "failed_requests": failed, "answered_requests": answered}
+
+
+def delete_all(client: httpx.Client) -> None:
+    """Their serving processes stop with them (``serve`` leaves them running otherwise)."""
+    for name in NAME.values():
+        client.delete(f"/v1/deployments/{name}")
+    wait_for(lambda: all(client.get(f"/v1/deployments/{n}").status_code == 404 for n in NAME.values()), 60,
+             "the deployments to be deleted")
 
 
 def main() -> None:
@@ -164,7 +172,13 @@ def main() -> None:
         })
         try:
             with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-                results = {strategy: run_strategy(client, share, strategy, args.rounds) for strategy in ("hotReload", "restart")}
+                try:
+                    versions = prepare(client, share, ("hotReload", "restart"))
+                    # One at a time: the other deployment's app sits idle meanwhile.
+                    results = {strategy: run_strategy(client, strategy, versions[strategy], args.rounds)
+                               for strategy in ("hotReload", "restart")}
+                finally:
+                    delete_all(client)
         finally:
             process.terminate()
             process.wait(timeout=60)

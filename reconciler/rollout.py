@@ -342,8 +342,11 @@ class AdapterRollout:
         strategy = target.spec.adapter.strategy
         rollout = report.adapter.last_rollout
         in_flight = rollout is not None and rollout.result == "InProgress" and rollout.version == desired.version
-        served = self._served(provider, target, endpoint)
-        if not in_flight and all(s.get("version") == desired.version for s in served):
+        # Ask the replicas what they serve when the answer can end the pass: a rollout in
+        # flight, or the version already verified (a steady pass checks it still serves). A
+        # version never verified is a rollout to start: asking first would only delay it.
+        served = self._served(provider, target, endpoint) if in_flight or desired.state == "Active" else []
+        if not in_flight and served and all(s.get("version") == desired.version for s in served):
             if desired.state != "Active":
                 self.store.activate_adapter_version(row.uid, desired.version)
             report.adapter.serving_version = desired.version
