@@ -48,7 +48,7 @@ def arm_only(calls: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
 
 
 class Fleet:
-    def __init__(self, *, resync_seconds: float = 30.0, workers: int = 4) -> None:
+    def __init__(self, *, resync_seconds: float = 30.0, workers: int = 4, polling_seconds: float = 5.0) -> None:
         self.resync_seconds, self.workers = resync_seconds, workers
         self._folder = tempfile.TemporaryDirectory()
         root = Path(self._folder.name)
@@ -60,6 +60,7 @@ class Fleet:
             "LORAPLANE_AZURE_CREDENTIAL": "static",
             "LORAPLANE_RESYNC_SECONDS": str(resync_seconds),
             "LORAPLANE_WORKERS": str(workers),
+            "LORAPLANE_AZURE_POLLING_SECONDS": str(polling_seconds),
         })
         self.api = httpx.Client(base_url=self.url, headers=headers, timeout=60)
         self._sim_http = httpx.Client(base_url=self.sim.url, verify=str(self.sim.ca_bundle), timeout=30)
