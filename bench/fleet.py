@@ -5,7 +5,7 @@ pointed at it, with the default ARM limiter.
 The fleet shares what a team shares: one resource group, storage account, file share, Log
 Analytics workspace and Container Apps environment, made by a first deployment (``fleet-base``);
 every other deployment names them and has a container app of its own. So a deployment costs
-one write (its app's PUT), and the write budget (10/s) sets the floor.
+one write (its app's PUT), and the write budget (10/s) sets converge's floor.
 """
 
 from __future__ import annotations
@@ -48,11 +48,14 @@ def arm_only(calls: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
 
 
 class Fleet:
-    def __init__(self, *, resync_seconds: float = 30.0, workers: int = 4, polling_seconds: float = 5.0) -> None:
+    def __init__(self, *, resync_seconds: float = 30.0, workers: int = 4, polling_seconds: float = 5.0,
+                 arm_limits: bool = True, limiter: dict[str, str] | None = None) -> None:
+        """``arm_limits``: ARM's throttling in the simulator; ``limiter``: LORAPLANE_AZURE_*
+        settings of the daemon's limiter (its defaults when left out)."""
         self.resync_seconds, self.workers = resync_seconds, workers
         self._folder = tempfile.TemporaryDirectory()
         root = Path(self._folder.name)
-        self.sim = AzureSimulator(root / "sim", standin_replicas=True, arm_limits=True).start()
+        self.sim = AzureSimulator(root / "sim", standin_replicas=True, arm_limits=arm_limits).start()
         self.process: subprocess.Popen
         self.process, self.url, headers = start_service(root / "data", extra_env={
             "LORAPLANE_AZURE_ARM_URL": self.sim.url,
@@ -61,6 +64,7 @@ class Fleet:
             "LORAPLANE_RESYNC_SECONDS": str(resync_seconds),
             "LORAPLANE_WORKERS": str(workers),
             "LORAPLANE_AZURE_POLLING_SECONDS": str(polling_seconds),
+            **(limiter or {}),
         })
         self.api = httpx.Client(base_url=self.url, headers=headers, timeout=60)
         self._sim_http = httpx.Client(base_url=self.sim.url, verify=str(self.sim.ca_bundle), timeout=30)
