@@ -69,8 +69,9 @@ class Inventory:
         """The resource (None: it does not exist), from a read at most ``max_age`` old."""
         key = resource_id.lower()
         known, resource = self._fresh(key)
-        if known:
-            return resource
+        return resource if known else self._read_alone(key, read)
+
+    def _read_alone(self, key: str, read: Callable[[], Resource | None]) -> Resource | None:
         at = self.clock()
         resource = read()
         self._keep(key, resource, at)
@@ -107,7 +108,4 @@ class Inventory:
             known, resource = self._fresh(key)
             if known:
                 return resource
-        at = self.clock()
-        resource = read()
-        self._keep(key, resource, at)
-        return resource
+        return self._read_alone(key, read)
