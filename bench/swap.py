@@ -6,9 +6,9 @@ training job would, so both are validated and staged); then each round activates
 through the API (``POST .../adapters/{version}/activate``) while 4 clients send streamed chat
 completions without pause. A round's time runs from the activation request to the first
 response a client got from the new version (the ``x-adapter-version`` header that comes with
-its first chunk). What this
-measures is the swap itself: detection and the settle window come before either strategy's
-swap and cost both the same, so they are left out (``settleSeconds`` is 0 here).
+its first chunk). What this measures is the swap itself: detection and the settle window come
+before either strategy's swap and cost both the same, so they are left out (``settleSeconds``
+is 0 here).
 
 A failed request is any answer but 200, or a connection that broke; while a restart has no
 process up, requests are refused, and those count as failed too (the local target has one
