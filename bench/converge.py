@@ -1,5 +1,5 @@
 """converge: N deployments (1,000 by default) from nothing to Ready against the Azure simulator,
-with the default ARM limiter (writes 10/s after a burst of 200) and ARM's own throttling on in
+with the default ARM limiter (writes 10/s after a burst of 180) and ARM's own throttling on in
 the simulator. The wall time from the first POST to the last Ready is set against the floor the
 write budget puts under it: the ARM writes the run made, at 10 a second. Goal: <= 1.2x the
 floor, and no 429 (the limiter keeps loraplane inside ARM's budget).
