@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from state.db import WRITE
+from state.db import Sessions
 from state.errors import AlreadyExists, NotFound
 from state.models import ApiToken, AuditEvent, utcnow
 
@@ -33,19 +32,9 @@ def add_audit(session: Session, *, at: datetime, actor: str | None, action: str,
 class AccessStore:
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
-        self._write_engine = engine.execution_options(**{WRITE: True})
+        sessions = Sessions(engine)
+        self._read, self._write = sessions.read, sessions.write
         self.clock = clock
-
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            yield session
-
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with Session(self._write_engine, expire_on_commit=False) as session:
-            with session.begin():
-                yield session
 
     # --------------------------------------------------------------------------- tokens
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlmodel import Session
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -90,6 +93,28 @@ class _WriterLockedConnection(sqlite3.Connection):
         if self.holds_writer_lock:
             self.holds_writer_lock = False
             self.writer_lock.release()
+
+
+class Sessions:
+    """Short sessions on one engine for every store: ``read()``, and ``write()``, a transaction
+    marked WRITE (``BEGIN IMMEDIATE`` and the writer lock on SQLite) that commits on leaving;
+    ``check`` runs first inside it (a leader's fence)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._write_engine = engine.execution_options(**{WRITE: True})
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextmanager
+    def write(self, check: Callable[[Session], None] | None = None) -> Iterator[Session]:
+        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+            if check is not None:
+                check(session)
+            yield session
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:

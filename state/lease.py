@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, select, text
 from sqlmodel import Session
 
-from state.db import WRITE
+from state.db import Sessions
 from state.errors import Fenced
 from state.models import LeaderLease
 
@@ -32,7 +32,7 @@ def database_now(session: Session) -> datetime:
 class Lease:
     def __init__(self, engine: Engine, holder: str, *, name: str = RECONCILER, duration_seconds: float = 15.0) -> None:
         self.engine = engine
-        self._write_engine = engine.execution_options(**{WRITE: True})
+        self._write = Sessions(engine).write
         self.holder = holder
         self.name = name
         self.duration = timedelta(seconds=duration_seconds)
@@ -45,7 +45,7 @@ class Lease:
 
     def try_acquire(self) -> int | None:
         """Take or renew the lease; the epoch held, or None while another replica holds it."""
-        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+        with self._write() as session:
             row = self._locked(session)
             now = database_now(session)
             if row is None:
@@ -63,7 +63,7 @@ class Lease:
 
     def release(self) -> None:
         """Let a successor take over at once (a graceful stop), if still ours."""
-        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+        with self._write() as session:
             row = self._locked(session)
             if row is not None and row.holder == self.holder:
                 row.expires_at = database_now(session)

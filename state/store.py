@@ -15,8 +15,8 @@ import binascii
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from state.access import add_audit
-from state.db import WRITE
+from state.db import Sessions
 from state.errors import AlreadyExists, Conflict, InvalidChange, NotFound, PreconditionFailed
 from state.models import (
     AdapterVersion,
@@ -70,7 +70,7 @@ def decode_continue(token: str) -> str:
 class DeploymentStore:
     def __init__(self, engine: Engine, *, clock: Clock = utcnow, fence: Callable[[Session], None] | None = None) -> None:
         self.engine = engine
-        self._write_engine = engine.execution_options(**{WRITE: True})
+        self._sessions = Sessions(engine)
         self.clock = clock
         # For the reconciler of a replicated service: called first in every write transaction,
         # it refuses (Fenced) the writes of a replica that lost the leader lease.
@@ -88,18 +88,11 @@ class DeploymentStore:
         for listener in self._listeners:
             listener(name)
 
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            yield session
+    def _read(self) -> AbstractContextManager[Session]:
+        return self._sessions.read()
 
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with Session(self._write_engine, expire_on_commit=False) as session:
-            with session.begin():
-                if self.fence is not None:
-                    self.fence(session)
-                yield session
+    def _write(self) -> AbstractContextManager[Session]:
+        return self._sessions.write(self.fence)
 
     def fenced(self, fence: Callable[[Session], None]) -> DeploymentStore:
         """The same database, every write checked by ``fence`` (for a leader's reconciler)."""
