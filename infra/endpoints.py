@@ -1,4 +1,5 @@
-"""One HTTP client for talking to serving apps (readiness, adapter status, reload).
+"""One HTTP client for talking to serving apps (readiness, adapter status, reload), and the
+two adapter calls every provider makes through it.
 
 A one-off ``httpx.get`` builds a TLS context and a connection pool each time: 17-30 ms of CPU
 on these machines, several times per reconcile pass of every deployment (it was most of a hot
@@ -12,6 +13,8 @@ import ssl
 import threading
 
 import httpx
+
+from infra.errors import TemporaryError
 
 
 class EndpointClient:
@@ -38,3 +41,20 @@ class EndpointClient:
             client, self._client = self._client, None
         if client is not None:
             client.close()
+
+    def adapter_status(self, endpoint: str) -> dict:
+        """The serving app's GET /v1/adapter: what it serves."""
+        try:
+            response = self.get(f"{endpoint}/v1/adapter")
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise TemporaryError(f"asking {endpoint} what it serves failed: {exc}", reason="EndpointUnavailable") from exc
+
+    def reload_adapter(self, endpoint: str, admin_token: str | None) -> dict:
+        """POST /admin/adapter/reload: the app loads what the pointer names (waits for the load)."""
+        try:
+            response = self.post(f"{endpoint}/admin/adapter/reload", headers={"Authorization": f"Bearer {admin_token}"}, timeout=120)
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise TemporaryError(f"asking {endpoint} to reload its adapter failed: {exc}", reason="EndpointUnavailable") from exc

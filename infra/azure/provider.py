@@ -558,21 +558,10 @@ class AzureProvider:
         return next((s.get("value") for s in listed if s.get("name") == ADMIN_TOKEN_SECRET), None)
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
-        try:
-            response = self.endpoints.get(f"{endpoint}/v1/adapter")
-            response.raise_for_status()
-            return response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise TemporaryError(f"asking {endpoint} what it serves failed: {exc}", reason="EndpointUnavailable") from exc
+        return self.endpoints.adapter_status(endpoint)
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
-        token = self.admin_token(target)
-        try:
-            response = self.endpoints.post(f"{endpoint}/admin/adapter/reload", headers={"Authorization": f"Bearer {token}"},
-                                           timeout=120)
-            return response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise TemporaryError(f"asking {endpoint} to reload its adapter failed: {exc}", reason="EndpointUnavailable") from exc
+        return self.endpoints.reload_adapter(endpoint, self.admin_token(target))
 
     def share(self, target: Target) -> ShareFiles:
         """The deployment's file share, through its data plane. The account's endpoint and

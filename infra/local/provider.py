@@ -308,22 +308,10 @@ class LocalProvider:
         return LocalShare(Path(target.spec.local.share_root))
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
-        try:
-            response = self.endpoints.get(f"{endpoint}/v1/adapter")
-            response.raise_for_status()
-            return response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise TemporaryError(f"asking {endpoint} what it serves failed: {exc}", reason="EndpointUnavailable") from exc
+        return self.endpoints.adapter_status(endpoint)
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
-        token = self.folder(target.name).admin_token()
-        try:
-            response = self.endpoints.post(
-                f"{endpoint}/admin/adapter/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120
-            )
-            return response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise TemporaryError(f"asking {endpoint} to reload its adapter failed: {exc}", reason="EndpointUnavailable") from exc
+        return self.endpoints.reload_adapter(endpoint, self.folder(target.name).admin_token())
 
     def stop_all(self) -> None:
         """Stop every serving process this provider's run folder knows (``serve --stop-children``)."""
