@@ -18,8 +18,8 @@ from api.problems import problem_response, problem_responses
 from api.routes import router
 from api.views import PublicViews
 from reconciler.controller import Controller
-from reconciler.leader import LeadingController
 from reconciler.core import Reconciler
+from reconciler.leader import LeadingController
 from state.access import AccessStore
 from state.db import check_database
 from state.store import DeploymentStore
@@ -85,9 +85,7 @@ def create_app(
         try:
             check_database(store.engine)
         except Exception as exc:  # any failure to reach the database means "not ready"
-            return problem_response(
-                request, 503, "Service unavailable", f"the database is not reachable: {type(exc).__name__}"
-            )
+            return problem_response(request, 503, "Service unavailable", f"the database is not reachable: {type(exc).__name__}")
         return HealthStatus(status="ready")
 
     @app.get("/metrics", tags=["health"], response_class=Response)

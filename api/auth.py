@@ -40,7 +40,8 @@ class Authenticator:
     def identify(self, authorization: str | None) -> Identity:
         if not authorization:
             raise ApiError(
-                401, "Unauthorized",
+                401,
+                "Unauthorized",
                 "this call needs a token: send 'Authorization: Bearer <token>' (the CLI reads LORAPLANE_TOKEN); "
                 "an admin makes one with 'loraplane token create'",
                 headers=CHALLENGE,
@@ -64,7 +65,8 @@ def require(role: Role) -> Callable[[Request], Awaitable[Identity]]:
         identity = await run_in_threadpool(authenticator.identify, request.headers.get("authorization"))
         if RANK[identity.role] < RANK[role]:
             raise ApiError(
-                403, "Forbidden",
+                403,
+                "Forbidden",
                 f"token {identity.name!r} has the {identity.role} role; this call needs {role} or more",
             )
         return identity

@@ -23,9 +23,7 @@ class DeploymentPhaseCollector:
         self.store = store
 
     def collect(self):
-        family = GaugeMetricFamily(
-            "loraplane_deployments", "Deployments by status phase", labels=["phase"]
-        )
+        family = GaugeMetricFamily("loraplane_deployments", "Deployments by status phase", labels=["phase"])
         counts = self.store.count_by_phase()
         for phase in PHASES:
             family.add_metric([phase], counts.get(phase, 0))

@@ -144,10 +144,7 @@ def _message(error: dict[str, Any]) -> str:
 
 
 def field_errors(errors: list[dict[str, Any]], prefix: tuple[Any, ...] = ()) -> list[FieldError]:
-    return [
-        FieldError(field=field_path(prefix + tuple(e.get("loc", ()))), message=_message(e))
-        for e in errors
-    ]
+    return [FieldError(field=field_path(prefix + tuple(e.get("loc", ()))), message=_message(e)) for e in errors]
 
 
 def validation_problem(errors: list[FieldError]) -> ApiError:
@@ -159,15 +156,11 @@ def validation_problem(errors: list[FieldError]) -> ApiError:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return problem_response(
-            request, exc.status, exc.title, exc.detail, errors=exc.errors, headers=exc.headers
-        )
+        return problem_response(request, exc.status, exc.title, exc.detail, errors=exc.errors, headers=exc.headers)
 
     @app.exception_handler(StateError)
     async def _state_error(request: Request, exc: StateError) -> JSONResponse:
-        status, title = next(
-            (v for k, v in _STATE_ERRORS.items() if isinstance(exc, k)), (409, "Conflict")
-        )
+        status, title = next((v for k, v in _STATE_ERRORS.items() if isinstance(exc, k)), (409, "Conflict"))
         errors = None
         if isinstance(exc, InvalidChange):
             errors = [FieldError(field=f, message="is immutable") for f in exc.fields]
@@ -202,9 +195,7 @@ def install(app: FastAPI) -> None:
             detail = f"no such path: {request.url.path}; see /docs for the API"
         if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
-        return problem_response(
-            request, exc.status_code, title, detail, headers=getattr(exc, "headers", None)
-        )
+        return problem_response(request, exc.status_code, title, detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

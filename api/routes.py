@@ -12,12 +12,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import Identity, require
-from api.views import PublicViews
-from api.watch import watch_events
 from api.problems import (
     ApiError,
     NotImplementedYet,
@@ -25,12 +23,14 @@ from api.problems import (
     problem_responses,
     validation_problem,
 )
+from api.views import PublicViews
+from api.watch import watch_events
 from infra.errors import PermanentError
 from infra.provider import Target
 from reconciler.core import Reconciler, target_of
 from reconciler.planning import Plan, dry_run
-from state.errors import Conflict, NotFound, PreconditionFailed
 from state.access import AccessStore
+from state.errors import Conflict, NotFound, PreconditionFailed
 from state.models import (
     AdapterVersionList,
     ApiTokenCreate,
@@ -51,9 +51,7 @@ from state.store import DeploymentStore
 router = APIRouter(prefix="/v1", tags=["deployments"])
 
 NAME_PATTERN = f"^{DNS_LABEL[0]}$"
-Name = Annotated[
-    str, Path(pattern=NAME_PATTERN, description="metadata.name: " + DNS_LABEL[1])
-]
+Name = Annotated[str, Path(pattern=NAME_PATTERN, description="metadata.name: " + DNS_LABEL[1])]
 IfMatch = Annotated[
     str | None,
     Header(
@@ -86,10 +84,7 @@ def expected_version(if_match: str | None) -> int | None:
         value = value[2:]
     value = value.strip('"')
     if not value.isdigit() or len(value) > 18:
-        raise PreconditionFailed(
-            f"If-Match {if_match!r} is not a version this server issued; send the ETag "
-            "from a GET of the deployment"
-        )
+        raise PreconditionFailed(f"If-Match {if_match!r} is not a version this server issued; send the ETag from a GET of the deployment")
     return int(value)
 
 
@@ -107,8 +102,7 @@ def _check_name(path_name: str, body_name: str) -> None:
         raise ApiError(
             422,
             "Invalid resource",
-            f"metadata.name ({body_name!r}) does not match the name in the URL "
-            f"({path_name!r}); a deployment cannot be renamed",
+            f"metadata.name ({body_name!r}) does not match the name in the URL ({path_name!r}); a deployment cannot be renamed",
         )
 
 
@@ -129,8 +123,10 @@ async def create_deployment(
 
 
 WATCH_RESPONSE = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-          "description": "with watch: ADDED, MODIFIED and DELETED events as they happen"}
+    200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "with watch: ADDED, MODIFIED and DELETED events as they happen",
+    }
 }
 Watch = Annotated[bool, Query(description="stream changes as server-sent events instead of answering once")]
 TimeoutSeconds = Annotated[int, Query(alias="timeoutSeconds", ge=1, le=3600, description="with watch: end the stream after this long")]
@@ -165,8 +161,11 @@ async def list_deployments(
     try:
         requirements = [req for text in label or [] for req in parse_selector(text)]
         if watch:
-            return _stream(watch_events(store_of(request), requirements=requirements, timeout_seconds=timeout_seconds,
-                                        is_disconnected=request.is_disconnected))
+            return _stream(
+                watch_events(
+                    store_of(request), requirements=requirements, timeout_seconds=timeout_seconds, is_disconnected=request.is_disconnected
+                )
+            )
         return await run_in_threadpool(_list_page, request, requirements, limit, continue_)
     except ValueError as exc:
         raise ApiError(400, "Bad request", str(exc)) from exc
@@ -219,7 +218,11 @@ async def replace_deployment(
         expected = expected_version(body.metadata.resource_version)
     row, _ = await run_in_threadpool(
         store_of(request).replace,
-        name, labels=body.metadata.labels, spec=body.spec, expected_version=expected, actor=caller.name,
+        name,
+        labels=body.metadata.labels,
+        spec=body.spec,
+        expected_version=expected,
+        actor=caller.name,
     )
     return _answer(request, response, row)
 
@@ -247,9 +250,7 @@ def _patched(row: InferenceDeployment, patch: dict[str, Any]) -> tuple[dict[str,
     merged = merge_patch(current, patch)
     unknown = sorted(set(merged) - {"apiVersion", "kind", "metadata", "spec"})
     if unknown:
-        raise validation_problem(
-            field_errors([{"loc": (k,), "type": "extra_forbidden"} for k in unknown])
-        )
+        raise validation_problem(field_errors([{"loc": (k,), "type": "extra_forbidden"} for k in unknown]))
     metadata = merged.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise ApiError(422, "Invalid resource", "metadata must be an object")
@@ -257,17 +258,9 @@ def _patched(row: InferenceDeployment, patch: dict[str, Any]) -> tuple[dict[str,
         _check_name(row.name, str(metadata.get("name")))
     extra_meta = sorted(set(metadata) - {"name", "labels"})
     if extra_meta:
-        raise validation_problem(
-            [
-                *field_errors(
-                    [{"loc": ("metadata", k), "type": "extra_forbidden"} for k in extra_meta]
-                )
-            ]
-        )
+        raise validation_problem([*field_errors([{"loc": ("metadata", k), "type": "extra_forbidden"} for k in extra_meta])])
     try:
-        body = InferenceDeploymentCreate.model_validate(
-            {**merged, "metadata": {"name": row.name, "labels": metadata.get("labels") or {}}}
-        )
+        body = InferenceDeploymentCreate.model_validate({**merged, "metadata": {"name": row.name, "labels": metadata.get("labels") or {}}})
     except ValidationError as exc:
         raise validation_problem(field_errors(list(exc.errors()))) from exc
     return body.metadata.labels, body.spec
@@ -354,9 +347,7 @@ def _apply_patch(
 async def delete_deployment(
     name: Name, request: Request, response: Response, caller: Deployer, if_match: IfMatch = None
 ) -> InferenceDeploymentPublic:
-    row = await run_in_threadpool(
-        store_of(request).request_deletion, name, expected_version=expected_version(if_match), actor=caller.name
-    )
+    row = await run_in_threadpool(store_of(request).request_deletion, name, expected_version=expected_version(if_match), actor=caller.name)
     return _answer(request, response, row)
 
 
@@ -392,9 +383,7 @@ def reconciler_of(request: Request) -> Reconciler:
 )
 def plan_deployment(name: Name, request: Request, caller: Viewer) -> Plan:
     row = store_of(request).get(name)
-    return dry_run(
-        reconciler_of(request), target_of(row), deleting=row.deletion_timestamp is not None
-    )
+    return dry_run(reconciler_of(request), target_of(row), deleting=row.deletion_timestamp is not None)
 
 
 @router.post(
@@ -478,8 +467,9 @@ def activate_adapter(name: Name, version: VersionPath, request: Request, respons
         spec = DeploymentSpec.model_validate(row.spec)
         spec.adapter.pin = version
         try:
-            row, _ = store.replace(name, labels=row.labels, spec=spec, expected_version=row.resource_version,
-                                   actor=caller.name, action="activate")
+            row, _ = store.replace(
+                name, labels=row.labels, spec=spec, expected_version=row.resource_version, actor=caller.name, action="activate"
+            )
         except PreconditionFailed:
             continue
         return _answer(request, response, row)

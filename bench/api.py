@@ -33,8 +33,10 @@ GOALS_MS = {"get": 10.0, "list": 10.0, "post": 25.0, "patch": 25.0}
 
 
 def manifest(name: str) -> dict:
-    return {"metadata": {"name": name, "labels": {"bench": "api"}},
-            "spec": {"target": "local", "local": {"shareRoot": "/nonexistent/bench-share"}}}
+    return {
+        "metadata": {"name": name, "labels": {"bench": "api"}},
+        "spec": {"target": "local", "local": {"shareRoot": "/nonexistent/bench-share"}},
+    }
 
 
 WARMUP_SECONDS = 1.0
@@ -61,9 +63,11 @@ async def run_operation(url: str, headers: dict[str, str], operation: str, secon
                 elif operation == "post":
                     response = await client.post("/v1/deployments", json=manifest(f"post-{uuid.uuid4().hex[:12]}"))
                 else:
-                    response = await client.patch(f"/v1/deployments/bench-{index % 100}",
-                                                  content=json.dumps({"metadata": {"labels": {"n": str(index)}}}),
-                                                  headers={"Content-Type": "application/merge-patch+json"})
+                    response = await client.patch(
+                        f"/v1/deployments/bench-{index % 100}",
+                        content=json.dumps({"metadata": {"labels": {"n": str(index)}}}),
+                        headers={"Content-Type": "application/merge-patch+json"},
+                    )
                 ok = response.status_code < 400
             except httpx.HTTPError:
                 ok = False
@@ -115,7 +119,7 @@ def fresh_postgres() -> tuple[str, callable] | None:
         admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - reported, and the PostgreSQL half is skipped
+    except Exception as exc:
         print(f"PostgreSQL is not reachable ({type(exc).__name__}): its half is skipped", file=sys.stderr)
         return None
     name = f"loraplane_bench_{uuid.uuid4().hex[:8]}"
@@ -133,8 +137,12 @@ def fresh_postgres() -> tuple[str, callable] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="per operation on SQLite, where the goals are")
-    parser.add_argument("--postgres-seconds", type=float, default=5.0,
-                        help="per operation on PostgreSQL (no goal; 20 s of each would overrun the 3-minute budget)")
+    parser.add_argument(
+        "--postgres-seconds",
+        type=float,
+        default=5.0,
+        help="per operation on PostgreSQL (no goal; 20 s of each would overrun the 3-minute budget)",
+    )
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--rate", type=float, default=200.0)
     args = parser.parse_args()
@@ -152,11 +160,17 @@ def main() -> None:
             goal = GOALS_MS[operation] if backend == "sqlite" and operation in ("get", "post") else None
             verdict = "-" if goal is None else ("met" if figures["p99"] <= goal else f"MISSED (goal {goal:.0f} ms)")
             rows.append([backend, operation, figures["count"], figures["p50"], figures["p99"], figures["errors"], verdict])
-    print(table(f"api: {args.rate:.0f} req/s, {args.seconds:.0f} s each on SQLite, {args.postgres_seconds:.0f} s on PostgreSQL "
-                "(latency in ms, from when each request was due)",
-                ["backend", "operation", "answered", "p50", "p99", "errors", "goal"], rows))
-    path = write_result("api", {"rate_per_second": args.rate, "seconds": {"sqlite": args.seconds, "postgresql": args.postgres_seconds},
-                                "results": backends})
+    print(
+        table(
+            f"api: {args.rate:.0f} req/s, {args.seconds:.0f} s each on SQLite, {args.postgres_seconds:.0f} s on PostgreSQL "
+            "(latency in ms, from when each request was due)",
+            ["backend", "operation", "answered", "p50", "p99", "errors", "goal"],
+            rows,
+        )
+    )
+    path = write_result(
+        "api", {"rate_per_second": args.rate, "seconds": {"sqlite": args.seconds, "postgresql": args.postgres_seconds}, "results": backends}
+    )
     print(f"\nwritten to {path}")
 
 

@@ -107,8 +107,9 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def start_service(data_dir: Path, database_url: str | None = None, *,
-                  extra_env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen, str, dict[str, str]]:
+def start_service(
+    data_dir: Path, database_url: str | None = None, *, extra_env: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen, str, dict[str, str]]:
     """``loraplane serve`` on a free port, as it runs by default (tokens checked): the process,
     its URL and the headers that carry the admin token it writes on first start."""
     port = free_port()

@@ -40,15 +40,30 @@ def main() -> None:
     floor = writes / WRITES_PER_SECOND
     ratio = wall / floor if floor else float("nan")
     verdict = "met" if ratio <= 1.2 and throttled == 0 else "MISSED"
-    print(table(f"converge: {args.deployments} deployments from nothing to Ready (simulator, default limiter)",
-                ["deployments", "wall s", "ARM writes", "floor s", "wall / floor", "ARM reads", "429s", "daemon CPU s", "goal"],
-                [[args.deployments, wall, writes, floor, ratio, reads, throttled, cpu, verdict]]))
+    print(
+        table(
+            f"converge: {args.deployments} deployments from nothing to Ready (simulator, default limiter)",
+            ["deployments", "wall s", "ARM writes", "floor s", "wall / floor", "ARM reads", "429s", "daemon CPU s", "goal"],
+            [[args.deployments, wall, writes, floor, ratio, reads, throttled, cpu, verdict]],
+        )
+    )
     print(f"(the {args.deployments} POSTs took {posted:.1f} s; goal: <= 1.2x the floor and no 429)")
-    path = write_result("converge", {
-        "deployments": args.deployments, "wall_seconds": wall, "posts_seconds": posted, "arm_writes": writes,
-        "floor_seconds": floor, "ratio": ratio, "arm_reads": reads, "throttled_429": throttled,
-        "daemon_cpu_seconds": cpu, "calls": calls, "goal": verdict,
-    })
+    path = write_result(
+        "converge",
+        {
+            "deployments": args.deployments,
+            "wall_seconds": wall,
+            "posts_seconds": posted,
+            "arm_writes": writes,
+            "floor_seconds": floor,
+            "ratio": ratio,
+            "arm_reads": reads,
+            "throttled_429": throttled,
+            "daemon_cpu_seconds": cpu,
+            "calls": calls,
+            "goal": verdict,
+        },
+    )
     print(f"written to {path}")
 
 

@@ -26,8 +26,13 @@ from infra.azuresim.server import AzureSimulator
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 GROUP = "rg-fleet"
-SHARED = {"storageAccount": "fleetstore", "fileShare": "models", "environment": "fleet-env",
-          "environmentStorage": "models", "logAnalytics": "fleet-logs"}
+SHARED = {
+    "storageAccount": "fleetstore",
+    "fileShare": "models",
+    "environment": "fleet-env",
+    "environmentStorage": "models",
+    "logAnalytics": "fleet-logs",
+}
 BASE = "fleet-base"
 WRITES = ("PUT", "PATCH", "POST", "DELETE")
 
@@ -48,8 +53,15 @@ def arm_only(calls: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
 
 
 class Fleet:
-    def __init__(self, *, resync_seconds: float = 30.0, workers: int = 4, polling_seconds: float = 5.0,
-                 arm_limits: bool = True, limiter: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        resync_seconds: float = 30.0,
+        workers: int = 4,
+        polling_seconds: float = 5.0,
+        arm_limits: bool = True,
+        limiter: dict[str, str] | None = None,
+    ) -> None:
         """``arm_limits``: ARM's throttling in the simulator; ``limiter``: LORAPLANE_AZURE_*
         settings of the daemon's limiter (its defaults when left out)."""
         self.resync_seconds, self.workers = resync_seconds, workers
@@ -57,15 +69,18 @@ class Fleet:
         root = Path(self._folder.name)
         self.sim = AzureSimulator(root / "sim", standin_replicas=True, arm_limits=arm_limits).start()
         self.process: subprocess.Popen
-        self.process, self.url, headers = start_service(root / "data", extra_env={
-            "LORAPLANE_AZURE_ARM_URL": self.sim.url,
-            "LORAPLANE_AZURE_CA_BUNDLE": str(self.sim.ca_bundle),
-            "LORAPLANE_AZURE_CREDENTIAL": "static",
-            "LORAPLANE_RESYNC_SECONDS": str(resync_seconds),
-            "LORAPLANE_WORKERS": str(workers),
-            "LORAPLANE_AZURE_POLLING_SECONDS": str(polling_seconds),
-            **(limiter or {}),
-        })
+        self.process, self.url, headers = start_service(
+            root / "data",
+            extra_env={
+                "LORAPLANE_AZURE_ARM_URL": self.sim.url,
+                "LORAPLANE_AZURE_CA_BUNDLE": str(self.sim.ca_bundle),
+                "LORAPLANE_AZURE_CREDENTIAL": "static",
+                "LORAPLANE_RESYNC_SECONDS": str(resync_seconds),
+                "LORAPLANE_WORKERS": str(workers),
+                "LORAPLANE_AZURE_POLLING_SECONDS": str(polling_seconds),
+                **(limiter or {}),
+            },
+        )
         self.api = httpx.Client(base_url=self.url, headers=headers, timeout=60)
         self._sim_http = httpx.Client(base_url=self.sim.url, verify=str(self.sim.ca_bundle), timeout=30)
         self.daemon = psutil.Process(self.process.pid)

@@ -29,8 +29,13 @@ def start_app(share: Path, batch: int) -> tuple[subprocess.Popen, str]:
 
     port = free_port()
     env = clean_env(
-        LORAPLANE_SHARE_ROOT=str(share), LORAPLANE_MODEL_PATH=TINY_MODEL_PATH, LORAPLANE_ADAPTER_PATH=ADAPTER_PATH,
-        LORAPLANE_PORT=str(port), LORAPLANE_HOST="127.0.0.1", LORAPLANE_UI="false", LORAPLANE_MAX_BATCH_SIZE=str(batch),
+        LORAPLANE_SHARE_ROOT=str(share),
+        LORAPLANE_MODEL_PATH=TINY_MODEL_PATH,
+        LORAPLANE_ADAPTER_PATH=ADAPTER_PATH,
+        LORAPLANE_PORT=str(port),
+        LORAPLANE_HOST="127.0.0.1",
+        LORAPLANE_UI="false",
+        LORAPLANE_MAX_BATCH_SIZE=str(batch),
     )
     url = f"http://127.0.0.1:{port}"
     return start_ready([sys.executable, "-m", "serving"], env, url), url
@@ -45,9 +50,15 @@ def throughput(url: str, clients: int, seconds: float, tokens: int) -> tuple[flo
     def client(index: int) -> None:
         with httpx.Client(timeout=120) as http:
             while time.monotonic() < stop_at:
-                response = http.post(f"{url}/v1/completions", json={
-                    "prompt": f"Count with me, client {index}:", "max_tokens": tokens, "min_tokens": tokens, "temperature": 0,
-                })
+                response = http.post(
+                    f"{url}/v1/completions",
+                    json={
+                        "prompt": f"Count with me, client {index}:",
+                        "max_tokens": tokens,
+                        "min_tokens": tokens,
+                        "temperature": 0,
+                    },
+                )
                 if response.status_code == 200:
                     generated[index] += response.json()["usage"]["completion_tokens"]
                 else:
@@ -90,12 +101,24 @@ def main() -> None:
         single, batched = results["one-at-a-time"][clients], results["batched"][clients]
         ratio = batched["tokens_per_second"] / single["tokens_per_second"] if single["tokens_per_second"] else float("nan")
         goal = "" if clients != 8 else ("met" if ratio >= 3 else "MISSED (goal 3x)")
-        rows.append([clients, single["tokens_per_second"], batched["tokens_per_second"], ratio,
-                     single["failures"] + batched["failures"], goal])
-    print(table(f"serving: tokens/s on the tiny model ({args.tokens} tokens a request, {args.seconds:.0f} s each)",
-                ["clients", "one-at-a-time", "batched", "ratio", "failures", "goal"], rows))
-    path = write_result("serving", {"tokens_per_request": args.tokens, "seconds": args.seconds,
-                                    "results": {m: {str(c): v for c, v in r.items()} for m, r in results.items()}})
+        rows.append(
+            [clients, single["tokens_per_second"], batched["tokens_per_second"], ratio, single["failures"] + batched["failures"], goal]
+        )
+    print(
+        table(
+            f"serving: tokens/s on the tiny model ({args.tokens} tokens a request, {args.seconds:.0f} s each)",
+            ["clients", "one-at-a-time", "batched", "ratio", "failures", "goal"],
+            rows,
+        )
+    )
+    path = write_result(
+        "serving",
+        {
+            "tokens_per_request": args.tokens,
+            "seconds": args.seconds,
+            "results": {m: {str(c): v for c, v in r.items()} for m, r in results.items()},
+        },
+    )
     print(f"\nwritten to {path}")
 
 

@@ -37,12 +37,16 @@ def measure(fleet: Fleet, size: int, window: float) -> dict:
     reads = sum(arm.get("GET", {}).values())
     data_plane = sum(n for kinds in calls.values() for kind, n in kinds.items() if kind.startswith("Microsoft.Storage/fileShares/"))
     return {
-        "deployments": size, "window_seconds": window, "passes": passes,
-        "arm_calls": arm, "arm_calls_per_pass": per_pass,
+        "deployments": size,
+        "window_seconds": window,
+        "passes": passes,
+        "arm_calls": arm,
+        "arm_calls_per_pass": per_pass,
         "writes_per_pass": writes / passes if passes else float("nan"),
         "reads_per_pass": reads / passes if passes else float("nan"),
         "share_data_plane_calls_per_pass": data_plane / passes if passes else float("nan"),
-        "cpu_seconds": cpu, "cpu_ms_per_pass": 1000 * cpu / passes if passes else float("nan"),
+        "cpu_seconds": cpu,
+        "cpu_ms_per_pass": 1000 * cpu / passes if passes else float("nan"),
     }
 
 
@@ -57,8 +61,12 @@ def main() -> None:
     # resources wait on each other), ARM's throttling off and a limiter five times wider (1,000
     # creates in well under a minute). What is measured is the steady state, which writes
     # nothing and polls nothing; its calls are counted, whatever the limits.
-    fast_build = {"LORAPLANE_AZURE_WRITES_PER_SECOND": "50", "LORAPLANE_AZURE_WRITE_BURST": "1000",
-                  "LORAPLANE_AZURE_READS_PER_SECOND": "125", "LORAPLANE_AZURE_READ_BURST": "1000"}
+    fast_build = {
+        "LORAPLANE_AZURE_WRITES_PER_SECOND": "50",
+        "LORAPLANE_AZURE_WRITE_BURST": "1000",
+        "LORAPLANE_AZURE_READS_PER_SECOND": "125",
+        "LORAPLANE_AZURE_READ_BURST": "1000",
+    }
     with Fleet(resync_seconds=RESYNC_SECONDS, polling_seconds=1.0, arm_limits=False, limiter=fast_build) as fleet:
         fleet.make_base()
         names = [BASE]
@@ -72,13 +80,30 @@ def main() -> None:
     rows = []
     for result in results:
         verdict = "met" if result["writes_per_pass"] == 0 and result["reads_per_pass"] <= RESOURCES_PER_DEPLOYMENT else "MISSED"
-        rows.append([result["deployments"], result["passes"], result["writes_per_pass"], result["reads_per_pass"],
-                     result["share_data_plane_calls_per_pass"], result["cpu_ms_per_pass"], verdict])
-    print(table(f"steady: {args.window:.0f} s of resyncs every {RESYNC_SECONDS:.0f} s once all are Ready (per reconcile pass)",
-                ["deployments", "passes", "ARM writes", "ARM reads", "share calls", "daemon CPU ms", "goal"], rows))
+        rows.append(
+            [
+                result["deployments"],
+                result["passes"],
+                result["writes_per_pass"],
+                result["reads_per_pass"],
+                result["share_data_plane_calls_per_pass"],
+                result["cpu_ms_per_pass"],
+                verdict,
+            ]
+        )
+    print(
+        table(
+            f"steady: {args.window:.0f} s of resyncs every {RESYNC_SECONDS:.0f} s once all are Ready (per reconcile pass)",
+            ["deployments", "passes", "ARM writes", "ARM reads", "share calls", "daemon CPU ms", "goal"],
+            rows,
+        )
+    )
     for result in results:
-        by_type = ", ".join(f"{method} {kind.rsplit('/', 1)[-1]} {n:.3f}" for method, kinds in result["arm_calls_per_pass"].items()
-                            for kind, n in sorted(kinds.items()))
+        by_type = ", ".join(
+            f"{method} {kind.rsplit('/', 1)[-1]} {n:.3f}"
+            for method, kinds in result["arm_calls_per_pass"].items()
+            for kind, n in sorted(kinds.items())
+        )
         print(f"  N={result['deployments']}: {by_type or 'no ARM calls'}")
     print(f"(goal: 0 writes and at most {RESOURCES_PER_DEPLOYMENT} reads, one per managed resource, per pass)")
     path = write_result("steady", {"resync_seconds": RESYNC_SECONDS, "results": results})

@@ -113,16 +113,27 @@ def prepare(client: httpx.Client, share: Path, strategies: tuple[str, ...]) -> d
     for strategy in strategies:
         name = NAME[strategy]
         shutil.copytree(share / ADAPTER_PATH, share / f"adapters/{name}")
-        client.post("/v1/deployments", json={
-            "metadata": {"name": name},
-            "spec": {"target": "local", "local": {"shareRoot": str(share)}, "model": {"path": TINY_MODEL_PATH},
-                     "adapter": {"path": f"adapters/{name}", "strategy": strategy, "settleSeconds": 0}},
-        }).raise_for_status()
+        client.post(
+            "/v1/deployments",
+            json={
+                "metadata": {"name": name},
+                "spec": {
+                    "target": "local",
+                    "local": {"shareRoot": str(share)},
+                    "model": {"path": TINY_MODEL_PATH},
+                    "adapter": {"path": f"adapters/{name}", "strategy": strategy, "settleSeconds": 0},
+                },
+            },
+        ).raise_for_status()
     first = {s: wait_for(lambda s=s: synced_version(client, NAME[s]), 180, f"{NAME[s]} to serve its first adapter") for s in strategies}
     for strategy in strategies:
         write_adapter(share, SECOND_ADAPTER_PATH, f"adapters/{NAME[strategy]}")
-    second = {s: wait_for(lambda s=s: (v := synced_version(client, NAME[s])) not in (None, first[s]) and v, 180,
-                          f"{NAME[s]} to serve its second adapter") for s in strategies}
+    second = {
+        s: wait_for(
+            lambda s=s: (v := synced_version(client, NAME[s])) not in (None, first[s]) and v, 180, f"{NAME[s]} to serve its second adapter"
+        )
+        for s in strategies
+    }
     return {s: (first[s], second[s]) for s in strategies}
 
 
@@ -138,10 +149,10 @@ def run_strategy(client: httpx.Client, strategy: str, versions: tuple[str, str],
             wanted = first if current == second else second
             started = time.perf_counter()
             client.post(f"/v1/deployments/{name}/adapters/{wanted}/activate").raise_for_status()
-            arrived = wait_for(lambda: load.first_from(wanted, started), 120, f"a response from {wanted}")
+            arrived = wait_for(lambda w=wanted, t=started: load.first_from(w, t), 120, f"a response from {wanted}")
             times.append(arrived - started)
             # The next round starts once this rollout is over (verified, status written).
-            wait_for(lambda: synced_version(client, name) == wanted, 120, f"{name}'s rollout to {wanted} to finish")
+            wait_for(lambda w=wanted: synced_version(client, name) == w, 120, f"{name}'s rollout to {wanted} to finish")
             current = wanted
         failed = load.failures - failures_before
         answered = len(load.answers)
@@ -152,8 +163,7 @@ def delete_all(client: httpx.Client) -> None:
     """Their serving processes stop with them (``serve`` leaves them running otherwise)."""
     for name in NAME.values():
         client.delete(f"/v1/deployments/{name}")
-    wait_for(lambda: all(client.get(f"/v1/deployments/{n}").status_code == 404 for n in NAME.values()), 60,
-             "the deployments to be deleted")
+    wait_for(lambda: all(client.get(f"/v1/deployments/{n}").status_code == 404 for n in NAME.values()), 60, "the deployments to be deleted")
 
 
 def main() -> None:
@@ -167,16 +177,20 @@ def main() -> None:
         share = Path(folder) / "share"
         make_tiny_share(share)
         serving = [sys.executable, "-m", "serving"]
-        process, url, headers = start_service(Path(folder) / "data", extra_env={
-            "LORAPLANE_SERVING_COMMAND": json.dumps(["env", "LORAPLANE_UI=false", *serving]),
-        })
+        process, url, headers = start_service(
+            Path(folder) / "data",
+            extra_env={
+                "LORAPLANE_SERVING_COMMAND": json.dumps(["env", "LORAPLANE_UI=false", *serving]),
+            },
+        )
         try:
             with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
                 try:
                     versions = prepare(client, share, ("hotReload", "restart"))
                     # One at a time: the other deployment's app sits idle meanwhile.
-                    results = {strategy: run_strategy(client, strategy, versions[strategy], args.rounds)
-                               for strategy in ("hotReload", "restart")}
+                    results = {
+                        strategy: run_strategy(client, strategy, versions[strategy], args.rounds) for strategy in ("hotReload", "restart")
+                    }
                 finally:
                     delete_all(client)
         finally:
@@ -186,15 +200,23 @@ def main() -> None:
     hot, restart = results["hotReload"], results["restart"]
     ratio_p50 = restart["p50"] / hot["p50"]
     ratio_p95 = restart["p95"] / hot["p95"]
-    rows = [[strategy, figures["count"], figures["p50"] * 1000, figures["p95"] * 1000, figures["failed_requests"]]
-            for strategy, figures in results.items()]
+    rows = [
+        [strategy, figures["count"], figures["p50"] * 1000, figures["p95"] * 1000, figures["failed_requests"]]
+        for strategy, figures in results.items()
+    ]
     verdict = "met" if ratio_p50 >= 100 and hot["failed_requests"] == 0 else "MISSED"
-    print(table(f"swap: activation -> first response from the new adapter, {args.rounds} rounds, {CLIENTS} clients (ms)",
-                ["strategy", "rounds", "p50", "p95", "failed requests"], rows))
-    print(f"\nrestart / hotReload: {ratio_p50:.0f}x at p50, {ratio_p95:.0f}x at p95 "
-          f"(goal >= 100x, 0 failed under hotReload: {verdict})")
-    path = write_result("swap", {"rounds": args.rounds, "clients": CLIENTS, "results": results,
-                                 "ratio": {"p50": ratio_p50, "p95": ratio_p95}, "goal": verdict})
+    print(
+        table(
+            f"swap: activation -> first response from the new adapter, {args.rounds} rounds, {CLIENTS} clients (ms)",
+            ["strategy", "rounds", "p50", "p95", "failed requests"],
+            rows,
+        )
+    )
+    print(f"\nrestart / hotReload: {ratio_p50:.0f}x at p50, {ratio_p95:.0f}x at p95 (goal >= 100x, 0 failed under hotReload: {verdict})")
+    path = write_result(
+        "swap",
+        {"rounds": args.rounds, "clients": CLIENTS, "results": results, "ratio": {"p50": ratio_p50, "p95": ratio_p95}, "goal": verdict},
+    )
     print(f"written to {path}")
 
 

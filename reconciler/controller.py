@@ -20,9 +20,7 @@ log = logging.getLogger("loraplane.reconciler")
 
 class ReconcilerMetrics:
     def __init__(self, registry: CollectorRegistry, queue: Callable[[], WorkQueue]) -> None:
-        self.reconciles = Counter(
-            "loraplane_reconciles", "Reconcile passes by result", ["result"], registry=registry
-        )
+        self.reconciles = Counter("loraplane_reconciles", "Reconcile passes by result", ["result"], registry=registry)
         self.duration = Histogram(
             "loraplane_reconcile_duration_seconds",
             "Time one reconcile pass took, by result",
@@ -98,9 +96,7 @@ class Controller:
             IntervalTrigger(seconds=min(5.0, self.resync_seconds)),
             id="sync-timers",
         )
-        self.scheduler.add_job(
-            self._heartbeat, IntervalTrigger(seconds=max(0.5, self.resync_seconds / 3)), id="heartbeat"
-        )
+        self.scheduler.add_job(self._heartbeat, IntervalTrigger(seconds=max(0.5, self.resync_seconds / 3)), id="heartbeat")
         self.scheduler.start()
         self.sync_timers()
         for name in self.store.names():  # converge everything at start, as after a crash
@@ -160,7 +156,7 @@ class Controller:
             self.queue.add(name)
         names = set(versions)
         jobs = {job.id for job in self.scheduler.get_jobs() if job.id.startswith("resync:")}
-        for name in names - {job_id[len("resync:"):] for job_id in jobs}:
+        for name in names - {job_id[len("resync:") :] for job_id in jobs}:
             self.scheduler.add_job(
                 self._resync,
                 IntervalTrigger(seconds=self.resync_seconds * 0.75, jitter=self.resync_seconds * 0.5),
@@ -169,7 +165,7 @@ class Controller:
                 replace_existing=True,
             )
         for job_id in jobs:
-            if job_id[len("resync:"):] not in names:
+            if job_id[len("resync:") :] not in names:
                 self.scheduler.remove_job(job_id)
 
     def _resync(self, name: str) -> None:
@@ -227,8 +223,5 @@ class Controller:
         stalled_for = self.monotonic() - self._last_progress
         limit = 3 * self.resync_seconds
         if stalled_for > limit:
-            return False, (
-                f"the reconcile loop has made no progress for {stalled_for:.0f}s "
-                f"(limit {limit:.0f}s, 3 resync intervals)"
-            )
+            return False, (f"the reconcile loop has made no progress for {stalled_for:.0f}s (limit {limit:.0f}s, 3 resync intervals)")
         return True, "the reconcile loop is making progress"

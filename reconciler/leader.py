@@ -101,14 +101,26 @@ class LeadingController:
     lease, and every write it makes is fenced by the lease's epoch. Otherwise the replica
     serves the API alone (a standby)."""
 
-    def __init__(self, controller: Controller, lease: Lease, *, on_store: Callable[[DeploymentStore], None] | None = None,
-                 retry_seconds: float = 2.0, renew_deadline_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        lease: Lease,
+        *,
+        on_store: Callable[[DeploymentStore], None] | None = None,
+        retry_seconds: float = 2.0,
+        renew_deadline_seconds: float = 10.0,
+    ) -> None:
         self.controller = controller
         self.lease = lease
         self.base_store = controller.reconciler.store
         self.on_store = on_store
-        self.elector = LeaderElector(lease, on_started_leading=self._lead, on_stopped_leading=self._follow,
-                                     retry_seconds=retry_seconds, renew_deadline_seconds=renew_deadline_seconds)
+        self.elector = LeaderElector(
+            lease,
+            on_started_leading=self._lead,
+            on_stopped_leading=self._follow,
+            retry_seconds=retry_seconds,
+            renew_deadline_seconds=renew_deadline_seconds,
+        )
 
     def _lead(self, epoch: int) -> None:
         fenced = self.base_store.fenced(self.lease.fence(epoch))

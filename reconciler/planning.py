@@ -51,10 +51,7 @@ def dry_run(reconciler: Reconciler, target: Target, *, deleting: bool = False) -
                 if r.managed_by == "loraplane"
             ]
         else:
-            actions = [
-                PlannedAction(verb=a.verb, kind=a.kind, name=a.name, reason=a.reason)
-                for a in provider.plan(target, observation)
-            ]
+            actions = [PlannedAction(verb=a.verb, kind=a.kind, name=a.name, reason=a.reason) for a in provider.plan(target, observation)]
         plan.actions = actions
     except Exception as exc:  # a dry run reports why it is blocked; it never fails the request
         error = classify(exc)

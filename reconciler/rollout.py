@@ -212,8 +212,9 @@ class AdapterRollout:
     def forget(self, uid: str) -> None:
         self._settling.pop(uid, None)
 
-    def step(self, row: InferenceDeployment, target: Target, provider: Provider, observation: Observation,
-             previous: DeploymentStatus) -> RolloutReport:
+    def step(
+        self, row: InferenceDeployment, target: Target, provider: Provider, observation: Observation, previous: DeploymentStatus
+    ) -> RolloutReport:
         report = RolloutReport(previous.adapter.model_copy(deep=True), False, "Waiting", "")
         with closing(provider.share(target)) as share:
             waiting = self._detect(row, target, share, report)
@@ -230,8 +231,9 @@ class AdapterRollout:
             assert observation.endpoint is not None  # the reconciler steps only once it is ready
             return self._activate(row, target, provider, share, observation.endpoint, desired, versions, report)
 
-    def watch_in_flight(self, row: InferenceDeployment, target: Target, provider: Provider, observation: Observation,
-                        previous: DeploymentStatus) -> RolloutReport | None:
+    def watch_in_flight(
+        self, row: InferenceDeployment, target: Target, provider: Provider, observation: Observation, previous: DeploymentStatus
+    ) -> RolloutReport | None:
         """While the endpoint is not ready: a restart rollout may be why (the new version
         keeps the app from starting). Roll back when the app says it refused the version, or
         when the deadline passes; else None (nothing to say yet)."""
@@ -291,8 +293,13 @@ class AdapterRollout:
         version = found[:12]
         reason = self._validate(share, target, files)
         record = AdapterVersion(
-            deployment_uid=row.uid, version=version, deployment_name=row.name, state="Rejected",
-            fingerprint=found, source_path=spec.path, detected_at=self.clock(),
+            deployment_uid=row.uid,
+            version=version,
+            deployment_name=row.name,
+            state="Rejected",
+            fingerprint=found,
+            source_path=spec.path,
+            detected_at=self.clock(),
             files=[AdapterFile(name=f.name, size=f.size, etag=f.etag, md5=f.md5).wire() for f in files],
         )
         if reason is not None:
@@ -312,7 +319,13 @@ class AdapterRollout:
         self.store.add_adapter_version(record)
         self._settled_at[(row.uid, version)] = self.monotonic()
         size = sum(f.size for f in files)
-        report.events.append(("Normal", "AdapterStaged", f"adapter {version} from {spec.path} staged at {destination} ({len(files)} files, {size / 1e6:.1f} MB)"))
+        report.events.append(
+            (
+                "Normal",
+                "AdapterStaged",
+                f"adapter {version} from {spec.path} staged at {destination} ({len(files)} files, {size / 1e6:.1f} MB)",
+            )
+        )
         return None
 
     def _validate(self, share: AdapterShare, target: Target, files: list[ShareEntry]) -> str | None:
@@ -337,8 +350,17 @@ class AdapterRollout:
         probes = max(2, min(10, 2 * target.spec.scale.max_replicas))
         return [provider.adapter_status(target, endpoint) for _ in range(probes)]
 
-    def _activate(self, row: InferenceDeployment, target: Target, provider: Provider, share: AdapterShare, endpoint: str,
-                  desired: AdapterVersion, versions: list[AdapterVersion], report: RolloutReport) -> RolloutReport:
+    def _activate(
+        self,
+        row: InferenceDeployment,
+        target: Target,
+        provider: Provider,
+        share: AdapterShare,
+        endpoint: str,
+        desired: AdapterVersion,
+        versions: list[AdapterVersion],
+        report: RolloutReport,
+    ) -> RolloutReport:
         strategy = target.spec.adapter.strategy
         rollout = report.adapter.last_rollout
         in_flight = rollout is not None and rollout.result == "InProgress" and rollout.version == desired.version
@@ -362,14 +384,25 @@ class AdapterRollout:
             previous = report.adapter.serving_version
             assert desired.path is not None
             share.write(pointer_path(row.name), json.dumps({"version": desired.version, "path": desired.path}).encode())
-            rollout = RolloutRecord(version=desired.version, strategy=strategy, result="InProgress", started_at=self.clock(),
-                                    message=f"from {previous or 'no adapter'} to {desired.version}")
+            rollout = RolloutRecord(
+                version=desired.version,
+                strategy=strategy,
+                result="InProgress",
+                started_at=self.clock(),
+                message=f"from {previous or 'no adapter'} to {desired.version}",
+            )
             report.adapter.last_rollout = rollout
-            report.events.append(("Normal", "AdapterRolloutStarted", f"rolling out adapter {desired.version} ({strategy}), {rollout.message}"))
+            report.events.append(
+                ("Normal", "AdapterRolloutStarted", f"rolling out adapter {desired.version} ({strategy}), {rollout.message}")
+            )
             if strategy == "restart":
                 # The app restarts (a new revision on Azure) with the version in its environment;
                 # the next passes verify it.
-                report.reason, report.message, report.requeue_after = "RollingOut", f"restarting to serve adapter {desired.version}", self.poll_seconds
+                report.reason, report.message, report.requeue_after = (
+                    "RollingOut",
+                    f"restarting to serve adapter {desired.version}",
+                    self.poll_seconds,
+                )
                 return report
             answer = provider.reload_adapter(target, endpoint)
             if answer.get("status") == "refused":
@@ -391,16 +424,25 @@ class AdapterRollout:
         error = refusal or f"not every replica reported it within {self.verify_seconds[strategy]:.0f}s"
         return self._roll_back(row, target, provider, share, endpoint, desired, versions, rollout, error, report)
 
-    def _succeeded(self, row: InferenceDeployment, target: Target, desired: AdapterVersion, rollout: RolloutRecord,
-                   report: RolloutReport) -> RolloutReport:
+    def _succeeded(
+        self, row: InferenceDeployment, target: Target, desired: AdapterVersion, rollout: RolloutRecord, report: RolloutReport
+    ) -> RolloutReport:
         finished = self.clock()
         assert rollout.started_at is not None
         duration = (finished - rollout.started_at).total_seconds()
         self.store.activate_adapter_version(row.uid, desired.version)
         report.adapter.serving_version = desired.version
-        report.adapter.last_rollout = rollout.model_copy(update={"result": "Succeeded", "finished_at": finished, "duration_seconds": round(duration, 3)})
+        report.adapter.last_rollout = rollout.model_copy(
+            update={"result": "Succeeded", "finished_at": finished, "duration_seconds": round(duration, 3)}
+        )
         report.synced, report.reason, report.message = True, "Serving", f"serving adapter {desired.version}"
-        report.events.append(("Normal", "AdapterActivated", f"adapter {desired.version} serves on every replica probed ({target.spec.adapter.strategy}, {duration:.1f}s)"))
+        report.events.append(
+            (
+                "Normal",
+                "AdapterActivated",
+                f"adapter {desired.version} serves on every replica probed ({target.spec.adapter.strategy}, {duration:.1f}s)",
+            )
+        )
         if self.metrics is not None:
             self.metrics.duration.labels(target.spec.adapter.strategy, "Succeeded").observe(duration)
             settled = self._settled_at.pop((row.uid, desired.version), None)
@@ -408,9 +450,19 @@ class AdapterRollout:
                 self.metrics.settled_to_serving.labels(target.spec.adapter.strategy).observe(self.monotonic() - settled)
         return report
 
-    def _roll_back(self, row: InferenceDeployment, target: Target, provider: Provider, share: AdapterShare, endpoint: str | None,
-                   failed: AdapterVersion, versions: list[AdapterVersion], rollout: RolloutRecord, error: str,
-                   report: RolloutReport) -> RolloutReport:
+    def _roll_back(
+        self,
+        row: InferenceDeployment,
+        target: Target,
+        provider: Provider,
+        share: AdapterShare,
+        endpoint: str | None,
+        failed: AdapterVersion,
+        versions: list[AdapterVersion],
+        rollout: RolloutRecord,
+        error: str,
+        report: RolloutReport,
+    ) -> RolloutReport:
         good = next((v for v in versions if v.state == "Active" and v.version != failed.version), None)
         self.store.update_adapter_version(row.uid, failed.version, state="Failed", message=error)
         if good is not None and good.path is not None:
@@ -424,9 +476,14 @@ class AdapterRollout:
         duration = (finished - rollout.started_at).total_seconds()
         report.adapter.serving_version = good.version if good is not None else report.adapter.serving_version
         report.adapter.desired_version = good.version if good is not None else None
-        report.adapter.last_rollout = rollout.model_copy(update={
-            "result": "RolledBack", "finished_at": finished, "duration_seconds": round(duration, 3), "message": message,
-        })
+        report.adapter.last_rollout = rollout.model_copy(
+            update={
+                "result": "RolledBack",
+                "finished_at": finished,
+                "duration_seconds": round(duration, 3),
+                "message": message,
+            }
+        )
         report.failed, report.reason, report.message = True, "AdapterRolloutFailed", message
         report.requeue_after = self.poll_seconds
         report.events.append(("Warning", "AdapterRolloutFailed", message))

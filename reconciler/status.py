@@ -12,20 +12,14 @@ from reconciler.rollout import RolloutReport
 from state.resource import Condition, DeploymentStatus, ResourceRef
 
 
-def set_condition(
-    status: DeploymentStatus, type_: str, value: str, reason: str, message: str, now: datetime
-) -> None:
+def set_condition(status: DeploymentStatus, type_: str, value: str, reason: str, message: str, now: datetime) -> None:
     """Set a condition; lastTransitionTime moves only when its status flips."""
     for index, existing in enumerate(status.conditions):
         if existing.type == type_:
             changed_at = existing.last_transition_time if existing.status == value else now
-            status.conditions[index] = Condition(
-                type=type_, status=value, reason=reason, message=message, last_transition_time=changed_at
-            )
+            status.conditions[index] = Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=changed_at)
             return
-    status.conditions.append(
-        Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=now)
-    )
+    status.conditions.append(Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=now))
     status.conditions.sort(key=lambda c: ["Ready", "Progressing", "Degraded", "AdapterSynced"].index(c.type))
 
 
@@ -34,10 +28,7 @@ def _base(previous: DeploymentStatus, generation: int, observation: Observation 
     status.observed_generation = generation
     if observation is not None:
         status.endpoint = observation.endpoint
-        status.resources = [
-            ResourceRef(kind=r.kind, id=r.id, state=r.state, managed_by=r.managed_by)
-            for r in observation.resources
-        ]
+        status.resources = [ResourceRef(kind=r.kind, id=r.id, state=r.state, managed_by=r.managed_by) for r in observation.resources]
     return status
 
 
@@ -58,7 +49,9 @@ def converged(previous: DeploymentStatus, generation: int, observation: Observat
     return status
 
 
-def progressing(previous: DeploymentStatus, generation: int, observation: Observation | None, message: str, now: datetime) -> DeploymentStatus:
+def progressing(
+    previous: DeploymentStatus, generation: int, observation: Observation | None, message: str, now: datetime
+) -> DeploymentStatus:
     """Actions were just applied; Ready only if what answers now already is (e.g. adopted)."""
     status = _base(previous, generation, observation)
     ready = observation is not None and observation.ready
@@ -73,20 +66,30 @@ def progressing(previous: DeploymentStatus, generation: int, observation: Observ
     return status
 
 
-def failed(previous: DeploymentStatus, generation: int, observation: Observation | None, error: Classified, now: datetime) -> DeploymentStatus:
+def failed(
+    previous: DeploymentStatus, generation: int, observation: Observation | None, error: Classified, now: datetime
+) -> DeploymentStatus:
     status = _base(previous, generation, observation)
     status.phase = "Degraded"
     status.message = error.message
     set_condition(status, "Degraded", "True", error.reason, error.message, now)
     ready = observation is not None and observation.ready
     set_condition(
-        status, "Ready", "True" if ready else "False", "Serving" if ready else error.reason,
-        observation.detail if ready and observation else error.message, now,
+        status,
+        "Ready",
+        "True" if ready else "False",
+        "Serving" if ready else error.reason,
+        observation.detail if ready and observation else error.message,
+        now,
     )
     if error.permanent:
         set_condition(
-            status, "Progressing", "False", error.reason,
-            "stopped retrying: this needs a change to the spec or to what it points at", now,
+            status,
+            "Progressing",
+            "False",
+            error.reason,
+            "stopped retrying: this needs a change to the spec or to what it points at",
+            now,
         )
     else:
         set_condition(status, "Progressing", "True", "Retrying", "retrying with backoff", now)

@@ -26,7 +26,11 @@ def main() -> None:
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         sys.exit(2)
     logging.getLogger("loraplane.serving").info(
-        "serving %s with adapter %s on %s:%d", settings.model_dir, settings.pointer_file or settings.adapter_dir, settings.host, settings.port
+        "serving %s with adapter %s on %s:%d",
+        settings.model_dir,
+        settings.pointer_file or settings.adapter_dir,
+        settings.host,
+        settings.port,
     )
     # The event loop (requests, health, reloads) shares the GIL with the engine's thread, whose
     # generation loop is mostly Python: by default it may keep the GIL 5 ms at a time.

@@ -34,9 +34,7 @@ class Candidate:
 def stat_signature(folder: Path) -> tuple | None:
     """Cheap change detection: names, sizes and mtimes (no reading: shares are slow)."""
     try:
-        entries = sorted(
-            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()
-        )
+        entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
     except OSError:
         return None
     return tuple(entries) or None
@@ -110,10 +108,7 @@ def inspect_adapter(path: Path, *, version: str | None, model_dir: Path, model_n
         raise AdapterError(f"{config_file} names no target_modules")
     base = config.get("base_model_name_or_path")
     if not base_model_matches(base, model_dir, model_name):
-        raise AdapterError(
-            f"the adapter at {path} was trained for {base!r}, but this app serves {model_dir}; "
-            "it was refused"
-        )
+        raise AdapterError(f"the adapter at {path} was trained for {base!r}, but this app serves {model_dir}; it was refused")
     if weights.suffix == ".safetensors":
         keys = _safetensors_keys(weights)
         if not any("lora_" in key for key in keys):

@@ -42,13 +42,13 @@ class EngineMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.batch_size = Histogram(
-            "loraplane_serving_batch_size", "Jobs decoded together in one batch",
-            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=self.registry,
+            "loraplane_serving_batch_size",
+            "Jobs decoded together in one batch",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+            registry=self.registry,
         )
         self.tokens = Counter("loraplane_serving_generated_tokens", "Tokens generated", registry=self.registry)
-        self.requests = Counter(
-            "loraplane_serving_generations", "Generations finished, by how", ["finish"], registry=self.registry
-        )
+        self.requests = Counter("loraplane_serving_generations", "Generations finished, by how", ["finish"], registry=self.registry)
 
 
 @dataclass
@@ -124,10 +124,7 @@ class Engine:
         hf_logging.disable_progress_bar()
         model_dir = self.settings.model_dir
         if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no model at {model_dir} (config.json missing); put the base model there or "
-                "set LORAPLANE_MODEL_PATH"
-            )
+            raise FileNotFoundError(f"no model at {model_dir} (config.json missing); put the base model there or set LORAPLANE_MODEL_PATH")
         self.device = self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype_name = self.settings.dtype or (
             ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if self.device.startswith("cuda") else "float32"
@@ -201,9 +198,7 @@ class Engine:
         if isinstance(targets, list):
             missing = [t for t in names if not any(n == t or n.endswith("." + t) for n in modules)]
             if missing:
-                raise AdapterError(
-                    f"the adapter at {candidate.path} targets modules this model does not have: {', '.join(missing)}"
-                )
+                raise AdapterError(f"the adapter at {candidate.path} targets modules this model does not have: {', '.join(missing)}")
         if candidate.weights.suffix != ".safetensors":
             return
         for key, shape in _safetensors_shapes(candidate.weights).items():
@@ -212,7 +207,7 @@ class Engine:
             path = key.split(".lora_")[0]
             for prefix in ("base_model.model.", "base_model."):
                 if path.startswith(prefix):
-                    path = path[len(prefix):]
+                    path = path[len(prefix) :]
                     break
             module = modules.get(path)
             if module is None:
@@ -324,9 +319,7 @@ class Engine:
         pad = self.tokenizer.pad_token_id
         width = max(len(job.prompt_ids) for job in batch)
         input_ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in batch], device=self.device)
-        attention = torch.tensor(
-            [[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in batch], device=self.device
-        )
+        attention = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in batch], device=self.device)
         rows = _Rows(self, batch)
         config = GenerationConfig(
             max_new_tokens=max(job.max_new_tokens for job in batch),
@@ -475,7 +468,7 @@ class _Rows:
     @staticmethod
     def _flush(job: Job, text: str) -> None:
         if len(text) > job.sent:
-            job.emit("delta", text[job.sent:])
+            job.emit("delta", text[job.sent :])
             job.sent = len(text)
 
 
@@ -510,7 +503,4 @@ def _four_bit_config(dtype_name: str, device: str) -> Any:
     if not device.startswith("cuda"):
         log.warning("LORAPLANE_LOAD_IN_4BIT needs a CUDA device: loading unquantised on %s", device)
         return None
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(torch, dtype_name)
-    )
-
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(torch, dtype_name))

@@ -41,7 +41,9 @@ router = APIRouter()
 
 
 class OpenAIError(Exception):
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.body = status, ErrorBody(error=ErrorDetail(message=message, type=type_, param=param, code=code))
 
@@ -109,7 +111,13 @@ def list_models(request: Request) -> ModelList:
     cards = [ModelCard(id=base, created=now(), root=str(settings.model_dir))]
     if active is not None and active.peft_name is not None:
         cards.append(
-            ModelCard(id=adapter_model_id(settings), created=int(active.loaded_at.timestamp()), root=str(active.path), parent=base, adapter_version=active.version)
+            ModelCard(
+                id=adapter_model_id(settings),
+                created=int(active.loaded_at.timestamp()),
+                root=str(active.path),
+                parent=base,
+                adapter_version=active.version,
+            )
         )
     return ModelList(data=cards)
 
@@ -136,7 +144,9 @@ async def reload_adapter(request: Request) -> JSONResponse:
         raise OpenAIError(404, "the reload endpoint is off: set LORAPLANE_ADMIN_TOKEN to turn it on", type_="not_found_error")
     given = request.headers.get("authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {settings.admin_token}".encode()):
-        raise OpenAIError(401, "a valid bearer token is required (Authorization: Bearer <LORAPLANE_ADMIN_TOKEN>)", type_="authentication_error")
+        raise OpenAIError(
+            401, "a valid bearer token is required (Authorization: Bearer <LORAPLANE_ADMIN_TOKEN>)", type_="authentication_error"
+        )
     watcher: AdapterWatcher = request.app.state.watcher
     result = await run_in_threadpool(watcher.poll, force=True)
     body = {"status": result.status, "version": result.version, "message": result.message}
@@ -198,7 +208,9 @@ def _check_ready_and_model(request: Request, model: str | None) -> None:
     settings = settings_of(request)
     served = {adapter_model_id(settings), base_model_id(settings)}
     if model is not None and model not in served:
-        raise OpenAIError(404, f"the model {model!r} is not served here; use one of: {', '.join(sorted(served))}", param="model", code="model_not_found")
+        raise OpenAIError(
+            404, f"the model {model!r} is not served here; use one of: {', '.join(sorted(served))}", param="model", code="model_not_found"
+        )
 
 
 async def _collect(bridge: _Bridge, job: Job) -> tuple[str, str, dict[str, int]]:
@@ -254,10 +266,18 @@ async def _respond(request: Request, body: ChatCompletionRequest | CompletionReq
     job, bridge, version = _admit(request, body, prompt_ids)
     chat = isinstance(body, ChatCompletionRequest)
     ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
-    common = {"id": ident, "created": created, "model": body.model or adapter_model_id(settings), "system_fingerprint": fingerprint(version)}
+    common = {
+        "id": ident,
+        "created": created,
+        "model": body.model or adapter_model_id(settings),
+        "system_fingerprint": fingerprint(version),
+    }
     headers = {"x-adapter-version": version}
     if body.stream:
-        def chunk(role: bool = False, content: str | None = None, finish_reason: str | None = None, usage: dict | None = None) -> str | None:
+
+        def chunk(
+            role: bool = False, content: str | None = None, finish_reason: str | None = None, usage: dict | None = None
+        ) -> str | None:
             usage_model = Usage(**usage) if usage else None
             if chat:
                 delta = Delta(role="assistant", content="") if role else Delta(content=content)
@@ -274,7 +294,9 @@ async def _respond(request: Request, body: ChatCompletionRequest | CompletionReq
         return StreamingResponse(_sse(bridge, job, settings, chunk, include_usage), media_type="text/event-stream", headers=headers)
     text, reason, usage = await _collect(bridge, job)
     if chat:
-        answer = ChatCompletion(**common, choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)], usage=Usage(**usage))
+        answer = ChatCompletion(
+            **common, choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)], usage=Usage(**usage)
+        )
     else:
         answer = Completion(**common, choices=[CompletionChoice(text=text, finish_reason=reason)], usage=Usage(**usage))
     return JSONResponse(answer.model_dump(), headers=headers)

@@ -32,9 +32,7 @@ def build_tokenizer():
         vocab_size=512, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tokenizer.train_from_iterator(_CORPUS * 8, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="<|end|>", pad_token="<pad>"
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="<|end|>", pad_token="<pad>")
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -63,7 +61,9 @@ def write_tiny_model(model_dir: Path, *, seed: int = 0, hidden_size: int = 64, l
     tokenizer.save_pretrained(model_dir)
 
 
-def write_random_adapter(model_dir: Path, adapter_dir: Path, *, seed: int, base_model_name: str = "loraplane/tiny-llama", rank: int = 8) -> None:
+def write_random_adapter(
+    model_dir: Path, adapter_dir: Path, *, seed: int, base_model_name: str = "loraplane/tiny-llama", rank: int = 8
+) -> None:
     """A LoRA adapter with random (not zero) weights, so that it visibly changes the output."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -71,9 +71,7 @@ def write_random_adapter(model_dir: Path, adapter_dir: Path, *, seed: int, base_
 
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     torch.manual_seed(seed)
-    config = LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
-    )
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
     model = get_peft_model(base, config)
     with torch.no_grad():  # big enough to dominate a random base model's logits
         for name, parameter in model.named_parameters():

@@ -23,10 +23,28 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def add_audit(session: Session, *, at: datetime, actor: str | None, action: str, resource: str,
-              before: int | None = None, after: int | None = None, detail: str | None = None) -> None:
-    session.add(AuditEvent(at=at, actor=actor or "unknown", action=action, resource=resource,
-                           generation_before=before, generation_after=after, detail=detail))
+def add_audit(
+    session: Session,
+    *,
+    at: datetime,
+    actor: str | None,
+    action: str,
+    resource: str,
+    before: int | None = None,
+    after: int | None = None,
+    detail: str | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            at=at,
+            actor=actor or "unknown",
+            action=action,
+            resource=resource,
+            generation_before=before,
+            generation_after=after,
+            detail=detail,
+        )
+    )
 
 
 class AccessStore:
@@ -73,8 +91,15 @@ class AccessStore:
 
     # ---------------------------------------------------------------------------- audit
 
-    def audit(self, *, actor: str | None = None, resource: str | None = None, action: str | None = None,
-              since: datetime | None = None, limit: int = 100) -> list[AuditEvent]:
+    def audit(
+        self,
+        *,
+        actor: str | None = None,
+        resource: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
         query = select(AuditEvent)
         if actor:
             query = query.where(AuditEvent.actor == actor)

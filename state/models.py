@@ -12,7 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field as PydanticField
+from pydantic import ConfigDict
+from pydantic import Field as PydanticField
 from pydantic.alias_generators import to_camel
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, String, Text, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -95,9 +96,7 @@ class InferenceDeployment(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     owner: str | None = Field(default=None, sa_column=Column(String(128), nullable=True))
-    deletion_timestamp: datetime | None = Field(
-        default=None, sa_column=Column(UTCDateTime(), nullable=True)
-    )
+    deletion_timestamp: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     finalizers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
     def to_public(self) -> InferenceDeploymentPublic:
@@ -349,8 +348,14 @@ class AuditEvent(SQLModel, table=True):
 
     def to_public(self) -> AuditEventPublic:
         return AuditEventPublic(
-            id=self.id or 0, at=self.at, actor=self.actor, action=self.action, resource=self.resource,
-            generation_before=self.generation_before, generation_after=self.generation_after, detail=self.detail,
+            id=self.id or 0,
+            at=self.at,
+            actor=self.actor,
+            action=self.action,
+            resource=self.resource,
+            generation_before=self.generation_before,
+            generation_after=self.generation_after,
+            detail=self.detail,
         )
 
 

@@ -86,16 +86,14 @@ ResourceGroupName = Annotated[
     str,
     _rule(
         r"[-\w.()]{0,89}[-\w()]",
-        "must be 1-90 characters: letters, digits, '_', '-', '.', '(' and ')', "
-        "not ending with '.'",
+        "must be 1-90 characters: letters, digits, '_', '-', '.', '(' and ')', not ending with '.'",
     ),
 ]
 Location = Annotated[
     str,
     _rule(
         r"[a-z][a-z0-9]{1,39}",
-        "must be an Azure region's programmatic name: lowercase letters and digits, "
-        "such as 'westus3' (not 'West US 3')",
+        "must be an Azure region's programmatic name: lowercase letters and digits, such as 'westus3' (not 'West US 3')",
     ),
 ]
 StorageAccountName = Annotated[
@@ -109,8 +107,7 @@ FileShareName = Annotated[
     str,
     _rule(
         r"[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9]",
-        "must be 3-63 characters: lowercase letters, digits and '-', starting and ending "
-        "with a letter or digit",
+        "must be 3-63 characters: lowercase letters, digits and '-', starting and ending with a letter or digit",
     ),
     AfterValidator(_no_double_hyphen),
 ]
@@ -118,8 +115,7 @@ EnvironmentName = Annotated[
     str,
     _rule(
         r"[a-z][a-z0-9-]{0,58}[a-z0-9]",
-        "must be 2-60 characters: lowercase letters, digits and '-', starting with a letter "
-        "and ending with a letter or digit",
+        "must be 2-60 characters: lowercase letters, digits and '-', starting with a letter and ending with a letter or digit",
     ),
     AfterValidator(_no_double_hyphen),
 ]
@@ -127,8 +123,7 @@ EnvironmentStorageName = Annotated[
     str,
     _rule(
         r"[a-z0-9][a-z0-9-]{0,30}[a-z0-9]",
-        "must be 2-32 characters: lowercase letters, digits and '-', starting and ending "
-        "with a letter or digit",
+        "must be 2-32 characters: lowercase letters, digits and '-', starting and ending with a letter or digit",
     ),
     AfterValidator(_no_double_hyphen),
 ]
@@ -136,8 +131,7 @@ ContainerAppName = Annotated[
     str,
     _rule(
         r"[a-z][a-z0-9-]{0,30}[a-z0-9]",
-        "must be 2-32 characters: lowercase letters, digits and '-', starting with a letter "
-        "and not ending with '-'",
+        "must be 2-32 characters: lowercase letters, digits and '-', starting with a letter and not ending with '-'",
     ),
     AfterValidator(_no_double_hyphen),
 ]
@@ -145,8 +139,7 @@ LogAnalyticsName = Annotated[
     str,
     _rule(
         r"[A-Za-z0-9][A-Za-z0-9-]{2,61}[A-Za-z0-9]",
-        "must be 4-63 characters: letters, digits and '-', starting and ending with a "
-        "letter or digit",
+        "must be 4-63 characters: letters, digits and '-', starting and ending with a letter or digit",
     ),
 ]
 WorkloadProfileName = Annotated[
@@ -160,16 +153,14 @@ WorkloadProfileType = Annotated[
     str,
     _rule(
         r"[A-Za-z][A-Za-z0-9-]{0,63}",
-        "must be an Azure Container Apps workload profile type such as "
-        "'Consumption-GPU-NC24-A100' or 'NC24-A100'",
+        "must be an Azure Container Apps workload profile type such as 'Consumption-GPU-NC24-A100' or 'NC24-A100'",
     ),
 ]
 ImageReference = Annotated[
     str,
     _rule(
         r"[a-z0-9][a-z0-9._\-/:]{0,254}(@sha256:[a-f0-9]{64})?",
-        "must be a container image reference such as "
-        "'myregistry.azurecr.io/loraplane-serving:1.0'",
+        "must be a container image reference such as 'myregistry.azurecr.io/loraplane-serving:1.0'",
     ),
 ]
 VersionId = Annotated[
@@ -184,8 +175,7 @@ SharePath = Annotated[
     StringConstraints(min_length=1, max_length=1024),
     _rule(
         r"(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9._\-/ ]+",
-        "must be a path relative to the share root (no leading '/', no '..'), for example "
-        "'models/qlora/qlora/gpu_model/adapter'",
+        "must be a path relative to the share root (no leading '/', no '..'), for example 'models/qlora/qlora/gpu_model/adapter'",
     ),
 ]
 AbsolutePath = Annotated[
@@ -193,8 +183,7 @@ AbsolutePath = Annotated[
     StringConstraints(min_length=1, max_length=4096),
     _rule(
         r"/(?!.*(?:^|/)\.\.(?:/|$))[^\x00]*",
-        "must be an absolute folder path on this machine (starting with '/'), for example "
-        "'/srv/share'",
+        "must be an absolute folder path on this machine (starting with '/'), for example '/srv/share'",
     ),
 ]
 MarkerFileName = Annotated[
@@ -202,17 +191,14 @@ MarkerFileName = Annotated[
     _rule(r"[A-Za-z0-9._-]{1,255}", "must be a file name such as '_SUCCESS'"),
 ]
 
-LABEL_KEY = re.compile(
-    r"(?:[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
-)
+LABEL_KEY = re.compile(r"(?:[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
 LABEL_KEY_RULE = (
     "label keys are 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter "
     "or digit, optionally after a DNS prefix and '/' (for example 'team')"
 )
 LABEL_VALUE_RULE = (
-    "label values are at most 63 letters, digits, '-', '_' or '.', starting and ending with "
-    "a letter or digit (for example 'support')"
+    "label values are at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit (for example 'support')"
 )
 
 
@@ -253,10 +239,7 @@ class ScaleSpec(CamelModel):
     @model_validator(mode="after")
     def _min_not_above_max(self) -> ScaleSpec:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"minReplicas ({self.min_replicas}) must not exceed maxReplicas "
-                f"({self.max_replicas})"
-            )
+            raise ValueError(f"minReplicas ({self.min_replicas}) must not exceed maxReplicas ({self.max_replicas})")
         return self
 
 
@@ -302,10 +285,7 @@ class DeploymentSpec(CamelModel):
                 "the folder that stands in for the Azure Files share"
             )
         if self.target == "azure" and self.azure is None:
-            raise ValueError(
-                "spec.azure is required when target is 'azure': give at least "
-                "subscriptionId, resourceGroup and location"
-            )
+            raise ValueError("spec.azure is required when target is 'azure': give at least subscriptionId, resourceGroup and location")
         return self
 
     def with_defaults(self, name: str) -> DeploymentSpec:
@@ -317,9 +297,7 @@ class DeploymentSpec(CamelModel):
         if self.azure is None:
             return self
         azure = self.azure
-        digest = hashlib.sha256(
-            f"{azure.subscription_id.lower()}/{azure.resource_group.lower()}/{name}".encode()
-        ).hexdigest()
+        digest = hashlib.sha256(f"{azure.subscription_id.lower()}/{azure.resource_group.lower()}/{name}".encode()).hexdigest()
         compact = name.replace("-", "")
         filled = azure.model_copy(
             update={

@@ -41,4 +41,3 @@ def parse_selector(text: str) -> list[Requirement]:
             raise ValueError(f"label selector term {term!r}: {LABEL_VALUE_RULE}")
         requirements.append(Requirement(key, operator, value))
     return requirements
-

@@ -28,9 +28,9 @@ from state.access import add_audit
 from state.db import Sessions
 from state.errors import AlreadyExists, Conflict, InvalidChange, NotFound, PreconditionFailed
 from state.models import (
+    FINALIZER,
     AdapterVersion,
     CloudResource,
-    FINALIZER,
     DeploymentLabel,
     Event,
     InferenceDeployment,
@@ -59,9 +59,7 @@ def decode_continue(token: str) -> str:
     try:
         after = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))["after"]
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError) as exc:
-        raise ValueError(
-            "the continue token is not one this server issued; list again without it"
-        ) from exc
+        raise ValueError("the continue token is not one this server issued; list again without it") from exc
     if not isinstance(after, str) or not _NAME.fullmatch(after):
         raise ValueError("the continue token is not one this server issued; list again without it")
     return after
@@ -185,7 +183,9 @@ class DeploymentStore:
         """name -> (uid, generation, being deleted): what the reconciler acts on. Status writes
         (the reconciler's own) and label changes move the resourceVersion but not this."""
         query = select(
-            InferenceDeployment.name, InferenceDeployment.uid, InferenceDeployment.generation,
+            InferenceDeployment.name,
+            InferenceDeployment.uid,
+            InferenceDeployment.generation,
             InferenceDeployment.deletion_timestamp.is_not(None),
         )
         with self._read() as session:
@@ -206,14 +206,7 @@ class DeploymentStore:
     def list_events(self, name: str, *, limit: int = 50) -> list[Event]:
         row = self.get(name)
         with self._read() as session:
-            return list(
-                session.exec(
-                    select(Event)
-                    .where(Event.deployment_uid == row.uid)
-                    .order_by(Event.id.desc())
-                    .limit(limit)
-                ).scalars()
-            )
+            return list(session.exec(select(Event).where(Event.deployment_uid == row.uid).order_by(Event.id.desc()).limit(limit)).scalars())
 
     # ------------------------------------------------------------------------------ writes
 
@@ -259,8 +252,7 @@ class DeploymentStore:
                 f"(loraplane delete {existing.name} --wait) and create it again"
             )
         return AlreadyExists(
-            f"deployment {existing.name!r} already exists; change it with PUT or PATCH "
-            f"(loraplane apply) or delete it first"
+            f"deployment {existing.name!r} already exists; change it with PUT or PATCH (loraplane apply) or delete it first"
         )
 
     def replace(
@@ -283,8 +275,7 @@ class DeploymentStore:
             frozen = immutable_field_changes(row.spec, new_spec)
             if frozen:
                 raise InvalidChange(
-                    f"{', '.join(frozen)} cannot change once the deployment exists; delete "
-                    f"it and create it again to move it",
+                    f"{', '.join(frozen)} cannot change once the deployment exists; delete it and create it again to move it",
                     frozen,
                 )
             spec_changed = _canonical(new_spec) != _canonical(row.spec)
@@ -295,9 +286,7 @@ class DeploymentStore:
             if spec_changed:
                 row.spec = new_spec
                 row.generation += 1
-                self._add_event(
-                    session, row, "Normal", "SpecChanged", f"spec changed (generation {row.generation})"
-                )
+                self._add_event(session, row, "Normal", "SpecChanged", f"spec changed (generation {row.generation})")
             if labels_changed:
                 row.labels = dict(labels)
                 self._replace_labels(session, name, row.labels)
@@ -306,8 +295,16 @@ class DeploymentStore:
             session.add(row)
             if actor is not None:
                 changed = [what for what, did in (("spec", spec_changed), ("labels", labels_changed)) if did]
-                add_audit(session, at=row.updated_at, actor=actor, action=action, resource=f"deployment/{name}",
-                          before=before, after=row.generation, detail=" and ".join(changed) + " changed")
+                add_audit(
+                    session,
+                    at=row.updated_at,
+                    actor=actor,
+                    action=action,
+                    resource=f"deployment/{name}",
+                    before=before,
+                    after=row.generation,
+                    detail=" and ".join(changed) + " changed",
+                )
         if spec_changed:  # labels are for people and selectors: nothing to reconcile
             self._notify(name)
         return row, True
@@ -327,13 +324,25 @@ class DeploymentStore:
                 session.add(row)
                 self._add_event(session, row, "Normal", "DeletionRequested", "deletion requested")
                 if actor is not None:
-                    add_audit(session, at=row.updated_at, actor=actor, action="delete", resource=f"deployment/{name}",
-                              before=row.generation, after=row.generation)
+                    add_audit(
+                        session,
+                        at=row.updated_at,
+                        actor=actor,
+                        action="delete",
+                        resource=f"deployment/{name}",
+                        before=row.generation,
+                        after=row.generation,
+                    )
         self._notify(name)
         return row
 
     def update_status(
-        self, name: str, status: DeploymentStatus, *, uid: str, read: InferenceDeployment | None = None,
+        self,
+        name: str,
+        status: DeploymentStatus,
+        *,
+        uid: str,
+        read: InferenceDeployment | None = None,
         events: Sequence[tuple[str, str, str]] = (),
     ) -> InferenceDeployment | None:
         """Write status if it differs, and ``events`` (type, reason, message) with it in the same
@@ -386,8 +395,14 @@ class DeploymentStore:
             return list(session.exec(select(CloudResource).where(CloudResource.deployment_uid == deployment_uid)).scalars())
 
     def save_cloud_resource(
-        self, deployment_uid: str, resource_id: str, *, kind: str, created: bool,
-        operation: str | None, continuation_token: str | None,
+        self,
+        deployment_uid: str,
+        resource_id: str,
+        *,
+        kind: str,
+        created: bool,
+        operation: str | None,
+        continuation_token: str | None,
     ) -> None:
         """Insert or replace the record of one resource (ids are compared lower-cased, as ARM does)."""
         key = resource_id.lower()
@@ -407,24 +422,19 @@ class DeploymentStore:
         with self._write() as session:
             session.exec(query)
 
-    def record_event(
-        self, row: InferenceDeployment, type_: str, reason: str, message: str
-    ) -> None:
+    def record_event(self, row: InferenceDeployment, type_: str, reason: str, message: str) -> None:
         with self._write() as session:
             self._add_event(session, row, type_, reason, message)
 
-    def _add_event(
-        self, session: Session, row: InferenceDeployment, type_: str, reason: str, message: str, *, first: bool = False
-    ) -> None:
+    def _add_event(self, session: Session, row: InferenceDeployment, type_: str, reason: str, message: str, *, first: bool = False) -> None:
         """Add an event, or count one more of the newest if it says the same (``first``: the
         deployment is new and has none, nothing to look up)."""
         now = self.clock()
-        newest = None if first else session.exec(
-            select(Event)
-            .where(Event.deployment_uid == row.uid)
-            .order_by(Event.id.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+        newest = (
+            None
+            if first
+            else session.exec(select(Event).where(Event.deployment_uid == row.uid).order_by(Event.id.desc()).limit(1)).scalar_one_or_none()
+        )
         if newest is not None and (newest.type, newest.reason, newest.message) == (
             type_,
             reason,
@@ -446,7 +456,6 @@ class DeploymentStore:
                 last_timestamp=now,
             )
         )
-
 
     # ---------------------------------------------------------------------- adapter versions
 

@@ -28,9 +28,7 @@ from state.store import DeploymentStore
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-POSTGRES_URL = os.environ.get(
-    "LORAPLANE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("LORAPLANE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgres"]
 STANDIN_COMMAND = [sys.executable, str(Path(__file__).with_name("standin_serving.py"))]
 MODEL_PATH = "model-cache/microsoft/Phi-3-mini-4k-instruct"
@@ -66,7 +64,9 @@ def truncate(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(
-            text("TRUNCATE inference_deployment, deployment_label, event, cloud_resource, adapter_version, api_token, audit_event, leader_lease RESTART IDENTITY CASCADE")
+            text(
+                "TRUNCATE inference_deployment, deployment_label, event, cloud_resource, adapter_version, api_token, audit_event, leader_lease RESTART IDENTITY CASCADE"
+            )
         )
     engine.dispose()
 

@@ -114,9 +114,7 @@ def apply(
             continue
         before = current.headers.get("etag")
         body = {**manifest, "metadata": {k: v for k, v in manifest["metadata"].items() if k != "resourceVersion"}}
-        response = client.request(
-            "PUT", f"/v1/deployments/{name}", json=body, headers={"If-Match": before or "*"}
-        )
+        response = client.request("PUT", f"/v1/deployments/{name}", json=body, headers={"If-Match": before or "*"})
         changed = response.headers.get("etag") != before
         out.print(f"deployment/{name} {'configured' if changed else 'unchanged'}")
 
@@ -124,12 +122,8 @@ def apply(
 @app.command()
 def get(
     name: Annotated[str | None, typer.Argument(help="one deployment; all when left out")] = None,
-    output: Annotated[
-        str | None, typer.Option("-o", "--output", help="json, yaml or wide")
-    ] = None,
-    selector: Annotated[
-        str | None, typer.Option("-l", "--selector", help="label selector, e.g. team=support")
-    ] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="json, yaml or wide")] = None,
+    selector: Annotated[str | None, typer.Option("-l", "--selector", help="label selector, e.g. team=support")] = None,
     watch: Annotated[bool, typer.Option("-w", "--watch", help="after the list, a line per change, until interrupted")] = False,
     timeout: Annotated[int, typer.Option(help="with --watch: stop after this many seconds", min=1, max=3600)] = 3600,
 ) -> None:
@@ -148,9 +142,7 @@ def get(
     else:
         items = client.list_deployments(selector)
     if output in ("json", "yaml"):
-        document: Any = items[0] if name else {
-            "apiVersion": "loraplane/v1", "kind": "InferenceDeploymentList", "items": items
-        }
+        document: Any = items[0] if name else {"apiVersion": "loraplane/v1", "kind": "InferenceDeploymentList", "items": items}
         print(render.to_json(document) if output == "json" else render.to_yaml(document), end="\n" if output == "json" else "")
         return
     if not items:
@@ -255,9 +247,7 @@ def plan(
 def adapters(
     name: Annotated[str, typer.Argument(help="the deployment")],
     output: Annotated[str | None, typer.Option("-o", "--output", help="json or yaml")] = None,
-    follow_latest: Annotated[
-        bool, typer.Option("--follow-latest", help="drop the pin: serve the newest good adapter again")
-    ] = False,
+    follow_latest: Annotated[bool, typer.Option("--follow-latest", help="drop the pin: serve the newest good adapter again")] = False,
 ) -> None:
     """Show a deployment's adapter versions: staged, serving, superseded, rejected, failed."""
     if output not in (None, "json", "yaml"):
@@ -265,7 +255,9 @@ def adapters(
     client = _client()
     if follow_latest:
         client.request(
-            "PATCH", f"/v1/deployments/{name}", content=json.dumps({"spec": {"adapter": {"pin": None}}}),
+            "PATCH",
+            f"/v1/deployments/{name}",
+            content=json.dumps({"spec": {"adapter": {"pin": None}}}),
             headers={"Content-Type": "application/merge-patch+json"},
         )
         out.print(f"deployment/{name} follows the newest adapter")
@@ -298,7 +290,7 @@ def rollback(
     if version is None:
         versions = json_body(client.request("GET", f"/v1/deployments/{name}/adapters"))["items"]
         names = [v["version"] for v in versions]
-        older = versions[names.index(serving) + 1:] if serving in names else versions
+        older = versions[names.index(serving) + 1 :] if serving in names else versions
         earlier = next((v for v in older if v["state"] in ("Superseded", "Active", "Staged")), None)
         if earlier is None:
             raise CliError(f"deployment {name!r} has no earlier good adapter version to roll back to")
@@ -366,12 +358,11 @@ def import_toolkit(
 @app.command("export-toolkit")
 def export_toolkit(
     name: Annotated[str, typer.Argument(help="the deployment")],
-    project: Annotated[
-        Path | None, typer.Option(help="write PROJECT/infra/inference.config.json instead of printing it")
-    ] = None,
+    project: Annotated[Path | None, typer.Option(help="write PROJECT/infra/inference.config.json instead of printing it")] = None,
 ) -> None:
     """Write the AI Toolkit's inference.config.json for a deployment, ACA_APP_ENDPOINT included."""
-    from api.cli.toolkit import CONFIG_FILE, export_toolkit as convert
+    from api.cli.toolkit import CONFIG_FILE
+    from api.cli.toolkit import export_toolkit as convert
 
     response = _client().get_deployment(name)
     if response is None:
@@ -394,15 +385,12 @@ def export_toolkit(
 def serve(
     host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on (default 8080)", min=1, max=65535)] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="where the database and logs live")
-    ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="where the database and logs live")] = None,
     stop_children: Annotated[
         bool,
         typer.Option(
             "--stop-children",
-            help="on shutdown, stop the serving processes too (by default they keep serving "
-            "and the next start adopts them)",
+            help="on shutdown, stop the serving processes too (by default they keep serving and the next start adopts them)",
         ),
     ] = False,
     demo: Annotated[
@@ -423,9 +411,7 @@ def serve(
     try:
         settings = ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"LORAPLANE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"LORAPLANE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors())
         raise CliError(f"invalid settings: {problems}") from exc
     run_service(settings, stop_children=stop_children, demo=demo)
 
@@ -468,9 +454,7 @@ def serving_wheel(
 @dev.command("azure-sim")
 def azure_sim(
     port: Annotated[int, typer.Option(help="port to listen on (0: any free one)", min=0, max=65535)] = 0,
-    workdir: Annotated[
-        Path, typer.Option("--workdir", help="where its CA bundle and certificate are written")
-    ] = Path(".azure-sim"),
+    workdir: Annotated[Path, typer.Option("--workdir", help="where its CA bundle and certificate are written")] = Path(".azure-sim"),
     lro_delay: Annotated[float, typer.Option(help="seconds a long-running operation takes", min=0)] = 1.0,
     share_root: Annotated[
         Path | None,
@@ -482,7 +466,9 @@ def azure_sim(
     ] = True,
     standin_replicas: Annotated[
         bool,
-        typer.Option("--standin-replicas", help="answer for every app as a healthy replica instead of running it (fleets); needs --no-run-containers"),
+        typer.Option(
+            "--standin-replicas", help="answer for every app as a healthy replica instead of running it (fleets); needs --no-run-containers"
+        ),
     ] = False,
     arm_limits: Annotated[
         bool, typer.Option("--arm-limits", help="apply ARM's throttling: 429 past 25 reads/s (burst 250) or 10 writes/s (burst 200)")
@@ -494,9 +480,13 @@ def azure_sim(
     if standin_replicas and run_containers:
         raise CliError("--standin-replicas answers for the apps instead of running them: add --no-run-containers")
     simulator = AzureSimulator(
-        workdir.resolve(), port=port, lro_delay_seconds=lro_delay,
-        share_root=share_root.resolve() if share_root else None, run_containers=run_containers,
-        standin_replicas=standin_replicas, arm_limits=arm_limits,
+        workdir.resolve(),
+        port=port,
+        lro_delay_seconds=lro_delay,
+        share_root=share_root.resolve() if share_root else None,
+        run_containers=run_containers,
+        standin_replicas=standin_replicas,
+        arm_limits=arm_limits,
     )
     simulator.start()
     out.print(f"Azure simulator at {simulator.url}")

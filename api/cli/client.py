@@ -110,5 +110,3 @@ def json_body(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise CliError(f"the API answered {response.status_code} with an unexpected body")
     return body
-
-

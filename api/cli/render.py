@@ -98,7 +98,9 @@ def audit_table(items: list[dict[str, Any]]) -> Table:
     for item in items:
         before, after = item.get("generationBefore"), item.get("generationAfter")
         generation = f"{before}->{after}" if before is not None and before != after else (str(after) if after is not None else "-")
-        table.add_row(item["at"][:19].replace("T", " "), item["actor"], item["action"], item["resource"], generation, item.get("detail") or "")
+        table.add_row(
+            item["at"][:19].replace("T", " "), item["actor"], item["action"], item["resource"], generation, item.get("detail") or ""
+        )
     return table
 
 
@@ -147,8 +149,7 @@ def describe(console: Console, item: dict[str, Any], events: list[dict[str, Any]
         ("Generation", f"{meta.get('generation')} (observed {status.get('observedGeneration', 0)})"),
         ("Phase", status.get("phase", "-")),
         ("Endpoint", status.get("endpoint") or "<none>"),
-        ("Adapter", f"desired {adapter.get('desiredVersion') or '-'}, serving "
-                    f"{adapter.get('servingVersion') or '-'}"),
+        ("Adapter", f"desired {adapter.get('desiredVersion') or '-'}, serving {adapter.get('servingVersion') or '-'}"),
     ]
     if meta.get("deletionTimestamp"):
         fields.append(("Deleting since", meta["deletionTimestamp"]))
@@ -188,9 +189,7 @@ def plan(console: Console, body: dict[str, Any]) -> None:
         return
     for action in actions:
         sign = {"create": "+", "delete": "-"}.get(action.get("verb"), "~")
-        console.print(
-            f"{sign} {action.get('verb')} {action.get('kind')} {action.get('name')}: {action.get('reason')}"
-        )
+        console.print(f"{sign} {action.get('verb')} {action.get('kind')} {action.get('name')}: {action.get('reason')}")
     if actions:
         summary = ", ".join(f"{count} to {verb}" for verb, count in sorted((body.get("summary") or {}).items()))
         console.print(f"deployment/{name}: {summary}")

@@ -28,8 +28,8 @@ from reconciler.journal import DatabaseJournal
 from reconciler.leader import LeadingController
 from state.access import AccessStore
 from state.db import make_engine, upgrade_database
-from state.lease import Lease
 from state.errors import NotFound
+from state.lease import Lease
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
@@ -176,11 +176,19 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     if authenticate:
         made = first_admin_token(settings, AccessStore(engine))
         if made is not None:
-            log.warning("no API tokens yet: made an admin token, readable by this user only, in %s "
-                        "(export LORAPLANE_TOKEN=$(cat %s); then 'loraplane token create' for the team)", made, made)
+            log.warning(
+                "no API tokens yet: made an admin token, readable by this user only, in %s "
+                "(export LORAPLANE_TOKEN=$(cat %s); then 'loraplane token create' for the team)",
+                made,
+                made,
+            )
     else:
-        log.warning("AUTHENTICATION IS OFF (LORAPLANE_AUTH=off): anyone who can reach %s:%d may do anything; "
-                    "use this for a single-user local run only", settings.host, settings.port)
+        log.warning(
+            "AUTHENTICATION IS OFF (LORAPLANE_AUTH=off): anyone who can reach %s:%d may do anything; "
+            "use this for a single-user local run only",
+            settings.host,
+            settings.port,
+        )
     app = create_app(store, reconciler, controller=controller, registry=registry, authenticate=authenticate)
     log.info("database %s is at the newest schema", shown)
     log.info("API on http://%s:%d (docs at /docs)", settings.host, settings.port)

@@ -54,11 +54,7 @@ def _parameter_values(document: dict[str, Any]) -> dict[str, Any]:
     parameters = document.get("parameters", document)
     if not isinstance(parameters, dict):
         return {}
-    return {
-        key: value.get("value") if isinstance(value, dict) else value
-        for key, value in parameters.items()
-        if not key.startswith("$")
-    }
+    return {key: value.get("value") if isinstance(value, dict) else value for key, value in parameters.items() if not key.startswith("$")}
 
 
 def import_toolkit(project: Path, *, name: str | None = None, location: str | None = None) -> dict[str, Any]:
@@ -66,9 +62,7 @@ def import_toolkit(project: Path, *, name: str | None = None, location: str | No
     config_path = project / CONFIG_FILE
     parameters_path = project / PARAMETERS_FILE
     if not config_path.is_file() and not parameters_path.is_file():
-        raise CliError(
-            f"{project} is not an AI Toolkit project: neither {CONFIG_FILE} nor {PARAMETERS_FILE} is there"
-        )
+        raise CliError(f"{project} is not an AI Toolkit project: neither {CONFIG_FILE} nor {PARAMETERS_FILE} is there")
     config = _read_json(config_path) if config_path.is_file() else {}
     parameters = _parameter_values(_read_json(parameters_path)) if parameters_path.is_file() else {}
     azure: dict[str, Any] = {}
@@ -106,7 +100,9 @@ def export_toolkit(deployment: dict[str, Any]) -> dict[str, str]:
     spec, status = deployment.get("spec", {}), deployment.get("status", {})
     azure = spec.get("azure")
     if spec.get("target") != "azure" or not azure:
-        raise CliError(f"deployment {deployment['metadata']['name']!r} targets {spec.get('target')!r}; only azure deployments have an AI Toolkit config")
+        raise CliError(
+            f"deployment {deployment['metadata']['name']!r} targets {spec.get('target')!r}; only azure deployments have an AI Toolkit config"
+        )
     return {
         "SUBSCRIPTION_ID": azure["subscriptionId"],
         "RESOURCE_GROUP_NAME": azure["resourceGroup"],

@@ -65,12 +65,28 @@ def _serving_container(target: Target, serving_wheel: str | None) -> aca.Contain
     assert azure is not None
     probes = [
         # A GPU replica pulls a large image and loads a model: give it up to 30 minutes to start.
-        aca.ContainerAppProbe(type="Startup", http_get=aca.ContainerAppProbeHttpGet(path="/healthz", port=SERVING_PORT),
-                              initial_delay_seconds=10, period_seconds=10, failure_threshold=180, timeout_seconds=5),
-        aca.ContainerAppProbe(type="Readiness", http_get=aca.ContainerAppProbeHttpGet(path="/readyz", port=SERVING_PORT),
-                              period_seconds=10, failure_threshold=3, timeout_seconds=5),
-        aca.ContainerAppProbe(type="Liveness", http_get=aca.ContainerAppProbeHttpGet(path="/healthz", port=SERVING_PORT),
-                              period_seconds=30, failure_threshold=5, timeout_seconds=5),
+        aca.ContainerAppProbe(
+            type="Startup",
+            http_get=aca.ContainerAppProbeHttpGet(path="/healthz", port=SERVING_PORT),
+            initial_delay_seconds=10,
+            period_seconds=10,
+            failure_threshold=180,
+            timeout_seconds=5,
+        ),
+        aca.ContainerAppProbe(
+            type="Readiness",
+            http_get=aca.ContainerAppProbeHttpGet(path="/readyz", port=SERVING_PORT),
+            period_seconds=10,
+            failure_threshold=3,
+            timeout_seconds=5,
+        ),
+        aca.ContainerAppProbe(
+            type="Liveness",
+            http_get=aca.ContainerAppProbeHttpGet(path="/healthz", port=SERVING_PORT),
+            period_seconds=30,
+            failure_threshold=5,
+            timeout_seconds=5,
+        ),
     ]
     container = aca.Container(
         name="serving",
@@ -157,39 +173,82 @@ def desired_resources(
         ),
     )
     return [
-        DesiredResource("ResourceGroup", azure.resource_group, group_id,
-                        resources.ResourceGroup(location=azure.location, tags=tags).as_dict(), (("location",),)),
-        DesiredResource("StorageAccount", azure.storage_account, account_id,
-                        storage.StorageAccountCreateParameters(
-                            sku=storage.Sku(name="Standard_LRS"), kind="StorageV2", location=azure.location, tags=tags,
-                        ).as_dict(), (("sku", "name"), ("kind",))),
-        DesiredResource("FileShare", azure.file_share, ids["FileShare"],
-                        storage.FileShare(share_quota=1024).as_dict(), ()),
-        DesiredResource("Workspace", azure.log_analytics, ids["Workspace"],
-                        logs.Workspace(location=azure.location, tags=tags, sku=logs.WorkspaceSku(name="PerGB2018"),
-                                       retention_in_days=30).as_dict(), (("properties", "sku", "name"),)),
-        DesiredResource("ManagedEnvironment", azure.environment, environment_id,
-                        aca.ManagedEnvironment(
-                            location=azure.location, tags=tags, workload_profiles=workload_profiles,
-                            app_logs_configuration=aca.AppLogsConfiguration(
-                                destination="log-analytics",
-                                log_analytics_configuration=aca.LogAnalyticsConfiguration(customer_id=workspace_customer_id),
-                            ),
-                        ).as_dict(),
-                        (("properties", "workloadProfiles"), ("properties", "appLogsConfiguration", "destination"),
-                         ("properties", "appLogsConfiguration", "logAnalyticsConfiguration", "customerId"))),
-        DesiredResource("EnvironmentStorage", azure.environment_storage, ids["EnvironmentStorage"],
-                        aca.ManagedEnvironmentStorage(properties=aca.ManagedEnvironmentStorageProperties(
-                            azure_file=aca.AzureFileProperties(account_name=azure.storage_account, share_name=azure.file_share,
-                                                               access_mode="ReadWrite"))).as_dict(),
-                        (("properties", "azureFile", "accountName"), ("properties", "azureFile", "shareName"),
-                         ("properties", "azureFile", "accessMode"))),
-        DesiredResource("ContainerApp", azure.app, ids["ContainerApp"],
-                        app.as_dict(),
-                        (("properties", "managedEnvironmentId"), ("properties", "workloadProfileName"),
-                         ("properties", "configuration", "ingress", "targetPort"),
-                         ("properties", "configuration", "ingress", "external"),
-                         ("properties", "template"))),
+        DesiredResource(
+            "ResourceGroup",
+            azure.resource_group,
+            group_id,
+            resources.ResourceGroup(location=azure.location, tags=tags).as_dict(),
+            (("location",),),
+        ),
+        DesiredResource(
+            "StorageAccount",
+            azure.storage_account,
+            account_id,
+            storage.StorageAccountCreateParameters(
+                sku=storage.Sku(name="Standard_LRS"),
+                kind="StorageV2",
+                location=azure.location,
+                tags=tags,
+            ).as_dict(),
+            (("sku", "name"), ("kind",)),
+        ),
+        DesiredResource("FileShare", azure.file_share, ids["FileShare"], storage.FileShare(share_quota=1024).as_dict(), ()),
+        DesiredResource(
+            "Workspace",
+            azure.log_analytics,
+            ids["Workspace"],
+            logs.Workspace(location=azure.location, tags=tags, sku=logs.WorkspaceSku(name="PerGB2018"), retention_in_days=30).as_dict(),
+            (("properties", "sku", "name"),),
+        ),
+        DesiredResource(
+            "ManagedEnvironment",
+            azure.environment,
+            environment_id,
+            aca.ManagedEnvironment(
+                location=azure.location,
+                tags=tags,
+                workload_profiles=workload_profiles,
+                app_logs_configuration=aca.AppLogsConfiguration(
+                    destination="log-analytics",
+                    log_analytics_configuration=aca.LogAnalyticsConfiguration(customer_id=workspace_customer_id),
+                ),
+            ).as_dict(),
+            (
+                ("properties", "workloadProfiles"),
+                ("properties", "appLogsConfiguration", "destination"),
+                ("properties", "appLogsConfiguration", "logAnalyticsConfiguration", "customerId"),
+            ),
+        ),
+        DesiredResource(
+            "EnvironmentStorage",
+            azure.environment_storage,
+            ids["EnvironmentStorage"],
+            aca.ManagedEnvironmentStorage(
+                properties=aca.ManagedEnvironmentStorageProperties(
+                    azure_file=aca.AzureFileProperties(
+                        account_name=azure.storage_account, share_name=azure.file_share, access_mode="ReadWrite"
+                    )
+                )
+            ).as_dict(),
+            (
+                ("properties", "azureFile", "accountName"),
+                ("properties", "azureFile", "shareName"),
+                ("properties", "azureFile", "accessMode"),
+            ),
+        ),
+        DesiredResource(
+            "ContainerApp",
+            azure.app,
+            ids["ContainerApp"],
+            app.as_dict(),
+            (
+                ("properties", "managedEnvironmentId"),
+                ("properties", "workloadProfileName"),
+                ("properties", "configuration", "ingress", "targetPort"),
+                ("properties", "configuration", "ingress", "external"),
+                ("properties", "template"),
+            ),
+        ),
     ]
 
 
@@ -222,9 +281,7 @@ def _holds(observed: Any, wanted: Any, named: bool = False) -> bool:
         return all(_holds(by_name.get(w["name"]), w) for w in wanted)
     if isinstance(wanted, list):
         return (
-            isinstance(observed, list)
-            and len(observed) == len(wanted)
-            and all(_holds(o, w) for o, w in zip(observed, wanted, strict=True))
+            isinstance(observed, list) and len(observed) == len(wanted) and all(_holds(o, w) for o, w in zip(observed, wanted, strict=True))
         )
     if isinstance(wanted, str) and isinstance(observed, str):
         return observed.lower() == wanted.lower()

@@ -77,8 +77,9 @@ class Inventory:
         self._keep(key, resource, at)
         return resource
 
-    def get_listed(self, resource_id: str, scope: str, read: Callable[[], Resource | None],
-                   read_all: Callable[[], Iterable[Resource]]) -> Resource | None:
+    def get_listed(
+        self, resource_id: str, scope: str, read: Callable[[], Resource | None], read_all: Callable[[], Iterable[Resource]]
+    ) -> Resource | None:
         """Like ``get``, but from a list of everything of its type in ``scope``, one list serving
         every resource there for ``max_age`` (what it did not hold did not exist when it was
         made); a resource loraplane changed is read alone."""

@@ -66,8 +66,12 @@ BUSY_STATES = {"inprogress", "creating", "updating", "deleting", "accepted", "pr
 FAILED_STATES = {"failed", "canceled"}
 # Where each kind lives: when the container is missing, so is what it would hold.
 CONTAINED_IN = {
-    "StorageAccount": "ResourceGroup", "FileShare": "StorageAccount", "Workspace": "ResourceGroup",
-    "ManagedEnvironment": "ResourceGroup", "EnvironmentStorage": "ManagedEnvironment", "ContainerApp": "ResourceGroup",
+    "StorageAccount": "ResourceGroup",
+    "FileShare": "StorageAccount",
+    "Workspace": "ResourceGroup",
+    "ManagedEnvironment": "ResourceGroup",
+    "EnvironmentStorage": "ManagedEnvironment",
+    "ContainerApp": "ResourceGroup",
 }
 
 
@@ -280,9 +284,13 @@ class AzureProvider:
     def _name_of(self, target: Target, kind: str) -> str:
         azure = self._azure(target)
         return {
-            "ResourceGroup": azure.resource_group, "StorageAccount": azure.storage_account, "FileShare": azure.file_share,
-            "Workspace": azure.log_analytics, "ManagedEnvironment": azure.environment,
-            "EnvironmentStorage": azure.environment_storage, "ContainerApp": azure.app,
+            "ResourceGroup": azure.resource_group,
+            "StorageAccount": azure.storage_account,
+            "FileShare": azure.file_share,
+            "Workspace": azure.log_analytics,
+            "ManagedEnvironment": azure.environment,
+            "EnvironmentStorage": azure.environment_storage,
+            "ContainerApp": azure.app,
         }[kind] or ""
 
     # ------------------------------------------------------------------------- observe
@@ -310,8 +318,7 @@ class AzureProvider:
             ours = (record is not None and record.created) or current is None or _owned_by_tags(current, target.name)
             state = busy.get(resource.kind, "").capitalize() or (provisioning_state(current) if current else "Missing")
             refs.append(ObservedResource(resource.kind, resource.id, state, "loraplane" if ours else "adopted"))
-        facts = {"observed": observed, "busy": busy, "wheel": wheel,
-                 "adopted": [r.kind for r in refs if r.managed_by == "adopted"]}
+        facts = {"observed": observed, "busy": busy, "wheel": wheel, "adopted": [r.kind for r in refs if r.managed_by == "adopted"]}
         endpoint, ready, detail = self._probe(observed.get("ContainerApp"))
         found, waiting = changes(target, facts)
         if azure.policy == "observe" and found:
@@ -396,9 +403,15 @@ class AzureProvider:
         resume = {
             ("create", "StorageAccount"): lambda: clients.storage.storage_accounts.begin_create(rg, name, body, continuation_token=token),
             ("create", "Workspace"): lambda: clients.logs.workspaces.begin_create_or_update(rg, name, body, continuation_token=token),
-            ("create", "ManagedEnvironment"): lambda: clients.apps.managed_environments.begin_create_or_update(rg, name, body, continuation_token=token),
-            ("update", "ManagedEnvironment"): lambda: clients.apps.managed_environments.begin_update(rg, name, body, continuation_token=token),
-            ("create", "ContainerApp"): lambda: clients.apps.container_apps.begin_create_or_update(rg, name, body, continuation_token=token),
+            ("create", "ManagedEnvironment"): lambda: clients.apps.managed_environments.begin_create_or_update(
+                rg, name, body, continuation_token=token
+            ),
+            ("update", "ManagedEnvironment"): lambda: clients.apps.managed_environments.begin_update(
+                rg, name, body, continuation_token=token
+            ),
+            ("create", "ContainerApp"): lambda: clients.apps.container_apps.begin_create_or_update(
+                rg, name, body, continuation_token=token
+            ),
             ("update", "ContainerApp"): lambda: clients.apps.container_apps.begin_update(rg, name, body, continuation_token=token),
             ("delete", "ResourceGroup"): lambda: clients.resources.resource_groups.begin_delete(rg, continuation_token=token),
             ("delete", "Workspace"): lambda: clients.logs.workspaces.begin_delete(rg, name, continuation_token=token),
@@ -420,8 +433,9 @@ class AzureProvider:
             self._pollers[key] = poller
         return poller
 
-    def _started(self, target: Target, resource_id: str, kind: str, verb: str, poller: LROPoller | None,
-                 sent_secrets: tuple[str, ...] = ()) -> None:
+    def _started(
+        self, target: Target, resource_id: str, kind: str, verb: str, poller: LROPoller | None, sent_secrets: tuple[str, ...] = ()
+    ) -> None:
         self.inventory.touched(resource_id)
         records = self.journal.records(target.uid)
         known = records.get(resource_id.lower())
@@ -584,8 +598,13 @@ class AzureProvider:
             cached = (url.rstrip("/"), key, time.monotonic())
             with self._lock:
                 self._share_access[cache_key] = cached
-        return ShareFiles(cached[0], azure.file_share or "", cached[1], ca_bundle=self.config.ca_bundle,
-                          on_auth_failure=lambda: self._forget_share_key(cache_key))
+        return ShareFiles(
+            cached[0],
+            azure.file_share or "",
+            cached[1],
+            ca_bundle=self.config.ca_bundle,
+            on_auth_failure=lambda: self._forget_share_key(cache_key),
+        )
 
     def _forget_share_key(self, cache_key: str) -> None:
         with self._lock:
@@ -616,7 +635,8 @@ class AzureProvider:
         observed = {r.kind: self._get(clients, target, r.kind) for r in resources}
         records = self.journal.records(target.uid)
         ours = {
-            r.kind for r in resources
+            r.kind
+            for r in resources
             if observed[r.kind] is not None
             and ((records.get(r.id.lower()) is not None and records[r.id.lower()].created) or _owned_by_tags(observed[r.kind], target.name))
         }

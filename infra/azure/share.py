@@ -3,6 +3,7 @@ shared key (fetched by the caller at the time of use, never stored)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -19,8 +20,15 @@ COPY_TIMEOUT_SECONDS = 300.0
 
 
 class ShareFiles:
-    def __init__(self, account_url: str, share: str, account_key: str, *, ca_bundle: Path | None = None,
-                 on_auth_failure: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        account_url: str,
+        share: str,
+        account_key: str,
+        *,
+        ca_bundle: Path | None = None,
+        on_auth_failure: Callable[[], None] | None = None,
+    ) -> None:
         options = {"connection_verify": str(ca_bundle)} if ca_bundle else {}
         self.client = ShareClient(account_url=account_url, share_name=share, credential=account_key, **options)
         self.on_auth_failure = on_auth_failure
@@ -43,10 +51,8 @@ class ShareFiles:
         """Every folder on the way to ``path`` (a folder), as ``mkdir -p``."""
         parts = [p for p in path.split("/") if p]
         for depth in range(1, len(parts) + 1):
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 self.client.get_directory_client("/".join(parts[:depth])).create_directory()
-            except ResourceExistsError:
-                pass
 
     def exists(self, path: str) -> bool:
         try:
@@ -75,10 +81,15 @@ class ShareFiles:
                     continue
                 properties = directory.get_file_client(item["name"]).get_file_properties()
                 md5 = properties.content_settings.content_md5
-                entries.append(ShareEntry(
-                    item["name"], properties.size, False, etag=properties.etag,
-                    md5=bytes(md5).hex() if md5 else None,
-                ))
+                entries.append(
+                    ShareEntry(
+                        item["name"],
+                        properties.size,
+                        False,
+                        etag=properties.etag,
+                        md5=bytes(md5).hex() if md5 else None,
+                    )
+                )
             return entries
         except ResourceNotFoundError:
             return None

@@ -23,8 +23,17 @@ DISTRIBUTION = "loraplane-serving"
 # What ``serving`` imports, by distribution name; their version ranges come from loraplane's
 # own metadata (pyproject.toml), so there is one place to change them.
 SERVING_DEPENDENCIES = (
-    "fastapi", "uvicorn", "pydantic", "pydantic-settings", "prometheus-client",
-    "torch", "transformers", "peft", "accelerate", "safetensors", "gradio",
+    "fastapi",
+    "uvicorn",
+    "pydantic",
+    "pydantic-settings",
+    "prometheus-client",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "safetensors",
+    "gradio",
 )
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same bytes
 
@@ -74,15 +83,17 @@ def build_serving_wheel(source: Path | None = None) -> ServingWheel:
     base = importlib.metadata.version("loraplane")
     version = f"{base}+g{digest.hexdigest()[:12]}"
     dist_info = f"loraplane_serving-{version}.dist-info"
-    metadata = "\n".join([
-        "Metadata-Version: 2.1",
-        f"Name: {DISTRIBUTION}",
-        f"Version: {version}",
-        "Summary: loraplane's inference app: transformers + peft behind an OpenAI-compatible API",
-        "Requires-Python: >=3.10",
-        *(f"Requires-Dist: {r}" for r in _requirements()),
-        "",
-    ])
+    metadata = "\n".join(
+        [
+            "Metadata-Version: 2.1",
+            f"Name: {DISTRIBUTION}",
+            f"Version: {version}",
+            "Summary: loraplane's inference app: transformers + peft behind an OpenAI-compatible API",
+            "Requires-Python: >=3.10",
+            *(f"Requires-Dist: {r}" for r in _requirements()),
+            "",
+        ]
+    )
     contents[f"{dist_info}/METADATA"] = metadata.encode()
     contents[f"{dist_info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: loraplane\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     contents[f"{dist_info}/entry_points.txt"] = b"[console_scripts]\nloraplane-serve = serving.__main__:main\n"

@@ -13,14 +13,13 @@ import copy
 import hashlib
 import math
 import random
-import string
 import shutil
+import string
 import uuid
-from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any
-
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -29,15 +28,14 @@ from infra.azuresim.containers import ContainerRunner
 from infra.azuresim.files import FilesSimulator
 from infra.azuresim.state import (
     REGIONS,
-    ArmLimits,
     TYPES,
     WORKLOAD_PROFILE_TYPES,
     ArmError,
+    ArmLimits,
     Faults,
     SimState,
     utc_now,
 )
-
 
 GROUP_RESOURCES = "resources"
 PAGE_SIZE = 100  # items per page of a list (ARM's pages vary by type; 100 is common)
@@ -71,7 +69,14 @@ def parse_path(path: str) -> Target:
     if len(parts) == 2:
         raise ArmError(404, "InvalidResourceType", "subscription-level calls are not simulated")
     if parts[2].lower() == "providers":  # subscription-level provider calls
-        return Target(subscription, None, None, base + "/" + "/".join(parts[2:]), "/".join(p.lower() for p in parts[5:]) or None, namespace=parts[3] if len(parts) > 3 else None)
+        return Target(
+            subscription,
+            None,
+            None,
+            base + "/" + "/".join(parts[2:]),
+            "/".join(p.lower() for p in parts[5:]) or None,
+            namespace=parts[3] if len(parts) > 3 else None,
+        )
     if parts[2].lower() != "resourcegroups" or len(parts) < 4:
         raise ArmError(404, "InvalidResourceType", f"no such ARM path: /{path}")
     group = parts[3]
@@ -140,8 +145,9 @@ class ArmSimulator:
     simulator itself, answering as a healthy replica that serves no adapter: for fleets of
     hundreds of apps, where a process each is out of the question (the benchmarks)."""
 
-    def __init__(self, state: SimState, files_root: Path, runner: ContainerRunner | None = None,
-                 standin_ingress: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self, state: SimState, files_root: Path, runner: ContainerRunner | None = None, standin_ingress: Callable[[], str] | None = None
+    ) -> None:
         self.state = state
         self.standin_ingress = standin_ingress
         self.secrets: dict[str, dict[str, str]] = {}  # container app id -> secret values
@@ -213,6 +219,7 @@ class ArmSimulator:
         app = FastAPI(title="loraplane Azure simulator", docs_url=None, redoc_url=None, openapi_url=None)
 
         if self.standin_ingress is not None:
+
             @app.get("/readyz")
             def standin_ready() -> dict[str, str]:
                 return {"status": "ready", "detail": "a stand-in replica of the Azure simulator"}
@@ -258,14 +265,20 @@ class ArmSimulator:
                     if wait is not None:
                         self.state.count("429", label)
                         seconds = max(1, math.ceil(wait))
-                        raise ArmError(429, "TooManyRequests", f"the subscription's {ArmLimits.kind_of(request.method)} budget is spent; "
-                                       f"retry after {seconds} seconds", {"Retry-After": str(seconds)})
+                        raise ArmError(
+                            429,
+                            "TooManyRequests",
+                            f"the subscription's {ArmLimits.kind_of(request.method)} budget is spent; retry after {seconds} seconds",
+                            {"Retry-After": str(seconds)},
+                        )
                 fault = self.state.draw_fault(request.method)
                 if fault == "slow":
                     await asyncio.sleep(self.state.faults.slow_seconds)
                 elif fault == "throttle":
                     seconds = self.state.faults.retry_after_seconds
-                    raise ArmError(429, "TooManyRequests", f"the request was throttled; retry after {seconds} seconds", {"Retry-After": str(seconds)})
+                    raise ArmError(
+                        429, "TooManyRequests", f"the request was throttled; retry after {seconds} seconds", {"Retry-After": str(seconds)}
+                    )
                 elif fault == "server_error":
                     raise ArmError(503, "ServiceUnavailable", "the service is temporarily unavailable")
                 body = None
@@ -328,7 +341,7 @@ class ArmSimulator:
         self._existing(target)
         prefix = (target.resource_id or "").lower() + "/providers/"
         with self.state.lock:
-            found = [r for key, r in sorted(self.state.resources.items()) if key.startswith(prefix) and key[len(prefix):].count("/") == 2]
+            found = [r for key, r in sorted(self.state.resources.items()) if key.startswith(prefix) and key[len(prefix) :].count("/") == 2]
         return [{k: r[k] for k in ("id", "name", "type", "location", "tags") if k in r} for r in found]
 
     def _existing(self, target: Target) -> dict[str, Any]:
@@ -339,7 +352,11 @@ class ArmSimulator:
         if self.state.get(f"/subscriptions/{target.subscription}/resourceGroups/{target.resource_group}") is None:
             raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{target.resource_group}' could not be found.")
         name = target.resource_id.rsplit("/", 1)[-1]
-        raise ArmError(404, "ResourceNotFound", f"The Resource '{target.type_name}/{name}' under resource group '{target.resource_group}' was not found.")
+        raise ArmError(
+            404,
+            "ResourceNotFound",
+            f"The Resource '{target.type_name}/{name}' under resource group '{target.resource_group}' was not found.",
+        )
 
     def _visible(self, resource: dict[str, Any]) -> dict[str, Any]:
         """What GET shows: secret values and account keys are never read back (as in Azure)."""
@@ -364,16 +381,30 @@ class ArmSimulator:
         if kind.parent is not None:
             parent_id = _parent_id(target.resource_id, target.type_name)
             if self.state.get(parent_id) is None:
-                self._existing(Target(target.subscription, target.resource_group, "resourceGroups", parent_id.split("/providers/")[0], None))
-                raise ArmError(404, "ParentResourceNotFound", f"Can not perform requested operation on nested resource. Parent resource '{parent_id.rsplit('/', 1)[-1]}' not found.")
+                self._existing(
+                    Target(target.subscription, target.resource_group, "resourceGroups", parent_id.split("/providers/")[0], None)
+                )
+                raise ArmError(
+                    404,
+                    "ParentResourceNotFound",
+                    f"Can not perform requested operation on nested resource. Parent resource '{parent_id.rsplit('/', 1)[-1]}' not found.",
+                )
         location = body.get("location")
         if kind.has_location:
             if not isinstance(location, str) or not location:
                 raise ArmError(400, "LocationRequired", "The location property is required for this definition.")
             if location.replace(" ", "").lower() not in REGIONS:
-                raise ArmError(400, "LocationNotAvailableForResourceType", f"The provided location '{location}' is not available for resource type '{target.type_name}'. List of available regions: {', '.join(sorted(REGIONS))}.")
+                raise ArmError(
+                    400,
+                    "LocationNotAvailableForResourceType",
+                    f"The provided location '{location}' is not available for resource type '{target.type_name}'. List of available regions: {', '.join(sorted(REGIONS))}.",
+                )
         if fault == "quota" and kind.long_running:
-            raise ArmError(409, "MaxRegionalQuotaExceeded", f"Operation could not be completed: managed environments in {location} cannot have more than 1 SubscriptionNCA100Gpus.")
+            raise ArmError(
+                409,
+                "MaxRegionalQuotaExceeded",
+                f"Operation could not be completed: managed environments in {location} cannot have more than 1 SubscriptionNCA100Gpus.",
+            )
         existing = self.state.get(target.resource_id)
         resource = {
             "id": existing["id"] if existing else target.resource_id,
@@ -393,11 +424,17 @@ class ArmSimulator:
         if kind.long_running:
             properties["provisioningState"] = "InProgress" if existing is None else "Updating"
             self.state.put(target.resource_id, resource)
-            failure = ArmError(500, "ProvisioningFailed", f"provisioning {target.type_name} '{resource['name']}' failed") if fault == "failed_operation" else None
+            failure = (
+                ArmError(500, "ProvisioningFailed", f"provisioning {target.type_name} '{resource['name']}' failed")
+                if fault == "failed_operation"
+                else None
+            )
             operation = self.state.start_operation(target.resource_id, "put", failure)
             url = self._operation_url(base, target, operation.id, api_version)
             if kind.put_style == "location":
-                return Response(status_code=202, headers={"Location": url.replace("/operationStatuses/", "/operationResults/"), "Retry-After": "0"})
+                return Response(
+                    status_code=202, headers={"Location": url.replace("/operationStatuses/", "/operationResults/"), "Retry-After": "0"}
+                )
             headers = {"Azure-AsyncOperation": url}
             return JSONResponse(self._visible(resource), status_code=200 if existing else 201, headers=headers)
         properties["provisioningState"] = "Succeeded"
@@ -418,8 +455,14 @@ class ArmSimulator:
         elif type_name == "microsoft.app/managedenvironments":
             for profile in properties.get("workloadProfiles") or []:
                 if profile.get("workloadProfileType") not in WORKLOAD_PROFILE_TYPES:
-                    raise ArmError(400, "InvalidWorkloadProfileType", f"workload profile type '{profile.get('workloadProfileType')}' is not supported in this region; supported: {', '.join(sorted(WORKLOAD_PROFILE_TYPES))}")
-            properties["defaultDomain"] = old.get("defaultDomain") or f"{_suffix()}.{resource['location'].replace(' ', '').lower()}.azurecontainerapps.io"
+                    raise ArmError(
+                        400,
+                        "InvalidWorkloadProfileType",
+                        f"workload profile type '{profile.get('workloadProfileType')}' is not supported in this region; supported: {', '.join(sorted(WORKLOAD_PROFILE_TYPES))}",
+                    )
+            properties["defaultDomain"] = (
+                old.get("defaultDomain") or f"{_suffix()}.{resource['location'].replace(' ', '').lower()}.azurecontainerapps.io"
+            )
             properties["staticIp"] = old.get("staticIp") or "20.1.2.3"
         elif type_name == FILE_SHARES:
             self.files.share_folder(target.resource_id.split("/")[8], resource["name"]).mkdir(parents=True, exist_ok=True)
@@ -440,7 +483,11 @@ class ArmSimulator:
         environment = self.state.get(environment_id) if environment_id else None
         if environment_id and environment is None:
             raise ArmError(400, "ManagedEnvironmentNotFound", f"the managed environment '{environment_id}' was not found")
-        domain = environment["properties"].get("defaultDomain", "example.azurecontainerapps.io") if environment else "example.azurecontainerapps.io"
+        domain = (
+            environment["properties"].get("defaultDomain", "example.azurecontainerapps.io")
+            if environment
+            else "example.azurecontainerapps.io"
+        )
         ingress = properties.get("configuration", {}).get("ingress")
         if isinstance(ingress, dict):
             # Where the runner's replicas answer, when it runs them: no DNS for ACA here.
@@ -522,12 +569,28 @@ class ArmSimulator:
         resource = self._existing(target)
         action, type_name = target.action, (target.type_name or "").lower()
         if method == "POST" and action == "listkeys" and type_name == "microsoft.storage/storageaccounts":
-            return JSONResponse({"keys": [
-                {"keyName": "key1", "value": _fake_key(resource["id"] + "1"), "permissions": "FULL", "creationTime": utc_now().isoformat()},
-                {"keyName": "key2", "value": _fake_key(resource["id"] + "2"), "permissions": "FULL", "creationTime": utc_now().isoformat()},
-            ]})
+            return JSONResponse(
+                {
+                    "keys": [
+                        {
+                            "keyName": "key1",
+                            "value": _fake_key(resource["id"] + "1"),
+                            "permissions": "FULL",
+                            "creationTime": utc_now().isoformat(),
+                        },
+                        {
+                            "keyName": "key2",
+                            "value": _fake_key(resource["id"] + "2"),
+                            "permissions": "FULL",
+                            "creationTime": utc_now().isoformat(),
+                        },
+                    ]
+                }
+            )
         if method == "POST" and action == "sharedkeys" and type_name == "microsoft.operationalinsights/workspaces":
-            return JSONResponse({"primarySharedKey": _fake_key(resource["id"] + "p"), "secondarySharedKey": _fake_key(resource["id"] + "s")})
+            return JSONResponse(
+                {"primarySharedKey": _fake_key(resource["id"] + "p"), "secondarySharedKey": _fake_key(resource["id"] + "s")}
+            )
         if method == "POST" and action == "listsecrets" and type_name == "microsoft.app/containerapps":
             values = self.secrets.get(resource["id"].lower(), {})
             return JSONResponse({"value": [{"name": name, "value": value} for name, value in values.items()]})
@@ -539,19 +602,42 @@ class ArmSimulator:
         if method == "GET" and action == "replicas" and type_name == "microsoft.app/containerapps/revisions":
             count = int(resource["properties"].get("replicas") or 0) if resource["properties"].get("active") else 0
             containers = ((resource["properties"].get("template") or {}).get("containers")) or []
-            return JSONResponse({"value": [
-                {"id": f"{resource['id']}/replicas/{resource['name']}-{index}", "name": f"{resource['name']}-{index}",
-                 "type": "Microsoft.App/containerApps/revisions/replicas",
-                 "properties": {"createdTime": resource["properties"].get("createdTime"), "runningState": "Running",
-                                "containers": [{"name": c.get("name"), "ready": True, "started": True, "restartCount": 0} for c in containers]}}
-                for index in range(count)
-            ]})
+            return JSONResponse(
+                {
+                    "value": [
+                        {
+                            "id": f"{resource['id']}/replicas/{resource['name']}-{index}",
+                            "name": f"{resource['name']}-{index}",
+                            "type": "Microsoft.App/containerApps/revisions/replicas",
+                            "properties": {
+                                "createdTime": resource["properties"].get("createdTime"),
+                                "runningState": "Running",
+                                "containers": [
+                                    {"name": c.get("name"), "ready": True, "started": True, "restartCount": 0} for c in containers
+                                ],
+                            },
+                        }
+                        for index in range(count)
+                    ]
+                }
+            )
         if method == "GET" and action == "workloadprofilestates" and type_name == "microsoft.app/managedenvironments":
-            return JSONResponse({"value": [
-                {"name": p.get("name"), "type": "Microsoft.App/managedEnvironments/workloadProfileStates",
-                 "properties": {"minimumCount": p.get("minimumCount", 0), "maximumCount": p.get("maximumCount", 1), "currentCount": 0}}
-                for p in resource["properties"].get("workloadProfiles") or []
-            ]})
+            return JSONResponse(
+                {
+                    "value": [
+                        {
+                            "name": p.get("name"),
+                            "type": "Microsoft.App/managedEnvironments/workloadProfileStates",
+                            "properties": {
+                                "minimumCount": p.get("minimumCount", 0),
+                                "maximumCount": p.get("maximumCount", 1),
+                                "currentCount": 0,
+                            },
+                        }
+                        for p in resource["properties"].get("workloadProfiles") or []
+                    ]
+                }
+            )
         raise ArmError(404, "InvalidResourceType", f"{method} {target.action} is not simulated for {target.type_name}")
 
     # --------------------------------------------------------- subscription-level calls
@@ -565,11 +651,19 @@ class ArmSimulator:
             location = parts[-2]
             if location.replace(" ", "").lower() not in REGIONS:
                 raise ArmError(404, "LocationNotFound", f"the location '{location}' is not known")
-            return JSONResponse({"value": [
-                {"name": name, "location": location, "type": "Microsoft.App/locations/availableManagedEnvironmentsWorkloadProfileTypes",
-                 "properties": {**spec, "displayName": name, "applicability": "LocationDefault"}}
-                for name, spec in WORKLOAD_PROFILE_TYPES.items()
-            ]})
+            return JSONResponse(
+                {
+                    "value": [
+                        {
+                            "name": name,
+                            "location": location,
+                            "type": "Microsoft.App/locations/availableManagedEnvironmentsWorkloadProfileTypes",
+                            "properties": {**spec, "displayName": name, "applicability": "LocationDefault"},
+                        }
+                        for name, spec in WORKLOAD_PROFILE_TYPES.items()
+                    ]
+                }
+            )
         raise ArmError(404, "InvalidResourceType", f"{method} {target.resource_id} is not simulated")
 
     def _operation_url(self, base: str, target: Target, operation_id: str, api_version: str) -> str:

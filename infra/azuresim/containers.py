@@ -80,24 +80,32 @@ class ContainerRunner:
         if missing is not None:
             return missing
         port = self.port_for(app["id"])
-        env.update({
-            "LORAPLANE_HOST": "127.0.0.1",
-            "LORAPLANE_PORT": str(port),
-            "LORAPLANE_TLS_CERTFILE": str(self.certfile),
-            "LORAPLANE_TLS_KEYFILE": str(self.keyfile),
-            "HF_HUB_OFFLINE": "1",
-        })
+        env.update(
+            {
+                "LORAPLANE_HOST": "127.0.0.1",
+                "LORAPLANE_PORT": str(port),
+                "LORAPLANE_TLS_CERTFILE": str(self.certfile),
+                "LORAPLANE_TLS_KEYFILE": str(self.keyfile),
+                "HF_HUB_OFFLINE": "1",
+            }
+        )
         log_handle = open(self.log_file(app["name"]), "ab")  # noqa: SIM115 - the child owns it
         try:
             process = subprocess.Popen(
-                self.command, env=env, stdout=log_handle, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                self.command,
+                env=env,
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             log_handle.close()
         with self._lock:
             self._processes[app["id"].lower()] = process
-        log.info("running %s's revision %s on port %d (pid %d)", app["name"], app["properties"].get("latestRevisionName"), port, process.pid)
+        log.info(
+            "running %s's revision %s on port %d (pid %d)", app["name"], app["properties"].get("latestRevisionName"), port, process.pid
+        )
         return None
 
     @staticmethod
@@ -141,5 +149,5 @@ def _remap(value: str, mounts: dict[str, Path]) -> str:
     """A path inside the container, as the same file on this machine."""
     for mount_path, folder in mounts.items():
         if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
-            return str(folder) + value[len(mount_path.rstrip("/")):]
+            return str(folder) + value[len(mount_path.rstrip("/")) :]
     return value

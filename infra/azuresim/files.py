@@ -31,8 +31,17 @@ API_VERSION_HEADER = "2025-11-05"
 # The headers a shared-key signature covers, in order (Range is signed as empty: the SDKs
 # send ranges as x-ms-range, which the canonical x-ms- headers cover).
 SIGNED_HEADERS = (
-    "content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
-    "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range",
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-md5",
+    "content-type",
+    "date",
+    "if-modified-since",
+    "if-match",
+    "if-none-match",
+    "if-unmodified-since",
+    "range",
 )
 
 
@@ -110,12 +119,20 @@ class FilesSimulator:
         scheme, _, credential = given.partition(" ")
         name, _, signature = credential.partition(":")
         if scheme != "SharedKey" or name != account or not signature:
-            raise FilesError(403, "AuthenticationFailed", "Server failed to authenticate the request: a SharedKey Authorization header for this account is required.")
+            raise FilesError(
+                403,
+                "AuthenticationFailed",
+                "Server failed to authenticate the request: a SharedKey Authorization header for this account is required.",
+            )
         for key in keys:
             for ordering in (_header_order, None):
                 if hmac.compare_digest(self._signature(request, account, key, ordering), signature):
                     return
-        raise FilesError(403, "AuthenticationFailed", "Server failed to authenticate the request. Make sure the value of Authorization header is formed correctly including the signature.")
+        raise FilesError(
+            403,
+            "AuthenticationFailed",
+            "Server failed to authenticate the request. Make sure the value of Authorization header is formed correctly including the signature.",
+        )
 
     @staticmethod
     def _signature(request: Request, account: str, key: str, ordering: Callable[[str], Any] | None) -> str:
@@ -144,17 +161,19 @@ class FilesSimulator:
         if target is not None and target.exists():
             stat = target.stat()
             moment = datetime.fromtimestamp(stat.st_mtime, UTC)
-            headers.update({
-                "ETag": _etag(stat),
-                "Last-Modified": _http_date(moment),
-                "x-ms-file-creation-time": _iso(moment),
-                "x-ms-file-last-write-time": _iso(moment),
-                "x-ms-file-change-time": _iso(moment),
-                "x-ms-file-attributes": "Directory" if target.is_dir() else "Archive",
-                "x-ms-file-permission-key": "4066528134148476695*1",
-                "x-ms-file-id": str(stat.st_ino),
-                "x-ms-file-parent-id": str(target.parent.stat().st_ino),
-            })
+            headers.update(
+                {
+                    "ETag": _etag(stat),
+                    "Last-Modified": _http_date(moment),
+                    "x-ms-file-creation-time": _iso(moment),
+                    "x-ms-file-last-write-time": _iso(moment),
+                    "x-ms-file-change-time": _iso(moment),
+                    "x-ms-file-attributes": "Directory" if target.is_dir() else "Archive",
+                    "x-ms-file-permission-key": "4066528134148476695*1",
+                    "x-ms-file-id": str(stat.st_ino),
+                    "x-ms-file-parent-id": str(target.parent.stat().st_ino),
+                }
+            )
         return headers
 
     # --------------------------------------------------------------------- directories
@@ -193,9 +212,13 @@ class FilesSimulator:
             moment = _iso(datetime.fromtimestamp(stat.st_mtime, UTC))
             times = f"<CreationTime>{moment}</CreationTime><LastAccessTime>{moment}</LastAccessTime><LastWriteTime>{moment}</LastWriteTime><ChangeTime>{moment}</ChangeTime><Last-Modified>{_http_date(datetime.fromtimestamp(stat.st_mtime, UTC))}</Last-Modified><Etag>{escape(_etag(stat))}</Etag>"
             if child.is_dir():
-                entries.append(f"<Directory><FileId>{stat.st_ino}</FileId><Name>{name}</Name><Properties>{times}</Properties><Attributes>Directory</Attributes><PermissionKey>4066528134148476695*1</PermissionKey></Directory>")
+                entries.append(
+                    f"<Directory><FileId>{stat.st_ino}</FileId><Name>{name}</Name><Properties>{times}</Properties><Attributes>Directory</Attributes><PermissionKey>4066528134148476695*1</PermissionKey></Directory>"
+                )
             else:
-                entries.append(f"<File><FileId>{stat.st_ino}</FileId><Name>{name}</Name><Properties><Content-Length>{stat.st_size}</Content-Length>{times}</Properties><Attributes>Archive</Attributes><PermissionKey>4066528134148476695*1</PermissionKey></File>")
+                entries.append(
+                    f"<File><FileId>{stat.st_ino}</FileId><Name>{name}</Name><Properties><Content-Length>{stat.st_size}</Content-Length>{times}</Properties><Attributes>Archive</Attributes><PermissionKey>4066528134148476695*1</PermissionKey></File>"
+                )
         relative = target.relative_to(folder).as_posix()
         body = (
             '<?xml version="1.0" encoding="utf-8"?>'
@@ -243,7 +266,11 @@ class FilesSimulator:
             with open(target, "r+b") as handle:
                 handle.seek(start)
                 handle.write(data)
-            return Response(status_code=201, headers=self._common(target) | {"x-ms-request-server-encrypted": "true", "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()})
+            return Response(
+                status_code=201,
+                headers=self._common(target)
+                | {"x-ms-request-server-encrypted": "true", "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()},
+            )
         if method == "PUT" and comp == "properties":
             if headers.get("x-ms-content-length"):
                 with open(target, "r+b") as handle:
@@ -296,7 +323,6 @@ class FilesSimulator:
             self.md5[target] = self.md5[source]
         return Response(status_code=202, headers=self._common(target) | {"x-ms-copy-id": str(uuid.uuid4()), "x-ms-copy-status": "success"})
 
-
     def _rename(self, folder: Path, target: Path, headers: Any) -> Response:
         """Rename within a share: atomic, as on the service (a reader sees the old file or
         the new one, never a part)."""
@@ -320,7 +346,7 @@ class FilesSimulator:
 def _byte_range(value: str | None) -> tuple[int, int]:
     if not value or not value.startswith("bytes=") or "-" not in value:
         raise FilesError(400, "InvalidHeaderValue", "a byte range (x-ms-range: bytes=START-END) is required")
-    start_text, _, end_text = value[len("bytes="):].partition("-")
+    start_text, _, end_text = value[len("bytes=") :].partition("-")
     try:
         start = int(start_text)
         end = int(end_text) if end_text else 2**62

@@ -46,8 +46,9 @@ class AzureSimulator:
         authority = trustme.CA()
         self.runner = ContainerRunner(workdir, authority, container_command) if run_containers else None
         self.state = SimState(lro_delay_seconds=lro_delay_seconds, limits=ArmLimits() if arm_limits else None)
-        self.arm = ArmSimulator(self.state, self.share_root, self.runner,
-                                standin_ingress=(lambda: f"{self.host}:{self.port}") if standin_replicas else None)
+        self.arm = ArmSimulator(
+            self.state, self.share_root, self.runner, standin_ingress=(lambda: f"{self.host}:{self.port}") if standin_replicas else None
+        )
         server_cert = authority.issue_cert(host, "localhost")
         self.ca_bundle = self.workdir / "azure-sim-ca.pem"
         authority.cert_pem.write_to_path(str(self.ca_bundle))
@@ -99,4 +100,3 @@ class AzureSimulator:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-

@@ -36,10 +36,17 @@ TYPES: dict[str, ResourceType] = {
     for t in [
         ResourceType("resourceGroups", None, long_running=False),
         ResourceType("Microsoft.Storage/storageAccounts", "resourceGroups", long_running=True, put_style="location"),
-        ResourceType("Microsoft.Storage/storageAccounts/fileServices/shares", "Microsoft.Storage/storageAccounts", long_running=False, has_location=False),
+        ResourceType(
+            "Microsoft.Storage/storageAccounts/fileServices/shares",
+            "Microsoft.Storage/storageAccounts",
+            long_running=False,
+            has_location=False,
+        ),
         ResourceType("Microsoft.OperationalInsights/workspaces", "resourceGroups", long_running=True),
         ResourceType("Microsoft.App/managedEnvironments", "resourceGroups", long_running=True),
-        ResourceType("Microsoft.App/managedEnvironments/storages", "Microsoft.App/managedEnvironments", long_running=False, has_location=False),
+        ResourceType(
+            "Microsoft.App/managedEnvironments/storages", "Microsoft.App/managedEnvironments", long_running=False, has_location=False
+        ),
         ResourceType("Microsoft.App/containerApps", "resourceGroups", long_running=True),
         ResourceType("Microsoft.App/containerApps/revisions", "Microsoft.App/containerApps", long_running=False, has_location=False),
     ]
@@ -60,12 +67,40 @@ WORKLOAD_PROFILE_TYPES = {
     "Consumption-GPU-NC8as-T4": {"category": "Consumption", "cores": 8, "memoryGiB": 56, "gpus": 1},
 }
 REGIONS = {
-    "eastus", "eastus2", "westus", "westus2", "westus3", "centralus", "northcentralus", "southcentralus",
-    "westcentralus", "canadacentral", "canadaeast", "brazilsouth", "northeurope", "westeurope", "uksouth",
-    "ukwest", "francecentral", "germanywestcentral", "norwayeast", "swedencentral", "switzerlandnorth",
-    "uaenorth", "southafricanorth", "centralindia", "southindia", "japaneast", "japanwest", "koreacentral",
-    "eastasia", "southeastasia", "australiaeast", "australiasoutheast",
-    "eastus2euap", "centraluseuap",  # Azure's canary regions, which Microsoft's examples use
+    "eastus",
+    "eastus2",
+    "westus",
+    "westus2",
+    "westus3",
+    "centralus",
+    "northcentralus",
+    "southcentralus",
+    "westcentralus",
+    "canadacentral",
+    "canadaeast",
+    "brazilsouth",
+    "northeurope",
+    "westeurope",
+    "uksouth",
+    "ukwest",
+    "francecentral",
+    "germanywestcentral",
+    "norwayeast",
+    "swedencentral",
+    "switzerlandnorth",
+    "uaenorth",
+    "southafricanorth",
+    "centralindia",
+    "southindia",
+    "japaneast",
+    "japanwest",
+    "koreacentral",
+    "eastasia",
+    "southeastasia",
+    "australiaeast",
+    "australiasoutheast",
+    "eastus2euap",
+    "centraluseuap",  # Azure's canary regions, which Microsoft's examples use
 }
 
 
@@ -279,6 +314,5 @@ class SimState:
                 revision["properties"].update(
                     {"provisioningState": "Provisioned", "runningState": "Running", "healthState": "Healthy"}
                     if failure is None
-                    else {"provisioningState": "Failed", "runningState": "Failed", "healthState": "Unhealthy",
-                          "provisioningError": failure}
+                    else {"provisioningState": "Failed", "runningState": "Failed", "healthState": "Unhealthy", "provisioningError": failure}
                 )

@@ -10,6 +10,7 @@ scan and adopted instead of started twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -109,10 +110,7 @@ class RunFolder:
 
 def _identity_matches(process: psutil.Process, create_time: float) -> bool:
     try:
-        return (
-            abs(process.create_time() - create_time) < 0.05
-            and process.status() != psutil.STATUS_ZOMBIE
-        )
+        return abs(process.create_time() - create_time) < 0.05 and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
@@ -237,10 +235,8 @@ def stop(process: psutil.Process, *, grace_seconds: float = 10.0) -> None:
         pass
     _, alive = psutil.wait_procs(targets, timeout=grace_seconds)
     for leftover in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             leftover.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(alive, timeout=5)
 
 

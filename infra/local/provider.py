@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -164,8 +165,7 @@ class LocalProvider:
             return [Action("delete", KIND, target.name, "scale.maxReplicas is 0")] if running else []
         if not facts["share_root_exists"]:
             raise PermanentError(
-                f"the share root {spec.local.share_root} does not exist or is not a folder; "
-                "create it or fix spec.local.shareRoot",
+                f"the share root {spec.local.share_root} does not exist or is not a folder; create it or fix spec.local.shareRoot",
                 reason="ShareRootNotFound",
             )
         if not facts["model_exists"]:
@@ -185,8 +185,7 @@ class LocalProvider:
                         last = facts["log_tail"].strip().splitlines()
                         said = f"; its log ends: {last[-1][:200]}" if last else ""
                         raise TemporaryError(
-                            f"the serving process exited {lived:.0f}s after starting{said}; "
-                            f"restarting in {wait:.0f}s",
+                            f"the serving process exited {lived:.0f}s after starting{said}; restarting in {wait:.0f}s",
                             reason="ServingProcessCrashed",
                             delay=wait,
                         )
@@ -255,9 +254,7 @@ class LocalProvider:
         process, _ = found
         port = port_of(process)
         if port is None:
-            raise TemporaryError(
-                f"cannot read the port of the serving process {process.pid}", reason="AdoptionFailed"
-            )
+            raise TemporaryError(f"cannot read the port of the serving process {process.pid}", reason="AdoptionFailed")
         folder.write_record(
             ProcessRecord(
                 uid=target.uid,
@@ -286,10 +283,8 @@ class LocalProvider:
         with self._lock:
             child = self._children.pop(name, None)
         if child is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
     # ----------------------------------------------------------------------------- delete
 

@@ -19,7 +19,11 @@ from tests.conftest import ServiceProcess, free_port
 def api(store: DeploymentStore) -> Iterator[ServiceProcess]:
     """No reconciler runs: what the store holds is exactly what the test wrote."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store, Reconciler(store, {})), host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(store, Reconciler(store, {})), host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

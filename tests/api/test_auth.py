@@ -89,8 +89,11 @@ def test_owner_and_audit_record_who_changed_what(secured, store):
     alice = {"Authorization": f"Bearer {tokens['deployer']}"}
     created = client.post("/v1/deployments", json=local_manifest("support-bot"), headers=alice)
     assert created.status_code == 201 and created.json()["metadata"]["owner"] == "deployer-user"
-    patched = client.patch("/v1/deployments/support-bot", content=b'{"spec": {"scale": {"maxReplicas": 2}}}',
-                           headers=alice | {"Content-Type": "application/merge-patch+json"})
+    patched = client.patch(
+        "/v1/deployments/support-bot",
+        content=b'{"spec": {"scale": {"maxReplicas": 2}}}',
+        headers=alice | {"Content-Type": "application/merge-patch+json"},
+    )
     assert patched.status_code == 200
     assert client.delete("/v1/deployments/support-bot", headers=alice).status_code == 202
     viewer = {"Authorization": f"Bearer {tokens['viewer']}"}
@@ -118,7 +121,9 @@ def test_a_token_is_shown_once_stored_as_a_hash_and_revoked_at_once(secured, sto
     bob = {"Authorization": f"Bearer {secret}"}
     assert client.get("/v1/deployments", headers=bob).status_code == 200
     with store.engine.connect() as connection:
-        dump = "\n".join(str(row) for table in ("api_token", "audit_event", "event") for row in connection.execute(text(f"SELECT * FROM {table}")))
+        dump = "\n".join(
+            str(row) for table in ("api_token", "audit_event", "event") for row in connection.execute(text(f"SELECT * FROM {table}"))
+        )
     assert secret not in dump and hash_token(secret) in dump
     assert client.delete("/v1/tokens/bob", headers=admin).status_code == 204
     assert client.get("/v1/deployments", headers=bob).status_code == 401

@@ -17,8 +17,9 @@ from tests.conftest import ServiceProcess, bin_path
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def run_cli(service: ServiceProcess | None, *args: str, stdin: str | None = None, url: str | None = None,
-            env: dict[str, str] | None = None):
+def run_cli(
+    service: ServiceProcess | None, *args: str, stdin: str | None = None, url: str | None = None, env: dict[str, str] | None = None
+):
     overrides = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
     env["LORAPLANE_URL"] = url or (service.url if service else "http://127.0.0.1:1")
@@ -100,9 +101,21 @@ def test_apply_get_describe_events_logs_delete(service, tmp_path, share):
 
     described = run_cli(service, "describe", "support-bot")
     assert described.returncode == 0, described.stderr
-    for words in ["Name:", "support-bot", "Generation:", "2 (observed 2)", "Phase:", "Ready",
-                  f"Endpoint:       {endpoint}", f"shareRoot: {share}", "Conditions:", "Serving",
-                  "Events:", "SpecChanged", "Created"]:
+    for words in [
+        "Name:",
+        "support-bot",
+        "Generation:",
+        "2 (observed 2)",
+        "Phase:",
+        "Ready",
+        f"Endpoint:       {endpoint}",
+        f"shareRoot: {share}",
+        "Conditions:",
+        "Serving",
+        "Events:",
+        "SpecChanged",
+        "Created",
+    ]:
         assert words in described.stdout, words
 
     history = run_cli(service, "events", "support-bot")

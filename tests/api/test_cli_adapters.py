@@ -24,17 +24,27 @@ def store(sqlite_store: DeploymentStore) -> DeploymentStore:
 def history(store: DeploymentStore) -> str:
     row = store.create(InferenceDeploymentCreate.model_validate(local_manifest()))
     start = datetime(2026, 11, 21, tzinfo=UTC)
-    for minutes, (version, state, message) in enumerate([
-        ("aaaaaaaaaaaa", "Superseded", None),
-        ("bbbbbbbbbbbb", "Active", None),
-        ("cccccccccccc", "Rejected", "it was trained for 'meta-llama/Meta-Llama-3-8B', but this deployment serves model-cache/x"),
-    ]):
-        store.add_adapter_version(AdapterVersion(
-            deployment_uid=row.uid, version=version, deployment_name=row.name, state=state, fingerprint=version * 5,
-            source_path="models/qlora/qlora/gpu_model/adapter", path=f".loraplane/support-bot/adapters/{version}",
-            files=[{"name": "adapter_model.safetensors", "size": 2_500_000}], message=message,
-            detected_at=start + timedelta(minutes=minutes),
-        ))
+    for minutes, (version, state, message) in enumerate(
+        [
+            ("aaaaaaaaaaaa", "Superseded", None),
+            ("bbbbbbbbbbbb", "Active", None),
+            ("cccccccccccc", "Rejected", "it was trained for 'meta-llama/Meta-Llama-3-8B', but this deployment serves model-cache/x"),
+        ]
+    ):
+        store.add_adapter_version(
+            AdapterVersion(
+                deployment_uid=row.uid,
+                version=version,
+                deployment_name=row.name,
+                state=state,
+                fingerprint=version * 5,
+                source_path="models/qlora/qlora/gpu_model/adapter",
+                path=f".loraplane/support-bot/adapters/{version}",
+                files=[{"name": "adapter_model.safetensors", "size": 2_500_000}],
+                message=message,
+                detected_at=start + timedelta(minutes=minutes),
+            )
+        )
     status = DeploymentStatus.model_validate({"phase": "Ready", "adapter": {"servingVersion": "bbbbbbbbbbbb"}})
     store.update_status(row.name, status, uid=row.uid)
     return row.name

@@ -39,11 +39,22 @@ class Browser:
 
     def __init__(self, url: str) -> None:
         self.http = httpx.Client(base_url=url, timeout=60)
-        options = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                   "--disable-dev-shm-usage", "--window-size=1280,720"]
-        answer = self.http.post("/session", json={"capabilities": {"alwaysMatch": {
-            "browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM, "args": options}}}})
+        options = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,720",
+        ]
+        answer = self.http.post(
+            "/session",
+            json={"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM, "args": options}}}},
+        )
         answer.raise_for_status()
         self.session = f"/session/{answer.json()['value']['sessionId']}"
 
@@ -109,10 +120,26 @@ def test_the_dashboard_lists_deployments_and_follows_them_live(store, api, brows
 
     # A change made elsewhere shows up without a reload.
     row = store.get("support-bot")
-    store.update_status("support-bot", DeploymentStatus.model_validate({
-        "phase": "Ready", "endpoint": "http://127.0.0.1:7860", "adapter": {"servingVersion": "3f2a9c01d4e5"},
-        "conditions": [{"type": "Ready", "status": "True", "reason": "Serving", "message": "serving", "lastTransitionTime": "2026-11-21T10:00:00Z"}],
-    }), uid=row.uid)
+    store.update_status(
+        "support-bot",
+        DeploymentStatus.model_validate(
+            {
+                "phase": "Ready",
+                "endpoint": "http://127.0.0.1:7860",
+                "adapter": {"servingVersion": "3f2a9c01d4e5"},
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "Serving",
+                        "message": "serving",
+                        "lastTransitionTime": "2026-11-21T10:00:00Z",
+                    }
+                ],
+            }
+        ),
+        uid=row.uid,
+    )
     store.create(InferenceDeploymentCreate.model_validate(local_manifest("second-bot")))
     rows = browser.until(ROWS.replace("return ", "const rows = ") + "; return rows.length === 2 && rows[0][2] === 'Ready' ? rows : null")
     assert rows[0] == ["support-bot", "local", "Ready", "True", "http://127.0.0.1:7860", "3f2a9c01d4e5", "-"]
@@ -137,8 +164,15 @@ def test_with_authentication_on_the_dashboard_asks_for_a_token(store, browser):
     from reconciler.core import Reconciler
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store, Reconciler(store, {}), authenticate=True),
-                                           host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(store, Reconciler(store, {}), authenticate=True),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

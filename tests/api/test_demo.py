@@ -25,7 +25,9 @@ def test_the_demo_serves_a_chat_and_hot_reloads_the_second_adapter(tmp_path):
     try:
         announcement = eventually(
             lambda: re.search(r"is Ready at (\S+)\n.*?\n.*?\n.*?\n\s+(cp [^\n]+)\n", service.log.read_text(), re.S),
-            timeout=180, interval=0.5, what="the demo to be announced",
+            timeout=180,
+            interval=0.5,
+            what="the demo to be announced",
         )
         endpoint, swap_command = announcement.group(1), announcement.group(2)
         client = openai.OpenAI(base_url=f"{endpoint}/v1", api_key="unused", max_retries=0)

@@ -82,9 +82,7 @@ def test_a_missing_target_section_is_422(client):
 
 
 def test_malformed_json_is_400(client):
-    response = client.post(
-        "/v1/deployments", content=b"{not json", headers={"content-type": "application/json"}
-    )
+    response = client.post("/v1/deployments", content=b"{not json", headers={"content-type": "application/json"})
     assert_problem(response, 400, "not valid JSON")
 
 
@@ -271,9 +269,7 @@ def test_patch_accepts_plain_json_and_if_match(client):
 
 
 def test_patch_errors(client):
-    assert_problem(
-        client.patch("/v1/deployments/nobody", json={"spec": {}}, headers=MERGE), 404
-    )
+    assert_problem(client.patch("/v1/deployments/nobody", json={"spec": {}}, headers=MERGE), 404)
     create(client)
     body = assert_problem(
         client.patch(
@@ -290,16 +286,12 @@ def test_patch_errors(client):
     )
     assert body["errors"][0]["field"] == "status"
     assert_problem(
-        client.patch(
-            "/v1/deployments/support-bot", json={"metadata": {"name": "renamed"}}, headers=MERGE
-        ),
+        client.patch("/v1/deployments/support-bot", json={"metadata": {"name": "renamed"}}, headers=MERGE),
         422,
         "cannot be renamed",
     )
     assert_problem(
-        client.patch(
-            "/v1/deployments/support-bot", json={"metadata": {"labels": {"bad key": "x"}}}, headers=MERGE
-        ),
+        client.patch("/v1/deployments/support-bot", json={"metadata": {"labels": {"bad key": "x"}}}, headers=MERGE),
         422,
     )
     assert_problem(
@@ -373,9 +365,7 @@ def test_plan_of_a_deployment_lists_actions_and_changes_nothing(client, share, l
     create(client, local_manifest(share_root=str(share)))
     plan = client.post("/v1/deployments/support-bot/plan").json()
     assert plan["deployment"] == "support-bot" and plan["target"] == "local"
-    assert plan["actions"] == [
-        {"verb": "create", "kind": "ServingProcess", "name": "support-bot", "reason": "not running"}
-    ]
+    assert plan["actions"] == [{"verb": "create", "kind": "ServingProcess", "name": "support-bot", "reason": "not running"}]
     assert plan["summary"] == {"create": 1}
     assert "blocked" not in plan
     # A dry run: nothing was started, nothing was written.
@@ -439,10 +429,7 @@ def test_health_readiness_and_metrics(client):
     client.get("/v1/deployments/support-bot")
     text = client.get("/metrics").text
     assert 'loraplane_deployments{phase="Pending"} 1.0' in text
-    assert (
-        'loraplane_http_requests_total{method="GET",route="/v1/deployments/{name}",status="200"} 1.0'
-        in text
-    )
+    assert 'loraplane_http_requests_total{method="GET",route="/v1/deployments/{name}",status="200"} 1.0' in text
 
 
 def test_unknown_paths_and_methods_are_problems(client):

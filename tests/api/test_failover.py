@@ -44,24 +44,33 @@ def test_killing_the_leader_hands_over_within_the_lease_and_nothing_is_done_twic
         created = httpx.post(f"{follower.url}/v1/deployments", json=local_manifest(share_root=str(share)))
         assert created.status_code == 201
         uid = created.json()["metadata"]["uid"]
-        eventually(lambda: httpx.get(f"{follower.url}/v1/deployments/support-bot").json()["status"]["phase"] == "Ready",
-                   timeout=30, what="Ready")
+        eventually(
+            lambda: httpx.get(f"{follower.url}/v1/deployments/support-bot").json()["status"]["phase"] == "Ready", timeout=30, what="Ready"
+        )
         [serving] = serving_pids(uid)
 
         os.kill(leader_pid, signal.SIGKILL)
         leader.process.wait(timeout=10)
         killed_at = time.monotonic()
-        new_pid, new_epoch = eventually(lambda: (h := holder_pid(engine)) and h[0] != leader_pid and h, timeout=LEASE_SECONDS + 10, what="a new leader")
+        new_pid, new_epoch = eventually(
+            lambda: (h := holder_pid(engine)) and h[0] != leader_pid and h, timeout=LEASE_SECONDS + 10, what="a new leader"
+        )
         took = time.monotonic() - killed_at
         assert new_pid == follower.process.pid and new_epoch == epoch + 1
         assert took <= LEASE_SECONDS + 3, f"took {took:.1f}s"
 
         # The new leader reconciles: a spec change is observed; the serving process is adopted, not doubled.
-        patched = httpx.patch(f"{follower.url}/v1/deployments/support-bot", content=b'{"spec": {"adapter": {"settleSeconds": 5}}}',
-                              headers={"Content-Type": "application/merge-patch+json"})
+        patched = httpx.patch(
+            f"{follower.url}/v1/deployments/support-bot",
+            content=b'{"spec": {"adapter": {"settleSeconds": 5}}}',
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
         assert patched.status_code == 200 and patched.json()["metadata"]["generation"] == 2
-        eventually(lambda: httpx.get(f"{follower.url}/v1/deployments/support-bot").json()["status"]["observedGeneration"] == 2,
-                   timeout=30, what="the new leader to reconcile")
+        eventually(
+            lambda: httpx.get(f"{follower.url}/v1/deployments/support-bot").json()["status"]["observedGeneration"] == 2,
+            timeout=30,
+            what="the new leader to reconcile",
+        )
         time.sleep(2)
         assert serving_pids(uid) == [serving]
         assert "standby" not in httpx.get(f"{follower.url}/healthz").json()["detail"]

@@ -31,12 +31,15 @@ SUB = "00000000-0000-0000-0000-000000000000"
 
 def test_serve_runs_an_azure_deployment_against_the_simulator(tmp_path: Path):
     sim = AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.2, run_containers=True, container_command=STANDIN_COMMAND).start()
-    service = start_service(tmp_path / "data", env_overrides={
-        "LORAPLANE_AZURE_ARM_URL": sim.url,
-        "LORAPLANE_AZURE_CA_BUNDLE": str(sim.ca_bundle),
-        "LORAPLANE_AZURE_CREDENTIAL": "static",
-        "LORAPLANE_AZURE_POLLING_SECONDS": "0.1",
-    })
+    service = start_service(
+        tmp_path / "data",
+        env_overrides={
+            "LORAPLANE_AZURE_ARM_URL": sim.url,
+            "LORAPLANE_AZURE_CA_BUNDLE": str(sim.ca_bundle),
+            "LORAPLANE_AZURE_CREDENTIAL": "static",
+            "LORAPLANE_AZURE_POLLING_SECONDS": "0.1",
+        },
+    )
     try:
         manifest = azure_manifest("support-bot")
         spec = DeploymentSpec.model_validate(manifest["spec"]).with_defaults("support-bot")
@@ -67,9 +70,14 @@ def test_serve_runs_an_azure_deployment_against_the_simulator(tmp_path: Path):
         # Nor in any answer of the API: the deployment, its events, plan, adapters, audit.
         answers = "".join(
             httpx.get(f"{service.url}{path}").text if method == "GET" else httpx.post(f"{service.url}{path}").text
-            for method, path in [("GET", "/v1/deployments"), ("GET", "/v1/deployments/support-bot"),
-                                 ("GET", "/v1/deployments/support-bot/events"), ("POST", "/v1/deployments/support-bot/plan"),
-                                 ("GET", "/v1/deployments/support-bot/adapters"), ("GET", "/v1/audit")]
+            for method, path in [
+                ("GET", "/v1/deployments"),
+                ("GET", "/v1/deployments/support-bot"),
+                ("GET", "/v1/deployments/support-bot/events"),
+                ("POST", "/v1/deployments/support-bot/plan"),
+                ("GET", "/v1/deployments/support-bot/adapters"),
+                ("GET", "/v1/audit"),
+            ]
         )
         assert "support-bot" in answers and key not in answers and token not in answers
 

@@ -87,7 +87,9 @@ def test_watching_one_deployment_ends_when_it_is_gone(store, api):
 def test_get_w_prints_a_line_per_change(store, api):
     store.create(InferenceDeploymentCreate.model_validate(local_manifest("support-bot")))
     env = {"LORAPLANE_URL": api.url, "LORAPLANE_CONFIG": "/nonexistent/config.yaml", "PATH": "/usr/bin:/bin"}
-    process = subprocess.Popen([bin_path("loraplane"), "get", "-w", "--timeout", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [bin_path("loraplane"), "get", "-w", "--timeout", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     time.sleep(1.5)
     row = store.get("support-bot")
     store.update_status("support-bot", DeploymentStatus(phase="Ready"), uid=row.uid)

@@ -38,29 +38,113 @@ RES = "azure.mgmt.resource.resources"
 
 # example file -> (method, path template, body parameter, (SDK package, model), is a list)
 EXAMPLES: dict[str, tuple[str, str, str | None, tuple[str, str] | None, bool]] = {
-    "resources/resource-manager/Microsoft.Resources/stable/2025-04-01/examples/CreateResourceGroup.json": ("PUT", RG_PATH, "parameters", (RES, "ResourceGroup"), False),
-    "resources/resource-manager/Microsoft.Resources/resources/stable/2025-04-01/examples/ForceDeleteVMsInResourceGroup.json": ("DELETE", RG_PATH, None, None, False),
-    "resources/resource-manager/Microsoft.Resources/resources/stable/2025-04-01/examples/ForceDeleteVMsAndVMSSInResourceGroup.json": ("DELETE", RG_PATH, None, None, False),
-    "storage/resource-manager/Microsoft.Storage/stable/2026-09-01/examples/StorageAccountCreate.json": ("PUT", STORAGE, "parameters", (STORE, "StorageAccount"), False),
-    "storage/resource-manager/Microsoft.Storage/stable/2026-09-01/examples/StorageAccountGetProperties.json": ("GET", STORAGE, None, (STORE, "StorageAccount"), False),
-    "storage/resource-manager/Microsoft.Storage/stable/2025-08-01/examples/StorageAccountListKeys.json": ("POST", STORAGE + "/listKeys", None, (STORE, "StorageAccountListKeysResult"), False),
-    "storage/resource-manager/Microsoft.Storage/stable/2026-04-01/examples/FileSharesPut.json": ("PUT", STORAGE + "/fileServices/default/shares/{shareName}", "fileShare", (STORE, "FileShare"), False),
-    "storage/resource-manager/Microsoft.Storage/stable/2026-09-01/examples/FileSharesGet.json": ("GET", STORAGE + "/fileServices/default/shares/{shareName}", None, (STORE, "FileShare"), False),
+    "resources/resource-manager/Microsoft.Resources/stable/2025-04-01/examples/CreateResourceGroup.json": (
+        "PUT",
+        RG_PATH,
+        "parameters",
+        (RES, "ResourceGroup"),
+        False,
+    ),
+    "resources/resource-manager/Microsoft.Resources/resources/stable/2025-04-01/examples/ForceDeleteVMsInResourceGroup.json": (
+        "DELETE",
+        RG_PATH,
+        None,
+        None,
+        False,
+    ),
+    "resources/resource-manager/Microsoft.Resources/resources/stable/2025-04-01/examples/ForceDeleteVMsAndVMSSInResourceGroup.json": (
+        "DELETE",
+        RG_PATH,
+        None,
+        None,
+        False,
+    ),
+    "storage/resource-manager/Microsoft.Storage/stable/2026-09-01/examples/StorageAccountCreate.json": (
+        "PUT",
+        STORAGE,
+        "parameters",
+        (STORE, "StorageAccount"),
+        False,
+    ),
+    "storage/resource-manager/Microsoft.Storage/stable/2026-09-01/examples/StorageAccountGetProperties.json": (
+        "GET",
+        STORAGE,
+        None,
+        (STORE, "StorageAccount"),
+        False,
+    ),
+    "storage/resource-manager/Microsoft.Storage/stable/2025-08-01/examples/StorageAccountListKeys.json": (
+        "POST",
+        STORAGE + "/listKeys",
+        None,
+        (STORE, "StorageAccountListKeysResult"),
+        False,
+    ),
+    "storage/resource-manager/Microsoft.Storage/stable/2026-04-01/examples/FileSharesPut.json": (
+        "PUT",
+        STORAGE + "/fileServices/default/shares/{shareName}",
+        "fileShare",
+        (STORE, "FileShare"),
+        False,
+    ),
+    "storage/resource-manager/Microsoft.Storage/stable/2026-09-01/examples/FileSharesGet.json": (
+        "GET",
+        STORAGE + "/fileServices/default/shares/{shareName}",
+        None,
+        (STORE, "FileShare"),
+        False,
+    ),
     f"{LOGS}/WorkspacesCreate.json": ("PUT", WORKSPACE, "parameters", (LOG, "Workspace"), False),
     f"{LOGS}/WorkspacesGet.json": ("GET", WORKSPACE, None, (LOG, "Workspace"), False),
     f"{LOGS}/WorkspacesDelete.json": ("DELETE", WORKSPACE, None, None, False),
     f"{LOGS}/WorkspacesGetSharedKeys.json": ("POST", WORKSPACE + "/sharedKeys", None, (LOG, "SharedKeys"), False),
-    f"{LOGS}/OperationStatusesGet.json": ("GET", "/subscriptions/{subscriptionId}/providers/Microsoft.OperationalInsights/locations/{location}/operationStatuses/{asyncOperationId}", None, (LOG, "OperationStatus"), False),
+    f"{LOGS}/OperationStatusesGet.json": (
+        "GET",
+        "/subscriptions/{subscriptionId}/providers/Microsoft.OperationalInsights/locations/{location}/operationStatuses/{asyncOperationId}",
+        None,
+        (LOG, "OperationStatus"),
+        False,
+    ),
     f"{APP_NEW}/ManagedEnvironments_CreateOrUpdate.json": ("PUT", ENV, "environmentEnvelope", (APPS, "ManagedEnvironment"), False),
     f"{APP_NEW}/ManagedEnvironments_Get.json": ("GET", ENV, None, (APPS, "ManagedEnvironment"), False),
     f"{APP_NEW}/ManagedEnvironments_Delete.json": ("DELETE", ENV, None, None, False),
-    f"{APP_OLD}/ManagedEnvironments_ListWorkloadProfileStates.json": ("GET", ENV + "/workloadProfileStates", None, (APPS, "WorkloadProfileStates"), True),
-    f"{APP_OLD}/ManagedEnvironmentsStorages_CreateOrUpdate.json": ("PUT", ENV + "/storages/{storageName}", "storageEnvelope", (APPS, "ManagedEnvironmentStorage"), False),
-    f"{APP_NEW}/ManagedEnvironmentsStorages_CreateOrUpdate_NfsAzureFile.json": ("PUT", ENV + "/storages/{storageName}", "storageEnvelope", (APPS, "ManagedEnvironmentStorage"), False),
-    f"{APP_NEW}/ManagedEnvironmentsStorages_Get.json": ("GET", ENV + "/storages/{storageName}", None, (APPS, "ManagedEnvironmentStorage"), False),
+    f"{APP_OLD}/ManagedEnvironments_ListWorkloadProfileStates.json": (
+        "GET",
+        ENV + "/workloadProfileStates",
+        None,
+        (APPS, "WorkloadProfileStates"),
+        True,
+    ),
+    f"{APP_OLD}/ManagedEnvironmentsStorages_CreateOrUpdate.json": (
+        "PUT",
+        ENV + "/storages/{storageName}",
+        "storageEnvelope",
+        (APPS, "ManagedEnvironmentStorage"),
+        False,
+    ),
+    f"{APP_NEW}/ManagedEnvironmentsStorages_CreateOrUpdate_NfsAzureFile.json": (
+        "PUT",
+        ENV + "/storages/{storageName}",
+        "storageEnvelope",
+        (APPS, "ManagedEnvironmentStorage"),
+        False,
+    ),
+    f"{APP_NEW}/ManagedEnvironmentsStorages_Get.json": (
+        "GET",
+        ENV + "/storages/{storageName}",
+        None,
+        (APPS, "ManagedEnvironmentStorage"),
+        False,
+    ),
     f"{APP_NEW}/ManagedEnvironmentsStorages_List.json": ("GET", ENV + "/storages", None, (APPS, "ManagedEnvironmentStorage"), True),
     f"{APP_OLD}/ManagedEnvironmentsStorages_Delete.json": ("DELETE", ENV + "/storages/{storageName}", None, None, False),
-    f"{APP_NEW}/AvailableWorkloadProfiles_Get.json": ("GET", "/subscriptions/{subscriptionId}/providers/Microsoft.App/locations/{location}/availableManagedEnvironmentsWorkloadProfileTypes", None, (APPS, "AvailableWorkloadProfile"), True),
+    f"{APP_NEW}/AvailableWorkloadProfiles_Get.json": (
+        "GET",
+        "/subscriptions/{subscriptionId}/providers/Microsoft.App/locations/{location}/availableManagedEnvironmentsWorkloadProfileTypes",
+        None,
+        (APPS, "AvailableWorkloadProfile"),
+        True,
+    ),
     f"{APP_NEW}/ContainerApps_CreateOrUpdate.json": ("PUT", APP, "containerAppEnvelope", (APPS, "ContainerApp"), False),
     f"{APP_NEW}/ContainerApps_Get.json": ("GET", APP, None, (APPS, "ContainerApp"), False),
     f"{APP_NEW}/ContainerApps_Patch.json": ("PATCH", APP, "containerAppEnvelope", (APPS, "ContainerApp"), False),
@@ -75,8 +159,22 @@ EXAMPLES: dict[str, tuple[str, str, str | None, tuple[str, str] | None, bool]] =
 
 # Keys of a response body that the simulator models; others (dapr, identity, …) are the
 # caller's own and only echoed when sent.
-MODELLED_KEYS = {"id", "name", "type", "location", "properties", "tags", "sku", "kind", "keys", "value",
-                 "primarySharedKey", "secondarySharedKey", "status", "startTime"}
+MODELLED_KEYS = {
+    "id",
+    "name",
+    "type",
+    "location",
+    "properties",
+    "tags",
+    "sku",
+    "kind",
+    "keys",
+    "value",
+    "primarySharedKey",
+    "secondarySharedKey",
+    "status",
+    "startTime",
+}
 
 
 def test_every_example_of_an_operation_we_use_is_covered():
@@ -90,8 +188,15 @@ def sim(tmp_path) -> Iterator[AzureSimulator]:
         yield running
 
 
-def _exists(sim: AzureSimulator, resource_id: str, type_name: str, properties: dict | None = None, location: str | None = "westus3") -> None:
-    resource: dict[str, Any] = {"id": resource_id, "name": resource_id.rsplit("/", 1)[-1], "type": type_name, "properties": properties or {}}
+def _exists(
+    sim: AzureSimulator, resource_id: str, type_name: str, properties: dict | None = None, location: str | None = "westus3"
+) -> None:
+    resource: dict[str, Any] = {
+        "id": resource_id,
+        "name": resource_id.rsplit("/", 1)[-1],
+        "type": type_name,
+        "properties": properties or {},
+    }
     if location:
         resource["location"] = location
     sim.state.put(resource_id, resource)
@@ -119,11 +224,21 @@ def _arrange(sim: AzureSimulator, method: str, template: str, params: dict[str, 
         _exists(sim, APP.format(**values), "Microsoft.App/containerApps", (found or {}).get("properties"))
     if "{revisionName}" in template:
         revision = APP.format(**values) + f"/revisions/{values['revisionName']}"
-        _exists(sim, revision, "Microsoft.App/containerApps/revisions",
-                {"active": True, "replicas": 1, "template": {"containers": [{"name": "c", "image": "i"}]}}, location=None)
+        _exists(
+            sim,
+            revision,
+            "Microsoft.App/containerApps/revisions",
+            {"active": True, "replicas": 1, "template": {"containers": [{"name": "c", "image": "i"}]}},
+            location=None,
+        )
     if "{storageName}" in template and method != "PUT":
-        _exists(sim, ENV.format(**values) + f"/storages/{values['storageName']}", "Microsoft.App/managedEnvironments/storages",
-                {"azureFile": {"accountName": "a", "shareName": "s", "accessMode": "ReadOnly"}}, location=None)
+        _exists(
+            sim,
+            ENV.format(**values) + f"/storages/{values['storageName']}",
+            "Microsoft.App/managedEnvironments/storages",
+            {"azureFile": {"accountName": "a", "shareName": "s", "accessMode": "ReadOnly"}},
+            location=None,
+        )
     if template.endswith("/storages"):
         for item in example["responses"]["200"]["body"]["value"]:
             _exists(sim, path + "/" + item["name"], "Microsoft.App/managedEnvironments/storages", item.get("properties"), location=None)
@@ -133,7 +248,15 @@ def _arrange(sim: AzureSimulator, method: str, template: str, params: dict[str, 
     if "{shareName}" in template and method != "PUT":
         _exists(sim, path, "Microsoft.Storage/storageAccounts/fileServices/shares", {}, location=None)
     if template in (STORAGE, WORKSPACE, ENV) and method in ("GET", "DELETE"):
-        _exists(sim, path, {STORAGE: "Microsoft.Storage/storageAccounts", WORKSPACE: "Microsoft.OperationalInsights/workspaces", ENV: "Microsoft.App/managedEnvironments"}[template])
+        _exists(
+            sim,
+            path,
+            {
+                STORAGE: "Microsoft.Storage/storageAccounts",
+                WORKSPACE: "Microsoft.OperationalInsights/workspaces",
+                ENV: "Microsoft.App/managedEnvironments",
+            }[template],
+        )
     if template == APP and method in ("PATCH", "DELETE"):
         _exists(sim, path, "Microsoft.App/containerApps", {"template": {"containers": [{"name": "c", "image": "i"}]}})
     if method == "PUT" and template == APP:
@@ -158,13 +281,17 @@ def test_the_simulator_answers_each_example_in_its_shape(sim, example_file):
     if isinstance(body, dict) and method == "PUT" and "location" in body:
         body = {**body, "location": body["location"]}
     response = httpx.request(
-        method, f"{sim.url}{path}", params=query, json=body,
-        verify=ssl.create_default_context(cafile=str(sim.ca_bundle)), timeout=30,
+        method,
+        f"{sim.url}{path}",
+        params=query,
+        json=body,
+        verify=ssl.create_default_context(cafile=str(sim.ca_bundle)),
+        timeout=30,
     )
     codes = {int(code) for code in example["responses"]}
     assert response.status_code in codes, (response.status_code, response.text[:500])
     expected = example["responses"][str(response.status_code)]
-    for header in (expected.get("headers") or {}):
+    for header in expected.get("headers") or {}:
         if header.lower() in ("azure-asyncoperation", "location"):
             assert header.lower() in {h.lower() for h in response.headers}, (header, dict(response.headers))
     expected_body = expected.get("body")

@@ -36,7 +36,13 @@ def by_kind(t: Target, **kwargs) -> dict:
 def test_resources_come_parents_first_tagged_as_ours():
     resources = desired_resources(target(), serving_wheel="w.whl")
     assert [r.kind for r in resources] == [
-        "ResourceGroup", "StorageAccount", "FileShare", "Workspace", "ManagedEnvironment", "EnvironmentStorage", "ContainerApp"
+        "ResourceGroup",
+        "StorageAccount",
+        "FileShare",
+        "Workspace",
+        "ManagedEnvironment",
+        "EnvironmentStorage",
+        "ContainerApp",
     ]
     for resource in resources:
         if "location" in resource.body:
@@ -82,7 +88,9 @@ def test_the_gpu_workload_profile_is_in_the_environment():
         {"name": "gpu", "workloadProfileType": "Consumption-GPU-NC24-A100"},
     ]
     dedicated = azure_manifest()["spec"]["azure"] | {"workloadProfile": {"name": "a100", "type": "NC24-A100"}}
-    profiles = by_kind(target(azure=dedicated, scale={"minReplicas": 1, "maxReplicas": 3}))["ManagedEnvironment"].body["properties"]["workloadProfiles"]
+    profiles = by_kind(target(azure=dedicated, scale={"minReplicas": 1, "maxReplicas": 3}))["ManagedEnvironment"].body["properties"][
+        "workloadProfiles"
+    ]
     assert profiles[1] == {"name": "a100", "workloadProfileType": "NC24-A100", "minimumCount": 0, "maximumCount": 3}
 
 

@@ -33,6 +33,7 @@ class Azure:
             self.gets += 1
             found = self.apps.get(APP.format(name))
             return dict(found) if found else None
+
         return get
 
     def read_all(self):
@@ -88,8 +89,13 @@ def store(sqlite_store: DeploymentStore) -> DeploymentStore:
 
 def test_a_resync_of_a_fleet_in_one_group_lists_its_apps_instead_of_reading_each(store, tmp_path: Path):
     fleet = [f"bot-{index}" for index in range(12)]
-    shared = {"storageAccount": "teamstore", "fileShare": "models", "environment": "team-env",
-              "environmentStorage": "models", "logAnalytics": "team-logs"}
+    shared = {
+        "storageAccount": "teamstore",
+        "fileShare": "models",
+        "environment": "team-env",
+        "environmentStorage": "models",
+        "logAnalytics": "team-logs",
+    }
     with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.05, standin_replicas=True) as sim:
         provider = make_provider(store, sim)
         try:
@@ -108,8 +114,10 @@ def test_a_resync_of_a_fleet_in_one_group_lists_its_apps_instead_of_reading_each
             for name in fleet:
                 assert reconciler.reconcile(name).result == "converged"
             # ARM only: listing the adapter folders is the share's data plane.
-            seen = {method: {kind: n for kind, n in kinds.items() if not kind.startswith("Microsoft.Storage/fileShares/")}
-                    for method, kinds in calls(sim).items()}
+            seen = {
+                method: {kind: n for kind, n in kinds.items() if not kind.startswith("Microsoft.Storage/fileShares/")}
+                for method, kinds in calls(sim).items()
+            }
             assert {method for method, kinds in seen.items() if kinds} <= {"GET"}  # no writes
             # At most one list of the group's apps and one read of each shared resource: not 7 x 12.
             assert seen.get("GET", {}).get("Microsoft.App/containerApps", 0) <= 1

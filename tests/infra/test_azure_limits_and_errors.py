@@ -45,9 +45,7 @@ def test_a_bucket_gives_its_burst_then_one_token_per_interval():
 
 
 def test_calls_are_sorted_into_reads_writes_and_deletes():
-    assert [kind_of(m) for m in ("GET", "HEAD", "PUT", "PATCH", "POST", "DELETE")] == [
-        "read", "read", "write", "write", "write", "delete"
-    ]
+    assert [kind_of(m) for m in ("GET", "HEAD", "PUT", "PATCH", "POST", "DELETE")] == ["read", "read", "write", "write", "write", "delete"]
     limiter = ArmLimiter()
     # ARM's rates, with bursts a tenth below ARM's (250, 200, 200).
     assert limiter.buckets["read"].spec == BucketSpec(25.0, 225)
@@ -74,7 +72,9 @@ def set_faults(sim: AzureSimulator, **faults) -> None:
 def test_every_sdk_attempt_waits_for_a_token(sim):
     clock = FakeClock(0.0)
     waited: list[float] = []
-    limiter = ArmLimiter({"read": BucketSpec(5, 2), "write": BucketSpec(5, 1)}, clock=clock, sleep=lambda s: (waited.append(s), clock.advance(s)))
+    limiter = ArmLimiter(
+        {"read": BucketSpec(5, 2), "write": BucketSpec(5, 1)}, clock=clock, sleep=lambda s: (waited.append(s), clock.advance(s))
+    )
     client = ResourceManagementClient(
         StaticTokenCredential(), SUB, **options(sim, per_retry_policies=[limiter.policy()], retry_backoff_factor=0.01)
     )
@@ -120,9 +120,13 @@ def test_quota_is_a_slow_retry_carrying_azures_message(sim):
 
 def test_an_unknown_region_or_workload_profile_is_permanent(sim):
     apps = make_group_and_environment(sim)
-    error = classify_call(lambda: apps.managed_environments.begin_create_or_update("rg", "env", env(location="atlantis"), polling_interval=0.05).result())
+    error = classify_call(
+        lambda: apps.managed_environments.begin_create_or_update("rg", "env", env(location="atlantis"), polling_interval=0.05).result()
+    )
     assert isinstance(error, PermanentError) and error.reason == "UnknownRegion"
-    error = classify_call(lambda: apps.managed_environments.begin_create_or_update("rg", "env", env(profile="NC999-Quantum"), polling_interval=0.05).result())
+    error = classify_call(
+        lambda: apps.managed_environments.begin_create_or_update("rg", "env", env(profile="NC999-Quantum"), polling_interval=0.05).result()
+    )
     assert isinstance(error, PermanentError) and error.reason == "UnknownWorkloadProfile"
 
 
@@ -147,7 +151,9 @@ def test_a_failed_long_running_operation_is_temporary(sim):
     make_group_and_environment(sim)
     logs = LogAnalyticsManagementClient(StaticTokenCredential(), SUB, **options(sim, retry_total=0))
     set_faults(sim, rate=1.0, kinds=["failed_operation"])
-    error = classify_call(lambda: logs.workspaces.begin_create_or_update("rg", "logs", {"location": "westus3"}, polling_interval=0.05).result())
+    error = classify_call(
+        lambda: logs.workspaces.begin_create_or_update("rg", "logs", {"location": "westus3"}, polling_interval=0.05).result()
+    )
     assert isinstance(error, TemporaryError)
 
 

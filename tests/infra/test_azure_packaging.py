@@ -24,8 +24,15 @@ from tests.conftest import azure_manifest
 
 PROVISION = Path(__file__).resolve().parents[2] / "infra" / "provision"
 TOOLKIT_PARAMETERS = {
-    "defaultCommands", "maximumInstanceCount", "location", "storageAccountName", "fileShareName",
-    "acaEnvironmentName", "acaEnvironmentStorageName", "acaAppName", "acaLogAnalyticsName",
+    "defaultCommands",
+    "maximumInstanceCount",
+    "location",
+    "storageAccountName",
+    "fileShareName",
+    "acaEnvironmentName",
+    "acaEnvironmentStorageName",
+    "acaAppName",
+    "acaLogAnalyticsName",
 }
 
 
@@ -42,8 +49,22 @@ def test_the_serving_wheel_is_reproducible_and_pip_installs_it(tmp_path: Path):
     wheel.write_bytes(first.content)
     # pip checks the RECORD's hashes as it installs: a malformed wheel fails here.
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", "-q", "--target", str(tmp_path / "site"), str(wheel)],
-        check=True, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-q",
+            "--target",
+            str(tmp_path / "site"),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     assert (tmp_path / "site" / "serving" / "__main__.py").is_file()
 
@@ -65,7 +86,7 @@ def bicep_parameters() -> set[str]:
 
 
 def test_the_bicep_takes_the_ai_toolkits_parameters_and_creates_what_the_provider_manages():
-    assert TOOLKIT_PARAMETERS <= bicep_parameters()
+    assert bicep_parameters() >= TOOLKIT_PARAMETERS
     parameters = json.loads((PROVISION / "inference.parameters.json").read_text())["parameters"]
     assert set(parameters) == TOOLKIT_PARAMETERS
     assert set(parameters) <= bicep_parameters()
@@ -84,24 +105,44 @@ def test_the_bicep_takes_the_ai_toolkits_parameters_and_creates_what_the_provide
 
 def toolkit_project(root: Path, *, config: dict | None = None, parameters: dict | None = None) -> Path:
     (root / "infra" / "provision").mkdir(parents=True)
-    (root / "infra" / "inference.config.json").write_text(json.dumps(config if config is not None else {
-        "SUBSCRIPTION_ID": "11111111-2222-3333-4444-555555555555",
-        "RESOURCE_GROUP_NAME": "ai-toolkit-rg",
-        "STORAGE_ACCOUNT_NAME": "wasistorageab12c",
-        "FILE_SHARE_NAME": "wasifileshareab12c",
-        "ACA_APP_NAME": "wasiinference",
-        "ACA_APP_ENDPOINT": "",
-    }))
-    values = parameters if parameters is not None else {
-        "defaultCommands": ["cd /mount", "python ./scripts/inference.py"], "maximumInstanceCount": 2, "location": "westus3",
-        "storageAccountName": None, "fileShareName": None, "acaEnvironmentName": "wasienvab12c",
-        "acaEnvironmentStorageName": "wasienvstorageab12c", "acaAppName": None, "acaLogAnalyticsName": "wasilogab12c",
-    }
-    (root / "infra" / "provision" / "inference.parameters.json").write_text(json.dumps({
-        "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#",
-        "contentVersion": "1.0.0.0",
-        "parameters": {k: {"value": v} for k, v in values.items()},
-    }))
+    (root / "infra" / "inference.config.json").write_text(
+        json.dumps(
+            config
+            if config is not None
+            else {
+                "SUBSCRIPTION_ID": "11111111-2222-3333-4444-555555555555",
+                "RESOURCE_GROUP_NAME": "ai-toolkit-rg",
+                "STORAGE_ACCOUNT_NAME": "wasistorageab12c",
+                "FILE_SHARE_NAME": "wasifileshareab12c",
+                "ACA_APP_NAME": "wasiinference",
+                "ACA_APP_ENDPOINT": "",
+            }
+        )
+    )
+    values = (
+        parameters
+        if parameters is not None
+        else {
+            "defaultCommands": ["cd /mount", "python ./scripts/inference.py"],
+            "maximumInstanceCount": 2,
+            "location": "westus3",
+            "storageAccountName": None,
+            "fileShareName": None,
+            "acaEnvironmentName": "wasienvab12c",
+            "acaEnvironmentStorageName": "wasienvstorageab12c",
+            "acaAppName": None,
+            "acaLogAnalyticsName": "wasilogab12c",
+        }
+    )
+    (root / "infra" / "provision" / "inference.parameters.json").write_text(
+        json.dumps(
+            {
+                "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#",
+                "contentVersion": "1.0.0.0",
+                "parameters": {k: {"value": v} for k, v in values.items()},
+            }
+        )
+    )
     return root
 
 
@@ -110,9 +151,15 @@ def test_import_toolkit_adopts_what_the_project_provisioned(tmp_path: Path):
     assert manifest["metadata"] == {"name": "wasiinference"}
     assert manifest["spec"]["scale"] == {"minReplicas": 1, "maxReplicas": 2}
     assert manifest["spec"]["azure"] == {
-        "subscriptionId": "11111111-2222-3333-4444-555555555555", "resourceGroup": "ai-toolkit-rg", "location": "westus3",
-        "storageAccount": "wasistorageab12c", "fileShare": "wasifileshareab12c", "environment": "wasienvab12c",
-        "environmentStorage": "wasienvstorageab12c", "app": "wasiinference", "logAnalytics": "wasilogab12c",
+        "subscriptionId": "11111111-2222-3333-4444-555555555555",
+        "resourceGroup": "ai-toolkit-rg",
+        "location": "westus3",
+        "storageAccount": "wasistorageab12c",
+        "fileShare": "wasifileshareab12c",
+        "environment": "wasienvab12c",
+        "environmentStorage": "wasienvstorageab12c",
+        "app": "wasiinference",
+        "logAnalytics": "wasilogab12c",
     }
 
 

@@ -115,7 +115,7 @@ def drive(reconciler: Reconciler, until: Callable[[], bool], *, timeout: float =
 def _status_text(reconciler: Reconciler) -> str:
     try:
         return str(reconciler.store.get(NAME).status)
-    except Exception as exc:  # noqa: BLE001 - only for the failure message
+    except Exception as exc:
         return repr(exc)
 
 
@@ -134,9 +134,13 @@ def arm(sim: AzureSimulator):
 
 
 EXPECTED_TYPES = {
-    "resourceGroups", "Microsoft.Storage/storageAccounts", "Microsoft.Storage/storageAccounts/fileServices/shares",
-    "Microsoft.OperationalInsights/workspaces", "Microsoft.App/managedEnvironments",
-    "Microsoft.App/managedEnvironments/storages", "Microsoft.App/containerApps",
+    "resourceGroups",
+    "Microsoft.Storage/storageAccounts",
+    "Microsoft.Storage/storageAccounts/fileServices/shares",
+    "Microsoft.OperationalInsights/workspaces",
+    "Microsoft.App/managedEnvironments",
+    "Microsoft.App/managedEnvironments/storages",
+    "Microsoft.App/containerApps",
 }
 
 
@@ -153,8 +157,16 @@ def test_from_nothing_to_ready_creating_exactly_the_expected_resources(store, si
     assert set(writes(sim)["POST"]) <= {"Microsoft.Storage/storageAccounts", "Microsoft.OperationalInsights/workspaces"}
     assert "DELETE" not in writes(sim)
     assert [(r.kind, r.managed_by) for r in status.resources] == [
-        (kind, "loraplane") for kind in
-        ["ResourceGroup", "StorageAccount", "FileShare", "Workspace", "ManagedEnvironment", "EnvironmentStorage", "ContainerApp"]
+        (kind, "loraplane")
+        for kind in [
+            "ResourceGroup",
+            "StorageAccount",
+            "FileShare",
+            "Workspace",
+            "ManagedEnvironment",
+            "EnvironmentStorage",
+            "ContainerApp",
+        ]
     ]
     assert all(r.state == "Succeeded" for r in status.resources)
     # The default image installs the serving app from a wheel the reconciler put on the share.
@@ -198,7 +210,8 @@ def test_no_secret_is_written_to_the_database(store, sim, provider, tmp_path):
     assert provider.admin_token(target_of(store.get(NAME))) == admin_token
     with store.engine.connect() as connection:
         dump = "\n".join(
-            str(row) for table in ("inference_deployment", "event", "cloud_resource")
+            str(row)
+            for table in ("inference_deployment", "event", "cloud_resource")
             for row in connection.execute(text(f"SELECT * FROM {table}"))
         )
     assert account_key not in dump and admin_token not in dump
@@ -213,7 +226,11 @@ def test_a_restart_mid_operation_resumes_polling_without_a_second_put(store, tmp
         reconciler = Reconciler(store, {"azure": first}, poll_seconds=0.1)
         # Run until the container app's PUT is in flight, then "restart": a new provider,
         # with nothing in memory, on the same database.
-        drive(reconciler, lambda: any(r.kind == "ContainerApp" and r.operation for r in DatabaseJournal(store).records(store.get(NAME).uid).values()), timeout=90)
+        drive(
+            reconciler,
+            lambda: any(r.kind == "ContainerApp" and r.operation for r in DatabaseJournal(store).records(store.get(NAME).uid).values()),
+            timeout=90,
+        )
         restarted = make_provider(store, sim)
         drive(Reconciler(store, {"azure": restarted}, poll_seconds=0.1), ready(store), timeout=90)
         assert writes(sim)["PUT"] == {t: 1 for t in EXPECTED_TYPES}
@@ -226,9 +243,13 @@ def test_a_restart_mid_operation_resumes_polling_without_a_second_put(store, tmp
 def test_existing_storage_account_and_environment_are_adopted_and_survive_delete(store, sim, provider):
     groups, storage, apps = arm(sim)
     groups.resource_groups.create_or_update(RG, {"location": "westus3", "tags": {"team": "ml"}})
-    storage.storage_accounts.begin_create(RG, "teamstorage", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2", "tags": {"team": "ml"}}).result()
+    storage.storage_accounts.begin_create(
+        RG, "teamstorage", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2", "tags": {"team": "ml"}}
+    ).result()
     apps.managed_environments.begin_create_or_update(
-        RG, "finetune-env", {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}]}}
+        RG,
+        "finetune-env",
+        {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}]}},
     ).result()
     create(store, sim, storageAccount="teamstorage", environment="finetune-env")
     reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
@@ -236,8 +257,13 @@ def test_existing_storage_account_and_environment_are_adopted_and_survive_delete
 
     managed = {r.kind: r.managed_by for r in status_of(store).resources}
     assert managed == {
-        "ResourceGroup": "adopted", "StorageAccount": "adopted", "FileShare": "loraplane", "Workspace": "loraplane",
-        "ManagedEnvironment": "adopted", "EnvironmentStorage": "loraplane", "ContainerApp": "loraplane",
+        "ResourceGroup": "adopted",
+        "StorageAccount": "adopted",
+        "FileShare": "loraplane",
+        "Workspace": "loraplane",
+        "ManagedEnvironment": "adopted",
+        "EnvironmentStorage": "loraplane",
+        "ContainerApp": "loraplane",
     }
     environment = apps.managed_environments.get(RG, "finetune-env")
     # The GPU profile the spec asks for was added; what the team had is kept, tags too.
@@ -295,8 +321,15 @@ def test_policy_observe_reports_and_never_writes(store, sim, provider):
 def test_a_20_percent_fault_rate_still_converges_with_a_bounded_number_of_calls(store, sim, provider):
     create(store, sim)
     httpx.post(
-        f"{sim.url}/_sim/faults", verify=tls(sim),
-        json={"rate": 0.2, "kinds": ["throttle", "server_error", "slow", "failed_operation"], "retryAfterSeconds": 0, "slowSeconds": 0.2, "seed": 7},
+        f"{sim.url}/_sim/faults",
+        verify=tls(sim),
+        json={
+            "rate": 0.2,
+            "kinds": ["throttle", "server_error", "slow", "failed_operation"],
+            "retryAfterSeconds": 0,
+            "slowSeconds": 0.2,
+            "seed": 7,
+        },
     ).raise_for_status()
     reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
     passes: list[Outcome] = []

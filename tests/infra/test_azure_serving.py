@@ -46,7 +46,9 @@ def test_an_azure_deployment_serves_a_chat_completion_at_its_endpoint(tmp_path: 
         endpoint = DeploymentStatus.model_validate(store.get(NAME).status).endpoint
         tls = ssl.create_default_context(cafile=str(sim.ca_bundle))
         response = httpx.post(
-            f"{endpoint}/v1/chat/completions", verify=tls, timeout=60,
+            f"{endpoint}/v1/chat/completions",
+            verify=tls,
+            timeout=60,
             json={"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8},
         )
         assert response.status_code == 200, response.text

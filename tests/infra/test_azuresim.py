@@ -37,7 +37,6 @@ class Clients:
         self.logs = LogAnalyticsManagementClient(credential, SUB, **options)
         self.apps = ContainerAppsAPIClient(credential, SUB, **options)
 
-
     def close(self) -> None:
         for client in (self.resources, self.storage, self.logs, self.apps):
             client.close()
@@ -176,7 +175,11 @@ def test_throttling_says_retry_after_and_the_sdk_waits_and_retries(sim, clients)
     raw = httpx.get(f"{sim.url}/subscriptions/{SUB}/resourceGroups/rg?api-version=2025-04-01", verify=trusting(sim))
     assert raw.status_code == 429 and raw.headers["retry-after"] == "1"
     assert raw.json()["error"]["code"] == "TooManyRequests"
-    httpx.post(f"{sim.url}/_sim/faults", json={"rate": 0.5, "kinds": ["throttle", "server_error"], "retryAfterSeconds": 0, "seed": 3}, verify=trusting(sim))
+    httpx.post(
+        f"{sim.url}/_sim/faults",
+        json={"rate": 0.5, "kinds": ["throttle", "server_error"], "retryAfterSeconds": 0, "seed": 3},
+        verify=trusting(sim),
+    )
     for _ in range(5):  # the SDK's retry policy rides over the faults
         assert clients.resources.resource_groups.get("rg").name == "rg"
 
@@ -206,7 +209,8 @@ def test_the_cli_runs_the_simulator_and_says_where(tmp_path):
 
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "loraplane"), "dev", "azure-sim", "--workdir", str(tmp_path / "w")],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         url_line = process.stdout.readline()

@@ -32,7 +32,9 @@ def storage(sim: AzureSimulator) -> Iterator[StorageManagementClient]:
     options = {"base_url": sim.url, "connection_verify": str(sim.ca_bundle), "polling_interval": 0.05}
     ResourceManagementClient(StaticTokenCredential(), SUB, **options).resource_groups.create_or_update("rg", {"location": "westus3"})
     client = StorageManagementClient(StaticTokenCredential(), SUB, **options)
-    client.storage_accounts.begin_create("rg", "acct", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"}).result()
+    client.storage_accounts.begin_create(
+        "rg", "acct", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"}
+    ).result()
     client.file_shares.create("rg", "acct", "models", {})
     yield client
     client.close()

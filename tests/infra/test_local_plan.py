@@ -75,9 +75,7 @@ def test_a_missing_share_is_permanent(provider):
 
 def test_scale_to_zero_stops_it(provider):
     t = target(scale={"minReplicas": 0, "maxReplicas": 0})
-    assert provider.plan(t, observed(running=True)) == [
-        Action("delete", "ServingProcess", "bot", "scale.maxReplicas is 0")
-    ]
+    assert provider.plan(t, observed(running=True)) == [Action("delete", "ServingProcess", "bot", "scale.maxReplicas is 0")]
     assert provider.plan(t, observed()) == []
 
 

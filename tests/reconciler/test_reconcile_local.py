@@ -28,9 +28,7 @@ from tests.fakes import FakeClock, eventually
 
 
 def create(store: DeploymentStore, share: Path, name: str = "support-bot", **spec):
-    return store.create(
-        InferenceDeploymentCreate.model_validate(local_manifest(name=name, share_root=str(share), **spec))
-    )
+    return store.create(InferenceDeploymentCreate.model_validate(local_manifest(name=name, share_root=str(share), **spec)))
 
 
 def status_of(store: DeploymentStore, name: str = "support-bot") -> DeploymentStatus:
@@ -65,7 +63,9 @@ def test_create_becomes_ready_with_an_endpoint_that_answers(store, reconciler, s
     assert httpx.get(f"{status.endpoint}/healthz").status_code == 200
     conditions = {c.type: (c.status, c.reason) for c in status.conditions}
     assert conditions == {
-        "Ready": ("True", "Serving"), "Progressing": ("False", "Reconciled"), "Degraded": ("False", "AsExpected"),
+        "Ready": ("True", "Serving"),
+        "Progressing": ("False", "Reconciled"),
+        "Degraded": ("False", "AsExpected"),
         "AdapterSynced": ("False", "NoAdapter"),  # the share holds no adapter yet
     }
     assert [r.kind for r in status.resources] == ["ServingProcess"]
@@ -157,9 +157,7 @@ def test_a_recycled_pid_is_not_taken_for_ours(store, reconciler, share, local_pr
 
 def test_a_crash_loop_backs_off_on_a_fake_clock(store, share, tmp_path):
     clock = FakeClock()
-    crashing = LocalProvider(
-        tmp_path / "run", serving_command=[sys.executable, "-c", "import sys; sys.exit(3)"], clock=clock
-    )
+    crashing = LocalProvider(tmp_path / "run", serving_command=[sys.executable, "-c", "import sys; sys.exit(3)"], clock=clock)
     reconciler = Reconciler(store, {"local": crashing}, poll_seconds=0.2)
     queue = WorkQueue(clock=clock)
     controller = Controller(reconciler, queue=queue, registry=CollectorRegistry())
@@ -205,6 +203,7 @@ def test_the_controller_restarts_a_killed_process_and_reports_metrics(store, sha
         new = eventually(lambda: [p for p in serving_pids(row.uid) if p != pid], what="a new process")
         eventually(lambda: status_of(store).phase == "Ready" and status_of(store).resources[0].id == f"pid:{new[0]}", what="Ready again")
         assert controller.liveness()[0]
+
         # The pass after the restart that finds nothing to do counts as converged.
         def converged_metrics() -> str | None:
             text = generate_latest(registry).decode()
@@ -237,8 +236,13 @@ def test_liveness_fails_when_the_loop_makes_no_progress(store):
 def test_a_target_without_a_provider_is_permanent(store, reconciler):
     store.create(
         InferenceDeploymentCreate.model_validate(
-            {"metadata": {"name": "cloud-bot"}, "spec": {"target": "azure", "azure": {
-                "subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg", "location": "westus3"}}}
+            {
+                "metadata": {"name": "cloud-bot"},
+                "spec": {
+                    "target": "azure",
+                    "azure": {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg", "location": "westus3"},
+                },
+            }
         )
     )
     assert reconciler.reconcile("cloud-bot").result == "permanent"
@@ -247,7 +251,6 @@ def test_a_target_without_a_provider_is_permanent(store, reconciler):
     # Deleting it needs no teardown anywhere.
     store.request_deletion("cloud-bot")
     assert reconciler.reconcile("cloud-bot").result == "deleted"
-
 
 
 def test_a_database_failure_mid_pass_is_retried_and_keeps_the_worker(share, tmp_path):
@@ -285,8 +288,7 @@ def test_another_replicas_spec_change_is_picked_up_but_status_and_label_writes_a
     controller.sync_timers()
     assert controller.queue.depth() == 0
 
-    store.replace("support-bot", labels={"team": "search"},
-                  spec=DeploymentSpec.model_validate({**row.spec, "scale": {"maxReplicas": 2}}))
+    store.replace("support-bot", labels={"team": "search"}, spec=DeploymentSpec.model_validate({**row.spec, "scale": {"maxReplicas": 2}}))
     controller.sync_timers()
     assert controller.queue.depth() == 1
     assert controller.queue.get() == "support-bot"

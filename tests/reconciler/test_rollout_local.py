@@ -49,8 +49,9 @@ class Load:
         with httpx.Client(timeout=60) as client:
             while not self._stop.is_set():
                 try:
-                    response = client.post(f"{self.endpoint}/v1/chat/completions",
-                                           json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+                    response = client.post(
+                        f"{self.endpoint}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+                    )
                     if response.status_code == 200:
                         self.versions.append(response.headers["x-adapter-version"])
                     else:
@@ -152,7 +153,9 @@ def test_hot_reload_under_load_rejects_bad_adapters_and_rolls_back(store, tiny_s
         replace_adapter(tiny_share, THIRD_ADAPTER_PATH)
         config = tiny_share / ADAPTER_PATH / "adapter_config.json"
         config.write_text(json.dumps(json.loads(config.read_text()) | {"base_model_name_or_path": "meta-llama/Meta-Llama-3-8B"}))
-        foreign = eventually(lambda: [v for v in versions(client).values() if "meta-llama" in (v.get("message") or "")], timeout=30, what="the refusal")
+        foreign = eventually(
+            lambda: [v for v in versions(client).values() if "meta-llama" in (v.get("message") or "")], timeout=30, what="the refusal"
+        )
         assert foreign[0]["state"] == "Rejected"
         assert "trained for 'meta-llama/Meta-Llama-3-8B'" in foreign[0]["message"]
         time.sleep(1)

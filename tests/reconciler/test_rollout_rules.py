@@ -44,8 +44,13 @@ def test_the_fingerprint_follows_names_sizes_and_content_identity_not_order():
 
 
 def config(**changes) -> bytes:
-    document = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
-                "base_model_name_or_path": "microsoft/Phi-3-mini-4k-instruct"} | changes
+    document = {
+        "peft_type": "LORA",
+        "r": 8,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj", "v_proj"],
+        "base_model_name_or_path": "microsoft/Phi-3-mini-4k-instruct",
+    } | changes
     return json.dumps(document).encode()
 
 
@@ -85,8 +90,15 @@ def test_a_truncated_or_mismatched_safetensors_file_is_refused_from_its_header_a
 
 
 def version(name: str, state: str, minutes: int) -> AdapterVersion:
-    return AdapterVersion(deployment_uid="u", version=name, deployment_name="d", state=state, fingerprint=name,
-                          source_path="a", detected_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes))
+    return AdapterVersion(
+        deployment_uid="u",
+        version=name,
+        deployment_name="d",
+        state=state,
+        fingerprint=name,
+        source_path="a",
+        detected_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes),
+    )
 
 
 def test_the_newest_servable_version_serves_unless_one_is_pinned():
@@ -102,7 +114,11 @@ def test_the_newest_servable_version_serves_unless_one_is_pinned():
 def test_under_restart_the_environment_names_the_version_in_flight_else_the_one_serving():
     status = DeploymentStatus.model_validate({"adapter": {"servingVersion": "v1"}})
     assert restart_version(status) == "v1"
-    status = DeploymentStatus.model_validate({"adapter": {"servingVersion": "v1", "lastRollout": {"version": "v2", "result": "InProgress"}}})
+    status = DeploymentStatus.model_validate(
+        {"adapter": {"servingVersion": "v1", "lastRollout": {"version": "v2", "result": "InProgress"}}}
+    )
     assert restart_version(status) == "v2"
-    status = DeploymentStatus.model_validate({"adapter": {"servingVersion": "v1", "lastRollout": {"version": "v2", "result": "RolledBack"}}})
+    status = DeploymentStatus.model_validate(
+        {"adapter": {"servingVersion": "v1", "lastRollout": {"version": "v2", "result": "RolledBack"}}}
+    )
     assert restart_version(status) == "v1"

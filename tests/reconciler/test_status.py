@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from infra.errors import PermanentError, TemporaryError
 from infra.provider import Observation, ObservedResource
 from reconciler import status as statuses
 from reconciler.errors import Classified, classify
-from infra.errors import PermanentError, TemporaryError
 from state.resource import DeploymentStatus
 
 T0 = datetime(2026, 11, 21, tzinfo=UTC)

@@ -77,7 +77,7 @@ def test_backoff_doubles_from_one_second_to_five_minutes_with_jitter():
     backoff = Backoff(rng=random.Random(7))
     delays = [backoff.next_delay("a") for _ in range(12)]
     expected = [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
-    for delay, nominal in zip(delays, expected):
+    for delay, nominal in zip(delays, expected, strict=True):
         assert nominal * 0.8 <= delay <= min(300, nominal * 1.2)
     assert len(set(delays[:8])) == 8
     assert backoff.next_delay("b") <= 1.2  # per key

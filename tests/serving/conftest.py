@@ -56,9 +56,7 @@ def serve_app() -> Iterator[Callable[..., RunningApp]]:
             watch_interval_seconds=0.2,
             batch_wait_ms=20,
         )
-        settings = ServingSettings(
-            share_root=share, host="127.0.0.1", port=free_port(), **{**defaults, **overrides}
-        )
+        settings = ServingSettings(share_root=share, host="127.0.0.1", port=free_port(), **{**defaults, **overrides})
         app = create_app(settings)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -77,4 +75,3 @@ def serve_app() -> Iterator[Callable[..., RunningApp]]:
     for server, thread in servers:
         server.should_exit = True
         thread.join(timeout=30)
-

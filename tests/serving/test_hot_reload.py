@@ -49,8 +49,12 @@ class Load:
             while not self._stop.is_set():
                 try:
                     response = http.post(f"{self.url}/v1/chat/completions", json=PROMPT)
-                    record = (time.monotonic(), response.status_code, response.headers.get("x-adapter-version", ""),
-                              response.json()["choices"][0]["message"]["content"] if response.status_code == 200 else response.text)
+                    record = (
+                        time.monotonic(),
+                        response.status_code,
+                        response.headers.get("x-adapter-version", ""),
+                        response.json()["choices"][0]["message"]["content"] if response.status_code == 200 else response.text,
+                    )
                 except httpx.HTTPError as exc:
                     with self._lock:
                         self.errors.append(repr(exc))
@@ -85,7 +89,7 @@ def test_a_new_adapter_is_swapped_in_under_load_with_no_failed_request(serve_app
     assert set(versions) == {first_version, second_version}
     # Once the new version answers, the old one only finishes what it had started.
     last_old = max(i for i, v in enumerate(versions) if v == first_version)
-    assert versions.count(first_version) > 3 and versions[last_old + 1:].count(first_version) == 0
+    assert versions.count(first_version) > 3 and versions[last_old + 1 :].count(first_version) == 0
     assert versions[-1] == second_version
     # The outputs switched to the new adapter's.
     assert first_text != second_text
@@ -235,7 +239,9 @@ def test_concurrent_requests_share_batches(serve_app, tiny_share):
         thread.join()
     assert results == [200] * 8
     metrics = httpx.get(f"{app.url}/metrics").text
-    singles = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith('loraplane_serving_batch_size_bucket{le="1.0"}'))
+    singles = next(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith('loraplane_serving_batch_size_bucket{le="1.0"}')
+    )
     batches = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("loraplane_serving_batch_size_count"))
     assert batches < 8 and singles < batches  # some batches held more than one request
 

@@ -24,8 +24,10 @@ def client(app) -> openai.OpenAI:
 
 def test_the_openai_client_completes_a_chat(client, app):
     raw = client.chat.completions.with_raw_response.create(
-        model="support-bot", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
-        max_tokens=8, temperature=0,
+        model="support-bot",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+        max_tokens=8,
+        temperature=0,
     )
     version = raw.headers["x-adapter-version"]
     assert version.startswith("sha-")
@@ -41,8 +43,12 @@ def test_the_openai_client_completes_a_chat(client, app):
 
 def test_the_openai_client_streams_a_chat(client):
     stream = client.chat.completions.create(
-        model="support-bot", messages=[{"role": "user", "content": "Hello"}], max_tokens=6,
-        temperature=0, stream=True, stream_options={"include_usage": True},
+        model="support-bot",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -61,8 +67,10 @@ def test_the_openai_client_streams_a_chat(client):
 
 def test_sse_ends_with_done(app):
     with httpx.stream(
-        "POST", f"{app.url}/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}, timeout=60,
+        "POST",
+        f"{app.url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
+        timeout=60,
     ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-adapter-version"].startswith("sha-")
@@ -100,10 +108,18 @@ def test_the_base_model_can_be_asked_for_by_name(client):
 
 def test_a_seed_makes_sampling_repeatable(client):
     def sample(seed):
-        return client.chat.completions.create(
-            model="support-bot", messages=[{"role": "user", "content": "Tell me"}], max_tokens=12,
-            temperature=1.0, top_p=0.9, seed=seed,
-        ).choices[0].message.content
+        return (
+            client.chat.completions.create(
+                model="support-bot",
+                messages=[{"role": "user", "content": "Tell me"}],
+                max_tokens=12,
+                temperature=1.0,
+                top_p=0.9,
+                seed=seed,
+            )
+            .choices[0]
+            .message.content
+        )
 
     assert sample(7) == sample(7)
     assert len({sample(s) for s in (1, 2, 3, 4)}) > 1
@@ -195,7 +211,9 @@ def test_a_missing_adapter_is_not_ready_and_names_the_path(serve_app, tiny_share
 
 def test_base_only_when_allowed(serve_app, tiny_share):
     app = serve_app(tiny_share, adapter_path="models/none", allow_base_only=True)
-    response = httpx.post(f"{app.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 3}, timeout=30)
+    response = httpx.post(
+        f"{app.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 3}, timeout=30
+    )
     assert response.status_code == 200
     assert response.headers["x-adapter-version"] == "base"
     assert httpx.get(f"{app.url}/v1/adapter").json()["base_only"] is True
@@ -205,8 +223,10 @@ def test_a_waiting_stream_sends_keep_alive_comments(serve_app, tiny_share):
     app = serve_app(tiny_share, keepalive_seconds=0.1)
     busy = app.engine.call(lambda: time.sleep(1.0))  # the engine is busy: the stream must wait
     with httpx.stream(
-        "POST", f"{app.url}/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}, timeout=60,
+        "POST",
+        f"{app.url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
+        timeout=60,
     ) as response:
         lines = [line for line in response.iter_lines() if line]
     busy.result()

@@ -10,8 +10,13 @@ from tests.conftest import local_manifest
 
 def row(uid: str, version: str, minutes: int, state: str = "Staged") -> AdapterVersion:
     return AdapterVersion(
-        deployment_uid=uid, version=version, deployment_name="support-bot", state=state, fingerprint=version * 4,
-        source_path="models/adapter", path=f".loraplane/support-bot/adapters/{version}",
+        deployment_uid=uid,
+        version=version,
+        deployment_name="support-bot",
+        state=state,
+        fingerprint=version * 4,
+        source_path="models/adapter",
+        path=f".loraplane/support-bot/adapters/{version}",
         files=[{"name": "adapter_config.json", "size": 10, "etag": "1"}],
         detected_at=datetime(2026, 11, 21, tzinfo=UTC) + timedelta(minutes=minutes),
     )

@@ -30,9 +30,7 @@ def test_good_deployment_names_are_accepted(name):
     InferenceDeploymentCreate.model_validate(local_manifest(name=name))
 
 
-@pytest.mark.parametrize(
-    "name", ["a", "x" * 33, "Support", "1bot", "bot-", "bo--t", "bot_1", "bot.1", "bot\x00"]
-)
+@pytest.mark.parametrize("name", ["a", "x" * 33, "Support", "1bot", "bot-", "bo--t", "bot_1", "bot.1", "bot\x00"])
 def test_bad_deployment_names_are_refused_with_the_rule(name):
     errors = errors_of(local_manifest(name=name))
     assert "metadata.name" in errors
@@ -149,16 +147,12 @@ def test_defaulted_azure_names_are_valid_explicit_and_stable():
     assert azure.app == "x" * 32
     assert len(azure.storage_account) <= 24
     assert filled == spec.with_defaults("x" * 32)
-    other_group = DeploymentSpec.model_validate(
-        azure_manifest(name="x" * 32, resourceGroup="rg-other")["spec"]
-    ).with_defaults("x" * 32)
+    other_group = DeploymentSpec.model_validate(azure_manifest(name="x" * 32, resourceGroup="rg-other")["spec"]).with_defaults("x" * 32)
     assert other_group.azure.storage_account != azure.storage_account
 
 
 def test_named_azure_resources_are_kept_as_given():
-    spec = DeploymentSpec.model_validate(
-        azure_manifest(storageAccount="teamstore", app="chat")["spec"]
-    ).with_defaults("bot")
+    spec = DeploymentSpec.model_validate(azure_manifest(storageAccount="teamstore", app="chat")["spec"]).with_defaults("bot")
     assert (spec.azure.storage_account, spec.azure.app) == ("teamstore", "chat")
 
 

@@ -52,9 +52,7 @@ def test_generation_moves_only_with_the_spec_and_version_with_every_write(store)
     row, changed = store.replace("support-bot", labels={"team": "search"}, spec=spec_of())
     assert (changed, row.generation, row.resource_version) == (True, 1, 2)
 
-    row, changed = store.replace(
-        "support-bot", labels={"team": "search"}, spec=spec_of(scale={"maxReplicas": 2})
-    )
+    row, changed = store.replace("support-bot", labels={"team": "search"}, spec=spec_of(scale={"maxReplicas": 2}))
     assert (changed, row.generation, row.resource_version) == (True, 2, 3)
 
     status = DeploymentStatus(phase="Ready", observed_generation=2)
