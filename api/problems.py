@@ -163,7 +163,7 @@ def install(app: FastAPI) -> None:
         status, title = next((v for k, v in _STATE_ERRORS.items() if isinstance(exc, k)), (409, "Conflict"))
         errors = None
         if isinstance(exc, InvalidChange):
-            errors = [FieldError(field=f, message="is immutable") for f in exc.fields]
+            errors = [FieldError(field=f, message=m) for f, m in zip(exc.fields, exc.messages, strict=True)]
         return problem_response(request, status, title, exc.detail, errors=errors)
 
     @app.exception_handler(RequestValidationError)

@@ -30,9 +30,10 @@ class PreconditionFailed(StateError):
 class InvalidChange(StateError):
     """A change the resource's rules forbid, for example to an immutable field."""
 
-    def __init__(self, detail: str, fields: list[str]) -> None:
+    def __init__(self, detail: str, fields: list[str], messages: list[str] | None = None) -> None:
         super().__init__(detail)
         self.fields = fields
+        self.messages = messages or ["is immutable"] * len(fields)
 
 
 class Fenced(StateError):

@@ -19,9 +19,13 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from state import azure_limits
 
 API_VERSION = "loraplane/v1"
 KIND = "InferenceDeployment"
@@ -29,7 +33,6 @@ KIND = "InferenceDeployment"
 # The defaults follow the AI Toolkit's remote fine-tuning layout on the Azure Files share.
 DEFAULT_MODEL_PATH = "model-cache/microsoft/Phi-3-mini-4k-instruct"
 DEFAULT_ADAPTER_PATH = "models/qlora/qlora/gpu_model/adapter"
-DEFAULT_WORKLOAD_PROFILE_NAME = "gpu"
 DEFAULT_WORKLOAD_PROFILE_TYPE = "Consumption-GPU-NC24-A100"
 
 
@@ -247,9 +250,84 @@ class LocalSpec(CamelModel):
     share_root: AbsolutePath
 
 
+def field_errors(*problems: tuple[tuple[str | int, ...], str, Any]) -> ValidationError:
+    """A validation error naming each field by its path below the model that raises it, so the
+    API's 422 says ``spec.scale.maxReplicas`` rather than ``spec``."""
+    return ValidationError.from_exception_data(
+        "DeploymentSpec",
+        [InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value) for loc, message, value in problems],
+    )
+
+
 class WorkloadProfileSpec(CamelModel):
-    name: WorkloadProfileName = DEFAULT_WORKLOAD_PROFILE_NAME
+    """The workload profile the app runs on. ``type`` decides; ``name`` is optional: loraplane
+    reuses a profile of that type already in the environment under whatever name it has, and
+    names one it adds after the type (``Consumption`` is the Consumption profile's own name)."""
+
+    name: WorkloadProfileName | None = None
     type: WorkloadProfileType = DEFAULT_WORKLOAD_PROFILE_TYPE
+
+    @model_validator(mode="after")
+    def _known_type_and_fitting_name(self) -> WorkloadProfileSpec:
+        kind = azure_limits.profile_type(self.type)
+        if kind is None:
+            raise field_errors(
+                (
+                    ("type",),
+                    f"{self.type!r} is not a workload profile type loraplane knows; use one of {azure_limits.known_types()} "
+                    f"({azure_limits.WORKLOAD_PROFILES_PAGE})",
+                    self.type,
+                )
+            )
+        self.type = kind.name  # Azure's own spelling, so that one type is one string
+        if self.name is None:
+            return self
+        if kind.category == "Consumption" and self.name != "Consumption":
+            raise field_errors((("name",), "the Consumption profile is named 'Consumption': leave out workloadProfile.name", self.name))
+        if kind.category != "Consumption" and self.name.lower() == "consumption":
+            raise field_errors(
+                (
+                    ("name",),
+                    f"'Consumption' names the Consumption profile only; leave out workloadProfile.name for a {kind.name} profile",
+                    self.name,
+                )
+            )
+        return self
+
+
+MemoryQuantity = Annotated[str, _rule(r"\d+(\.\d{1,2})?Gi", "must be gibibytes with at most two decimals, such as '220Gi' or '0.5Gi'")]
+RegistryServer = Annotated[
+    str,
+    _rule(
+        r"[a-z0-9][a-z0-9-]{3,48}[a-z0-9]\.azurecr\.io",
+        "must be an Azure Container Registry's login server, such as 'myteam.azurecr.io'",
+    ),
+]
+RegistryIdentity = Annotated[
+    str,
+    _rule(
+        r"system|/subscriptions/[0-9a-fA-F-]{36}/resource[Gg]roups/[-\w.()]{1,90}/providers/Microsoft\.ManagedIdentity/userAssignedIdentities/[A-Za-z0-9][A-Za-z0-9_-]{2,127}",
+        "must be 'system' (the app's system-assigned identity) or a user-assigned identity's resource ID "
+        "(/subscriptions/…/resourceGroups/…/providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME)",
+    ),
+]
+
+
+class ContainerResourcesSpec(CamelModel):
+    """The serving container's size. Left out, it is the whole of one instance of the workload
+    profile (24 vCPU and 220Gi on the A100 types, as the AI Toolkit's template asks)."""
+
+    cpu: float = Field(gt=0, le=96)
+    memory: MemoryQuantity
+
+
+class RegistrySpec(CamelModel):
+    """A private Azure Container Registry that ``spec.azure.image`` comes from, pulled with a
+    managed identity that has AcrPull on it: ``system`` (the app's own, made with the app) or a
+    user-assigned identity's resource ID."""
+
+    server: RegistryServer
+    identity: RegistryIdentity = "system"
 
 
 class AzureSpec(CamelModel):
@@ -266,7 +344,48 @@ class AzureSpec(CamelModel):
     log_analytics: LogAnalyticsName | None = None
     workload_profile: WorkloadProfileSpec = Field(default_factory=WorkloadProfileSpec)
     image: ImageReference | None = None
+    registry: RegistrySpec | None = None
+    resources: ContainerResourcesSpec | None = None
     policy: Literal["manage", "observe", "detachOnDelete"] = "manage"
+
+    @model_validator(mode="after")
+    def _fits_azure(self) -> AzureSpec:
+        kind = azure_limits.profile_type(self.workload_profile.type)
+        assert kind is not None  # WorkloadProfileSpec checked it
+        problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+        where = azure_limits.region_problem(kind, self.location)
+        if where is not None:
+            problems.append((("workloadProfile", "type"), where, self.workload_profile.type))
+        if self.resources is not None:
+            memory = azure_limits.parse_memory(self.resources.memory)
+            assert memory is not None  # MemoryQuantity checked it
+            wrong = azure_limits.resources_problem(kind, self.resources.cpu, memory)
+            if wrong is not None:
+                problems.append((("resources",), wrong, self.resources.wire()))
+        if self.registry is not None:
+            if self.image is None:
+                problems.append(
+                    (("image",), f"is required with spec.azure.registry: name the serving image in {self.registry.server}", None)
+                )
+            elif self.image.split("/", 1)[0] != self.registry.server:
+                problems.append(
+                    (
+                        ("image",),
+                        f"{self.image!r} is not in the registry {self.registry.server}: name it as {self.registry.server}/NAME:TAG",
+                        self.image,
+                    )
+                )
+        if problems:
+            raise field_errors(*problems)
+        return self
+
+    def container_resources(self) -> tuple[float, str]:
+        """(cpu, memory) of the serving container: the spec's, else the profile's default."""
+        if self.resources is not None:
+            return self.resources.cpu, self.resources.memory
+        kind = azure_limits.profile_type(self.workload_profile.type)
+        assert kind is not None
+        return azure_limits.default_resources(kind)
 
 
 class DeploymentSpec(CamelModel):
@@ -286,6 +405,28 @@ class DeploymentSpec(CamelModel):
             )
         if self.target == "azure" and self.azure is None:
             raise ValueError("spec.azure is required when target is 'azure': give at least subscriptionId, resourceGroup and location")
+        if self.target == "azure":
+            limit = azure_limits.MAX_REPLICAS_LIMIT
+            problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+            if not 1 <= self.scale.max_replicas <= limit:
+                problems.append(
+                    (
+                        ("scale", "maxReplicas"),
+                        f"must be 1 to {limit} on the azure target: a container app runs at least one replica at its busiest "
+                        f"({azure_limits.SCALE_PAGE}); set minReplicas: 0 to let it scale to zero when idle",
+                        self.scale.max_replicas,
+                    )
+                )
+            if self.scale.min_replicas > limit:
+                problems.append(
+                    (
+                        ("scale", "minReplicas"),
+                        f"must be 0 to {limit} on the azure target ({azure_limits.SCALE_PAGE})",
+                        self.scale.min_replicas,
+                    )
+                )
+            if problems:
+                raise field_errors(*problems)
         return self
 
     def with_defaults(self, name: str) -> DeploymentSpec:
@@ -324,17 +465,44 @@ IMMUTABLE_SPEC_FIELDS: tuple[tuple[str, ...], ...] = (
 )
 
 
+def _at(document: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        document = document.get(part) if isinstance(document, dict) else None
+    return document
+
+
 def immutable_field_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted paths (``spec.target``) of immutable fields whose value differs."""
-    changed = []
-    for path in IMMUTABLE_SPEC_FIELDS:
-        a, b = old, new
-        for part in path:
-            a = a.get(part) if isinstance(a, dict) else None
-            b = b.get(part) if isinstance(b, dict) else None
-        if a is not None and a != b:
-            changed.append("spec." + ".".join(path))
-    return changed
+    return ["spec." + ".".join(path) for path in IMMUTABLE_SPEC_FIELDS if _at(old, path) is not None and _at(old, path) != _at(new, path)]
+
+
+def changes_not_in_place(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, why) for changes Azure cannot make to what already exists: a dedicated GPU
+    workload profile is added to an environment only when the environment is created
+    (workload-profiles-overview: "GPU-enabled Dedicated profiles must be configured when
+    creating an environment")."""
+    found = []
+    before, after = _at(old, ("azure", "workloadProfile", "type")), _at(new, ("azure", "workloadProfile", "type"))
+    kind = azure_limits.profile_type(after) if isinstance(after, str) else None
+    same_environment = _at(old, ("azure", "environment")) == _at(new, ("azure", "environment"))
+    if before is not None and before != after and kind is not None and kind.category == "DedicatedGPU" and same_environment:
+        found.append(
+            (
+                "spec.azure.workloadProfile.type",
+                f"Azure adds a dedicated GPU profile ({after}) to an environment only when it creates it, and "
+                f"{_at(new, ('azure', 'environment'))} exists: keep {before}, use a serverless GPU type "
+                f"(Consumption-GPU-NC24-A100), or name a new spec.azure.environment to be created with it",
+            )
+        )
+    if not same_environment and _at(old, ("azure", "app")) == _at(new, ("azure", "app")):
+        found.append(
+            (
+                "spec.azure.environment",
+                "a container app's environment is set when the app is created (managedEnvironmentId is create-only in "
+                "the Microsoft.App API): to move to another environment, also name a new spec.azure.app",
+            )
+        )
+    return found
 
 
 # --------------------------------------------------------------------------------------------

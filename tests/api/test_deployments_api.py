@@ -47,7 +47,78 @@ def test_create_fills_in_azure_names(client):
     azure = body["spec"]["azure"]
     assert azure["app"] == "support-bot"
     assert azure["environment"] == "support-bot-env"
-    assert azure["workloadProfile"] == {"name": "gpu", "type": "Consumption-GPU-NC24-A100"}
+    # The profile's name is left to loraplane: it reuses the environment's profile of that type.
+    assert azure["workloadProfile"] == {"type": "Consumption-GPU-NC24-A100"}
+
+
+def azure_with(**azure):
+    manifest = azure_manifest()
+    manifest["spec"]["azure"] |= azure
+    return manifest
+
+
+def field_errors(response) -> dict[str, str]:
+    body = assert_problem(response, 422)
+    return {e["field"]: e["message"] for e in body["errors"]}
+
+
+def test_the_azure_target_refuses_what_container_apps_would(client):
+    """maxReplicas below 1, a size the profile does not offer, a GPU type where the region has
+    none, a registry without its image: each a 422 naming the field and what would do."""
+    manifest = azure_manifest()
+    manifest["spec"]["scale"] = {"minReplicas": 0, "maxReplicas": 0}
+    assert "must be 1 to 300 on the azure target" in field_errors(client.post("/v1/deployments", json=manifest))["spec.scale.maxReplicas"]
+    wrong_size = field_errors(client.post("/v1/deployments", json=azure_with(resources={"cpu": 2, "memory": "4Gi"})))
+    assert "ask for exactly 24 vCPU and 220Gi" in wrong_size["spec.azure.resources"]
+    consumption = azure_with(workloadProfile={"type": "Consumption"}, resources={"cpu": 1.5, "memory": "2Gi"})
+    assert "2Gi per vCPU" in field_errors(client.post("/v1/deployments", json=consumption))["spec.azure.resources"]
+    no_gpus_there = field_errors(client.post("/v1/deployments", json=azure_with(location="eastus")))
+    assert "not offered in eastus" in no_gpus_there["spec.azure.workloadProfile.type"]
+    assert "westus3" in no_gpus_there["spec.azure.workloadProfile.type"]
+    unknown = field_errors(client.post("/v1/deployments", json=azure_with(workloadProfile={"type": "H100-Turbo"})))
+    assert "not a workload profile type" in unknown["spec.azure.workloadProfile.type"]
+    gpu_named_consumption = azure_with(workloadProfile={"type": "NC24-A100", "name": "Consumption"})
+    assert (
+        "'Consumption' names the Consumption profile only"
+        in field_errors(client.post("/v1/deployments", json=gpu_named_consumption))["spec.azure.workloadProfile.name"]
+    )
+    consumption_named_gpu = azure_with(workloadProfile={"type": "Consumption", "name": "gpu"})
+    assert (
+        "named 'Consumption'" in field_errors(client.post("/v1/deployments", json=consumption_named_gpu))["spec.azure.workloadProfile.name"]
+    )
+    registry = field_errors(client.post("/v1/deployments", json=azure_with(registry={"server": "myteam.azurecr.io"})))
+    assert "is required with spec.azure.registry" in registry["spec.azure.image"]
+    elsewhere = azure_with(registry={"server": "myteam.azurecr.io"}, image="docker.io/someone/serving:1")
+    assert "is not in the registry myteam.azurecr.io" in field_errors(client.post("/v1/deployments", json=elsewhere))["spec.azure.image"]
+    assert client.get("/v1/deployments").json()["items"] == []  # nothing of it was stored
+
+
+def test_the_azure_target_takes_a_size_the_profile_offers_and_a_registry(client):
+    dedicated = azure_with(
+        workloadProfile={"type": "NC24-A100"},
+        resources={"cpu": 12, "memory": "110Gi"},
+        image="myteam.azurecr.io/loraplane-serving:1.0",
+        registry={"server": "myteam.azurecr.io", "identity": "system"},
+    )
+    azure = create(client, dedicated).json()["spec"]["azure"]
+    assert azure["resources"] == {"cpu": 12.0, "memory": "110Gi"}
+    assert azure["registry"] == {"server": "myteam.azurecr.io", "identity": "system"}
+
+
+def test_a_workload_profile_change_azure_cannot_make_in_place_is_422(client):
+    create(client, azure_manifest())
+    to_dedicated = azure_with(workloadProfile={"type": "NC24-A100"})
+    errors = field_errors(client.put("/v1/deployments/support-bot", json=to_dedicated))
+    assert "only when it creates it" in errors["spec.azure.workloadProfile.type"]
+    assert "name a new spec.azure.environment" in errors["spec.azure.workloadProfile.type"]
+    # With a new environment (and app) it can be made: the environment is created with it.
+    moved = azure_with(workloadProfile={"type": "NC24-A100"}, environment="support-bot-a100", app="support-bot-a100")
+    assert client.put("/v1/deployments/support-bot", json=moved).status_code == 200
+    # An app's environment is set when the app is created.
+    errors = field_errors(
+        client.put("/v1/deployments/support-bot", json=azure_with(workloadProfile={"type": "NC24-A100"}, app="support-bot-a100"))
+    )
+    assert "managedEnvironmentId is create-only" in errors["spec.azure.environment"]
 
 
 def test_a_name_clash_is_409(client):
