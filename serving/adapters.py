@@ -1,19 +1,18 @@
 """LoRA adapters on disk: what version is there, whether it may be served, and which versions
-are in use. No torch here: inspecting an adapter reads JSON and the safetensors header."""
+are in use. No torch here: inspecting an adapter reads JSON and the safetensors header, and
+the verdict is ``serving.adapter_check``'s, the same as the reconciler's."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-import struct
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-CONFIG = "adapter_config.json"
-WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+from serving.adapter_check import CONFIG, WEIGHTS, check_config, check_safetensors_header, read_safetensors_head
 
 
 class AdapterError(Exception):
@@ -50,40 +49,10 @@ def content_fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _safetensors_keys(path: Path) -> list[str]:
-    """The tensor names in a safetensors file; raises if the header is truncated or corrupt."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise AdapterError(f"{path} is truncated (no safetensors header)")
-        (header_len,) = struct.unpack("<Q", raw)
-        if header_len > 100 * 1024 * 1024 or 8 + header_len > size:
-            raise AdapterError(f"{path} is truncated or not a safetensors file")
-        header = json.loads(handle.read(header_len))
-    end = max((meta["data_offsets"][1] for k, meta in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end > size:
-        raise AdapterError(f"{path} is truncated: its tensors run past the end of the file")
-    return [k for k in header if k != "__metadata__"]
-
-
-def _tail(name: str, parts: int = 2) -> str:
-    pieces = [p for p in re.split(r"[\\/]", name.strip()) if p]
-    return "/".join(pieces[-parts:]).lower()
-
-
-def base_model_matches(adapter_base: str | None, model_dir: Path, model_name: str | None) -> bool:
-    """The adapter's base_model_name_or_path names this model: by hub id (org/name) or path tail."""
-    if not adapter_base:
-        return True  # nothing recorded: the structural checks at load time decide
-    ours = {_tail(str(model_dir)), _tail(str(model_dir), 1)}
-    if model_name:
-        ours |= {_tail(model_name), _tail(model_name, 1)}
-    return _tail(adapter_base) in ours or _tail(adapter_base, 1) in ours
-
-
 def inspect_adapter(path: Path, *, version: str | None, model_dir: Path, model_name: str | None) -> Candidate:
-    """Checks that need no model: complete, parses, LoRA, for this base model, sane rank."""
+    """Checks that need no model (``serving.adapter_check``, as the reconciler makes them before
+    staging): complete, parses, LoRA, for this base model, a sane rank, a whole header whose
+    LoRA shapes agree with the rank."""
     if not path.is_dir():
         raise AdapterError(f"no adapter folder at {path}")
     config_file = path / CONFIG
@@ -93,26 +62,22 @@ def inspect_adapter(path: Path, *, version: str | None, model_dir: Path, model_n
     if weights is None:
         raise AdapterError(f"{path} has no adapter_model.safetensors (or .bin): not a complete adapter")
     try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise AdapterError(f"{config_file} does not parse as JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise AdapterError(f"{config_file} is not a JSON object")
-    if config.get("peft_type") != "LORA":
-        raise AdapterError(f"{config_file} has peft_type {config.get('peft_type')!r}: only LORA adapters are served")
-    rank = config.get("r")
-    if not isinstance(rank, int) or not 1 <= rank <= 1024:
-        raise AdapterError(f"{config_file} has rank r={rank!r}: it must be an integer from 1 to 1024")
-    targets = config.get("target_modules")
-    if not targets:
-        raise AdapterError(f"{config_file} names no target_modules")
-    base = config.get("base_model_name_or_path")
-    if not base_model_matches(base, model_dir, model_name):
-        raise AdapterError(f"the adapter at {path} was trained for {base!r}, but this app serves {model_dir}; it was refused")
+        raw = config_file.read_bytes()
+    except OSError as exc:
+        raise AdapterError(f"{config_file} cannot be read: {exc}") from exc
+    config, problem = check_config(raw, [str(model_dir), model_name or ""], served_as=str(model_dir))
+    if problem is not None or config is None:
+        raise AdapterError(f"the adapter at {path} was refused: {problem}")
     if weights.suffix == ".safetensors":
-        keys = _safetensors_keys(weights)
-        if not any("lora_" in key for key in keys):
-            raise AdapterError(f"{weights} holds no LoRA weights")
+        try:
+            head = read_safetensors_head(weights)
+        except OSError as exc:
+            raise AdapterError(f"{weights} cannot be read: {exc}") from exc
+        _, problem = check_safetensors_header(head, weights.stat().st_size, config["r"], name=weights.name)
+        if problem is not None:
+            raise AdapterError(f"the adapter at {path} was refused: {problem}")
+    elif weights.stat().st_size == 0:
+        raise AdapterError(f"the adapter at {path} was refused: adapter_model.bin is empty")
     fingerprint = content_fingerprint([config_file, weights])
     return Candidate(path, version or f"sha-{fingerprint[:12]}", fingerprint, config, weights)
 

@@ -8,10 +8,8 @@ per-row sampling, stopping and streaming, so concurrent clients share the forwar
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import struct
 import threading
 import time
 from collections import deque
@@ -19,11 +17,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from serving.adapter_check import check_safetensors_header, read_safetensors_head
 from serving.adapters import (
     AdapterError,
     AdapterRegistry,
@@ -201,7 +199,10 @@ class Engine:
                 raise AdapterError(f"the adapter at {candidate.path} targets modules this model does not have: {', '.join(missing)}")
         if candidate.weights.suffix != ".safetensors":
             return
-        for key, shape in _safetensors_shapes(candidate.weights).items():
+        shapes, _ = check_safetensors_header(
+            read_safetensors_head(candidate.weights), candidate.weights.stat().st_size, candidate.config["r"]
+        )
+        for key, shape in shapes.items():
             if ".lora_A" not in key and ".lora_B" not in key:
                 continue
             path = key.split(".lora_")[0]
@@ -482,13 +483,6 @@ def _run_task(fn: Callable[[], Any], future: Future) -> None:
 def _first_stop(text: str, stops: list[str], start: int) -> int | None:
     hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
     return min(hits) if hits else None
-
-
-def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
 
 
 def _four_bit_config(dtype_name: str, device: str) -> Any:

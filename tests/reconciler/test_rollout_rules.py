@@ -1,24 +1,13 @@
-"""The rollout's decisions, apart from any doing: completeness, fingerprints, validation,
-which version should serve."""
+"""The rollout's decisions, apart from any doing: completeness, fingerprints, which version
+should serve. (Validation is serving.adapter_check's: tests/serving/test_adapter_check.py.)"""
 
 from __future__ import annotations
 
-import json
-import struct
 from datetime import UTC, datetime, timedelta
 
 from infra.provider import ShareEntry
-from reconciler.rollout import (
-    check_config,
-    check_safetensors_header,
-    desired_version,
-    fingerprint,
-    fits_model,
-    incomplete,
-    restart_version,
-)
+from reconciler.rollout import desired_version, fingerprint, incomplete, restart_version
 from state.models import AdapterVersion
-from state.resource import DeploymentStatus
 
 MODEL = "model-cache/microsoft/Phi-3-mini-4k-instruct"
 
@@ -43,52 +32,6 @@ def test_the_fingerprint_follows_names_sizes_and_content_identity_not_order():
     assert fingerprint(files) != fingerprint([entry("adapter_config.json", etag="2"), entry("adapter_model.safetensors", 100)])
 
 
-def config(**changes) -> bytes:
-    document = {
-        "peft_type": "LORA",
-        "r": 8,
-        "lora_alpha": 16,
-        "target_modules": ["q_proj", "v_proj"],
-        "base_model_name_or_path": "microsoft/Phi-3-mini-4k-instruct",
-    } | changes
-    return json.dumps(document).encode()
-
-
-def test_a_config_must_be_lora_for_this_model_with_a_sane_rank():
-    assert check_config(config(), MODEL)[1] is None
-    assert check_config(b"{not json", MODEL)[1].startswith("adapter_config.json does not parse")
-    assert "only LoRA" in check_config(config(peft_type="IA3"), MODEL)[1]
-    assert "rank r=0" in check_config(config(r=0), MODEL)[1]
-    assert "rank r=True" in check_config(config(r=True), MODEL)[1]
-    assert "target_modules" in check_config(config(target_modules=[]), MODEL)[1]
-    problem = check_config(config(base_model_name_or_path="meta-llama/Meta-Llama-3-8B"), MODEL)[1]
-    assert problem == f"it was trained for 'meta-llama/Meta-Llama-3-8B', but this deployment serves {MODEL}"
-    assert fits_model("/home/me/models/Phi-3-mini-4k-instruct", MODEL)
-    assert fits_model(None, MODEL)
-
-
-def safetensors(tensors: dict[str, list[int]], data_bytes: int | None = None) -> tuple[bytes, int]:
-    header, offset = {}, 0
-    for name, shape in tensors.items():
-        size = 4 * shape[0] * shape[1]
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    head = struct.pack("<Q", len(raw)) + raw
-    return head, len(head) + (offset if data_bytes is None else data_bytes)
-
-
-def test_a_truncated_or_mismatched_safetensors_file_is_refused_from_its_header_alone():
-    tensors = {"base.q_proj.lora_A.weight": [8, 64], "base.q_proj.lora_B.weight": [64, 8]}
-    head, size = safetensors(tensors)
-    assert check_safetensors_header(head, size, rank=8) is None
-    assert "truncated" in check_safetensors_header(head, size - 100, rank=8)
-    assert "truncated" in check_safetensors_header(head[:20], 20, rank=8)
-    assert "rank 8" in check_safetensors_header(head, size, rank=16)
-    plain_head, plain_size = safetensors({"weight": [4, 4]})
-    assert check_safetensors_header(plain_head, plain_size, rank=8) == "adapter_model.safetensors holds no LoRA weights"
-
-
 def version(name: str, state: str, minutes: int) -> AdapterVersion:
     return AdapterVersion(
         deployment_uid="u",
@@ -111,14 +54,8 @@ def test_the_newest_servable_version_serves_unless_one_is_pinned():
     assert desired_version([], None) == (None, None)
 
 
-def test_under_restart_the_environment_names_the_version_in_flight_else_the_one_serving():
-    status = DeploymentStatus.model_validate({"adapter": {"servingVersion": "v1"}})
-    assert restart_version(status) == "v1"
-    status = DeploymentStatus.model_validate(
-        {"adapter": {"servingVersion": "v1", "lastRollout": {"version": "v2", "result": "InProgress"}}}
-    )
-    assert restart_version(status) == "v2"
-    status = DeploymentStatus.model_validate(
-        {"adapter": {"servingVersion": "v1", "lastRollout": {"version": "v2", "result": "RolledBack"}}}
-    )
-    assert restart_version(status) == "v1"
+def test_under_restart_the_app_is_started_with_the_version_in_flight_else_the_one_serving():
+    assert restart_version([version("v2", "Staged", 2), version("v1", "Active", 1)]) == "v1"
+    assert restart_version([version("v2", "Activating", 2), version("v1", "Active", 1)]) == "v2"
+    assert restart_version([version("v2", "Failed", 2), version("v1", "Active", 1)]) == "v1"  # rolled back
+    assert restart_version([version("v1", "Staged", 1)]) is None
