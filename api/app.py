@@ -17,9 +17,8 @@ from api.metrics import DeploymentPhaseCollector, HttpMetrics, MetricsMiddleware
 from api.problems import problem_response, problem_responses
 from api.routes import router
 from api.views import PublicViews
-from reconciler.controller import Controller
+from reconciler.controller import ReconcileLoop
 from reconciler.core import Reconciler
-from reconciler.leader import LeadingController
 from state.access import AccessStore
 from state.db import check_database
 from state.store import DeploymentStore
@@ -34,7 +33,7 @@ def create_app(
     store: DeploymentStore,
     reconciler: Reconciler,
     *,
-    controller: Controller | LeadingController | None = None,
+    controller: ReconcileLoop | None = None,
     registry: CollectorRegistry | None = None,
     authenticate: bool = False,
 ) -> FastAPI:

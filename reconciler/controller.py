@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -32,6 +33,19 @@ class ReconcilerMetrics:
         depth.set_function(lambda: queue().depth())
         busy = Gauge("loraplane_workqueue_busy", "Deployments being reconciled now", registry=registry)
         busy.set_function(lambda: queue().busy())
+
+
+class ReconcileLoop(Protocol):
+    """What the service needs of the reconcile loop, replicated (``LeadingController``) or not
+    (``Controller``): run it for the app's lifetime, wake it for a deployment, ask if it lives."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def wake(self, name: str) -> None: ...
+
+    def liveness(self) -> tuple[bool, str]: ...
 
 
 class Controller:
@@ -87,9 +101,7 @@ class Controller:
             self.store.add_listener(self.wake)
             self._listening = True
         for provider in self.reconciler.providers.values():
-            start = getattr(provider, "start", None)
-            if start is not None:
-                start()
+            provider.start()
         # Look for new and vanished deployments often; each deployment then has its own timer.
         self.scheduler.add_job(
             self.sync_timers,
@@ -123,13 +135,10 @@ class Controller:
         if unfinished:
             log.warning("stopped with passes still running in %s", ", ".join(unfinished))
         for provider in self.reconciler.providers.values():
-            stop = getattr(provider, "stop", None)
-            if stop is not None:
-                stop()
-            stop_all = getattr(provider, "stop_all", None)
-            if self.stop_children and stop_all is not None:
-                log.info("stopping the serving processes (--stop-children)")
-                stop_all()
+            provider.stop()
+            if self.stop_children:
+                log.info("stopping what the %s target runs (--stop-children)", type(provider).__name__)
+                provider.stop_all()
         log.info("reconciler stopped")
 
     # ------------------------------------------------------------------------------ when

@@ -1,25 +1,31 @@
-"""reconcile(name): read desired state, observe, plan, apply, write status and events."""
+"""reconcile(name): read desired state, observe, plan, apply, write status and events.
+
+Every write of a pass goes through the reconciler's ``PassWriter``: the status, the events and
+the adapter-version changes a pass decides are committed together, at its end, fenced.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from infra.errors import PermanentError
-from infra.provider import Action, Observation, Provider, Target
+from infra.provider import Action, Observation, Target, TargetProvider
 from reconciler import status as statuses
 from reconciler.errors import Classified, classify
 from reconciler.rollout import AdapterRollout, RolloutMetrics, restart_version
+from reconciler.writer import PassWriter, ReadStore
 from state.errors import Fenced, NotFound
-from state.models import InferenceDeployment, utcnow
+from state.models import AdapterVersion, InferenceDeployment, utcnow
 from state.resource import DeploymentSpec, DeploymentStatus
-from state.store import DeploymentStore
+from state.store import DeploymentStore, VersionChange
 
 log = logging.getLogger("loraplane.reconciler")
 
@@ -35,11 +41,12 @@ class Outcome:
     requeue_after: float | None = None
 
 
-def target_of(row: InferenceDeployment) -> Target:
+def target_of(row: InferenceDeployment, versions: Sequence[AdapterVersion] = ()) -> Target:
+    """The deployment as a provider sees it. Under the restart strategy the adapter version the
+    app must run with is an explicit input, from the version rows (the one being rolled out,
+    else the one serving); under hotReload the pointer on the share decides, and it is None."""
     spec = DeploymentSpec.model_validate(row.spec)
-    version = None
-    if spec.adapter.strategy == "restart":
-        version = restart_version(DeploymentStatus.model_validate(row.status))
+    version = restart_version(versions) if spec.adapter.strategy == "restart" else None
     return Target(name=row.name, uid=row.uid, generation=row.generation, spec=spec, adapter_version=version)
 
 
@@ -47,18 +54,22 @@ class Reconciler:
     def __init__(
         self,
         store: DeploymentStore,
-        providers: Mapping[str, Provider],
+        providers: Mapping[str, TargetProvider[Any]],
         *,
+        writer: PassWriter | None = None,
         clock: Callable[[], datetime] = utcnow,
         poll_seconds: float = 2.0,
         registry: CollectorRegistry | None = None,
         rollout: AdapterRollout | None = None,
     ) -> None:
-        self.store = store
+        # Reads go to the store; every write goes through the writer (the one the leader fences,
+        # shared with the providers' journal: ``loraplane serve`` hands the same one to both).
+        self.store: ReadStore = store
+        self.writer = writer or PassWriter(store)
         self.providers = dict(providers)
         self.clock = clock
         self.rollout = rollout or AdapterRollout(
-            store, clock=clock, metrics=RolloutMetrics(registry or CollectorRegistry()), poll_seconds=min(1.0, poll_seconds)
+            clock=clock, metrics=RolloutMetrics(registry or CollectorRegistry()), poll_seconds=min(1.0, poll_seconds)
         )
         # How soon to look again while something is starting or being torn down.
         self.poll_seconds = poll_seconds
@@ -66,17 +77,11 @@ class Reconciler:
         self._stalled: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def use_store(self, store: DeploymentStore) -> None:
-        """Reconcile through ``store`` from now on (a leader's fenced view of the database)."""
-        self.store = store
-        self.rollout.store = store
-
-    def provider_for(self, target: Target) -> Provider:
+    def provider_for(self, target: Target) -> TargetProvider[Any]:
         provider = self.providers.get(target.spec.target)
         if provider is None:
             raise PermanentError(
-                f"the {target.spec.target!r} target is not available in this loraplane "
-                f"(available: {', '.join(sorted(self.providers)) or 'none'})",
+                f"the {target.spec.target!r} target is not available in this loraplane (available: {', '.join(sorted(self.providers)) or 'none'})",
                 reason="TargetUnavailable",
             )
         return provider
@@ -84,15 +89,25 @@ class Reconciler:
     # -------------------------------------------------------------------------- reconcile
 
     def reconcile(self, name: str) -> Outcome:
-        self.store.assert_leader()  # a deposed leader's pass ends here (Fenced)
+        self.writer.assert_leader()  # a deposed leader's pass ends here (Fenced)
         try:
             row = self.store.get(name)
         except NotFound:
             with self._lock:
                 self._stalled.pop(name, None)
             return Outcome("gone")
-        target = target_of(row)
         previous = DeploymentStatus.model_validate(row.status)
+        versions = self.store.adapter_versions(row.uid)
+        try:
+            target = target_of(row, versions)
+        except ValidationError as exc:
+            # Stored by an older loraplane whose rules were looser: say so, and what to fix.
+            problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            error = Classified(True, "InvalidSpec", f"the stored spec no longer validates ({problems}); apply a corrected manifest")
+            self._commit(
+                row, statuses.failed(previous, row.generation, None, error, self.clock()), events=[("Warning", error.reason, error.message)]
+            )
+            return Outcome("permanent")
         if row.deletion_timestamp is not None:
             return self._finalize(row, target, previous)
 
@@ -105,35 +120,19 @@ class Reconciler:
             if not actions:
                 with self._lock:
                     self._stalled.pop(name, None)
-                status = statuses.converged(previous, row.generation, observation, self.clock())
-                if not observation.ready:  # adapters wait for an endpoint (and a share) to exist
-                    stuck = self.rollout.watch_in_flight(row, target, provider, observation, previous)
-                    if stuck is not None:  # a restart onto a version the app cannot start with
-                        statuses.with_rollout(status, stuck, self.clock())
-                        for type_, reason, message in stuck.events:
-                            self.store.record_event(row, type_, reason, message)
-                    self._write(row, previous, status)
-                    return Outcome("converged", self.poll_seconds)
-                report = self.rollout.step(row, target, provider, observation, previous)
-                statuses.with_rollout(status, report, self.clock())
-                self._write(row, previous, status)
-                for type_, reason, message in report.events:
-                    self.store.record_event(row, type_, reason, message)
-                return Outcome("converged", report.requeue_after)
+                return self._converged(row, target, provider, observation, previous, versions)
             with self._lock:
                 stalled = self._stalled.get(name) == row.generation
             if stalled:
                 # Applying this generation already failed for good; the status says why.
                 return Outcome("permanent")
             applying = True
-            self.store.assert_leader()  # cloud calls check the fence too, just before
+            self.writer.assert_leader()  # cloud calls check the fence too, just before
             provider.apply(target, actions)
-            for action in actions:
-                self.store.record_event(row, "Normal", EVENT_REASONS[action.verb], _event_message(action))
+            events = [("Normal", EVENT_REASONS[a.verb], _event_message(a)) for a in actions]
             observation = provider.observe(target)
             message = "; ".join(action.describe() for action in actions)
-            status = statuses.progressing(previous, row.generation, observation, message, self.clock())
-            self._write(row, previous, status)
+            self._commit(row, statuses.progressing(previous, row.generation, observation, message, self.clock()), events=events)
             return Outcome("progressing", self.poll_seconds)
         except Fenced:
             raise  # not the leader any more: nothing to write, nothing to retry here
@@ -146,19 +145,44 @@ class Reconciler:
             if error.permanent and applying:
                 with self._lock:
                     self._stalled[name] = row.generation
-            self._fail(row, previous, observation, error)
+            status = statuses.failed(previous, row.generation, observation, error, self.clock())
+            self._commit(row, status, events=self._failure_events(previous, status, error))
             return Outcome("permanent") if error.permanent else Outcome("temporary", error.delay)
+
+    def _converged(
+        self,
+        row: InferenceDeployment,
+        target: Target,
+        provider: TargetProvider[Any],
+        observation: Observation,
+        previous: DeploymentStatus,
+        versions: Sequence[AdapterVersion],
+    ) -> Outcome:
+        """Nothing left to do to the infrastructure: the adapter's turn, once the endpoint is up."""
+        status = statuses.converged(previous, row.generation, observation, self.clock())
+        if not observation.ready:  # adapters wait for an endpoint (and a share) to exist
+            stuck = self.rollout.watch_in_flight(row, target, provider, observation, previous, versions)
+            if stuck is None:
+                self._commit(row, status)
+            else:  # a restart onto a version the app cannot start with
+                statuses.with_rollout(status, stuck, self.clock())
+                self._commit(row, status, events=stuck.events, versions=stuck.versions)
+            return Outcome("converged", self.poll_seconds)
+        report = self.rollout.step(row, target, provider, observation, previous, versions)
+        statuses.with_rollout(status, report, self.clock())
+        self._commit(row, status, events=report.events, versions=report.versions)
+        return Outcome("converged", report.requeue_after)
 
     def _finalize(self, row: InferenceDeployment, target: Target, previous: DeploymentStatus) -> Outcome:
         """The finalizer: tear down what loraplane created, then let the row go."""
         try:
             provider = self.providers.get(target.spec.target)
-            self._write(row, previous, statuses.deleting(previous, "tearing down", self.clock()))
-            self.store.assert_leader()
+            self._commit(row, statuses.deleting(previous, "tearing down", self.clock()))
+            self.writer.assert_leader()
             done = provider.delete(target) if provider is not None else True
             if not done:
                 return Outcome("progressing", self.poll_seconds)
-            self.store.remove(row.name, uid=row.uid)
+            self.writer.remove(row)
             self.rollout.forget(row.uid)
             with self._lock:
                 self._stalled.pop(row.name, None)
@@ -171,33 +195,31 @@ class Reconciler:
             log.warning("tearing down %s: %s: %s", row.name, error.reason, error.message)
             status = statuses.failed(previous, row.generation, None, error, self.clock())
             status.phase = "Deleting"
-            self._write(row, previous, status, event_reason=error.reason)
+            self._commit(row, status, events=self._failure_events(previous, status, error))
             # Teardown is retried even after a permanent error: the row must not linger.
             return Outcome("temporary", None)
 
     # ----------------------------------------------------------------------------- writes
 
-    def _fail(self, row: InferenceDeployment, previous: DeploymentStatus, observation: Observation | None, error: Classified) -> None:
-        status = statuses.failed(previous, row.generation, observation, error, self.clock())
-        self._write(row, previous, status, event_reason=error.reason)
+    @staticmethod
+    def _failure_events(previous: DeploymentStatus, status: DeploymentStatus, error: Classified) -> list[tuple[str, str, str]]:
+        """A warning when the failure is news (its message changed), not on every retry."""
+        return [("Warning", error.reason, status.message or error.reason)] if status.message != previous.message else []
 
-    def _write(
+    def _commit(
         self,
         row: InferenceDeployment,
-        previous: DeploymentStatus,
         status: DeploymentStatus,
         *,
-        event_reason: str | None = None,
+        events: Sequence[tuple[str, str, str]] = (),
+        versions: Sequence[VersionChange] = (),
     ) -> None:
-        events = []
-        if event_reason is not None and status.message != previous.message:
-            events.append(("Warning", event_reason, status.message or event_reason))
-        elif status.phase == "Ready" and previous.phase != "Ready":
+        previous = DeploymentStatus.model_validate(row.status)
+        events = list(events)
+        if status.phase == "Ready" and previous.phase != "Ready":
             events.append(("Normal", "Ready", f"serving at {status.endpoint}"))
-        # One transaction for both; None: deleted (or replaced by a new one of that name) meanwhile.
-        written = self.store.update_status(row.name, status, uid=row.uid, read=row, events=events)
-        if written is not None:
-            row.status = written.status  # a second write in this pass compares with this one
+        # One transaction for all of it; nothing written when the deployment (that uid) is gone.
+        self.writer.commit(row, status, events=events, versions=versions)
 
     # ------------------------------------------------------------------------------- logs
 

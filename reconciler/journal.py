@@ -1,18 +1,17 @@
-"""The providers' durable memory (``infra.provider.ResourceJournal``), kept in the database."""
+"""The providers' durable memory (``infra.provider.ResourceJournal``), kept in the database:
+read from the store, written through the reconciler's fenced writer."""
 
 from __future__ import annotations
 
 from infra.provider import ResourceRecord
+from reconciler.writer import PassWriter, ReadStore
 from state.store import DeploymentStore
 
 
 class DatabaseJournal:
-    def __init__(self, store: DeploymentStore) -> None:
-        self.store = store
-
-    def use_store(self, store: DeploymentStore) -> None:
-        """Write through ``store`` from now on (a leader's fenced view of the database)."""
-        self.store = store
+    def __init__(self, store: DeploymentStore, writer: PassWriter | None = None) -> None:
+        self.store: ReadStore = store
+        self.writer = writer or PassWriter(store)
 
     def records(self, deployment_uid: str) -> dict[str, ResourceRecord]:
         return {
@@ -27,7 +26,7 @@ class DatabaseJournal:
         }
 
     def save(self, deployment_uid: str, record: ResourceRecord) -> None:
-        self.store.save_cloud_resource(
+        self.writer.save_cloud_resource(
             deployment_uid,
             record.resource_id,
             kind=record.kind,
@@ -37,4 +36,4 @@ class DatabaseJournal:
         )
 
     def forget(self, deployment_uid: str, resource_id: str | None = None) -> None:
-        self.store.forget_cloud_resources(deployment_uid, resource_id)
+        self.writer.forget_cloud_resources(deployment_uid, resource_id)

@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 from reconciler.controller import Controller
 from state.lease import Lease
-from state.store import DeploymentStore
 
 log = logging.getLogger("loraplane.reconciler.leader")
 
@@ -98,22 +97,12 @@ class LeaderElector:
 
 class LeadingController:
     """The reconcile loop of a replicated service: it runs only while this replica holds the
-    lease, and every write it makes is fenced by the lease's epoch. Otherwise the replica
-    serves the API alone (a standby)."""
+    lease, and every write it makes is fenced by the lease's epoch (set once, on the
+    reconciler's one writer). Otherwise the replica serves the API alone (a standby)."""
 
-    def __init__(
-        self,
-        controller: Controller,
-        lease: Lease,
-        *,
-        on_store: Callable[[DeploymentStore], None] | None = None,
-        retry_seconds: float = 2.0,
-        renew_deadline_seconds: float = 10.0,
-    ) -> None:
+    def __init__(self, controller: Controller, lease: Lease, *, retry_seconds: float = 2.0, renew_deadline_seconds: float = 10.0) -> None:
         self.controller = controller
         self.lease = lease
-        self.base_store = controller.reconciler.store
-        self.on_store = on_store
         self.elector = LeaderElector(
             lease,
             on_started_leading=self._lead,
@@ -123,13 +112,12 @@ class LeadingController:
         )
 
     def _lead(self, epoch: int) -> None:
-        fenced = self.base_store.fenced(self.lease.fence(epoch))
-        self.controller.reconciler.use_store(fenced)
-        if self.on_store is not None:
-            self.on_store(fenced)
+        self.controller.reconciler.writer.lead(self.lease.fence(epoch))
         self.controller.start()
 
     def _follow(self) -> None:
+        # The fence stays: it names the epoch this replica lost, so a pass still running when
+        # the controller stops is refused at its next write.
         self.controller.stop()
 
     def start(self) -> None:

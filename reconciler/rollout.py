@@ -5,18 +5,22 @@ triggered like the rest: what is on the share, the version rows, the status and 
 endpoint answers decide each step; nothing is remembered between passes but how long the
 adapter's files have looked the same (settling), which a restart merely starts again.
 
+It writes nothing to the database itself: a pass's version changes and events go into its
+``RolloutReport``, and the reconciler commits them with the status, in one fenced transaction.
+
 - Detect: list the adapter folder (listing and properties only, no download). A change is a
   candidate once it is complete (adapter_config.json and adapter_model.safetensors or .bin,
   and the marker file when ``spec.adapter.marker`` names one) and unchanged for
   ``settleSeconds``.
-- Validate before anything serves it: the config parses, is LoRA, was trained for this base
-  model, has a sane rank and target modules; the safetensors header is whole and its LoRA
-  shapes agree with the rank. A bad candidate is Rejected, with the reason, until its files
-  change.
+- Validate before anything serves it, with the serving app's own validator
+  (``serving.adapter_check``): the config parses, is LoRA, was trained for this base model,
+  has a sane rank and target modules; the safetensors header is whole and its LoRA shapes
+  agree with the rank. A bad candidate is Rejected, with the reason, until its files change.
 - Stage: copy it to ``.loraplane/NAME/adapters/VERSION/`` on the share (server-side on Azure
   Files); training may overwrite its output, serving reads the immutable copy.
 - Activate: write the pointer every replica follows; hotReload asks the app to reload now,
-  restart makes the version part of the app's environment (a restart, a new revision).
+  restart marks the version Activating, which the app's environment then names (a restart,
+  a new revision).
 - Verify: every probe of ``GET /v1/adapter`` reports the version before a deadline; else go
   back to the last good version, mark the version Failed, and say so (Degraded,
   AdapterRolloutFailed, an event).
@@ -27,10 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-import struct
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,19 +41,20 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Histogram
 
 from infra.errors import ProviderError
-from infra.provider import AdapterShare, Observation, Provider, ShareEntry, Target, pointer_path, staged_path
+from infra.provider import AdapterHost, AdapterShare, Observation, ShareEntry, Target, pointer_path, staged_path
+from serving.adapter_check import CONFIG, MAX_HEADER_BYTES, WEIGHTS, check_config, check_safetensors_header, header_length
 from state.models import AdapterFile, AdapterVersion, InferenceDeployment, utcnow
 from state.resource import AdapterStatus, DeploymentStatus, RolloutRecord
-from state.store import DeploymentStore
+from state.store import ActivateVersion, AddVersion, MarkVersion, VersionChange
 
 log = logging.getLogger("loraplane.reconciler.rollout")
 
-CONFIG = "adapter_config.json"
-WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-SERVABLE = ("Staged", "Active", "Superseded")
+SERVABLE = ("Staged", "Activating", "Active", "Superseded")
 # How long a rollout may take to be verified before it is rolled back.
 VERIFY_SECONDS = {"hotReload": 120.0, "restart": 1800.0}
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+# Versions settled but not yet verified, remembered for the settled-to-serving metric; a bound
+# keeps a stream of versions that never verify from growing it.
+MAX_SETTLED_REMEMBERED = 10_000
 
 
 class RolloutMetrics:
@@ -73,7 +77,8 @@ class RolloutMetrics:
 
 @dataclass
 class RolloutReport:
-    """What a pass found, for the status: AdapterSynced, and Degraded when a rollout failed."""
+    """What a pass found, for the status (AdapterSynced, and Degraded when a rollout failed), and
+    what it wants written with it: events and adapter-version changes."""
 
     adapter: AdapterStatus
     synced: bool
@@ -82,6 +87,38 @@ class RolloutReport:
     failed: bool = False
     requeue_after: float | None = None
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    versions: list[VersionChange] = field(default_factory=list)
+
+
+class VersionBook:
+    """A pass's view of the deployment's version rows (newest first): read once, changed in
+    memory as the pass decides, the changes kept for the one commit at the end."""
+
+    def __init__(self, rows: Sequence[AdapterVersion], report: RolloutReport, clock: Callable[[], datetime]) -> None:
+        self.rows = [AdapterVersion.model_validate(r.model_dump()) for r in rows]
+        self.report, self.clock = report, clock
+
+    def find(self, version: str) -> AdapterVersion | None:
+        return next((v for v in self.rows if v.version == version), None)
+
+    def add(self, row: AdapterVersion) -> None:
+        if self.find(row.version) is None:
+            self.rows.insert(0, row)
+            self.report.versions.append(AddVersion(row))
+
+    def activate(self, version: str) -> None:
+        for row in self.rows:
+            if row.version == version and row.state != "Active":
+                row.state, row.activated_at, row.message = "Active", self.clock(), None
+            elif row.version != version and row.state == "Active":
+                row.state = "Superseded"
+        self.report.versions.append(ActivateVersion(version))
+
+    def mark(self, version: str, state: str, message: str | None = None) -> None:
+        row = self.find(version)
+        if row is not None and (row.state, row.message) != (state, message):
+            row.state, row.message = state, message
+            self.report.versions.append(MarkVersion(version, state, message))
 
 
 # ------------------------------------------------------------------------------- pure parts
@@ -104,65 +141,20 @@ def incomplete(files: list[ShareEntry], marker: str | None) -> str | None:
     return None
 
 
-def _tail(name: str, parts: int) -> str:
-    pieces = [p for p in re.split(r"[\\/]", name.strip()) if p]
-    return "/".join(pieces[-parts:]).lower()
-
-
-def fits_model(adapter_base: str | None, model_path: str) -> bool:
-    """The adapter's base_model_name_or_path names the deployment's model: by hub id
-    (org/name) against the model path's tail, or by its last component."""
-    if not adapter_base:
-        return True  # nothing recorded: the serving app's structural checks decide
-    ours = {_tail(model_path, 2), _tail(model_path, 1)}
-    return _tail(adapter_base, 2) in ours or _tail(adapter_base, 1) in ours
-
-
-def check_config(raw: bytes, model_path: str) -> tuple[dict | None, str | None]:
-    try:
-        config = json.loads(raw)
-    except ValueError as exc:
-        return None, f"{CONFIG} does not parse as JSON: {exc}"
-    if not isinstance(config, dict):
-        return None, f"{CONFIG} is not a JSON object"
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        return None, f"{CONFIG} has peft_type {config.get('peft_type')!r}: only LoRA adapters are served"
-    rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= 1024:
-        return None, f"{CONFIG} has rank r={rank!r}: it must be an integer from 1 to 1024"
-    targets = config.get("target_modules")
-    if isinstance(targets, str):
-        targets = [targets]
-    if not targets or not all(isinstance(t, str) and re.fullmatch(r"[\w.*|()\[\]\\^$+?-]{1,200}", t) for t in targets):
-        return None, f"{CONFIG} has target_modules {config.get('target_modules')!r}: name the modules the adapter changes"
-    base = config.get("base_model_name_or_path")
-    if not fits_model(base, model_path):
-        return None, f"it was trained for {base!r}, but this deployment serves {model_path}"
-    return config, None
-
-
-def check_safetensors_header(head: bytes, size: int, rank: int) -> str | None:
-    """``head`` is the first 8 bytes and the JSON header after them (as much as was read)."""
-    if size < 8 or len(head) < 8:
-        return "adapter_model.safetensors is truncated (no header)"
-    (length,) = struct.unpack("<Q", head[:8])
-    if length > MAX_HEADER_BYTES or 8 + length > size or len(head) < 8 + length:
-        return "adapter_model.safetensors is truncated or not a safetensors file"
-    try:
-        header = json.loads(head[8 : 8 + length])
-    except ValueError:
-        return "adapter_model.safetensors has a header that does not parse"
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    if not any("lora_" in name for name in tensors):
-        return "adapter_model.safetensors holds no LoRA weights"
-    end = max((meta.get("data_offsets", [0, 0])[1] for meta in tensors.values()), default=0)
-    if 8 + length + end > size:
-        return f"adapter_model.safetensors is truncated: its tensors need {8 + length + end} bytes, the file has {size}"
-    for name, meta in tensors.items():
-        shape = meta.get("shape") or []
-        if "lora_A" in name and shape and shape[0] != rank:
-            return f"adapter_model.safetensors: {name} has rank {shape[0]}, but {CONFIG} says r={rank}"
-    return None
+def validate_on_share(share: AdapterShare, folder: str, files: list[ShareEntry], model_path: str) -> str | None:
+    """Why the adapter in ``folder`` must not be served, or None: the serving app's own checks
+    (``serving.adapter_check``), made with listings and ranged reads of the share."""
+    config, problem = check_config(share.read(f"{folder}/{CONFIG}"), [model_path], served_as=model_path)
+    if problem is not None or config is None:
+        return problem
+    weights = next(f for w in WEIGHTS for f in files if f.name == w)
+    if weights.name.endswith(".safetensors"):
+        head = share.read(f"{folder}/{weights.name}", offset=0, length=min(weights.size, 8))
+        length = header_length(head)
+        if length is not None and 8 + length <= min(weights.size, 8 + MAX_HEADER_BYTES):
+            head += share.read(f"{folder}/{weights.name}", offset=8, length=length)
+        return check_safetensors_header(head, weights.size, config["r"], name=weights.name)[1]
+    return None if weights.size > 0 else "adapter_model.bin is empty"
 
 
 def desired_version(versions: list[AdapterVersion], pin: str | None) -> tuple[AdapterVersion | None, str | None]:
@@ -177,13 +169,14 @@ def desired_version(versions: list[AdapterVersion], pin: str | None) -> tuple[Ad
     return next((v for v in versions if v.state in SERVABLE), None), None
 
 
-def restart_version(status: DeploymentStatus) -> str | None:
-    """Under the restart strategy, the version the app's environment names: the one being
-    rolled out, else the one serving."""
-    rollout = status.adapter.last_rollout
-    if rollout is not None and rollout.result == "InProgress":
-        return rollout.version
-    return status.adapter.serving_version
+def restart_version(versions: Sequence[AdapterVersion]) -> str | None:
+    """Under the restart strategy, the version the app must be started with: the one being
+    rolled out (Activating), else the one serving (Active)."""
+    for state in ("Activating", "Active"):
+        found = next((v for v in versions if v.state == state), None)
+        if found is not None:
+            return found.version
+    return None
 
 
 # ------------------------------------------------------------------------------ the steps
@@ -192,7 +185,6 @@ def restart_version(status: DeploymentStatus) -> str | None:
 class AdapterRollout:
     def __init__(
         self,
-        store: DeploymentStore,
         *,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
@@ -200,26 +192,37 @@ class AdapterRollout:
         verify_seconds: dict[str, float] | None = None,
         poll_seconds: float = 1.0,
     ) -> None:
-        self.store = store
         self.clock = clock
         self.monotonic = monotonic
         self.metrics = metrics
         self.verify_seconds = {**VERIFY_SECONDS, **(verify_seconds or {})}
         self.poll_seconds = poll_seconds
+        # Shared by the workers (each deployment is in one pass at a time, but the dicts are one).
+        self._lock = threading.Lock()
         self._settling: dict[str, tuple[str, float]] = {}  # uid -> (fingerprint, first seen)
         self._settled_at: dict[tuple[str, str], float] = {}  # (uid, version) -> when it settled
 
     def forget(self, uid: str) -> None:
-        self._settling.pop(uid, None)
+        """The deployment is gone: nothing of it is kept."""
+        with self._lock:
+            self._settling.pop(uid, None)
+            for key in [k for k in self._settled_at if k[0] == uid]:
+                del self._settled_at[key]
 
     def step(
-        self, row: InferenceDeployment, target: Target, provider: Provider, observation: Observation, previous: DeploymentStatus
+        self,
+        row: InferenceDeployment,
+        target: Target,
+        host: AdapterHost,
+        observation: Observation,
+        previous: DeploymentStatus,
+        versions: Sequence[AdapterVersion],
     ) -> RolloutReport:
         report = RolloutReport(previous.adapter.model_copy(deep=True), False, "Waiting", "")
-        with closing(provider.share(target)) as share:
-            waiting = self._detect(row, target, share, report)
-            versions = self.store.adapter_versions(row.uid)
-            desired, problem = desired_version(versions, target.spec.adapter.pin)
+        book = VersionBook(versions, report, self.clock)
+        with closing(host.share(target)) as share:
+            waiting = self._detect(row, target, share, book)
+            desired, problem = desired_version(book.rows, target.spec.adapter.pin)
             if problem is not None:
                 report.reason, report.message, report.failed = "PinnedVersionUnknown", problem, True
                 return report
@@ -229,10 +232,16 @@ class AdapterRollout:
                 return report
             report.adapter.desired_version = desired.version
             assert observation.endpoint is not None  # the reconciler steps only once it is ready
-            return self._activate(row, target, provider, share, observation.endpoint, desired, versions, report)
+            return self._activate(row, target, host, share, observation.endpoint, desired, book)
 
     def watch_in_flight(
-        self, row: InferenceDeployment, target: Target, provider: Provider, observation: Observation, previous: DeploymentStatus
+        self,
+        row: InferenceDeployment,
+        target: Target,
+        host: AdapterHost,
+        observation: Observation,
+        previous: DeploymentStatus,
+        versions: Sequence[AdapterVersion],
     ) -> RolloutReport | None:
         """While the endpoint is not ready: a restart rollout may be why (the new version
         keeps the app from starting). Roll back when the app says it refused the version, or
@@ -243,7 +252,7 @@ class AdapterRollout:
         refusal = None
         if observation.endpoint is not None:
             try:
-                answer = provider.adapter_status(target, observation.endpoint)
+                answer = host.adapter_status(target, observation.endpoint)
             except ProviderError:
                 answer = {}
             error = answer.get("last_error")
@@ -252,44 +261,44 @@ class AdapterRollout:
         elapsed = (self.clock() - rollout.started_at).total_seconds()
         if refusal is None and elapsed < self.verify_seconds[rollout.strategy or "restart"]:
             return None
-        versions = self.store.adapter_versions(row.uid)
-        failed = next((v for v in versions if v.version == rollout.version), None)
+        report = RolloutReport(previous.adapter.model_copy(deep=True), False, "RollingOut", "")
+        book = VersionBook(versions, report, self.clock)
+        failed = book.find(rollout.version)
         if failed is None:
             return None
-        report = RolloutReport(previous.adapter.model_copy(deep=True), False, "RollingOut", "")
         error = refusal or f"the app did not become ready with it within {self.verify_seconds[rollout.strategy or 'restart']:.0f}s"
-        with closing(provider.share(target)) as share:
-            return self._roll_back(row, target, provider, share, None, failed, versions, rollout, error, report)
+        with closing(host.share(target)) as share:
+            return self._roll_back(row, target, host, share, None, failed, book, rollout, error)
 
     # ----------------------------------------------------------------------------- detect
 
-    def _detect(self, row: InferenceDeployment, target: Target, share: AdapterShare, report: RolloutReport) -> str | None:
+    def _detect(self, row: InferenceDeployment, target: Target, share: AdapterShare, book: VersionBook) -> str | None:
         """Find a new complete, settled adapter and stage it (or reject it). Returns what is
         being waited for, if anything."""
-        spec = target.spec.adapter
+        spec, report = target.spec.adapter, book.report
         entries = share.list(spec.path)
         if entries is None:
-            self._settling.pop(row.uid, None)
+            self._stop_settling(row.uid)
             return f"no adapter folder at {spec.path}"
         files = [e for e in entries if not e.is_dir]
         why = incomplete(files, spec.marker)
         if why is not None:
-            self._settling.pop(row.uid, None)
+            self._stop_settling(row.uid)
             return f"the adapter at {spec.path} is not complete: {why}"
         found = fingerprint(files)
-        if any(v.fingerprint == found for v in self.store.adapter_versions(row.uid)):
-            self._settling.pop(row.uid, None)
+        if any(v.fingerprint == found for v in book.rows):
+            self._stop_settling(row.uid)
             return None  # seen before: staged, serving, or rejected until its files change
         now = self.monotonic()
-        seen = self._settling.get(row.uid)
-        if seen is None or seen[0] != found:
-            self._settling[row.uid] = (found, now)
-            seen = (found, now)
+        with self._lock:
+            seen = self._settling.get(row.uid)
+            if seen is None or seen[0] != found:
+                seen = self._settling[row.uid] = (found, now)
         remaining = spec.settle_seconds - (now - seen[1])
         if remaining > 0:
             report.requeue_after = remaining
             return f"a new adapter at {spec.path} is settling (unchanged for {spec.settle_seconds}s before it is used)"
-        self._settling.pop(row.uid, None)
+        self._stop_settling(row.uid)
         version = found[:12]
         reason = self._validate(share, target, files)
         record = AdapterVersion(
@@ -304,7 +313,7 @@ class AdapterRollout:
         )
         if reason is not None:
             record.message = reason
-            self.store.add_adapter_version(record)
+            book.add(record)
             report.events.append(("Warning", "AdapterRejected", f"adapter {version} from {spec.path} was rejected: {reason}"))
             log.warning("%s: adapter %s rejected: %s", row.name, version, reason)
             return None
@@ -316,8 +325,11 @@ class AdapterRollout:
             report.requeue_after = max(1.0, float(spec.settle_seconds))
             return f"the adapter at {spec.path} changed while it was being staged; waiting for it to settle again"
         record.state, record.path, record.staged_at = "Staged", destination, self.clock()
-        self.store.add_adapter_version(record)
-        self._settled_at[(row.uid, version)] = self.monotonic()
+        book.add(record)
+        with self._lock:
+            if len(self._settled_at) >= MAX_SETTLED_REMEMBERED:
+                self._settled_at.clear()
+            self._settled_at[(row.uid, version)] = self.monotonic()
         size = sum(f.size for f in files)
         report.events.append(
             (
@@ -328,49 +340,41 @@ class AdapterRollout:
         )
         return None
 
+    def _stop_settling(self, uid: str) -> None:
+        with self._lock:
+            self._settling.pop(uid, None)
+
     def _validate(self, share: AdapterShare, target: Target, files: list[ShareEntry]) -> str | None:
-        folder = target.spec.adapter.path
-        config, problem = check_config(share.read(f"{folder}/{CONFIG}"), target.spec.model.path)
-        if problem is not None or config is None:
-            return problem
-        weights = next(f for w in WEIGHTS for f in files if f.name == w)
-        if weights.name.endswith(".safetensors"):
-            head = share.read(f"{folder}/{weights.name}", offset=0, length=min(weights.size, 8))
-            if len(head) == 8:
-                (length,) = struct.unpack("<Q", head)
-                if 8 + length <= min(weights.size, 8 + MAX_HEADER_BYTES):
-                    head += share.read(f"{folder}/{weights.name}", offset=8, length=length)
-            return check_safetensors_header(head, weights.size, config["r"])
-        return None if weights.size > 0 else "adapter_model.bin is empty"
+        return validate_on_share(share, target.spec.adapter.path, files, target.spec.model.path)
 
     # --------------------------------------------------------------------------- activate
 
-    def _served(self, provider: Provider, target: Target, endpoint: str) -> list[dict]:
+    def _served(self, host: AdapterHost, target: Target, endpoint: str) -> list[dict]:
         """Several answers of GET /v1/adapter: enough to reach each replica behind ingress."""
         probes = max(2, min(10, 2 * target.spec.scale.max_replicas))
-        return [provider.adapter_status(target, endpoint) for _ in range(probes)]
+        return [host.adapter_status(target, endpoint) for _ in range(probes)]
 
     def _activate(
         self,
         row: InferenceDeployment,
         target: Target,
-        provider: Provider,
+        host: AdapterHost,
         share: AdapterShare,
         endpoint: str,
         desired: AdapterVersion,
-        versions: list[AdapterVersion],
-        report: RolloutReport,
+        book: VersionBook,
     ) -> RolloutReport:
+        report = book.report
         strategy = target.spec.adapter.strategy
         rollout = report.adapter.last_rollout
         in_flight = rollout is not None and rollout.result == "InProgress" and rollout.version == desired.version
         # Ask the replicas what they serve when the answer can end the pass: a rollout in
         # flight, or the version already verified (a steady pass checks it still serves). A
         # version never verified is a rollout to start: asking first would only delay it.
-        served = self._served(provider, target, endpoint) if in_flight or desired.state == "Active" else []
+        served = self._served(host, target, endpoint) if in_flight or desired.state == "Active" else []
         if not in_flight and served and all(s.get("version") == desired.version for s in served):
             if desired.state != "Active":
-                self.store.activate_adapter_version(row.uid, desired.version)
+                book.activate(desired.version)
             report.adapter.serving_version = desired.version
             failed_before = rollout is not None and rollout.result == "RolledBack"
             report.synced = True
@@ -395,23 +399,28 @@ class AdapterRollout:
             report.events.append(
                 ("Normal", "AdapterRolloutStarted", f"rolling out adapter {desired.version} ({strategy}), {rollout.message}")
             )
+            for other in book.rows:
+                if other.state == "Activating" and other.version != desired.version:
+                    book.mark(other.version, "Staged")  # a rollout overtaken by this one
             if strategy == "restart":
-                # The app restarts (a new revision on Azure) with the version in its environment;
-                # the next passes verify it.
+                # Activating: the app's environment names it from the next pass on, so the app
+                # restarts with it (a new revision on Azure); the next passes verify it.
+                if desired.state != "Active":
+                    book.mark(desired.version, "Activating")
                 report.reason, report.message, report.requeue_after = (
                     "RollingOut",
                     f"restarting to serve adapter {desired.version}",
                     self.poll_seconds,
                 )
                 return report
-            answer = provider.reload_adapter(target, endpoint)
+            answer = host.reload_adapter(target, endpoint)
             if answer.get("status") == "refused":
                 refusal = str(answer.get("message") or "the serving app refused it")
             else:
-                served = self._served(provider, target, endpoint)
+                served = self._served(host, target, endpoint)
         assert rollout is not None and rollout.started_at is not None
         if refusal is None and all(s.get("version") == desired.version for s in served):
-            return self._succeeded(row, target, desired, rollout, report)
+            return self._succeeded(row, target, desired, rollout, book)
         if refusal is None:
             errors = [s.get("last_error") for s in served if s.get("last_error") and desired.version in str(s.get("last_error"))]
             refusal = errors[0] if errors else None
@@ -422,15 +431,16 @@ class AdapterRollout:
             report.message = f"rolling out adapter {desired.version}: replicas report {', '.join(seen)}"
             return report
         error = refusal or f"not every replica reported it within {self.verify_seconds[strategy]:.0f}s"
-        return self._roll_back(row, target, provider, share, endpoint, desired, versions, rollout, error, report)
+        return self._roll_back(row, target, host, share, endpoint, desired, book, rollout, error)
 
     def _succeeded(
-        self, row: InferenceDeployment, target: Target, desired: AdapterVersion, rollout: RolloutRecord, report: RolloutReport
+        self, row: InferenceDeployment, target: Target, desired: AdapterVersion, rollout: RolloutRecord, book: VersionBook
     ) -> RolloutReport:
+        report = book.report
         finished = self.clock()
         assert rollout.started_at is not None
         duration = (finished - rollout.started_at).total_seconds()
-        self.store.activate_adapter_version(row.uid, desired.version)
+        book.activate(desired.version)
         report.adapter.serving_version = desired.version
         report.adapter.last_rollout = rollout.model_copy(
             update={"result": "Succeeded", "finished_at": finished, "duration_seconds": round(duration, 3)}
@@ -443,9 +453,10 @@ class AdapterRollout:
                 f"adapter {desired.version} serves on every replica probed ({target.spec.adapter.strategy}, {duration:.1f}s)",
             )
         )
+        with self._lock:
+            settled = self._settled_at.pop((row.uid, desired.version), None)
         if self.metrics is not None:
             self.metrics.duration.labels(target.spec.adapter.strategy, "Succeeded").observe(duration)
-            settled = self._settled_at.pop((row.uid, desired.version), None)
             if settled is not None:
                 self.metrics.settled_to_serving.labels(target.spec.adapter.strategy).observe(self.monotonic() - settled)
         return report
@@ -454,21 +465,23 @@ class AdapterRollout:
         self,
         row: InferenceDeployment,
         target: Target,
-        provider: Provider,
+        host: AdapterHost,
         share: AdapterShare,
         endpoint: str | None,
         failed: AdapterVersion,
-        versions: list[AdapterVersion],
+        book: VersionBook,
         rollout: RolloutRecord,
         error: str,
-        report: RolloutReport,
     ) -> RolloutReport:
-        good = next((v for v in versions if v.state == "Active" and v.version != failed.version), None)
-        self.store.update_adapter_version(row.uid, failed.version, state="Failed", message=error)
+        report = book.report
+        good = next((v for v in book.rows if v.state == "Active" and v.version != failed.version), None)
+        book.mark(failed.version, "Failed", error)
+        with self._lock:
+            self._settled_at.pop((row.uid, failed.version), None)
         if good is not None and good.path is not None:
             share.write(pointer_path(row.name), json.dumps({"version": good.version, "path": good.path}).encode())
             if target.spec.adapter.strategy == "hotReload" and endpoint is not None:
-                provider.reload_adapter(target, endpoint)
+                host.reload_adapter(target, endpoint)
         back = f"rolled back to {good.version}" if good is not None else "nothing to roll back to"
         message = f"adapter version {failed.version} failed: {error}; {back}"
         finished = self.clock()
@@ -477,12 +490,7 @@ class AdapterRollout:
         report.adapter.serving_version = good.version if good is not None else report.adapter.serving_version
         report.adapter.desired_version = good.version if good is not None else None
         report.adapter.last_rollout = rollout.model_copy(
-            update={
-                "result": "RolledBack",
-                "finished_at": finished,
-                "duration_seconds": round(duration, 3),
-                "message": message,
-            }
+            update={"result": "RolledBack", "finished_at": finished, "duration_seconds": round(duration, 3), "message": message}
         )
         report.failed, report.reason, report.message = True, "AdapterRolloutFailed", message
         report.requeue_after = self.poll_seconds

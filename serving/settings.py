@@ -19,6 +19,9 @@ class ServingSettings(BaseSettings):
     # A JSON file under the share root naming the version to serve and its folder; when set,
     # it (not the adapter folder) decides what is served: how the reconciler steers replicas.
     adapter_pointer: str | None = None
+    # The restart strategy's explicit version: this process serves exactly the version staged
+    # beside the pointer (``<pointer folder>/adapters/<version>``), whatever the pointer says.
+    adapter_version: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     allow_base_only: bool = False
     admin_token: str | None = Field(default=None, repr=False)
     host: str = "0.0.0.0"
@@ -53,3 +56,10 @@ class ServingSettings(BaseSettings):
     @property
     def pointer_file(self) -> Path | None:
         return self.share_root / self.adapter_pointer if self.adapter_pointer else None
+
+    @property
+    def version_dir(self) -> Path | None:
+        """The staged folder of ``adapter_version`` (None when no version is named)."""
+        if self.adapter_version is None or self.pointer_file is None:
+            return None
+        return self.pointer_file.parent / "adapters" / self.adapter_version

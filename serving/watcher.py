@@ -65,9 +65,25 @@ class AdapterWatcher:
         with self._lock:
             if self.engine.base is None:
                 return ReloadResult("waiting", None, "the base model is not loaded yet")
+            if self.settings.version_dir is not None:
+                return self._follow_version(force)
             if self.settings.pointer_file is not None:
                 return self._follow_pointer(force)
             return self._follow_folder(force)
+
+    def _follow_version(self, force: bool) -> ReloadResult:
+        """The restart strategy: the process was started to serve one version, and serves it."""
+        version, folder = self.settings.adapter_version, self.settings.version_dir
+        assert version is not None and folder is not None
+        active = self.registry.active
+        if active is not None and active.version == version:
+            return ReloadResult("unchanged", version, f"already serving {version}")
+        signature = stat_signature(folder)
+        if signature is None:
+            return self._nothing_to_serve(f"adapter version {version} is not staged at {folder}")
+        if not force and signature == self.registry.signature:
+            return ReloadResult("unchanged", active.version if active else None, "refused before; waiting for a change")
+        return self._load(folder, version, signature)
 
     def _follow_pointer(self, force: bool) -> ReloadResult:
         pointer = self.settings.pointer_file

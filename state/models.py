@@ -222,7 +222,7 @@ class CloudResource(SQLModel, table=True):
 # --------------------------------------------------------------------------------------------
 # AdapterVersion
 
-AdapterState = Literal["Staged", "Active", "Rejected", "Failed", "Superseded"]
+AdapterState = Literal["Staged", "Activating", "Active", "Rejected", "Failed", "Superseded"]
 
 
 class AdapterFile(CamelModel):

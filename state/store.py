@@ -17,6 +17,7 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -37,11 +38,38 @@ from state.models import (
     InferenceDeploymentCreate,
     utcnow,
 )
-from state.resource import DNS_LABEL, DeploymentSpec, DeploymentStatus, immutable_field_changes
+from state.resource import DNS_LABEL, DeploymentSpec, DeploymentStatus, changes_not_in_place, immutable_field_changes
 from state.selectors import Requirement
 
 Clock = Callable[[], datetime]
 ChangeListener = Callable[[str], None]
+# A check run first in a write transaction: a leader's fence, refusing (Fenced) the writes of a
+# replica that lost the lease.
+Fence = Callable[[Session], None]
+
+
+@dataclass(frozen=True)
+class AddVersion:
+    """An adapter version seen for the first time (one of that id already there stays as it is)."""
+
+    row: AdapterVersion
+
+
+@dataclass(frozen=True)
+class ActivateVersion:
+    """It serves now: Active; whatever was Active before is Superseded."""
+
+    version: str
+
+
+@dataclass(frozen=True)
+class MarkVersion:
+    version: str
+    state: str
+    message: str | None = None
+
+
+VersionChange = AddVersion | ActivateVersion | MarkVersion
 
 
 _NAME = re.compile(DNS_LABEL[0])
@@ -66,13 +94,10 @@ def decode_continue(token: str) -> str:
 
 
 class DeploymentStore:
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow, fence: Callable[[Session], None] | None = None) -> None:
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
         self.engine = engine
         self._sessions = Sessions(engine)
         self.clock = clock
-        # For the reconciler of a replicated service: called first in every write transaction,
-        # it refuses (Fenced) the writes of a replica that lost the leader lease.
-        self.fence = fence
         # Called with the deployment's name after a write to its desired state commits (create,
         # spec change, deletion request): how the API wakes the reconciler.
         self._listeners: list[ChangeListener] = []
@@ -89,20 +114,13 @@ class DeploymentStore:
     def _read(self) -> AbstractContextManager[Session]:
         return self._sessions.read()
 
-    def _write(self) -> AbstractContextManager[Session]:
-        return self._sessions.write(self.fence)
+    def _write(self, fence: Fence | None = None) -> AbstractContextManager[Session]:
+        return self._sessions.write(fence)
 
-    def fenced(self, fence: Callable[[Session], None]) -> DeploymentStore:
-        """The same database, every write checked by ``fence`` (for a leader's reconciler)."""
-        view = DeploymentStore(self.engine, clock=self.clock, fence=fence)
-        view._listeners = self._listeners
-        return view
-
-    def assert_leader(self) -> None:
-        """Before an action outside the database (a cloud call): still the leader?"""
-        if self.fence is not None:
-            with self._write():
-                pass
+    def check_fence(self, fence: Fence) -> None:
+        """Before an action outside the database (a cloud call): does ``fence`` still hold?"""
+        with self._write(fence):
+            pass
 
     @staticmethod
     def _lock(session: Session, name: str, uid: str | None = None) -> InferenceDeployment | None:
@@ -278,6 +296,13 @@ class DeploymentStore:
                     f"{', '.join(frozen)} cannot change once the deployment exists; delete it and create it again to move it",
                     frozen,
                 )
+            not_in_place = changes_not_in_place(row.spec, new_spec)
+            if not_in_place:
+                raise InvalidChange(
+                    "; ".join(f"{field}: {why}" for field, why in not_in_place),
+                    [field for field, _ in not_in_place],
+                    [why for _, why in not_in_place],
+                )
             spec_changed = _canonical(new_spec) != _canonical(row.spec)
             labels_changed = labels != row.labels
             if not spec_changed and not labels_changed:
@@ -344,11 +369,14 @@ class DeploymentStore:
         uid: str,
         read: InferenceDeployment | None = None,
         events: Sequence[tuple[str, str, str]] = (),
+        versions: Sequence[VersionChange] = (),
+        fence: Fence | None = None,
     ) -> InferenceDeployment | None:
-        """Write status if it differs, and ``events`` (type, reason, message) with it in the same
-        transaction; ``None`` when the deployment (that uid) is gone. ``read`` is the row as the
-        caller read it, when only its caller writes status (the reconciler, one pass per
-        deployment at a time): compared with that, an unchanged status costs no read at all."""
+        """Write status if it differs, with ``events`` (type, reason, message) and adapter
+        ``versions`` changes, all in one transaction; ``None`` when the deployment (that uid) is
+        gone. ``read`` is the row as the caller read it, when only its caller writes status (the
+        reconciler, one pass per deployment at a time): compared with that, an unchanged status
+        with nothing else to write costs no read at all."""
         document = status.wire()
         # Compare first on a read: a steady state then takes no write lock at all.
         current = read
@@ -357,25 +385,27 @@ class DeploymentStore:
                 current = session.get(InferenceDeployment, name)
         if current is None or current.uid != uid:
             return None
-        if _canonical(document) == _canonical(current.status):
+        if _canonical(document) == _canonical(current.status) and not events and not versions:
             return current
-        with self._write() as session:
+        with self._write(fence) as session:
             row = self._lock(session, name, uid)
             if row is None:
                 return None
+            for change in versions:
+                self._apply_version_change(session, uid, change)
+            for type_, reason, message in events:
+                self._add_event(session, row, type_, reason, message)
             if _canonical(document) == _canonical(row.status):
                 return row
             row.status = document
             row.resource_version += 1
             row.updated_at = self.clock()
             session.add(row)
-            for type_, reason, message in events:
-                self._add_event(session, row, type_, reason, message)
         return row
 
-    def remove(self, name: str, *, uid: str) -> bool:
+    def remove(self, name: str, *, uid: str, fence: Fence | None = None) -> bool:
         """Drop a deployment whose teardown is done, with its labels and events."""
-        with self._write() as session:
+        with self._write(fence) as session:
             row = self._lock(session, name, uid)
             if row is None:
                 return False
@@ -403,10 +433,11 @@ class DeploymentStore:
         created: bool,
         operation: str | None,
         continuation_token: str | None,
+        fence: Fence | None = None,
     ) -> None:
         """Insert or replace the record of one resource (ids are compared lower-cased, as ARM does)."""
         key = resource_id.lower()
-        with self._write() as session:
+        with self._write(fence) as session:
             row = session.get(CloudResource, (deployment_uid, key))
             if row is None:
                 row = CloudResource(deployment_uid=deployment_uid, resource_id=key, kind=kind, updated_at=self.clock())
@@ -415,16 +446,12 @@ class DeploymentStore:
             row.updated_at = self.clock()
             session.add(row)
 
-    def forget_cloud_resources(self, deployment_uid: str, resource_id: str | None = None) -> None:
+    def forget_cloud_resources(self, deployment_uid: str, resource_id: str | None = None, *, fence: Fence | None = None) -> None:
         query = delete(CloudResource).where(CloudResource.deployment_uid == deployment_uid)
         if resource_id is not None:
             query = query.where(CloudResource.resource_id == resource_id.lower())
-        with self._write() as session:
+        with self._write(fence) as session:
             session.exec(query)
-
-    def record_event(self, row: InferenceDeployment, type_: str, reason: str, message: str) -> None:
-        with self._write() as session:
-            self._add_event(session, row, type_, reason, message)
 
     def _add_event(self, session: Session, row: InferenceDeployment, type_: str, reason: str, message: str, *, first: bool = False) -> None:
         """Add an event, or count one more of the newest if it says the same (``first``: the
@@ -482,28 +509,25 @@ class DeploymentStore:
             session.add(row)
         return row
 
-    def update_adapter_version(self, deployment_uid: str, version: str, **changes: Any) -> None:
-        with self._write() as session:
-            row = session.get(AdapterVersion, (deployment_uid, version))
-            if row is None:
-                raise NotFound(f"adapter version {version!r} not found")
-            for key, value in changes.items():
-                setattr(row, key, value)
+    def _apply_version_change(self, session: Session, deployment_uid: str, change: VersionChange) -> None:
+        if isinstance(change, AddVersion):
+            if session.get(AdapterVersion, (deployment_uid, change.row.version)) is None:
+                session.add(AdapterVersion.model_validate(change.row.model_dump()))
+            return
+        row = session.get(AdapterVersion, (deployment_uid, change.version))
+        if row is None:
+            raise NotFound(f"adapter version {change.version!r} not found")
+        if isinstance(change, MarkVersion):
+            row.state, row.message = change.state, change.message
             session.add(row)
-
-    def activate_adapter_version(self, deployment_uid: str, version: str) -> None:
-        """``version`` is what serves now: Active; whatever was Active before is Superseded."""
-        with self._write() as session:
-            rows = session.exec(
-                select(AdapterVersion).where(AdapterVersion.deployment_uid == deployment_uid, AdapterVersion.state == "Active")
-            ).scalars()
-            for row in rows:
-                if row.version != version:
-                    row.state = "Superseded"
-                    session.add(row)
-            row = session.get(AdapterVersion, (deployment_uid, version))
-            if row is None:
-                raise NotFound(f"adapter version {version!r} not found")
-            if row.state != "Active":
-                row.state, row.activated_at, row.message = "Active", self.clock(), None
-                session.add(row)
+            return
+        actives = session.exec(
+            select(AdapterVersion).where(AdapterVersion.deployment_uid == deployment_uid, AdapterVersion.state == "Active")
+        ).scalars()
+        for active in actives:
+            if active.version != change.version:
+                active.state = "Superseded"
+                session.add(active)
+        if row.state != "Active":
+            row.state, row.activated_at, row.message = "Active", self.clock(), None
+            session.add(row)

@@ -22,10 +22,11 @@ from api.settings import ServiceSettings
 from infra.azure.limiter import ArmLimiter, BucketSpec
 from infra.azure.provider import AzureConfig, AzureProvider
 from infra.local.provider import LocalProvider
-from reconciler.controller import Controller
+from reconciler.controller import Controller, ReconcileLoop
 from reconciler.core import Reconciler
 from reconciler.journal import DatabaseJournal
 from reconciler.leader import LeadingController
+from reconciler.writer import PassWriter
 from state.access import AccessStore
 from state.db import make_engine, upgrade_database
 from state.errors import NotFound
@@ -153,9 +154,12 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     store = DeploymentStore(engine)
     registry = CollectorRegistry()
     local = LocalProvider(settings.data_dir / "local", serving_command=settings.serving_command)
-    journal = DatabaseJournal(store)
-    reconciler = Reconciler(store, {"local": local, "azure": azure_provider(settings, journal)}, registry=registry)
-    controller: Controller | LeadingController = Controller(
+    # One writer for every write the reconciler makes (its journal's too): the one the leader
+    # lease fences when replicas share a PostgreSQL database.
+    writer = PassWriter(store)
+    journal = DatabaseJournal(store, writer)
+    reconciler = Reconciler(store, {"local": local, "azure": azure_provider(settings, journal)}, writer=writer, registry=registry)
+    controller: ReconcileLoop = Controller(
         reconciler,
         resync_seconds=settings.resync_seconds,
         workers=settings.workers,
@@ -166,7 +170,7 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     if engine.dialect.name == "postgresql":
         # Replicas may share this database: each serves the API, the lease holder reconciles.
         replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        controller = LeadingController(controller, Lease(engine, replica), on_store=journal.use_store)
+        controller = LeadingController(controller, Lease(engine, replica))
         log.info("replica %s: reconciles while it holds the leader lease (PostgreSQL)", replica)
     local.on_change = controller.wake  # a serving process died: reconcile it now
     if demo:

@@ -12,6 +12,7 @@ from state.resource import DeploymentStatus
 
 T0 = datetime(2026, 11, 21, tzinfo=UTC)
 READY = Observation(
+    None,
     resources=[ObservedResource("ServingProcess", "pid:1", "Running")],
     endpoint="http://127.0.0.1:9",
     ready=True,
@@ -45,7 +46,7 @@ def test_a_flip_moves_last_transition_time():
     ready = statuses.converged(DeploymentStatus(), 1, READY, T0)
     later = T0 + timedelta(seconds=30)
     error = classify(TemporaryError("exited", reason="ServingProcessCrashed"))
-    failed = statuses.failed(ready, 1, Observation(detail="not running"), error, later)
+    failed = statuses.failed(ready, 1, Observation(None, detail="not running"), error, later)
     assert failed.phase == "Degraded"
     by_type = {c.type: c for c in failed.conditions}
     assert by_type["Degraded"].last_transition_time == later
@@ -69,7 +70,7 @@ def test_anything_unexpected_is_temporary():
 
 def test_a_restart_of_a_ready_deployment_is_not_reported_ready():
     ready = statuses.converged(DeploymentStatus(), 1, READY, T0)
-    restarting = statuses.progressing(ready, 2, Observation(detail="starting"), "restart ServingProcess bot", T0)
+    restarting = statuses.progressing(ready, 2, Observation(None, detail="starting"), "restart ServingProcess bot", T0)
     assert restarting.phase == "Provisioning"
     assert conditions(restarting)["Ready"] == ("False", "Provisioning")
     adopted = statuses.progressing(ready, 2, READY, "update ServingProcess bot: adopting it", T0)

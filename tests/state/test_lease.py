@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from reconciler.writer import PassWriter
 from state.db import make_engine
 from state.errors import Fenced
 from state.lease import Lease
@@ -42,14 +43,19 @@ def test_a_deposed_leader_cannot_write(engine):
     row = store.create(InferenceDeploymentCreate.model_validate(local_manifest()))
     a, b = Lease(engine, "replica-a", duration_seconds=1.0), Lease(engine, "replica-b", duration_seconds=1.0)
     epoch = a.try_acquire()
-    as_leader = store.fenced(a.fence(epoch))
-    assert as_leader.update_status(row.name, DeploymentStatus(phase="Provisioning"), uid=row.uid) is not None
+    as_leader = PassWriter(store)
+    as_leader.lead(a.fence(epoch))
+    assert as_leader.commit(row, DeploymentStatus(phase="Provisioning")) is not None
     as_leader.assert_leader()
     time.sleep(1.2)
     assert b.try_acquire() == epoch + 1
     with pytest.raises(Fenced, match="no longer leads"):
-        as_leader.update_status(row.name, DeploymentStatus(phase="Ready"), uid=row.uid)
+        as_leader.commit(row, DeploymentStatus(phase="Ready"))
     with pytest.raises(Fenced):
         as_leader.assert_leader()
+    with pytest.raises(Fenced):
+        as_leader.save_cloud_resource(
+            row.uid, "/subscriptions/x", kind="ResourceGroup", created=True, operation=None, continuation_token=None
+        )
     assert store.get(row.name).status["phase"] == "Provisioning"  # the refused write left no trace
     store.update_status(row.name, DeploymentStatus(phase="Degraded"), uid=row.uid)  # the API's store is not fenced

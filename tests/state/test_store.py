@@ -72,7 +72,7 @@ def test_a_stale_version_is_refused(store):
 
 def test_immutable_fields_cannot_change(store):
     store.create(InferenceDeploymentCreate.model_validate(azure_manifest()))
-    moved = DeploymentSpec.model_validate(azure_manifest(location="eastus")["spec"])
+    moved = DeploymentSpec.model_validate(azure_manifest(location="swedencentral")["spec"])
     with pytest.raises(InvalidChange) as info:
         store.replace("support-bot", labels={}, spec=moved)
     assert info.value.fields == ["spec.azure.location"]
@@ -154,9 +154,10 @@ def test_a_forged_continue_token_is_refused(store):
 
 def test_repeated_events_collapse_into_one_with_a_count(store):
     row = create(store)
+    status = DeploymentStatus.model_validate(row.status)
     for _ in range(3):
-        store.record_event(row, "Warning", "ProvisionFailed", "quota exceeded")
-    store.record_event(row, "Normal", "Ready", "serving")
+        store.update_status(row.name, status, uid=row.uid, events=[("Warning", "ProvisionFailed", "quota exceeded")])
+    store.update_status(row.name, status, uid=row.uid, events=[("Normal", "Ready", "serving")])
     events = store.list_events("support-bot")
     assert [(e.reason, e.count) for e in events] == [("Ready", 1), ("ProvisionFailed", 3), ("Created", 1)]
 
