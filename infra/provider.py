@@ -1,25 +1,39 @@
-"""The Provider interface and the values that cross it."""
+"""The interfaces a target implements, and the values that cross them.
+
+A target is three small jobs, each its own Protocol:
+
+- ``Provider`` is the lifecycle of what a deployment runs on: ``observe`` (read only), ``plan``
+  (pure: desired + observed -> actions), ``apply`` (make the calls), ``delete`` (tear down what
+  loraplane created). Its observation carries a typed, provider-private part (``P``) that only
+  its own ``plan`` reads.
+- ``AdapterHost`` is the adapter data plane: the share, and the serving app's adapter calls.
+- ``LogSource`` is where the serving app's log can be read.
+
+``Background`` is what a target runs beside the reconciler (the local target's process monitor):
+started and stopped with the reconcile loop. ``Target`` providers implement all four.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from state.resource import DeploymentSpec
 
 Verb = Literal["create", "update", "restart", "delete"]
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
 class Target:
-    """One deployment as a provider sees it: who it is and what it should be."""
+    """One deployment as a provider sees it: who it is, what it should be, and the adapter
+    version its serving app must run with (under the restart strategy a new version is a new
+    process or revision; under hotReload it is None and the pointer on the share decides)."""
 
     name: str
     uid: str
     generation: int
     spec: DeploymentSpec
-    # The adapter version the serving app's environment names, under the restart strategy:
-    # a new one there is a restart (a new revision on Azure). None under hotReload.
     adapter_version: str | None = None
 
 
@@ -39,6 +53,9 @@ class Action:
     kind: str  # the resource kind, e.g. "ServingProcess" or "ContainerApp"
     name: str
     reason: str  # why, for a person: "not running", "spec changed: model.path"
+    # What the provider decided to send, for its own apply (e.g. the desired body): the plan
+    # is made once, and apply does exactly what it says. Not part of what an action is.
+    payload: Any = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         return f"{self.verb} {self.kind} {self.name}: {self.reason}"
@@ -53,15 +70,15 @@ class ObservedResource:
 
 
 @dataclass
-class Observation:
-    """What exists now. ``ready`` means the endpoint answers as a deployment should."""
+class Observation(Generic[P]):
+    """What exists now. ``ready`` means the endpoint answers as a deployment should;
+    ``private`` is the provider's own record of what it saw, for its ``plan``."""
 
+    private: P
     resources: list[ObservedResource] = field(default_factory=list)
     endpoint: str | None = None
     ready: bool = False
     detail: str = ""  # what is going on, for the status message
-    # Provider-specific facts that its plan reads.
-    facts: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,10 +110,10 @@ class AdapterShare(Protocol):
     def close(self) -> None: ...
 
 
-class Provider(Protocol):
-    def observe(self, target: Target) -> Observation: ...
+class Provider(Protocol[P]):
+    def observe(self, target: Target) -> Observation[P]: ...
 
-    def plan(self, target: Target, observation: Observation) -> list[Action]:
+    def plan(self, target: Target, observation: Observation[P]) -> list[Action]:
         """Pure: the same inputs give the same actions; raises PermanentError or
         TemporaryError when the desired state cannot be reached from what was observed."""
         ...
@@ -107,8 +124,8 @@ class Provider(Protocol):
         """Tear down what loraplane created for this deployment; True once nothing is left."""
         ...
 
-    def logs(self, target: Target, tail: int) -> str: ...
 
+class AdapterHost(Protocol):
     def share(self, target: Target) -> AdapterShare: ...
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
@@ -118,6 +135,29 @@ class Provider(Protocol):
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         """Ask the serving app to look at the pointer now (with its admin token)."""
         ...
+
+
+class LogSource(Protocol):
+    def logs(self, target: Target, tail: int) -> str: ...
+
+
+class Background(Protocol):
+    def start(self) -> None:
+        """With the reconcile loop: start what the target watches in the background."""
+        ...
+
+    def stop(self) -> None:
+        """With the reconcile loop: stop watching and close connections; what serves keeps
+        serving (a restart adopts it)."""
+        ...
+
+    def stop_all(self) -> None:
+        """Also stop what serves (``serve --stop-children``)."""
+        ...
+
+
+class TargetProvider(Provider[P], AdapterHost, LogSource, Background, Protocol[P]):
+    """Everything the reconciler needs of one target."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +175,7 @@ class ResourceRecord:
 
 class ResourceJournal(Protocol):
     """Durable memory for providers, by deployment uid (the reconciler backs it with the
-    database)."""
+    database, through its one fenced writer)."""
 
     def records(self, deployment_uid: str) -> dict[str, ResourceRecord]:
         """By resource id, lower-cased."""

@@ -21,6 +21,7 @@ from api.cli.client import CliError
 from state.resource import DeploymentSpec, ObjectMetaIn
 
 CONFIG_FILE = Path("infra/inference.config.json")
+TOOLKIT_PROFILE_TYPE = "NC24-A100"
 PARAMETERS_FILE = Path("infra/provision/inference.parameters.json")
 # parameters file name -> spec.azure field
 PARAMETER_FIELDS = {
@@ -82,6 +83,10 @@ def import_toolkit(project: Path, *, name: str | None = None, location: str | No
     deployment = name or azure.get("app")
     if not deployment:
         raise CliError("no ACA_APP_NAME or acaAppName to name the deployment after; give one with --name")
+    # The Toolkit's inference template (configs/*/infra/provision/inference.bicep) creates a
+    # dedicated NC24-A100 profile named "GPU" and asks 24 vCPU and 220Gi for its app: adopted as
+    # it is (the profile is found by its type, whatever its name; the size is that profile's).
+    azure["workloadProfile"] = {"type": TOOLKIT_PROFILE_TYPE}
     spec: dict[str, Any] = {"target": "azure", "azure": azure}
     if isinstance(parameters.get("maximumInstanceCount"), int):
         spec["scale"] = {"minReplicas": min(1, parameters["maximumInstanceCount"]), "maxReplicas": parameters["maximumInstanceCount"]}

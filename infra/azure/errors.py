@@ -6,7 +6,11 @@ TemporaryError or PermanentError chained to the SDK's exception.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -59,7 +63,34 @@ ARM_ERRORS: dict[str, Rule] = {
     "ManagedEnvironmentNotFound": Rule(False, "DependencyNotReady"),
     "Conflict": Rule(False, "Conflict"),
     "AnotherOperationInProgress": Rule(False, "Conflict"),
+    # A body Azure refuses for what it says: the same body is refused again.
+    "InvalidRequestContent": Rule(True, "InvalidRequest"),
+    "ContainerAppInvalidResourceTotal": Rule(True, "InvalidContainerResources"),
+    "ContainerAppMaxReplicasOutOfRange": Rule(True, "InvalidScale"),
+    "ContainerAppMinReplicasOutOfRange": Rule(True, "InvalidScale"),
+    "ContainerAppMinReplicasGreaterThanMax": Rule(True, "InvalidScale"),
+    "WorkloadProfileNameDuplicated": Rule(True, "WorkloadProfileUnavailable"),
+    "WorkloadProfileNameReserved": Rule(True, "WorkloadProfileUnavailable"),
+    "WorkloadProfileInvalidNameTooLong": Rule(True, "WorkloadProfileUnavailable"),
+    "WorkloadProfilePropertyNotSupported": Rule(True, "WorkloadProfileUnavailable"),
+    "WorkloadProfileCannotBeAdded": Rule(True, "WorkloadProfileUnavailable"),
+    "ContainerAppInvalidName": Rule(True, "InvalidName"),
+    "ManagedEnvironmentInvalidName": Rule(True, "InvalidName"),
+    "ManagedEnvironmentStorageInvalidName": Rule(True, "InvalidName"),
+    "InvalidResourceGroupName": Rule(True, "InvalidName"),
+    "InvalidWorkspaceName": Rule(True, "InvalidName"),
+    "PropertyChangeNotAllowed": Rule(True, "ChangeNotAllowed"),
+    "InvalidResourceLocation": Rule(True, "ChangeNotAllowed"),
+    "KeyBasedAuthenticationNotPermitted": Rule(True, "SharedKeyAccessDisabled"),
 }
+# Families of codes, by their start: Container Apps names each probe field's range error.
+ARM_ERROR_FAMILIES: dict[str, Rule] = {
+    "ContainerAppProbe": Rule(True, "InvalidProbe"),
+}
+# An unknown code with a 4xx status is most likely our request: it is retried (a code never met
+# should not stop a deployment for good at once), and becomes permanent when the same body is
+# refused the same way again (see ``Refusals``).
+UNKNOWN_REFUSAL = "AzureRefused"
 
 # Words in messages that mean quota even under a generic code.
 QUOTA_WORDS = ("cannot have more than", "exceeding approved", "quota")
@@ -85,16 +116,45 @@ def classify_azure_error(error: Exception, *, doing: str) -> ProviderError:
     code = (error.error.code if error.error is not None else None) or ""
     message = (error.error.message if error.error is not None else None) or error.message or str(error)
     said = f"{doing}: Azure said {code or error.status_code}: {message}"
-    rule = ARM_ERRORS.get(code)
+    rule = ARM_ERRORS.get(code) or next((r for prefix, r in ARM_ERROR_FAMILIES.items() if code.startswith(prefix)), None)
     if rule is None and any(word in message.lower() for word in QUOTA_WORDS):
         rule = ARM_ERRORS["QuotaExceeded"]
     if rule is None and error.status_code == 429:
         rule = ARM_ERRORS["TooManyRequests"]
     if rule is None:
-        # Unknown codes: 4xx is probably our request and will not fix itself, but a permanent
-        # stop on a code we have not met is worse than a bounded backoff; 5xx is Azure's.
-        return TemporaryError(said, reason="AzureError")
+        if 400 <= (error.status_code or 0) < 500:
+            return TemporaryError(said, reason=UNKNOWN_REFUSAL)
+        return TemporaryError(said, reason="AzureError")  # 5xx is Azure's own trouble
     if rule.permanent:
         return PermanentError(said, reason=rule.reason)
     delay = _retry_after(error) if rule.reason == "Throttled" else rule.delay
     return TemporaryError(said, reason=rule.reason, delay=delay)
+
+
+class Refusals:
+    """Unknown 4xx answers, by what was sent: the second time the same body is refused with the
+    same code, the refusal is permanent (the status then names Azure's code and message, and
+    nothing is sent again until the spec changes)."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._seen: dict[tuple[str, str], str] = {}  # (resource id, body digest) -> code
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def judge(self, error: ProviderError, *, resource_id: str, body: Any) -> ProviderError:
+        if not isinstance(error, TemporaryError) or error.reason != UNKNOWN_REFUSAL:
+            return error
+        key = (resource_id.lower(), _digest(body))
+        code = error.message.split("Azure said ", 1)[-1].split(":", 1)[0]
+        with self._lock:
+            again = self._seen.get(key) == code
+            if len(self._seen) >= self._limit:
+                self._seen.clear()
+            self._seen[key] = code
+        if again:
+            return PermanentError(f"{error.message} (refused twice for the same request: fix the spec)", reason=UNKNOWN_REFUSAL)
+        return error
+
+
+def _digest(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()

@@ -51,6 +51,12 @@ class Inventory:
             found = self._read.get(resource_id.lower())
         return found[1] if found is not None else None
 
+    def known(self, prefix: str) -> list[Resource]:
+        """Every resource whose id starts with ``prefix`` (lower case), as last read, without
+        reading: e.g. the container apps of a group from its last list."""
+        with self._lock:
+            return [resource for key, (_, resource) in self._read.items() if key.startswith(prefix) and resource is not None]
+
     def _fresh(self, key: str) -> tuple[bool, Resource | None]:
         with self._lock:
             if key in self._stale:

@@ -1,13 +1,15 @@
-"""The azure target: observe what exists through the official SDK clients, plan (pure) what to
-create or fix, apply it with the SDK's own long-running-operation pollers.
+"""The azure target: one generic loop over the kinds of ``infra.azure.kinds``.
 
-- Observe reads only: a GET per resource (children skipped when their parent is missing) and
-  a probe of the endpoint. A steady state costs no write.
-- Operations do not block a worker: a PUT or DELETE starts, its continuation token is saved
-  in the journal, and later passes look at the poller; after a restart the poller is rebuilt
-  from the token, so a request is never sent twice.
+- Observe reads only: each kind parents first (nothing is read inside what does not exist),
+  through the inventory (a group's container apps with one list), and a probe of the endpoint.
+  It decides once (``infra.azure.plan.changes``, pure) and keeps the plan in its observation.
+  A steady state costs no write.
+- Apply makes the plan's calls. Operations do not block a worker: a PUT or DELETE starts, its
+  continuation token is saved in the journal, and later passes look at the poller; after a
+  restart the poller is rebuilt from the token by the kind, so a request is never sent twice.
 - Ownership: what loraplane creates is tagged and journalled; a resource that exists under a
-  name in the spec and is neither is adopted: kept up to date under ``manage``, never deleted.
+  name in the spec and is neither is adopted: held to what the deployment needs of it (the kind
+  says what), never deleted.
 - Secrets (the storage key, the log workspace's key, the app's admin token) are fetched or
   made at apply time, sent to Azure, and kept nowhere.
 """
@@ -24,154 +26,84 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import httpx
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.core.polling import LROPoller
-from azure.mgmt.appcontainers import ContainerAppsAPIClient
-from azure.mgmt.loganalytics import LogAnalyticsManagementClient
-from azure.mgmt.resource.resources import ResourceManagementClient
-from azure.mgmt.storage import StorageManagementClient
 
+from infra.azure.clients import PUBLIC_CLOUD, AzureClients, AzureConfig
 from infra.azure.credentials import make_credential
-from infra.azure.desired import (
-    ADMIN_TOKEN_SECRET,
-    DEPENDS_ON,
-    DIST_FOLDER,
-    NAMED_SUBSET_LISTS,
-    DesiredResource,
-    desired_resources,
-    drifted_fields,
-    loraplane_tags,
-    resource_ids,
-    value_at,
-)
-from infra.azure.errors import classify_azure_error
+from infra.azure.desired import ADMIN_TOKEN_SECRET, DIST_FOLDER, DesiredResource, adopted_body, owned_by_tags, value_at, wheels_named
+from infra.azure.errors import Refusals, classify_azure_error
 from infra.azure.inventory import Inventory
+from infra.azure.kinds import BY_NAME, KINDS, ContainerApp, Failure, Kind, ResourceGroup
 from infra.azure.limiter import ArmLimiter
+from infra.azure.plan import REVISION, WHEEL, AzureFacts, Plan, changes, wheel_path
 from infra.azure.share import ShareFiles
 from infra.azure.wheel import ServingWheel, build_serving_wheel
 from infra.endpoints import EndpointClient
 from infra.errors import PermanentError, TemporaryError
 from infra.provider import Action, Observation, ObservedResource, ResourceJournal, ResourceRecord, Target
+from state.resource import AzureSpec
+
+__all__ = ["PUBLIC_CLOUD", "AzureConfig", "AzureObserved", "AzureProvider"]
 
 log = logging.getLogger("loraplane.infra.azure")
 
-PUBLIC_CLOUD = "https://management.azure.com"
 SHARE_KEY_SECONDS = 600.0  # how long a fetched storage key is reused (in memory) before a refetch
-# Azure's words for a resource that is not done yet; anything else is final.
-BUSY_STATES = {"inprogress", "creating", "updating", "deleting", "accepted", "provisioning", "scheduledfordelete"}
-FAILED_STATES = {"failed", "canceled"}
-# Where each kind lives: when the container is missing, so is what it would hold.
-CONTAINED_IN = {
-    "StorageAccount": "ResourceGroup",
-    "FileShare": "StorageAccount",
-    "Workspace": "ResourceGroup",
-    "ManagedEnvironment": "ResourceGroup",
-    "EnvironmentStorage": "ManagedEnvironment",
-    "ContainerApp": "ResourceGroup",
-}
+OPERATION_WORDS = {"create": "creating", "update": "updating", "delete": "deleting"}
 
 
 @dataclass(frozen=True)
-class AzureConfig:
-    """How to reach Azure: the public cloud by default, or the simulator (its URL, its CA
-    bundle, and the ``static`` credential)."""
+class AzureObserved:
+    """The azure target's private observation: what it saw, and what it decided from it."""
 
-    arm_url: str = PUBLIC_CLOUD
-    ca_bundle: Path | None = None
-    credential: str = "default"
-    polling_seconds: float = 5.0
-    probe_timeout_seconds: float = 5.0
-    # How old a read may be and still serve an observation (see infra.azure.inventory); below
-    # the resync interval, so that each resync judges drift on a read made since the last one.
-    observe_max_age_seconds: float = 10.0
+    facts: AzureFacts
+    plan: Plan
 
 
-class AzureClients:
-    """The four management clients of one subscription, sharing one limiter."""
-
-    def __init__(self, subscription_id: str, config: AzureConfig, credential: Any, limiter: ArmLimiter) -> None:
-        options: dict[str, Any] = {
-            "base_url": config.arm_url,
-            "credential_scopes": [config.arm_url.rstrip("/") + "/.default"],
-            "per_retry_policies": [limiter.policy()],
-            "polling_interval": config.polling_seconds,
-        }
-        if config.ca_bundle is not None:
-            options["connection_verify"] = str(config.ca_bundle)
-        self.resources = ResourceManagementClient(credential, subscription_id, **options)
-        self.storage = StorageManagementClient(credential, subscription_id, **options)
-        self.logs = LogAnalyticsManagementClient(credential, subscription_id, **options)
-        self.apps = ContainerAppsAPIClient(credential, subscription_id, **options)
-
-    def close(self) -> None:
-        for client in (self.resources, self.storage, self.logs, self.apps):
-            client.close()
+def _azure(target: Target) -> AzureSpec:
+    azure = target.spec.azure
+    assert azure is not None  # the spec's validation guarantees it for target=azure
+    return azure
 
 
-def _owned_by_tags(observed: dict[str, Any] | None, deployment: str) -> bool:
-    tags = (observed or {}).get("tags") or {}
-    return all(tags.get(k) == v for k, v in loraplane_tags(deployment).items())
+class _ApplySecrets:
+    """The secrets one write needs, fetched when it asks (``infra.azure.kinds.Secrets``)."""
 
+    def __init__(self, provider: AzureProvider, clients: AzureClients, target: Target) -> None:
+        self.provider, self.clients, self.target = provider, clients, target
+        self.azure = _azure(target)
 
-def provisioning_state(observed: dict[str, Any]) -> str:
-    properties = observed.get("properties") or {}
-    return str(properties.get("provisioningState") or "Succeeded")
+    def account_key(self) -> str:
+        keys = self.clients.storage.storage_accounts.list_keys(self.azure.resource_group, self.azure.storage_account or "")
+        return keys["keys"][0]["value"]
 
+    def workspace(self) -> tuple[str, str]:
+        name = self.azure.log_analytics or ""
+        workspace = self.clients.logs.workspaces.get(self.azure.resource_group, name).as_dict()
+        key = self.clients.logs.shared_keys.get_shared_keys(self.azure.resource_group, name)["primarySharedKey"]
+        return str(value_at(workspace, ("properties", "customerId"))), key
 
-# ------------------------------------------------------------------------------------ plan
+    def app_secrets(self, *, exists: bool) -> dict[str, str]:
+        """The app's secrets with their values: Azure never shows them on GET, and a PUT must
+        carry them all. The admin token is made once and then read back from Azure."""
+        values: dict[str, str] = {}
+        if exists:
+            listed = self.clients.apps.container_apps.list_secrets(self.azure.resource_group, self.azure.app or "")["value"] or []
+            values = {s["name"]: s["value"] for s in listed if s.get("value") is not None}
+        if not values.get(ADMIN_TOKEN_SECRET):
+            values[ADMIN_TOKEN_SECRET] = secrets.token_urlsafe(32)
+        return values
 
-
-@dataclass(frozen=True)
-class Change:
-    verb: str  # create | update
-    resource: DesiredResource
-    reason: str
-
-
-def changes(target: Target, facts: dict[str, Any]) -> tuple[list[Change], list[str]]:
-    """Pure: what would make Azure match the spec, and what is being waited for. Each
-    resource is looked at once its parents exist and have finished provisioning."""
-    observed: dict[str, dict[str, Any] | None] = facts["observed"]
-    busy: dict[str, str] = facts["busy"]
-    workspace = observed.get("Workspace") or {}
-    desired = desired_resources(
-        target,
-        serving_wheel=facts.get("wheel"),
-        workspace_customer_id=value_at(workspace, ("properties", "customerId")),
-    )
-    settled: set[str] = set()
-    found: list[Change] = []
-    waiting: list[str] = []
-    for resource in desired:
-        current = observed.get(resource.kind)
-        if resource.kind in busy:
-            waiting.append(f"{busy[resource.kind]} {resource.kind} {resource.name}")
-            continue
-        if current is None:
-            if all(dep in settled for dep in DEPENDS_ON[resource.kind]):
-                found.append(Change("create", resource, "does not exist"))
-            continue
-        state = provisioning_state(current).lower()
-        if state in BUSY_STATES:
-            waiting.append(f"Azure to finish {resource.kind} {resource.name} ({provisioning_state(current)})")
-            continue
-        if state in FAILED_STATES:
-            found.append(Change("update", resource, f"its provisioning {state}; trying again"))
-            continue
-        if resource.kind in facts.get("adopted", ()):
-            resource = as_adopted(resource)
-        drift = drifted_fields(resource, current)
-        if drift:
-            found.append(Change("update", resource, "drifted: " + ", ".join(drift)))
-        settled.add(resource.kind)
-    return found, waiting
-
-
-# ---------------------------------------------------------------------------- the provider
+    def ensure_wheel(self) -> None:
+        wheel = self.provider.wheel()
+        path = wheel_path(wheel.filename)
+        with self.provider.share(self.target) as share:
+            if not share.exists(path):
+                share.upload(path, wheel.content)
+                log.info("uploaded %s to the share of %s", path, self.target.name)
 
 
 class AzureProvider:
@@ -183,29 +115,37 @@ class AzureProvider:
         credential: Any | None = None,
         limiter: ArmLimiter | None = None,
         serving_wheel: Callable[[], ServingWheel] = build_serving_wheel,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.journal = journal
         self.credential = credential if credential is not None else make_credential(config.credential)
         self.limiter = limiter or ArmLimiter()
+        self.monotonic = monotonic
         self._build_wheel = serving_wheel
         self._wheel: ServingWheel | None = None
         self._clients: dict[str, AzureClients] = {}
         self._pollers: dict[tuple[str, str], LROPoller] = {}
         self._share_access: dict[str, tuple[str, str, float]] = {}  # account -> (url, key, fetched)
+        self._restarted: dict[tuple[str, str], float] = {}  # (uid, revision) -> when restarted
+        self._wheels_tidy: dict[str, str] = {}  # uid -> the wheel whose predecessors are gone
         self._lock = threading.Lock()
+        self.refusals = Refusals()
         # The serving app's endpoint is checked against the same CA as ARM (never unverified).
-        self._tls = ssl.create_default_context(cafile=str(config.ca_bundle)) if config.ca_bundle else True
+        self._tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(config.ca_bundle)) if config.ca_bundle else True
         self.endpoints = EndpointClient(timeout=config.probe_timeout_seconds, verify=self._tls)
         self.inventory = Inventory(config.observe_max_age_seconds)
 
-    # ------------------------------------------------------------------------ plumbing
+    # --------------------------------------------------------------------------- lifecycle
 
     def clients(self, subscription_id: str) -> AzureClients:
         with self._lock:
             if subscription_id not in self._clients:
                 self._clients[subscription_id] = AzureClients(subscription_id, self.config, self.credential, self.limiter)
             return self._clients[subscription_id]
+
+    def start(self) -> None:
+        """Nothing runs beside the reconciler for Azure: replicas run in Azure."""
 
     def close(self) -> None:
         with self._lock:
@@ -219,114 +159,146 @@ class AzureProvider:
         their tokens at the next start."""
         self.close()
 
+    def stop_all(self) -> None:
+        """The apps run in Azure, not here: nothing to stop."""
+
     def wheel(self) -> ServingWheel:
         if self._wheel is None:
             self._wheel = self._build_wheel()
         return self._wheel
 
     def _wheel_name(self, target: Target) -> str | None:
-        assert target.spec.azure is not None
-        return None if target.spec.azure.image else self.wheel().filename
+        return None if _azure(target).image else self.wheel().filename
 
-    def _resources(self, target: Target) -> list[DesiredResource]:
-        return desired_resources(target, serving_wheel=self._wheel_name(target))
+    # ------------------------------------------------------------------------------ reads
 
-    @staticmethod
-    def _azure(target: Target):
-        azure = target.spec.azure
-        assert azure is not None  # the spec's validation guarantees it for target=azure
-        return azure
-
-    # --------------------------------------------------------------------------- reads
-
-    def _get(self, clients: AzureClients, target: Target, kind: str, *, fresh: bool = False) -> dict[str, Any] | None:
+    def _get(self, clients: AzureClients, azure: AzureSpec, kind: Kind, *, fresh: bool = False) -> dict[str, Any] | None:
         """The resource as Azure has it (None: absent), through the inventory: at most
-        ``observe_max_age_seconds`` old, container apps listed per group; ``fresh`` reads it now
-        (before a write that is computed from it)."""
-        azure = self._azure(target)
-        resource_id = resource_ids(azure)[kind]
+        ``observe_max_age_seconds`` old, listed kinds with one list per group; ``fresh`` reads it
+        now (before a write that is computed from it)."""
+        resource_id = kind.resource_id(azure)
         if fresh:
             self.inventory.touched(resource_id)
-        if kind != "ContainerApp":
-            return self.inventory.get(resource_id, lambda: self._read(clients, target, kind))
-        rg = azure.resource_group
 
-        def every_app_in_the_group() -> list[dict[str, Any]]:
+        def read() -> dict[str, Any] | None:
             try:
-                return [app.as_dict() for app in clients.apps.container_apps.list_by_resource_group(rg)]
+                return kind.get(clients, azure).as_dict()
             except ResourceNotFoundError:
-                return []  # no group, no apps
+                return None
             except AzureError as exc:
-                raise classify_azure_error(exc, doing=f"listing the container apps of {rg}") from exc
+                raise classify_azure_error(exc, doing=f"reading {kind.name} {kind.resource_name(azure)}") from exc
 
-        scope = f"/subscriptions/{azure.subscription_id}/resourceGroups/{rg}/containerApps"
-        return self.inventory.get_listed(resource_id, scope, lambda: self._read(clients, target, kind), every_app_in_the_group)
+        if not kind.listed_per_group:
+            return self.inventory.get(resource_id, read)
 
-    def _read(self, clients: AzureClients, target: Target, kind: str) -> dict[str, Any] | None:
-        azure = self._azure(target)
-        rg = azure.resource_group
-        calls: dict[str, Callable[[], Any]] = {
-            "ResourceGroup": lambda: clients.resources.resource_groups.get(rg),
-            "StorageAccount": lambda: clients.storage.storage_accounts.get_properties(rg, azure.storage_account),
-            "FileShare": lambda: clients.storage.file_shares.get(rg, azure.storage_account, azure.file_share),
-            "Workspace": lambda: clients.logs.workspaces.get(rg, azure.log_analytics),
-            "ManagedEnvironment": lambda: clients.apps.managed_environments.get(rg, azure.environment),
-            "EnvironmentStorage": lambda: clients.apps.managed_environments_storages.get(rg, azure.environment, azure.environment_storage),
-            "ContainerApp": lambda: clients.apps.container_apps.get(rg, azure.app),
-        }
-        try:
-            return calls[kind]().as_dict()
-        except ResourceNotFoundError:
-            return None
-        except AzureError as exc:
-            raise classify_azure_error(exc, doing=f"reading {kind} {self._name_of(target, kind)}") from exc
+        def every_one_in_the_group() -> list[dict[str, Any]]:
+            try:
+                return [item.as_dict() for item in kind.list_group(clients, azure)]
+            except ResourceNotFoundError:
+                return []  # no group, none in it
+            except AzureError as exc:
+                raise classify_azure_error(exc, doing=f"listing the {kind.arm_type} of {azure.resource_group}") from exc
 
-    def _name_of(self, target: Target, kind: str) -> str:
-        azure = self._azure(target)
-        return {
-            "ResourceGroup": azure.resource_group,
-            "StorageAccount": azure.storage_account,
-            "FileShare": azure.file_share,
-            "Workspace": azure.log_analytics,
-            "ManagedEnvironment": azure.environment,
-            "EnvironmentStorage": azure.environment_storage,
-            "ContainerApp": azure.app,
-        }[kind] or ""
+        scope = f"{ResourceGroup().resource_id(azure)}/{kind.arm_type}"
+        return self.inventory.get_listed(resource_id, scope, read, every_one_in_the_group)
 
-    # ------------------------------------------------------------------------- observe
+    # ---------------------------------------------------------------------------- observe
 
-    def observe(self, target: Target) -> Observation:
-        azure = self._azure(target)
+    def observe(self, target: Target) -> Observation[AzureObserved]:
+        azure = _azure(target)
         clients = self.clients(azure.subscription_id)
-        wheel = self._wheel_name(target)
-        resources = desired_resources(target, serving_wheel=wheel)
         busy = self._advance_operations(clients, target)
         records = self.journal.records(target.uid)
         observed: dict[str, dict[str, Any] | None] = {}
-        for resource in resources:
-            parent = CONTAINED_IN.get(resource.kind)
-            if parent is not None and observed.get(parent) is None:
-                observed[resource.kind] = None  # nothing can exist inside what does not: no call
-            elif resource.kind in busy:
-                observed[resource.kind] = self.inventory.last(resource.id)  # its operation tells how it goes
+        for kind in KINDS:
+            if kind.parent is not None and observed.get(kind.parent) is None:
+                observed[kind.name] = None  # nothing can exist inside what does not: no call
+            elif kind.name in busy:
+                observed[kind.name] = self.inventory.last(kind.resource_id(azure))  # its operation tells how it goes
             else:
-                observed[resource.kind] = self._get(clients, target, resource.kind)
-        refs = []
-        for resource in resources:
-            current = observed[resource.kind]
-            record = records.get(resource.id.lower())
-            ours = (record is not None and record.created) or current is None or _owned_by_tags(current, target.name)
-            state = busy.get(resource.kind, "").capitalize() or (provisioning_state(current) if current else "Missing")
-            refs.append(ObservedResource(resource.kind, resource.id, state, "loraplane" if ours else "adopted"))
-        facts = {"observed": observed, "busy": busy, "wheel": wheel, "adopted": [r.kind for r in refs if r.managed_by == "adopted"]}
-        endpoint, ready, detail = self._probe(observed.get("ContainerApp"))
-        found, waiting = changes(target, facts)
-        if azure.policy == "observe" and found:
-            detail = "policy observe, not fixed: " + "; ".join(f"{c.resource.kind} {c.resource.name} {c.reason}" for c in found)
+                observed[kind.name] = self._get(clients, azure, kind)
+        refs, adopted = [], set()
+        for kind in KINDS:
+            current, resource_id = observed[kind.name], kind.resource_id(azure)
+            record = records.get(resource_id.lower())
+            ours = (record is not None and record.created) or current is None or owned_by_tags(current, target.name)
+            if not ours:
+                adopted.add(kind.name)
+            state = busy.get(kind.name, "").capitalize() or (kind.state(current) if current else "Missing")
+            refs.append(ObservedResource(kind.name, resource_id, state, "loraplane" if ours else "adopted"))
+        app = observed[ContainerApp.name]
+        failure = self._health(clients, azure, app) if app is not None and ContainerApp.name not in busy else None
+        wheel = self._wheel_name(target)
+        dist = self._dist(target, app, wheel)
+        facts = AzureFacts(
+            observed=observed,
+            busy=busy,
+            adopted=frozenset(adopted),
+            wheel=wheel,
+            failure=failure,
+            restart_allowed=self._may_restart(target, failure),
+            dist=dist,
+            wheels_in_use=self._wheels_in_use(azure) if dist else frozenset(),
+        )
+        plan = changes(target, facts)
+        endpoint, ready, detail = self._probe(app)
+        if plan.problem is not None:
+            detail, ready = plan.problem.message, False
+        elif azure.policy == "observe" and plan.changes:
+            detail = "policy observe, not fixed: " + "; ".join(f"{c.kind} {c.name} {c.reason}" for c in plan.changes)
             ready = False
-        elif waiting:
-            detail = "waiting for " + "; ".join(waiting)
-        return Observation(resources=refs, endpoint=endpoint, ready=ready and not found and not waiting, detail=detail, facts=facts)
+        elif plan.waiting:
+            detail = "waiting for " + "; ".join(plan.waiting)
+        serving_changes = [c for c in plan.changes if c.kind != WHEEL]
+        return Observation(
+            AzureObserved(facts, plan),
+            resources=refs,
+            endpoint=endpoint,
+            ready=ready and not serving_changes and not plan.waiting,
+            detail=detail,
+        )
+
+    def _health(self, clients: AzureClients, azure: AzureSpec, app: dict[str, Any]) -> Failure | None:
+        try:
+            return ContainerApp().health(clients, azure, app)
+        except ResourceNotFoundError:
+            return None  # the revision went meanwhile: the next pass sees the app's new state
+        except AzureError as exc:
+            raise classify_azure_error(exc, doing=f"reading the newest revision of {azure.app}") from exc
+
+    def _may_restart(self, target: Target, failure: Failure | None) -> bool:
+        if failure is None or failure.revision is None:
+            return True
+        with self._lock:
+            last = self._restarted.get((target.uid, failure.revision))
+        return last is None or self.monotonic() - last >= self.config.revision_restart_seconds
+
+    def _dist(self, target: Target, app: dict[str, Any] | None, wheel: str | None) -> tuple[str, ...] | None:
+        """The wheels on the share, listed once per new wheel: when the app's newest revision is
+        ready and installs ``wheel``, and its predecessors have not been seen gone yet."""
+        if wheel is None or app is None:
+            return None
+        properties = app.get("properties") or {}
+        if properties.get("latestRevisionName") != properties.get("latestReadyRevisionName"):
+            return None
+        if wheels_named(properties.get("template")) != {wheel}:
+            return None
+        with self._lock:
+            if self._wheels_tidy.get(target.uid) == wheel:
+                return None
+        with self.share(target) as share:
+            names = tuple(share.names(DIST_FOLDER) or ())
+        if names == (wheel,):
+            with self._lock:
+                self._wheels_tidy[target.uid] = wheel
+        return names
+
+    def _wheels_in_use(self, azure: AzureSpec) -> frozenset[str]:
+        prefix = f"{ResourceGroup().resource_id(azure)}/providers/{ContainerApp.arm_type}/".lower()
+        found: set[str] = set()
+        for app in self.inventory.known(prefix):
+            found |= wheels_named((app.get("properties") or {}).get("template"))
+        return frozenset(found)
 
     def _probe(self, app: dict[str, Any] | None) -> tuple[str | None, bool, str]:
         if app is None:
@@ -347,7 +319,7 @@ class AzureProvider:
             return endpoint, True, f"serving at {endpoint}"
         return endpoint, False, f"the serving app is not ready: {response.text.strip()[:300]}"
 
-    # ------------------------------------------------------------------- operations
+    # ------------------------------------------------------------------------ operations
 
     def _advance_operations(self, clients: AzureClients, target: Target) -> dict[str, str]:
         """Look at the operations in flight: finished ones are cleared (a failure is raised,
@@ -359,15 +331,14 @@ class AzureProvider:
                 continue
             poller = self._poller(clients, target, record)
             if poller is not None and not poller.done():
-                busy[record.kind] = {"create": "creating", "update": "updating", "delete": "deleting"}[record.operation]
+                busy[record.kind] = OPERATION_WORDS[record.operation]
                 continue
             with self._lock:
                 self._pollers.pop((target.uid, key), None)
-            finished = replace(record, operation=None, continuation_token=None)
             if record.operation == "delete":
                 self.journal.forget(target.uid, record.resource_id)
             else:
-                self.journal.save(target.uid, finished)
+                self.journal.save(target.uid, replace(record, operation=None, continuation_token=None))
             if poller is None:
                 self.inventory.touched(record.resource_id)
                 continue
@@ -389,41 +360,19 @@ class AzureProvider:
 
     def _poller(self, clients: AzureClients, target: Target, record: ResourceRecord) -> LROPoller | None:
         """The poller of an operation in flight: the one this process started, or one rebuilt
-        from the journal's continuation token (after a restart). None when there is no token
-        (the operation was not long-running)."""
+        from the journal's continuation token by its kind (after a restart). None when there is
+        no token (the operation finished within its request, or its token held a secret)."""
         key = (target.uid, record.resource_id)
         with self._lock:
             poller = self._pollers.get(key)
-        if poller is not None or record.continuation_token is None:
+        if poller is not None or record.continuation_token is None or record.operation is None:
             return poller
-        azure = self._azure(target)
-        rg, name = azure.resource_group, record.resource_id.rsplit("/", 1)[-1]
-        token = record.continuation_token
-        body = next((r.body for r in self._resources(target) if r.id.lower() == record.resource_id), {})
-        resume = {
-            ("create", "StorageAccount"): lambda: clients.storage.storage_accounts.begin_create(rg, name, body, continuation_token=token),
-            ("create", "Workspace"): lambda: clients.logs.workspaces.begin_create_or_update(rg, name, body, continuation_token=token),
-            ("create", "ManagedEnvironment"): lambda: clients.apps.managed_environments.begin_create_or_update(
-                rg, name, body, continuation_token=token
-            ),
-            ("update", "ManagedEnvironment"): lambda: clients.apps.managed_environments.begin_update(
-                rg, name, body, continuation_token=token
-            ),
-            ("create", "ContainerApp"): lambda: clients.apps.container_apps.begin_create_or_update(
-                rg, name, body, continuation_token=token
-            ),
-            ("update", "ContainerApp"): lambda: clients.apps.container_apps.begin_update(rg, name, body, continuation_token=token),
-            ("delete", "ResourceGroup"): lambda: clients.resources.resource_groups.begin_delete(rg, continuation_token=token),
-            ("delete", "Workspace"): lambda: clients.logs.workspaces.begin_delete(rg, name, continuation_token=token),
-            ("delete", "ManagedEnvironment"): lambda: clients.apps.managed_environments.begin_delete(rg, name, continuation_token=token),
-            ("delete", "ContainerApp"): lambda: clients.apps.container_apps.begin_delete(rg, name, continuation_token=token),
-        }
-        verb = record.operation if (record.operation, record.kind) in resume else "create"
-        if record.operation == "delete":
-            verb = "delete"
+        kind = BY_NAME.get(record.kind)
         try:
-            poller = resume[(verb, record.kind)]()
-        except (KeyError, ValueError) as exc:
+            if kind is None:
+                raise ValueError(f"no kind {record.kind!r}")
+            poller = kind.resume(clients, _azure(target), record.operation, {}, record.continuation_token)
+        except ValueError as exc:
             # A token this SDK cannot read (e.g. from another version): the resource is
             # observed afresh, and planned again if need be.
             log.warning("cannot resume the %s of %s from its token (%s); looking again", record.operation, record.resource_id, exc)
@@ -437,8 +386,7 @@ class AzureProvider:
         self, target: Target, resource_id: str, kind: str, verb: str, poller: LROPoller | None, sent_secrets: tuple[str, ...] = ()
     ) -> None:
         self.inventory.touched(resource_id)
-        records = self.journal.records(target.uid)
-        known = records.get(resource_id.lower())
+        known = self.journal.records(target.uid).get(resource_id.lower())
         created = verb == "create" or (known is not None and known.created)
         if poller is None or poller.done():
             if poller is not None:
@@ -448,125 +396,85 @@ class AzureProvider:
             else:
                 self.journal.save(target.uid, ResourceRecord(resource_id.lower(), kind, created=created))
             return
-        token = poller.continuation_token()
-        if any(secret and secret in _token_text(token) for secret in sent_secrets):
+        token: str | None = poller.continuation_token()
+        if token and any(secret and secret in _token_text(token) for secret in sent_secrets):
             # Azure echoed a secret in the first answer: keep no token rather than store it.
             token = None
         with self._lock:
             self._pollers[(target.uid, resource_id.lower())] = poller
         self.journal.save(target.uid, ResourceRecord(resource_id.lower(), kind, created=created, operation=verb, continuation_token=token))
 
-    # ------------------------------------------------------------------------- plan
+    # ------------------------------------------------------------------------------- plan
 
-    def plan(self, target: Target, observation: Observation) -> list[Action]:
-        azure = self._azure(target)
-        found, _ = changes(target, observation.facts)
-        if azure.policy == "observe":
+    def plan(self, target: Target, observation: Observation[AzureObserved]) -> list[Action]:
+        plan = observation.private.plan
+        if plan.problem is not None:
+            raise plan.problem
+        if _azure(target).policy == "observe":
             return []  # drift is reported in the status, not fixed
-        return [Action(c.verb, c.resource.kind, c.resource.name, c.reason) for c in found]
+        return plan.actions
 
-    # ------------------------------------------------------------------------ apply
+    # ------------------------------------------------------------------------------ apply
 
     def apply(self, target: Target, actions: list[Action]) -> None:
-        azure = self._azure(target)
+        azure = _azure(target)
         if azure.policy == "observe":
             raise PermanentError("spec.azure.policy is observe: loraplane changes nothing in Azure", reason="ObserveOnly")
         clients = self.clients(azure.subscription_id)
-        by_kind = {r.kind: r for r in self._resources(target)}
         for action in actions:
-            resource = by_kind[action.kind]
+            if action.kind == WHEEL:
+                with self.share(target) as share:
+                    share.delete(wheel_path(action.name))
+                log.info("removed the superseded serving wheel %s from the share of %s", action.name, target.name)
+                continue
+            if action.kind == REVISION:
+                self._restart_revision(clients, target, action.name)
+                continue
+            resource: DesiredResource = action.payload
             try:
-                self._put(clients, target, resource, action.verb)
+                self._write(clients, target, BY_NAME[action.kind], resource, action.verb)
             except AzureError as exc:
-                raise classify_azure_error(exc, doing=f"{action.verb} {action.kind} {action.name}") from exc
+                error = classify_azure_error(exc, doing=f"{action.verb} {action.kind} {action.name}")
+                raise self.refusals.judge(error, resource_id=resource.id, body=resource.body) from exc
 
-    def _put(self, clients: AzureClients, target: Target, resource: DesiredResource, verb: str) -> None:
-        azure = self._azure(target)
-        rg, name = azure.resource_group, resource.name
+    def _restart_revision(self, clients: AzureClients, target: Target, revision: str) -> None:
+        azure = _azure(target)
+        with self._lock:
+            self._restarted[(target.uid, revision)] = self.monotonic()
+        try:
+            clients.apps.container_apps_revisions.restart_revision(azure.resource_group, azure.app or "", revision)
+        except AzureError as exc:
+            raise classify_azure_error(exc, doing=f"restarting revision {revision}") from exc
+        self.inventory.touched(ContainerApp().resource_id(azure))
+        log.info("restarted revision %s of %s", revision, target.name)
+
+    def _write(self, clients: AzureClients, target: Target, kind: Kind, resource: DesiredResource, verb: str) -> None:
+        azure = _azure(target)
         body = copy.deepcopy(resource.body)
-        current = self._get(clients, target, resource.kind, fresh=True) if verb == "update" else None
-        adopted = current is not None and not _owned_by_tags(current, target.name) and not self._created(target, resource.id)
+        current = self._get(clients, azure, kind, fresh=True) if verb == "update" else None
+        adopted = current is not None and not owned_by_tags(current, target.name) and not self._created(target, resource.id)
         if adopted:
-            body = adopted_body(as_adopted(resource), current)
-        sent: tuple[str, ...] = ()
-        poller: LROPoller | None = None
-        kind = resource.kind
-        if kind == "ResourceGroup":
-            clients.resources.resource_groups.create_or_update(rg, body)
-        elif kind == "StorageAccount":
-            poller = clients.storage.storage_accounts.begin_create(rg, name, body)
-        elif kind == "FileShare":  # PUT creates or updates a share
-            clients.storage.file_shares.create(rg, azure.storage_account, name, body)
-        elif kind == "Workspace":
-            poller = clients.logs.workspaces.begin_create_or_update(rg, name, body)
-        elif kind == "ManagedEnvironment" and adopted:
-            # Someone else's environment: a PATCH of only what the deployment needs of it
-            # (the workload profile), leaving their settings, logs and keys alone.
-            patch = {"properties": {"workloadProfiles": value_at(body, ("properties", "workloadProfiles"))}}
-            poller = clients.apps.managed_environments.begin_update(rg, name, patch)
-        elif kind == "ManagedEnvironment":
-            # Logs go to the workspace Azure knows by its customerId, with its key read now.
-            workspace = clients.logs.workspaces.get(rg, azure.log_analytics).as_dict()
-            shared_key = clients.logs.shared_keys.get_shared_keys(rg, azure.log_analytics)["primarySharedKey"]
-            logs = body.setdefault("properties", {}).setdefault("appLogsConfiguration", {}).setdefault("logAnalyticsConfiguration", {})
-            logs["customerId"] = value_at(workspace, ("properties", "customerId"))
-            logs["sharedKey"] = shared_key
-            sent = (shared_key,)
-            poller = clients.apps.managed_environments.begin_create_or_update(rg, name, body)
-        elif kind == "EnvironmentStorage":
-            account_key = self._account_key(clients, target)
-            body["properties"]["azureFile"]["accountKey"] = account_key
-            sent = (account_key,)
-            clients.apps.managed_environments_storages.create_or_update(rg, azure.environment, name, body)
-        elif kind == "ContainerApp":
-            secret_names = {x.get("name") for x in value_at(current or {}, ("properties", "configuration", "secrets")) or []}
-            wheel = self._wheel_name(target)
-            if wheel is not None and wheel not in str(value_at(current or {}, ("properties", "template", "containers"))):
-                self._upload_wheel(clients, target)
-            if verb == "update" and ADMIN_TOKEN_SECRET in secret_names:
-                # A PATCH keeps the secrets as they are: no need to read them back to send
-                # them again, and the change costs one write.
-                body["properties"]["configuration"].pop("secrets", None)
-                poller = clients.apps.container_apps.begin_update(rg, name, body)
-            else:
-                secret_values = self._app_secrets(clients, target, exists=current is not None)
-                body["properties"]["configuration"]["secrets"] = [
-                    {"name": secret_name, "value": value} for secret_name, value in secret_values.items()
-                ]
-                sent = tuple(secret_values.values())
-                poller = clients.apps.container_apps.begin_create_or_update(rg, name, body)
-        log.info("%s %s %s%s", verb, kind, name, " (adopted)" if adopted else "")
-        self._started(target, resource.id, kind, verb, poller, sent)
+            assert current is not None
+            body = adopted_body(resource, current, kind.read_only)
+        written = kind.write(
+            clients, azure, resource, body, verb=verb, current=current, adopted=adopted, secrets=_ApplySecrets(self, clients, target)
+        )
+        log.info("%s %s %s%s", verb, kind.name, resource.name, " (adopted)" if adopted else "")
+        self._started(target, resource.id, kind.name, verb, written.poller, written.sent)
 
     def _created(self, target: Target, resource_id: str) -> bool:
         record = self.journal.records(target.uid).get(resource_id.lower())
         return record is not None and record.created
 
-    def _account_key(self, clients: AzureClients, target: Target) -> str:
-        azure = self._azure(target)
-        keys = clients.storage.storage_accounts.list_keys(azure.resource_group, azure.storage_account)
-        return keys["keys"][0]["value"]
-
-    def _app_secrets(self, clients: AzureClients, target: Target, *, exists: bool) -> dict[str, str]:
-        """The app's secrets with their values: Azure never shows them on GET, and a PUT must
-        carry them all. The admin token is made once and then read back from Azure."""
-        azure = self._azure(target)
-        values: dict[str, str] = {}
-        if exists:
-            for secret in clients.apps.container_apps.list_secrets(azure.resource_group, azure.app)["value"] or []:
-                if secret.get("value") is not None:
-                    values[secret["name"]] = secret["value"]
-        if not values.get(ADMIN_TOKEN_SECRET):
-            values[ADMIN_TOKEN_SECRET] = secrets.token_urlsafe(32)
-        return values
+    # ------------------------------------------------------------------ the adapter plane
 
     def admin_token(self, target: Target) -> str | None:
         """The serving app's admin token, read from the app's secrets when needed (for the
         reload endpoint), never kept."""
-        azure = self._azure(target)
+        azure = _azure(target)
         clients = self.clients(azure.subscription_id)
         try:
-            listed = clients.apps.container_apps.list_secrets(azure.resource_group, azure.app)["value"] or []
+            listed = clients.apps.container_apps.list_secrets(azure.resource_group, azure.app or "")["value"] or []
         except AzureError as exc:
             raise classify_azure_error(exc, doing=f"reading the secrets of {azure.app}") from exc
         return next((s.get("value") for s in listed if s.get("name") == ADMIN_TOKEN_SECRET), None)
@@ -581,15 +489,15 @@ class AzureProvider:
         """The deployment's file share, through its data plane. The account's endpoint and
         key are fetched once and then kept in memory only (never stored), for a while: each
         resync looks at the adapter folder, and a listKeys each time would be a write."""
-        azure = self._azure(target)
+        azure = _azure(target)
         cache_key = f"{azure.subscription_id}/{azure.resource_group}/{azure.storage_account}".lower()
         with self._lock:
             cached = self._share_access.get(cache_key)
         if cached is None or time.monotonic() - cached[2] > SHARE_KEY_SECONDS:
             clients = self.clients(azure.subscription_id)
             try:
-                account = clients.storage.storage_accounts.get_properties(azure.resource_group, azure.storage_account).as_dict()
-                key = self._account_key(clients, target)
+                account = clients.storage.storage_accounts.get_properties(azure.resource_group, azure.storage_account or "").as_dict()
+                key = _ApplySecrets(self, clients, target).account_key()
             except AzureError as exc:
                 raise classify_azure_error(exc, doing=f"opening the file share {azure.file_share}") from exc
             url = value_at(account, ("properties", "primaryEndpoints", "file"))
@@ -610,132 +518,90 @@ class AzureProvider:
         with self._lock:
             self._share_access.pop(cache_key, None)
 
-    def _upload_wheel(self, clients: AzureClients, target: Target) -> None:
-        wheel = self.wheel()
-        path = f"{DIST_FOLDER}/{wheel.filename}"
-        with self.share(target) as share:
-            if not share.exists(path):
-                share.upload(path, wheel.content)
-                log.info("uploaded %s to the share of %s", path, target.name)
-
-    # ----------------------------------------------------------------------- delete
+    # ----------------------------------------------------------------------------- delete
 
     def delete(self, target: Target) -> bool:
         """Tear down what loraplane created, children first; adopted resources stay. Under
         ``detachOnDelete`` (and ``observe``) nothing in Azure is touched."""
-        azure = self._azure(target)
+        azure = _azure(target)
         if azure.policy != "manage":
             self.journal.forget(target.uid)
+            self._forget(target.uid)
             return True
         clients = self.clients(azure.subscription_id)
-        busy = self._advance_operations(clients, target)
-        if busy:
+        if self._advance_operations(clients, target):
             return False
-        resources = self._resources(target)
-        observed = {r.kind: self._get(clients, target, r.kind) for r in resources}
         records = self.journal.records(target.uid)
+        observed: dict[str, dict[str, Any] | None] = {}
+        for kind in KINDS:
+            parent_gone = kind.parent is not None and observed.get(kind.parent) is None
+            observed[kind.name] = None if parent_gone else self._get(clients, azure, kind)
         ours = {
-            r.kind
-            for r in resources
-            if observed[r.kind] is not None
-            and ((records.get(r.id.lower()) is not None and records[r.id.lower()].created) or _owned_by_tags(observed[r.kind], target.name))
+            kind.name
+            for kind in KINDS
+            if observed[kind.name] is not None
+            and (
+                (records.get(kind.resource_id(azure).lower()) is not None and records[kind.resource_id(azure).lower()].created)
+                or owned_by_tags(observed[kind.name], target.name)
+            )
         }
-        group = next(r for r in resources if r.kind == "ResourceGroup")
-        if "ResourceGroup" in ours and "ContainerApp" not in ours:
-            # A group loraplane made goes in one operation, if nothing but ours is in it.
-            others = self._foreign_resources(clients, target, resources, ours)
-            if not others:
-                self._delete_one(clients, target, group)
-                return False
+        container = next((k for k in KINDS if k.deletes_contents and k.name in ours), None)
+        if container is not None and ContainerApp.name not in ours and not self._foreign_resources(clients, azure, ours):
+            # A group loraplane made goes in one operation once its app is gone (the app first:
+            # its replicas stop before their share and environment go), if nothing else is in it.
+            self._delete_one(clients, target, container)
+            return False
         started = False
-        for resource in reversed(resources):
-            if resource.kind not in ours or resource.kind == "ResourceGroup":
+        for kind in reversed(KINDS):
+            if kind.name not in ours or kind.deletes_contents:
                 continue
             # What depends on it goes first; adopted dependents stay, and need nothing of ours
             # but the environment storage and app, which are always ours to delete first.
-            dependents = [k for k, deps in DEPENDS_ON.items() if resource.kind in deps and k in ours]
-            if dependents:
+            if any(kind.name in other.depends_on and other.name in ours for other in KINDS):
                 continue
-            self._delete_one(clients, target, resource)
+            self._delete_one(clients, target, kind)
             started = True
         if started:
             return False
-        if "ResourceGroup" in ours:
-            left = self._foreign_resources(clients, target, resources, set())
+        if container is not None:
+            left = self._foreign_resources(clients, azure, set())
             log.warning("leaving resource group %s: it holds resources loraplane did not create: %s", azure.resource_group, ", ".join(left))
         self.journal.forget(target.uid)
+        self._forget(target.uid)
         return True
 
-    def _foreign_resources(self, clients: AzureClients, target: Target, resources: list[DesiredResource], ours: set[str]) -> list[str]:
-        mine = {r.id.lower() for r in resources if r.kind in ours}
+    def _forget(self, uid: str) -> None:
+        with self._lock:
+            self._wheels_tidy.pop(uid, None)
+            for key in [k for k in self._restarted if k[0] == uid]:
+                del self._restarted[key]
+
+    def _foreign_resources(self, clients: AzureClients, azure: AzureSpec, ours: set[str]) -> list[str]:
+        mine = {kind.resource_id(azure).lower() for kind in KINDS if kind.name in ours}
         try:
-            listed = list(clients.resources.resources.list_by_resource_group(self._azure(target).resource_group))
+            listed = list(clients.resources.resources.list_by_resource_group(azure.resource_group))
         except AzureError as exc:
             raise classify_azure_error(exc, doing="listing the resource group") from exc
         return [item.id for item in listed if (item.id or "").lower() not in mine]
 
-    def _delete_one(self, clients: AzureClients, target: Target, resource: DesiredResource) -> None:
-        azure = self._azure(target)
-        rg, name = azure.resource_group, resource.name
+    def _delete_one(self, clients: AzureClients, target: Target, kind: Kind) -> None:
+        azure = _azure(target)
         poller: LROPoller | None = None
         try:
-            if resource.kind == "ResourceGroup":
-                poller = clients.resources.resource_groups.begin_delete(rg)
-            elif resource.kind == "StorageAccount":
-                clients.storage.storage_accounts.delete(rg, name)
-            elif resource.kind == "FileShare":
-                clients.storage.file_shares.delete(rg, azure.storage_account, name)
-            elif resource.kind == "Workspace":
-                poller = clients.logs.workspaces.begin_delete(rg, name)
-            elif resource.kind == "ManagedEnvironment":
-                poller = clients.apps.managed_environments.begin_delete(rg, name)
-            elif resource.kind == "EnvironmentStorage":
-                clients.apps.managed_environments_storages.delete(rg, azure.environment, name)
-            elif resource.kind == "ContainerApp":
-                poller = clients.apps.container_apps.begin_delete(rg, name)
+            poller = kind.remove(clients, azure)
         except ResourceNotFoundError:
             pass
         except AzureError as exc:
-            raise classify_azure_error(exc, doing=f"deleting {resource.kind} {name}") from exc
-        log.info("delete %s %s", resource.kind, name)
-        self._started(target, resource.id, resource.kind, "delete", poller)
+            raise classify_azure_error(exc, doing=f"deleting {kind.name} {kind.resource_name(azure)}") from exc
+        log.info("delete %s %s", kind.name, kind.resource_name(azure))
+        self._started(target, kind.resource_id(azure), kind.name, "delete", poller)
 
     def logs(self, target: Target, tail: int) -> str:
-        azure = self._azure(target)
+        azure = _azure(target)
         return (
             f"the azure target does not fetch logs; read them with:\n"
             f"  az containerapp logs show --name {azure.app} --resource-group {azure.resource_group} --tail {tail}\n"
         )
-
-
-def as_adopted(resource: DesiredResource) -> DesiredResource:
-    """What loraplane holds an adopted resource to: what the deployment needs of it (an
-    environment's GPU workload profile), not where it sends its logs, which stays its owner's
-    choice (and so never points at a workspace loraplane may later delete)."""
-    paths = tuple(p for p in resource.drift_paths if p[:2] != ("properties", "appLogsConfiguration"))
-    return replace(resource, drift_paths=paths)
-
-
-def adopted_body(resource: DesiredResource, observed: dict[str, Any]) -> dict[str, Any]:
-    """The PUT body for a resource someone else made: what it has, with loraplane's fields
-    (only those it compares) set; its tags stay theirs."""
-    body = {k: copy.deepcopy(observed[k]) for k in ("location", "tags", "sku", "kind", "identity") if k in observed}
-    properties = copy.deepcopy(observed.get("properties") or {})
-    properties.pop("provisioningState", None)
-    body["properties"] = properties
-    for path in resource.drift_paths:
-        wanted = value_at(resource.body, path)
-        if wanted is None:
-            continue
-        if path[-1] in NAMED_SUBSET_LISTS:
-            have = value_at(body, path) or []
-            names = {item.get("name") for item in wanted}
-            wanted = [item for item in have if item.get("name") not in names] + copy.deepcopy(wanted)
-        node = body
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = copy.deepcopy(wanted)
-    return body
 
 
 def _token_text(token: str) -> str:

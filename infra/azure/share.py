@@ -61,6 +61,26 @@ class ShareFiles:
             return False
         return True
 
+    def names(self, folder: str) -> list[str] | None:
+        """The files' names in a folder (one listing, no properties); None: no such folder."""
+        try:
+            return sorted(
+                item["name"] for item in self.client.get_directory_client(folder).list_directories_and_files() if not item["is_directory"]
+            )
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise self._failed(exc, f"listing {folder} on the share") from exc
+
+    def delete(self, path: str) -> None:
+        """Remove a file; one that is already gone is fine."""
+        try:
+            self.client.get_file_client(path).delete_file()
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise self._failed(exc, f"deleting {path} from the share") from exc
+
     def upload(self, path: str, content: bytes) -> None:
         folder = path.rsplit("/", 1)[0] if "/" in path else ""
         if folder:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -50,6 +51,26 @@ def default_serving_command() -> tuple[str, ...]:
 def restart_delay(consecutive_failures: int) -> float:
     """1 s, 2 s, 4 s … capped at 5 minutes, by how many quick deaths came in a row."""
     return min(MAX_RESTART_DELAY, 2.0 ** max(0, consecutive_failures))
+
+
+@dataclass(frozen=True)
+class RunningProcess:
+    pid: int
+    port: int | None
+    config_hash: str | None  # the settings it was started with (None: unreadable)
+    recorded: bool  # in the run folder's record (False: found by its marker after a crash)
+
+
+@dataclass(frozen=True)
+class LocalFacts:
+    """What the local target saw (its private observation)."""
+
+    now: float
+    share_root_exists: bool
+    model_exists: bool
+    record: ProcessRecord | None
+    log_tail: str = ""
+    running: RunningProcess | None = None
 
 
 class LocalProvider:
@@ -102,42 +123,39 @@ class LocalProvider:
 
     # ---------------------------------------------------------------------------- observe
 
-    def observe(self, target: Target) -> Observation:
+    def observe(self, target: Target) -> Observation[LocalFacts]:
         spec = target.spec
         assert spec.local is not None
         share_root = Path(spec.local.share_root)
         folder = self.folder(target.name)
         record = folder.read_record()
         found = find_process(record, target.uid, index=self._markers)
-        facts: dict = {
-            "now": self.clock(),
-            "share_root_exists": share_root.is_dir(),
-            "model_exists": (share_root / spec.model.path).is_dir(),
-            "running": found is not None,
-            "record": record,
-            "log_tail": folder.tail_log(3) if found is None and record is not None else "",
-        }
+        facts = LocalFacts(
+            now=self.clock(),
+            share_root_exists=share_root.is_dir(),
+            model_exists=(share_root / spec.model.path).is_dir(),
+            record=record,
+            log_tail=folder.tail_log(3) if found is None and record is not None else "",
+        )
         if found is None:
-            return Observation(detail="the serving process is not running", facts=facts)
+            return Observation(facts, detail="the serving process is not running")
         process, found_record = found
         self._watch(target.name, process)
         port = found_record.port if found_record else port_of(process)
-        facts["recorded"] = found_record is not None
         if found_record is not None:
-            facts["config_hash"] = found_record.config_hash
+            config_hash = found_record.config_hash
         else:
             running_config = launch_config_of(process, [k for k, _ in self.launch_config(target).env])
-            facts["config_hash"] = running_config.hash if running_config else None
-        facts["pid"] = process.pid
-        facts["port"] = port
+            config_hash = running_config.hash if running_config else None
+        facts = replace(facts, running=RunningProcess(process.pid, port, config_hash, recorded=found_record is not None))
         endpoint = f"http://127.0.0.1:{port}" if port else None
         ready, detail = self._probe(endpoint)
         return Observation(
+            facts,
             resources=[ObservedResource(KIND, f"pid:{process.pid}", "Running" if ready else "Starting")],
             endpoint=endpoint,
             ready=ready,
             detail=detail,
-            facts=facts,
         )
 
     def _probe(self, endpoint: str | None) -> tuple[bool, str]:
@@ -157,32 +175,32 @@ class LocalProvider:
 
     # ------------------------------------------------------------------------------- plan
 
-    def plan(self, target: Target, observation: Observation) -> list[Action]:
-        spec, facts = target.spec, observation.facts
+    def plan(self, target: Target, observation: Observation[LocalFacts]) -> list[Action]:
+        spec, facts = target.spec, observation.private
         assert spec.local is not None
-        running = facts["running"]
+        running = facts.running
         if spec.scale.max_replicas == 0:
             return [Action("delete", KIND, target.name, "scale.maxReplicas is 0")] if running else []
-        if not facts["share_root_exists"]:
+        if not facts.share_root_exists:
             raise PermanentError(
                 f"the share root {spec.local.share_root} does not exist or is not a folder; create it or fix spec.local.shareRoot",
                 reason="ShareRootNotFound",
             )
-        if not facts["model_exists"]:
+        if not facts.model_exists:
             path = Path(spec.local.share_root) / spec.model.path
             raise PermanentError(
                 f"the base model folder {path} does not exist; put the model there "
                 "or fix spec.model.path (it is relative to spec.local.shareRoot)",
                 reason="ModelNotFound",
             )
-        if not running:
-            record: ProcessRecord | None = facts["record"]
+        if running is None:
+            record = facts.record
             if record is not None and record.uid == target.uid:
-                lived = facts["now"] - record.started_at
+                lived = facts.now - record.started_at
                 if lived < QUICK_DEATH_SECONDS:
                     wait = restart_delay(record.consecutive_failures) - lived
                     if wait > 0:
-                        last = facts["log_tail"].strip().splitlines()
+                        last = facts.log_tail.strip().splitlines()
                         said = f"; its log ends: {last[-1][:200]}" if last else ""
                         raise TemporaryError(
                             f"the serving process exited {lived:.0f}s after starting{said}; restarting in {wait:.0f}s",
@@ -191,9 +209,9 @@ class LocalProvider:
                         )
                 return [Action("create", KIND, target.name, EXITED)]
             return [Action("create", KIND, target.name, "not running")]
-        if facts.get("config_hash") != self.launch_config(target).hash:
+        if running.config_hash != self.launch_config(target).hash:
             return [Action("restart", KIND, target.name, "its settings changed")]
-        if not facts.get("recorded", True):
+        if not running.recorded:
             return [Action("update", KIND, target.name, ADOPT)]
         return []
 

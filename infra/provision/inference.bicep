@@ -4,13 +4,19 @@
 // workload profile, the share mounted into it, and the inference app on port 7860.
 // Parameter names follow the AI Toolkit's inference.parameters.json; existing resources may be
 // named, and are updated in place. Outputs are what infra/inference.config.json holds.
+// Every value below is one Azure accepts (see the README's Azure rules): probe bounds from the
+// Microsoft.App REST specification, sizes from workload-profiles-overview and containers#allocations.
 
 param location string = resourceGroup().location
-@description('The commands that start the inference app, joined with "; " and run by /bin/bash -c.')
-param defaultCommands array
-@description('The most GPU replicas the app scales out to.')
+@description('The commands that start the inference app, joined with "; " and run by /bin/bash -c. Empty: install exactly servingWheel from the share and serve (the default image), or run the prebuilt image as it is.')
+param defaultCommands array = []
+@description('The most GPU replicas the app scales out to (1 to 300).')
+@minValue(1)
+@maxValue(300)
 param maximumInstanceCount int = 1
 @description('The fewest replicas; 0 lets the app scale to zero (and start cold).')
+@minValue(0)
+@maxValue(300)
 param minimumInstanceCount int = 1
 
 param resourceSuffix string = substring(uniqueString(resourceGroup().id), 0, 5)
@@ -21,11 +27,21 @@ param acaEnvironmentStorageName string = 'lpenvstorage${resourceSuffix}'
 param acaAppName string = 'lpinference${resourceSuffix}'
 param acaLogAnalyticsName string = 'lplog${resourceSuffix}'
 
-@description('The workload profile the app runs on, and its type (a GPU type).')
-param workloadProfileName string = 'gpu'
+@description('The workload profile the app runs on, and its type (a GPU type). Serverless GPU types take no node counts; a dedicated GPU profile can only be added when the environment is created.')
+@maxLength(15)
+param workloadProfileName string = 'gpu-nc24-a100'
 param workloadProfileType string = 'Consumption-GPU-NC24-A100'
-@description('A public PyTorch CUDA runtime image, as the AI Toolkit uses; or a prebuilt serving image (serving/Dockerfile).')
+@description('The serving container\'s size: the whole of one instance of the profile (24 vCPU and 220Gi on the A100 types; 8 and 56Gi on Consumption-GPU-NC8as-T4).')
+param cpu string = '24'
+param memory string = '220Gi'
+@description('A public PyTorch CUDA runtime image, as the AI Toolkit uses; or a prebuilt serving image (serving/Dockerfile) in registryServer.')
 param image string = 'docker.io/pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime'
+@description('The exact serving wheel in .loraplane/dist on the share, as "loraplane dev serving-wheel" names it (the default image installs it at start).')
+param servingWheel string = ''
+@description('An Azure Container Registry the image is pulled from with a managed identity: its login server, or empty for a public image.')
+param registryServer string = ''
+@description('"system" (the app\'s own identity, made with the app: grant it AcrPull, then restart the revision) or a user-assigned identity\'s resource ID with AcrPull.')
+param registryIdentity string = 'system'
 @description('Paths relative to the share root, in the AI Toolkit layout.')
 param modelPath string = 'model-cache/microsoft/Phi-3-mini-4k-instruct'
 param adapterPath string = 'models/qlora/qlora/gpu_model/adapter'
@@ -33,9 +49,14 @@ param adapterPath string = 'models/qlora/qlora/gpu_model/adapter'
 @description('The bearer token that guards the app\'s reload endpoint.')
 param adminToken string = newGuid()
 
-var defaultCommand = join(defaultCommands, '; ')
+var installCommands = empty(servingWheel) ? [] : [
+  'pip install --no-cache-dir /mount/.loraplane/dist/${servingWheel}'
+  'exec python -m serving'
+]
+var commands = empty(defaultCommands) ? installCommands : defaultCommands
 var tags = { 'managed-by': 'loraplane-bicep' }
 var consumptionGpu = startsWith(workloadProfileType, 'Consumption')
+var systemIdentity = registryIdentity == 'system'
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-01-01' = {
   name: storageAccountName
@@ -43,7 +64,8 @@ resource storageAccount 'Microsoft.Storage/storageAccounts@2023-01-01' = {
   tags: tags
   sku: { name: 'Standard_LRS' }
   kind: 'StorageV2'
-  properties: { largeFileSharesState: 'Enabled' }
+  // Container Apps mounts Azure Files with the account key, and loraplane reads the share with it.
+  properties: { largeFileSharesState: 'Enabled', allowSharedKeyAccess: true }
 }
 
 resource fileService 'Microsoft.Storage/storageAccounts/fileServices@2023-01-01' = {
@@ -105,20 +127,23 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
   name: acaAppName
   location: location
   tags: tags
+  identity: empty(registryServer) ? null : (systemIdentity ? { type: 'SystemAssigned' } : { type: 'UserAssigned', userAssignedIdentities: { '${registryIdentity}': {} } })
   properties: {
     managedEnvironmentId: environment.id
-    workloadProfileName: workloadProfileName
+    workloadProfileName: workloadProfileType == 'Consumption' ? 'Consumption' : workloadProfileName
     configuration: {
       activeRevisionsMode: 'Single'
       ingress: { external: true, targetPort: 7860, transport: 'auto' }
       secrets: [ { name: 'loraplane-admin-token', value: adminToken } ]
+      registries: empty(registryServer) ? [] : [ { server: registryServer, identity: registryIdentity } ]
     }
     template: {
       containers: [
         {
           name: 'serving'
           image: image
-          command: [ '/bin/bash', '-c', defaultCommand ]
+          command: empty(commands) ? null : [ '/bin/bash', '-c', join(commands, '; ') ]
+          resources: { cpu: json(cpu), memory: memory }
           env: [
             { name: 'LORAPLANE_SHARE_ROOT', value: '/mount' }
             { name: 'LORAPLANE_MODEL_PATH', value: modelPath }
@@ -132,10 +157,12 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
           ]
           volumeMounts: [ { volumeName: 'share', mountPath: '/mount' } ]
           probes: [
-            // A GPU replica pulls a large image and loads a model: up to 30 minutes to start.
-            { type: 'Startup', httpGet: { path: '/healthz', port: 7860 }, initialDelaySeconds: 10, periodSeconds: 10, failureThreshold: 180, timeoutSeconds: 5 }
-            { type: 'Readiness', httpGet: { path: '/readyz', port: 7860 }, periodSeconds: 10, failureThreshold: 3, timeoutSeconds: 5 }
-            { type: 'Liveness', httpGet: { path: '/healthz', port: 7860 }, periodSeconds: 30, failureThreshold: 5, timeoutSeconds: 5 }
+            // /healthz answers once the HTTP server is up (install and imports: up to 10 minutes);
+            // the model then loads under the readiness probe, which takes it out of traffic
+            // without restarting it.
+            { type: 'Startup', httpGet: { path: '/healthz', port: 7860 }, initialDelaySeconds: 10, periodSeconds: 60, failureThreshold: 10, timeoutSeconds: 5 }
+            { type: 'Readiness', httpGet: { path: '/readyz', port: 7860 }, initialDelaySeconds: 5, periodSeconds: 10, failureThreshold: 3, timeoutSeconds: 5 }
+            { type: 'Liveness', httpGet: { path: '/healthz', port: 7860 }, initialDelaySeconds: 10, periodSeconds: 30, failureThreshold: 5, timeoutSeconds: 5 }
           ]
         }
       ]

@@ -14,19 +14,15 @@ from azure.mgmt.appcontainers import ContainerAppsAPIClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.storage import StorageManagementClient
 
+from azuresim.server import AzureSimulator
 from infra.azure.credentials import StaticTokenCredential
-from infra.azuresim.server import AzureSimulator
 from state.resource import DeploymentSpec
 from tests.api.test_cli import run_cli
-from tests.conftest import (
-    MODEL_PATH,
-    STANDIN_COMMAND,
-    azure_manifest,
-    start_service,
-    stop_service,
-)
+from tests.conftest import MODEL_PATH, STANDIN_COMMAND, start_service, stop_service
 
 SUB = "00000000-0000-0000-0000-000000000000"
+RG = "rg-support-bot"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "azure.yaml"
 
 
 def test_serve_runs_an_azure_deployment_against_the_simulator(tmp_path: Path):
@@ -41,11 +37,12 @@ def test_serve_runs_an_azure_deployment_against_the_simulator(tmp_path: Path):
         },
     )
     try:
-        manifest = azure_manifest("support-bot")
+        # The shipped example, exactly as it is, against a simulator with every rule of Azure's on.
+        manifest = yaml.safe_load(EXAMPLE.read_text())
         spec = DeploymentSpec.model_validate(manifest["spec"]).with_defaults("support-bot")
         (sim.share_folder(spec.azure.storage_account, spec.azure.file_share) / MODEL_PATH).mkdir(parents=True)
-        (tmp_path / "bot.yaml").write_text(yaml.safe_dump(manifest))
-        assert run_cli(service, "apply", "-f", str(tmp_path / "bot.yaml")).returncode == 0
+        applied = run_cli(service, "apply", "-f", str(EXAMPLE))
+        assert applied.returncode == 0, applied.stderr
 
         deadline = time.monotonic() + 90
         while True:
@@ -65,8 +62,8 @@ def test_serve_runs_an_azure_deployment_against_the_simulator(tmp_path: Path):
         options = {"base_url": sim.url, "connection_verify": str(sim.ca_bundle)}
         storage = StorageManagementClient(StaticTokenCredential(), SUB, **options)
         apps = ContainerAppsAPIClient(StaticTokenCredential(), SUB, **options)
-        key = storage.storage_accounts.list_keys("rg-inference", spec.azure.storage_account)["keys"][0]["value"]
-        token = next(s.value for s in apps.container_apps.list_secrets("rg-inference", "support-bot").value)
+        key = storage.storage_accounts.list_keys(RG, spec.azure.storage_account)["keys"][0]["value"]
+        token = next(s.value for s in apps.container_apps.list_secrets(RG, "support-bot").value)
         # Nor in any answer of the API: the deployment, its events, plan, adapters, audit.
         answers = "".join(
             httpx.get(f"{service.url}{path}").text if method == "GET" else httpx.post(f"{service.url}{path}").text
@@ -83,7 +80,7 @@ def test_serve_runs_an_azure_deployment_against_the_simulator(tmp_path: Path):
 
         deleted = run_cli(service, "delete", "support-bot", "--wait")
         assert deleted.returncode == 0, deleted.stderr
-        assert not ResourceManagementClient(StaticTokenCredential(), SUB, **options).resource_groups.check_existence("rg-inference")
+        assert not ResourceManagementClient(StaticTokenCredential(), SUB, **options).resource_groups.check_existence(RG)
     finally:
         stop_service(service)
         sim.stop()

@@ -11,9 +11,10 @@ from azure.mgmt.loganalytics import LogAnalyticsManagementClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.storage import StorageManagementClient
 
+from azuresim.server import AzureSimulator
 from infra.azure.credentials import StaticTokenCredential
-from infra.azure.desired import DEFAULT_IMAGE, desired_resources, drifted_fields, loraplane_tags, value_at
-from infra.azuresim.server import AzureSimulator
+from infra.azure.desired import DEFAULT_IMAGE, drifted_fields, loraplane_tags, value_at
+from infra.azure.kinds import desired_resources
 from infra.provider import Target
 from state.resource import DeploymentSpec
 from tests.conftest import azure_manifest
@@ -30,11 +31,11 @@ def target(**changes) -> Target:
 
 
 def by_kind(t: Target, **kwargs) -> dict:
-    return {r.kind: r for r in desired_resources(t, serving_wheel="loraplane-0.1.0-py3-none-any.whl", **kwargs)}
+    return {r.kind: r for r in desired_resources(t, wheel="loraplane_serving-0.1.0-py3-none-any.whl", **kwargs)}
 
 
 def test_resources_come_parents_first_tagged_as_ours():
-    resources = desired_resources(target(), serving_wheel="w.whl")
+    resources = desired_resources(target(), wheel="w.whl")
     assert [r.kind for r in resources] == [
         "ResourceGroup",
         "StorageAccount",
@@ -52,7 +53,7 @@ def test_resources_come_parents_first_tagged_as_ours():
 
 def test_the_container_app_is_the_ai_toolkits_inference_app_made_declarative():
     app = by_kind(target(scale={"minReplicas": 0, "maxReplicas": 2}))["ContainerApp"].body["properties"]
-    assert app["workloadProfileName"] == "gpu"
+    assert app["workloadProfileName"] == "gpu-nc24-a100"  # named after its type: the profile it adds
     assert app["configuration"]["ingress"] == {"external": True, "targetPort": 7860, "transport": "auto"}
     assert app["configuration"]["secrets"] == [{"name": "loraplane-admin-token"}]  # no value in the plan
     template = app["template"]
@@ -61,7 +62,9 @@ def test_the_container_app_is_the_ai_toolkits_inference_app_made_declarative():
     [container] = template["containers"]
     assert container["image"] == DEFAULT_IMAGE
     assert container["volumeMounts"] == [{"volumeName": "share", "mountPath": "/mount"}]
-    assert "pip install --no-cache-dir '/mount/.loraplane/dist/loraplane-0.1.0-py3-none-any.whl'" in container["args"][0]
+    # The whole of one serverless A100 machine, as the AI Toolkit's template asks of its A100.
+    assert container["resources"] == {"cpu": 24.0, "memory": "220Gi"}
+    assert "pip install --no-cache-dir '/mount/.loraplane/dist/loraplane_serving-0.1.0-py3-none-any.whl'" in container["args"][0]
     env = {e["name"]: e.get("value", e.get("secretRef")) for e in container["env"]}
     assert env["LORAPLANE_SHARE_ROOT"] == "/mount"
     assert env["LORAPLANE_ADAPTER_POINTER"] == ".loraplane/support-bot/current.json"
@@ -69,7 +72,23 @@ def test_the_container_app_is_the_ai_toolkits_inference_app_made_declarative():
     assert env["LORAPLANE_ADMIN_TOKEN"] == "loraplane-admin-token"  # a secret reference
     probes = {p["type"]: p for p in container["probes"]}
     assert probes["Readiness"]["httpGet"]["path"] == "/readyz"
-    assert probes["Startup"]["failureThreshold"] * probes["Startup"]["periodSeconds"] >= 1800
+    # Within the REST specification's bounds, the startup probe still gives the HTTP server
+    # ten minutes (the model loads after it answers, under the readiness probe).
+    for probe in probes.values():
+        assert 1 <= probe["failureThreshold"] <= 10 and 1 <= probe["periodSeconds"] <= 240 and 1 <= probe["initialDelaySeconds"] <= 60
+    assert probes["Startup"]["failureThreshold"] * probes["Startup"]["periodSeconds"] >= 600
+
+
+def test_the_size_is_the_profiles_unless_the_spec_says():
+    def size(**azure):
+        spec = azure_manifest()["spec"]["azure"] | azure
+        [container] = by_kind(target(azure=spec))["ContainerApp"].body["properties"]["template"]["containers"]
+        return container["resources"]
+
+    assert size(workloadProfile={"type": "Consumption-GPU-NC8as-T4"}) == {"cpu": 8.0, "memory": "56Gi"}
+    assert size(workloadProfile={"type": "NC24-A100"}) == {"cpu": 24.0, "memory": "220Gi"}
+    assert size(workloadProfile={"type": "Consumption"}) == {"cpu": 4.0, "memory": "8Gi"}
+    assert size(workloadProfile={"type": "NC24-A100"}, resources={"cpu": 8, "memory": "64Gi"}) == {"cpu": 8.0, "memory": "64Gi"}
 
 
 def test_a_prebuilt_image_runs_as_it_is():
@@ -78,14 +97,30 @@ def test_a_prebuilt_image_runs_as_it_is():
     assert container["image"] == "myregistry.azurecr.io/loraplane-serving:1.0"
     assert "command" not in container and "args" not in container
     with pytest.raises(ValueError, match="wheel"):
-        desired_resources(target())
+        desired_resources(target(), wheel=None)
+
+
+def test_a_private_registry_is_pulled_with_the_identity_the_spec_names():
+    identity = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-inference/providers/Microsoft.ManagedIdentity/userAssignedIdentities/puller"
+    azure = azure_manifest()["spec"]["azure"] | {
+        "image": "myteam.azurecr.io/loraplane-serving:1.0",
+        "registry": {"server": "myteam.azurecr.io", "identity": identity},
+    }
+    app = by_kind(target(azure=azure))["ContainerApp"].body
+    assert app["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {identity: {}}}
+    assert app["properties"]["configuration"]["registries"] == [{"server": "myteam.azurecr.io", "identity": identity}]
+    system = azure | {"registry": {"server": "myteam.azurecr.io"}}
+    app = by_kind(target(azure=system))["ContainerApp"].body
+    assert app["identity"] == {"type": "SystemAssigned"}
+    assert app["properties"]["configuration"]["registries"] == [{"server": "myteam.azurecr.io", "identity": "system"}]
 
 
 def test_the_gpu_workload_profile_is_in_the_environment():
     environment = by_kind(target())["ManagedEnvironment"].body["properties"]
+    # A serverless GPU profile takes no minimum or maximum count (Azure refuses them).
     assert environment["workloadProfiles"] == [
         {"name": "Consumption", "workloadProfileType": "Consumption"},
-        {"name": "gpu", "workloadProfileType": "Consumption-GPU-NC24-A100"},
+        {"name": "gpu-nc24-a100", "workloadProfileType": "Consumption-GPU-NC24-A100"},
     ]
     dedicated = azure_manifest()["spec"]["azure"] | {"workloadProfile": {"name": "a100", "type": "NC24-A100"}}
     profiles = by_kind(target(azure=dedicated, scale={"minReplicas": 1, "maxReplicas": 3}))["ManagedEnvironment"].body["properties"][

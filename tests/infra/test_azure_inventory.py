@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from azuresim.server import AzureSimulator
 from infra.azure.inventory import Inventory
-from infra.azuresim.server import AzureSimulator
 from reconciler.core import Reconciler
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus

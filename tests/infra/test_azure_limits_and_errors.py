@@ -14,10 +14,10 @@ from azure.mgmt.appcontainers import models as aca
 from azure.mgmt.loganalytics import LogAnalyticsManagementClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 
+from azuresim.server import AzureSimulator
 from infra.azure.credentials import StaticTokenCredential, make_credential
 from infra.azure.errors import QUOTA_RETRY_SECONDS, classify_azure_error
 from infra.azure.limiter import ArmLimiter, BucketSpec, TokenBucket, kind_of
-from infra.azuresim.server import AzureSimulator
 from infra.errors import PermanentError, TemporaryError
 from tests.fakes import FakeClock
 

@@ -15,7 +15,7 @@ import pytest
 
 from api.cli.client import CliError
 from api.cli.toolkit import export_toolkit, import_toolkit
-from infra.azure.desired import desired_resources
+from infra.azure.kinds import desired_resources
 from infra.azure.wheel import build_serving_wheel
 from infra.provider import Target
 from state.resource import DeploymentSpec
@@ -94,13 +94,33 @@ def test_the_bicep_takes_the_ai_toolkits_parameters_and_creates_what_the_provide
     types = {t.lower() for t in re.findall(r"^resource \w+ '([^@']+)@", bicep, flags=re.M)}
     spec = DeploymentSpec.model_validate(azure_manifest()["spec"]).with_defaults("support-bot")
     managed = set()
-    for resource in desired_resources(Target("support-bot", "uid", 1, spec), serving_wheel="w.whl"):
+    for resource in desired_resources(Target("support-bot", "uid", 1, spec), wheel="w.whl"):
         segments = resource.id.split("/providers/")[-1].split("/") if "/providers/" in resource.id else ["resourceGroups"]
         managed.add("/".join([segments[0], *segments[1::2]]).lower())
     # The bicep deploys into a group it is given, and declares the file service the share is in.
     assert types - {"microsoft.storage/storageaccounts/fileservices"} == managed - {"resourcegroups"}
     for output in ("SUBSCRIPTION_ID", "RESOURCE_GROUP_NAME", "STORAGE_ACCOUNT_NAME", "FILE_SHARE_NAME", "ACA_APP_NAME", "ACA_APP_ENDPOINT"):
         assert re.search(rf"^output {output} ", bicep, flags=re.M)
+
+
+def test_the_bicep_names_the_exact_wheel_and_what_azure_accepts():
+    bicep = (PROVISION / "inference.bicep").read_text()
+    parameters = (PROVISION / "inference.parameters.json").read_text()
+    # No glob: after an upgrade two wheels are on the share, and a glob installs both or fails.
+    assert "*.whl" not in bicep and "*.whl" not in parameters
+    assert "/mount/.loraplane/dist/${servingWheel}" in bicep
+    assert "allowSharedKeyAccess: true" in bicep
+    assert "resources: { cpu: json(cpu), memory: memory }" in bicep
+    for threshold in re.findall(r"failureThreshold: (\d+)", bicep):
+        assert 1 <= int(threshold) <= 10
+    for delay in re.findall(r"initialDelaySeconds: (\d+)", bicep):
+        assert 1 <= int(delay) <= 60
+    # The defaults agree with loraplane's own: the profile named after its type, its whole size.
+    spec = DeploymentSpec.model_validate(azure_manifest()["spec"])
+    assert "param workloadProfileName string = 'gpu-nc24-a100'" in bicep
+    assert f"param workloadProfileType string = '{spec.azure.workload_profile.type}'" in bicep
+    cpu, memory = spec.azure.container_resources()
+    assert f"param cpu string = '{cpu:g}'" in bicep and f"param memory string = '{memory}'" in bicep
 
 
 def toolkit_project(root: Path, *, config: dict | None = None, parameters: dict | None = None) -> Path:
@@ -160,6 +180,9 @@ def test_import_toolkit_adopts_what_the_project_provisioned(tmp_path: Path):
         "environmentStorage": "wasienvstorageab12c",
         "app": "wasiinference",
         "logAnalytics": "wasilogab12c",
+        # What the Toolkit's inference template made, as it made it: a dedicated A100 profile
+        # (named "GPU" there, found by its type) and 24 vCPU / 220Gi for the app.
+        "workloadProfile": {"type": "NC24-A100"},
     }
 
 
@@ -169,9 +192,12 @@ def test_import_toolkit_says_what_is_missing(tmp_path: Path):
     project = toolkit_project(tmp_path / "p", parameters={"maximumInstanceCount": 1})
     with pytest.raises(CliError, match="--location"):
         import_toolkit(project)
-    assert import_toolkit(project, location="eastus")["spec"]["azure"]["location"] == "eastus"
+    assert import_toolkit(project, location="northeurope")["spec"]["azure"]["location"] == "northeurope"
     with pytest.raises(CliError, match=r"metadata.name|name"):
-        import_toolkit(project, location="eastus", name="Not A Name")
+        import_toolkit(project, location="northeurope", name="Not A Name")
+    # The Toolkit's environment has a dedicated A100 profile: only where those are offered.
+    with pytest.raises(CliError, match="NC24-A100 is not offered in eastus"):
+        import_toolkit(project, location="eastus")
 
 
 def test_import_toolkit_from_the_command_line(tmp_path: Path):

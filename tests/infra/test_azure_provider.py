@@ -16,9 +16,9 @@ from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.storage import StorageManagementClient
 from sqlalchemy import text
 
+from azuresim.server import AzureSimulator
 from infra.azure.credentials import StaticTokenCredential
 from infra.azure.provider import AzureConfig, AzureProvider
-from infra.azuresim.server import AzureSimulator
 from reconciler.core import Outcome, Reconciler, target_of
 from reconciler.journal import DatabaseJournal
 from state.models import InferenceDeploymentCreate
@@ -267,7 +267,7 @@ def test_existing_storage_account_and_environment_are_adopted_and_survive_delete
     }
     environment = apps.managed_environments.get(RG, "finetune-env")
     # The GPU profile the spec asks for was added; what the team had is kept, tags too.
-    assert [p.name for p in environment.workload_profiles] == ["Consumption", "gpu"]
+    assert [p.name for p in environment.workload_profiles] == ["Consumption", "gpu-nc24-a100"]
     assert environment.tags in (None, {})
 
     uid = store.get(NAME).uid
@@ -354,7 +354,8 @@ def test_quota_errors_are_reported_with_azures_message_and_a_slow_retry(store, s
 
 
 def test_an_unknown_region_is_permanent(store, sim, provider):
-    create(store, sim, location="marsnorth")
+    # (A GPU type in a region without GPUs is refused by the API already: the CPU profile here.)
+    create(store, sim, location="marsnorth", workloadProfile={"type": "Consumption"})
     reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
     outcome = reconciler.reconcile(NAME)
     assert outcome.result == "permanent"

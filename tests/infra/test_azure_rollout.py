@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
+from azuresim.server import AzureSimulator
 from infra.azure.provider import AzureConfig, AzureProvider
 from infra.azure.share import ShareFiles
-from infra.azuresim.server import AzureSimulator
 from infra.provider import Target
 from reconciler.core import Reconciler, target_of
 from reconciler.journal import DatabaseJournal

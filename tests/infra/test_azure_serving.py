@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from azuresim.server import AzureSimulator
 from infra.azure.provider import AzureConfig, AzureProvider
-from infra.azuresim.server import AzureSimulator
 from reconciler.core import Reconciler, target_of
 from reconciler.journal import DatabaseJournal
 from serving.tiny import ADAPTER_PATH, TINY_MODEL_PATH, make_tiny_share

@@ -8,7 +8,7 @@ import pytest
 
 from infra.errors import PermanentError, TemporaryError
 from infra.local.process import ProcessRecord
-from infra.local.provider import LocalProvider, restart_delay
+from infra.local.provider import LocalFacts, LocalProvider, RunningProcess, restart_delay
 from infra.provider import Action, Observation, Target
 from state.resource import DeploymentSpec
 from tests.conftest import local_manifest
@@ -20,9 +20,10 @@ def target(**spec) -> Target:
     return Target("bot", "uid-1", 1, DeploymentSpec.model_validate(local_manifest(**spec)["spec"]))
 
 
-def observed(**facts) -> Observation:
-    base = {"now": NOW, "share_root_exists": True, "model_exists": True, "running": False, "record": None, "log_tail": ""}
-    return Observation(facts={**base, **facts})
+def observed(*, running: bool = False, config_hash: str | None = None, recorded: bool = True, **facts) -> Observation[LocalFacts]:
+    base = {"now": NOW, "share_root_exists": True, "model_exists": True, "record": None, "log_tail": ""}
+    process = RunningProcess(pid=1, port=1, config_hash=config_hash, recorded=recorded) if running else None
+    return Observation(LocalFacts(**{**base, **facts}, running=process))
 
 
 @pytest.fixture
