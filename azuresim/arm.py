@@ -13,6 +13,8 @@ import copy
 import hashlib
 import math
 import random
+import re
+import shlex
 import shutil
 import string
 import uuid
@@ -24,12 +26,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from infra.azuresim.containers import ContainerRunner
-from infra.azuresim.files import FilesSimulator
-from infra.azuresim.state import (
+from azuresim import rules
+from azuresim.containers import ContainerRunner
+from azuresim.files import FilesSimulator
+from azuresim.state import (
     REGIONS,
     TYPES,
-    WORKLOAD_PROFILE_TYPES,
     ArmError,
     ArmLimits,
     Faults,
@@ -42,6 +44,54 @@ PAGE_SIZE = 100  # items per page of a list (ARM's pages vary by type; 100 is co
 STORAGE_ACCOUNTS = "microsoft.storage/storageaccounts"
 FILE_SHARES = "microsoft.storage/storageaccounts/fileservices/shares"
 CONTAINER_APPS = "microsoft.app/containerapps"
+ENVIRONMENTS = "microsoft.app/managedenvironments"
+WORKSPACES = "microsoft.operationalinsights/workspaces"
+# Properties the REST specifications mark readOnly, by type: a PUT that carries them is not
+# refused, and what it says of them is ignored (Azure computes them).
+READ_ONLY: dict[str, tuple[tuple[str, ...], ...]] = {
+    CONTAINER_APPS: (
+        ("properties", "provisioningState"),
+        ("properties", "runningStatus"),
+        ("properties", "latestRevisionName"),
+        ("properties", "latestReadyRevisionName"),
+        ("properties", "latestRevisionFqdn"),
+        ("properties", "customDomainVerificationId"),
+        ("properties", "outboundIpAddresses"),
+        ("properties", "eventStreamEndpoint"),
+        ("properties", "configuration", "ingress", "fqdn"),
+        ("identity", "principalId"),
+        ("identity", "tenantId"),
+    ),
+    ENVIRONMENTS: (
+        ("properties", "provisioningState"),
+        ("properties", "deploymentErrors"),
+        ("properties", "defaultDomain"),
+        ("properties", "staticIp"),
+        ("properties", "eventStreamEndpoint"),
+        ("properties", "customDomainConfiguration", "customDomainVerificationId"),
+        ("identity", "principalId"),
+        ("identity", "tenantId"),
+    ),
+    STORAGE_ACCOUNTS: (
+        ("properties", "provisioningState"),
+        ("properties", "primaryEndpoints"),
+        ("properties", "primaryLocation"),
+        ("properties", "statusOfPrimary"),
+        ("properties", "secondaryLocation"),
+        ("properties", "statusOfSecondary"),
+        ("properties", "creationTime"),
+        ("properties", "keyCreationTime"),
+        ("properties", "geoReplicationStats"),
+        ("properties", "lastGeoFailoverTime"),
+    ),
+    FILE_SHARES: (("properties", "lastModifiedTime"), ("etag",)),
+    WORKSPACES: (
+        ("properties", "customerId"),
+        ("properties", "provisioningState"),
+        ("properties", "createdDate"),
+        ("properties", "modifiedDate"),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -137,13 +187,33 @@ def _deep_merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
     return target
 
 
+def _strip_read_only(type_name: str, resource: dict[str, Any]) -> None:
+    for path in READ_ONLY.get(type_name.lower(), ()):
+        node: Any = resource
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+
+
+def _model_bytes(folder: Path) -> int:
+    try:
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
 class ArmSimulator:
     """Builds the FastAPI app over a SimState: ARM, and the Azure Files data plane of the
     storage accounts it holds (shares are folders under ``files_root``). With a
     ``runner``, a container app's active revision runs as a local process. With a
     ``standin_ingress`` instead (the simulator's own host:port), every app's ingress is the
     simulator itself, answering as a healthy replica that serves no adapter: for fleets of
-    hundreds of apps, where a process each is out of the question (the benchmarks)."""
+    hundreds of apps, where a process each is out of the question (the benchmarks).
+
+    Every write passes ``azuresim.rules`` first; a revision that is becoming active passes the
+    checks a replica would fail at start (its volume cannot mount, its image cannot be pulled,
+    the wheel its command installs is missing, or the model does not fit in its memory)."""
 
     def __init__(
         self, state: SimState, files_root: Path, runner: ContainerRunner | None = None, standin_ingress: Callable[[], str] | None = None
@@ -152,12 +222,14 @@ class ArmSimulator:
         self.standin_ingress = standin_ingress
         self.secrets: dict[str, dict[str, str]] = {}  # container app id -> secret values
         self.storage_keys: dict[str, str] = {}  # environment storage id -> account key
-        self.files = FilesSimulator(files_root, self._account_keys, self.state.count)
+        self.files = FilesSimulator(files_root, self._account_keys, self.state.count, self._shared_key_allowed)
         self.runner = runner
         self.replica_failures: dict[str, str] = {}  # container app id -> why its replica failed
+        # Registry login server -> who has AcrPull on it: "system:<app id>" for an app's
+        # system-assigned identity, else a user-assigned identity's resource id (lower case).
+        self.acr_pull: dict[str, set[str]] = {}
         state.on_removed = self._removed
-        if runner is not None:
-            state.on_revision_active = self._run_revision
+        state.on_revision_active = self._start_revision
 
     # ------------------------------------------------------------ storage and containers
 
@@ -172,6 +244,12 @@ class ArmSimulator:
         account = self._account(name)
         return [_fake_key(account["id"] + "1"), _fake_key(account["id"] + "2")] if account else []
 
+    def _shared_key_allowed(self, name: str) -> bool:
+        """allowSharedKeyAccess false refuses every request signed with the account key
+        (shared-key-authorization-prevent); absent, it is allowed."""
+        account = self._account(name)
+        return account is None or (account.get("properties") or {}).get("allowSharedKeyAccess") is not False
+
     def _share_folder_of(self, share: dict[str, Any]) -> Path:
         account = share["id"].split("/")[8]
         return self.files.share_folder(account, share["name"])
@@ -185,9 +263,28 @@ class ArmSimulator:
         elif type_name == CONTAINER_APPS and self.runner is not None:
             self.runner.stop(resource["id"])
 
-    def _run_revision(self, app: dict[str, Any]) -> str | None:
-        """A revision is becoming active: run its replica, with the shares its volumes name."""
-        assert self.runner is not None
+    def grant_acr_pull(self, server: str, principal: str) -> None:
+        """AcrPull on ``server`` for ``principal``: 'system:<app id>' or a user-assigned
+        identity's resource id."""
+        with self.state.lock:
+            self.acr_pull.setdefault(server.lower(), set()).add(principal.lower())
+
+    def _start_revision(self, app: dict[str, Any]) -> str | None:
+        """A revision is becoming active: what its replica would fail on at start, else run it
+        (with a runner) with the shares its volumes name."""
+        mounts, failure = self._mounts(app)
+        failure = failure or self._image_pull_failure(app) or self._install_failure(app, mounts) or self._memory_failure(app, mounts)
+        if failure is None and self.runner is not None:
+            failure = self.runner.run(app, mounts, self.secrets.get(app["id"].lower(), {}))
+        if failure is not None:
+            self.replica_failures[app["id"].lower()] = failure
+        else:
+            self.replica_failures.pop(app["id"].lower(), None)
+        return failure
+
+    def _mounts(self, app: dict[str, Any]) -> tuple[dict[str, Path], str | None]:
+        """Mount path -> the share folder behind it; or why a volume cannot mount (Container
+        Apps mounts Azure Files over SMB with the account key: storage-mounts)."""
         properties = app["properties"]
         template = properties.get("template") or {}
         environment_id = properties.get("managedEnvironmentId") or properties.get("environmentId") or ""
@@ -198,20 +295,75 @@ class ArmSimulator:
             storage = self.state.resources.get(f"{environment_id}/storages/{volume.get('storageName')}".lower())
             azure_file = ((storage or {}).get("properties") or {}).get("azureFile") or {}
             if not azure_file:
-                return f"volume {volume.get('name')!r}: environment storage {volume.get('storageName')!r} does not exist"
-            folders[volume["name"]] = self.files.share_folder(azure_file.get("accountName", ""), azure_file.get("shareName", ""))
+                return {}, f"volume {volume.get('name')!r}: environment storage {volume.get('storageName')!r} does not exist"
+            account = azure_file.get("accountName", "")
+            if not self._shared_key_allowed(account):
+                return {}, (
+                    f"volume {volume.get('name')!r} failed to mount: the storage account {account} does not permit key based "
+                    "authentication (allowSharedKeyAccess is false), and Azure Files is mounted with the account key"
+                )
+            folders[volume["name"]] = self.files.share_folder(account, azure_file.get("shareName", ""))
         mounts = {
             mount["mountPath"]: folders[mount["volumeName"]]
             for container in template.get("containers") or []
             for mount in container.get("volumeMounts") or []
             if mount.get("volumeName") in folders
         }
-        failure = self.runner.run(app, mounts, self.secrets.get(app["id"].lower(), {}))
-        if failure is not None:
-            self.replica_failures[app["id"].lower()] = failure
-        else:
-            self.replica_failures.pop(app["id"].lower(), None)
-        return failure
+        return mounts, None
+
+    def _image_pull_failure(self, app: dict[str, Any]) -> str | None:
+        """An image in an Azure Container Registry is pulled with the registry entry's managed
+        identity, which needs AcrPull on it (containers#managed-identity-with-azure-container-registry)."""
+        properties = app["properties"]
+        registries = {str(r.get("server", "")).lower(): r for r in (properties.get("configuration") or {}).get("registries") or []}
+        for container in (properties.get("template") or {}).get("containers") or []:
+            image = str(container.get("image", ""))
+            server = image.split("/", 1)[0].lower()
+            if not server.endswith(".azurecr.io"):
+                continue
+            registry = registries.get(server)
+            identity = str((registry or {}).get("identity", "")).lower()
+            principal = f"system:{app['id'].lower()}" if identity == "system" else identity
+            if registry is None or not identity or principal not in self.acr_pull.get(server, set()):
+                who = (
+                    "no credentials" if registry is None or not identity else f"the identity {identity!r}, which has no AcrPull role on it"
+                )
+                return f'Failed to pull image "{image}": unauthorized: authentication required ({server} was reached with {who})'
+        return None
+
+    @staticmethod
+    def _install_failure(app: dict[str, Any], mounts: dict[str, Path]) -> str | None:
+        """The default image's command installs a wheel from the share: without it, pip fails
+        and so does the replica."""
+        for container in (app["properties"].get("template") or {}).get("containers") or []:
+            command = " ".join([*(container.get("command") or []), *(container.get("args") or [])])
+            for wheel in re.findall(r"(/\S+?\.whl)", command):
+                if "*" in wheel:
+                    continue
+                local = Path(_remap(wheel, mounts))
+                if not local.is_file():
+                    return f"pip: {shlex.quote(wheel)} does not exist on the share"
+        return None
+
+    @staticmethod
+    def _memory_failure(app: dict[str, Any], mounts: dict[str, Path]) -> str | None:
+        """A replica that loads the model named by LORAPLANE_MODEL_PATH needs its bytes in
+        memory, and some room besides: less, and it is killed as it loads (exit code 137)."""
+        for container in (app["properties"].get("template") or {}).get("containers") or []:
+            env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+            share_root, model = env.get("LORAPLANE_SHARE_ROOT"), env.get("LORAPLANE_MODEL_PATH")
+            if not share_root or not model:
+                continue
+            size = rules.container_size(container)
+            if isinstance(size, ArmError):
+                continue
+            needed = _model_bytes(Path(_remap(f"{share_root}/{model}", mounts))) / 2**30 + rules.RUNTIME_OVERHEAD_GIB
+            if size[1] < needed:
+                return (
+                    f"Container '{container.get('name')}' was terminated with exit code 137 (OOMKilled): it needs about "
+                    f"{needed:.2f}Gi to load {model}, and was given {size[1]:g}Gi"
+                )
+        return None
 
     # ------------------------------------------------------------------------ the app
 
@@ -253,6 +405,16 @@ class ArmSimulator:
             except (ValueError, TypeError, AttributeError) as exc:
                 return JSONResponse({"error": {"code": "InvalidFaults", "message": str(exc)}}, status_code=400)
             return JSONResponse({"status": "set"})
+
+        @app.post("/_sim/acr-pull")
+        async def acr_pull(request: Request) -> JSONResponse:
+            """Grant AcrPull: {"server": "x.azurecr.io", "principal": "system:<app id>" or an identity id}."""
+            try:
+                body = await request.json()
+                self.grant_acr_pull(str(body["server"]), str(body["principal"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                return JSONResponse({"error": {"code": "InvalidGrant", "message": str(exc)}}, status_code=400)
+            return JSONResponse({"status": "granted"})
 
         @app.api_route("/subscriptions/{path:path}", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"])
         async def arm(path: str, request: Request) -> Response:
@@ -308,7 +470,7 @@ class ArmSimulator:
         if target.list_of == GROUP_RESOURCES and method == "GET":
             return JSONResponse({"value": self._group_resources(target), "nextLink": None})
         if target.list_of is not None and method == "GET":
-            return self._page(request, [self._visible(r) for r in self.state.children(target.resource_id, target.list_of)])
+            return self._page(request, [self._visible(r) for r in self.state.children(target.resource_id or "", target.list_of)])
         if target.action is not None:
             return self._action(method, target)
         if method == "GET":
@@ -369,6 +531,10 @@ class ArmSimulator:
         log_analytics = (properties.get("appLogsConfiguration") or {}).get("logAnalyticsConfiguration")
         if isinstance(log_analytics, dict):
             log_analytics.pop("sharedKey", None)
+        custom_domain = properties.get("customDomainConfiguration")
+        if isinstance(custom_domain, dict):
+            custom_domain.pop("certificatePassword", None)
+            custom_domain.pop("certificateValue", None)
         return shown
 
     # ---------------------------------------------------------------------------- PUT
@@ -406,13 +572,14 @@ class ArmSimulator:
                 f"Operation could not be completed: managed environments in {location} cannot have more than 1 SubscriptionNCA100Gpus.",
             )
         existing = self.state.get(target.resource_id)
-        resource = {
+        resource: dict[str, Any] = {
             "id": existing["id"] if existing else target.resource_id,
             "name": target.resource_id.rsplit("/", 1)[-1],
             "type": target.type_name,
         }
         if kind.has_location:
             resource["location"] = location
+            resource["tags"] = {}
         for key in ("tags", "sku", "kind", "identity", "extendedLocation", "managedBy"):
             if key in body:
                 resource[key] = copy.deepcopy(body[key])
@@ -420,6 +587,12 @@ class ArmSimulator:
         if not isinstance(properties, dict):
             raise ArmError(400, "InvalidRequestContent", "properties must be a JSON object")
         resource["properties"] = properties
+        _strip_read_only(target.type_name, resource)
+        if target.type_name.lower() == CONTAINER_APPS:
+            environment_id = properties.get("managedEnvironmentId") or properties.get("environmentId")
+            if environment_id and self.state.get(environment_id) is None:
+                raise ArmError(400, "ManagedEnvironmentNotFound", f"the managed environment '{environment_id}' was not found")
+        rules.check(rules.Write(target.type_name.lower(), target.resource_id, resource["name"], resource, existing, self.state.get))
         self._server_fields(target, resource, existing, base)
         if kind.long_running:
             properties["provisioningState"] = "InProgress" if existing is None else "Updating"
@@ -442,52 +615,144 @@ class ArmSimulator:
         return JSONResponse(self._visible(resource), status_code=200 if existing else 201)
 
     def _server_fields(self, target: Target, resource: dict[str, Any], existing: dict[str, Any] | None, base: str) -> None:
-        """What Azure fills in itself, kept stable across updates."""
+        """What Azure fills in itself, kept stable across updates: every property Microsoft's
+        example responses carry that the request does not."""
         properties = resource["properties"]
         old = (existing or {}).get("properties", {})
         type_name = target.type_name.lower() if target.type_name else ""
-        if type_name == "microsoft.storage/storageaccounts":
-            account = resource["name"]
-            properties.setdefault("primaryEndpoints", {"file": f"{base}/{account}/"})
-            properties["creationTime"] = old.get("creationTime") or utc_now().isoformat()
-        elif type_name == "microsoft.operationalinsights/workspaces":
+        now = utc_now().isoformat()
+        if type_name == STORAGE_ACCOUNTS:
+            self._account_fields(resource, old, base, now)
+        elif type_name == WORKSPACES:
             properties["customerId"] = old.get("customerId") or str(uuid.uuid4())
-        elif type_name == "microsoft.app/managedenvironments":
-            for profile in properties.get("workloadProfiles") or []:
-                if profile.get("workloadProfileType") not in WORKLOAD_PROFILE_TYPES:
-                    raise ArmError(
-                        400,
-                        "InvalidWorkloadProfileType",
-                        f"workload profile type '{profile.get('workloadProfileType')}' is not supported in this region; supported: {', '.join(sorted(WORKLOAD_PROFILE_TYPES))}",
-                    )
-            properties["defaultDomain"] = (
-                old.get("defaultDomain") or f"{_suffix()}.{resource['location'].replace(' ', '').lower()}.azurecontainerapps.io"
-            )
-            properties["staticIp"] = old.get("staticIp") or "20.1.2.3"
+            properties.setdefault("sku", {"name": "PerGB2018"})
+            properties.setdefault("retentionInDays", 30)
+            properties.setdefault("publicNetworkAccessForIngestion", "Enabled")
+            properties.setdefault("publicNetworkAccessForQuery", "Enabled")
+            properties.setdefault("features", {"enableLogAccessUsingOnlyResourcePermissions": True})
+            properties["createdDate"] = old.get("createdDate") or now
+            properties["modifiedDate"] = now
+        elif type_name == ENVIRONMENTS:
+            self._environment_fields(resource, existing)
         elif type_name == FILE_SHARES:
-            self.files.share_folder(target.resource_id.split("/")[8], resource["name"]).mkdir(parents=True, exist_ok=True)
+            self.files.share_folder(target.resource_id.split("/")[8], resource["name"]).mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            properties.setdefault("shareQuota", old.get("shareQuota", 102400))
+            properties["lastModifiedTime"] = now
+            resource["etag"] = f'"0x{uuid.uuid4().hex[:15].upper()}"'
         elif type_name == "microsoft.app/managedenvironments/storages":
             key = (properties.get("azureFile") or {}).get("accountKey")
             if key:
-                self.storage_keys[target.resource_id.lower()] = key
-        elif type_name == "microsoft.app/containerapps":
+                self.storage_keys[(target.resource_id or "").lower()] = key
+        elif type_name == CONTAINER_APPS:
             self._container_app_fields(resource, existing)
+
+    def _account_fields(self, resource: dict[str, Any], old: dict[str, Any], base: str, now: str) -> None:
+        properties, account = resource["properties"], resource["name"]
+        location = str(resource.get("location", "")).replace(" ", "").lower()
+        endpoint = f"{base}/{account}/"
+        properties["primaryEndpoints"] = {
+            "blob": endpoint,
+            "dfs": endpoint,
+            "file": endpoint,
+            "queue": endpoint,
+            "table": endpoint,
+            "web": endpoint,
+        }
+        properties["primaryLocation"], properties["statusOfPrimary"] = location, "available"
+        if "grs" in str((resource.get("sku") or {}).get("name", "")).lower():  # geo-redundant: a paired region
+            properties["secondaryLocation"], properties["statusOfSecondary"] = f"{location}2", "available"
+            properties.setdefault("geoPriorityReplicationStatus", {"isBlobEnabled": False})
+            properties["geoReplicationStats"] = {"status": "Live", "lastSyncTime": now, "canFailover": True}
+        properties["creationTime"] = old.get("creationTime") or now
+        properties["keyCreationTime"] = old.get("keyCreationTime") or {"key1": now, "key2": now}
+        properties.setdefault("supportsHttpsTrafficOnly", True)
+        properties.setdefault("isHnsEnabled", False)
+        properties.setdefault("minimumTlsVersion", "TLS1_2")
+        properties.setdefault("allowBlobPublicAccess", False)
+        properties.setdefault("allowCrossTenantDelegationSas", False)
+        properties.setdefault("accessTier", "Hot")
+        properties.setdefault("accountMigrationInProgress", False)
+        properties.setdefault("isSkuConversionBlocked", False)
+        properties.setdefault(
+            "networkAcls", {"bypass": "AzureServices", "virtualNetworkRules": [], "ipRules": [], "defaultAction": "Allow"}
+        )
+        properties.setdefault(
+            "encryption",
+            {
+                "services": {
+                    "blob": {"enabled": True, "keyType": "Account", "lastEnabledTime": properties["creationTime"]},
+                    "file": {"enabled": True, "keyType": "Account", "lastEnabledTime": properties["creationTime"]},
+                },
+                "keySource": "Microsoft.Storage",
+            },
+        )
+
+    def _environment_fields(self, resource: dict[str, Any], existing: dict[str, Any] | None) -> None:
+        properties, old = resource["properties"], (existing or {}).get("properties", {})
+        location = str(resource.get("location", "")).replace(" ", "").lower()
+        properties["defaultDomain"] = old.get("defaultDomain") or f"{_suffix()}.{location}.azurecontainerapps.io"
+        properties["staticIp"] = old.get("staticIp") or "20.1.2.3"
+        properties["eventStreamEndpoint"] = (
+            f"https://{location}.azurecontainerapps.dev/subscriptions/{resource['id'].split('/')[2]}/managedEnvironments/{resource['name']}/eventstream"
+        )
+        properties.setdefault(
+            "workloadProfiles", old.get("workloadProfiles") or [{"name": "Consumption", "workloadProfileType": "Consumption"}]
+        )
+        properties.setdefault("zoneRedundant", old.get("zoneRedundant", False))
+        properties.setdefault(
+            "infrastructureResourceGroup",
+            old.get("infrastructureResourceGroup") or f"ME_{resource['name']}_{resource['id'].split('/')[4]}_{location}",
+        )
+        properties.setdefault("environmentMode", "WorkloadProfiles")
+        custom_domain = properties.setdefault("customDomainConfiguration", {})
+        custom_domain["customDomainVerificationId"] = (old.get("customDomainConfiguration") or {}).get(
+            "customDomainVerificationId"
+        ) or uuid.uuid4().hex.upper()
+        properties.setdefault("daprConfiguration", {"version": "1.12.5"})
+        properties.setdefault("kedaConfiguration", {"version": "2.17.2"})
+        properties.setdefault("peerAuthentication", {"mtls": {"enabled": False}})
+        properties.setdefault("peerTrafficConfiguration", {"encryption": {"enabled": False}})
+        properties.setdefault("ingressConfiguration", {"workloadProfileName": "Consumption"})
+        properties.setdefault("vnetConfiguration", old.get("vnetConfiguration") or {"internal": False})
+        self._identity_fields(resource, existing)
+
+    @staticmethod
+    def _identity_fields(resource: dict[str, Any], existing: dict[str, Any] | None) -> None:
+        """A system-assigned identity gets a principal (kept across updates); user-assigned
+        ones show their principal and client ids."""
+        identity = resource.get("identity")
+        if not isinstance(identity, dict):
+            return
+        before = (existing or {}).get("identity") or {}
+        if "systemassigned" in str(identity.get("type", "")).replace(" ", "").lower():
+            identity["principalId"] = before.get("principalId") or str(uuid.uuid4())
+            identity["tenantId"] = before.get("tenantId") or "00000000-0000-0000-0000-000000000001"
+        for key, value in list((identity.get("userAssignedIdentities") or {}).items()):
+            known = ((before.get("userAssignedIdentities") or {}).get(key)) or {}
+            identity["userAssignedIdentities"][key] = {
+                "principalId": known.get("principalId") or str(uuid.uuid4()),
+                "clientId": known.get("clientId") or str(uuid.uuid4()),
+                **(value or {}),
+            }
 
     def _container_app_fields(self, resource: dict[str, Any], existing: dict[str, Any] | None) -> None:
         properties = resource["properties"]
         old = (existing or {}).get("properties", {})
+        self._identity_fields(resource, existing)
         secrets = {s["name"]: s.get("value") for s in properties.get("configuration", {}).get("secrets", []) or []}
         known = self.secrets.get(resource["id"].lower(), {})
         self.secrets[resource["id"].lower()] = {name: value if value is not None else known.get(name) for name, value in secrets.items()}
         environment_id = properties.get("managedEnvironmentId") or properties.get("environmentId")
+        if environment_id:
+            properties["managedEnvironmentId"] = properties.get("managedEnvironmentId") or environment_id
         environment = self.state.get(environment_id) if environment_id else None
-        if environment_id and environment is None:
-            raise ArmError(400, "ManagedEnvironmentNotFound", f"the managed environment '{environment_id}' was not found")
         domain = (
             environment["properties"].get("defaultDomain", "example.azurecontainerapps.io")
             if environment
             else "example.azurecontainerapps.io"
         )
+        if environment is not None and ((environment.get("properties") or {}).get("workloadProfiles")):
+            properties.setdefault("workloadProfileName", "Consumption")
         ingress = properties.get("configuration", {}).get("ingress")
         if isinstance(ingress, dict):
             # Where the runner's replicas answer, when it runs them: no DNS for ACA here.
@@ -498,6 +763,10 @@ class ArmSimulator:
             else:
                 ingress["fqdn"] = f"{resource['name']}.{domain}"
         properties["outboundIpAddresses"] = ["20.1.2.3"]
+        properties["eventStreamEndpoint"] = (
+            f"https://{domain}/subscriptions/{resource['id'].split('/')[2]}/containerApps/{resource['name']}/eventstream"
+        )
+        properties["runningStatus"] = "Running"
         properties["latestReadyRevisionName"] = old.get("latestReadyRevisionName")
         template = properties.get("template")
         if existing is None or template != old.get("template"):
@@ -514,6 +783,7 @@ class ArmSimulator:
                     "type": "Microsoft.App/containerApps/revisions",
                     "properties": {
                         "createdTime": utc_now().isoformat(),
+                        "lastActiveTime": utc_now().isoformat(),
                         "active": True,
                         "fqdn": f"{name}.{domain}",
                         "template": copy.deepcopy(template),
@@ -530,6 +800,8 @@ class ArmSimulator:
         else:
             properties["latestRevisionName"] = old.get("latestRevisionName")
             properties["latestRevisionFqdn"] = old.get("latestRevisionFqdn")
+        if properties.get("latestReadyRevisionName") is None:
+            properties.pop("latestReadyRevisionName")
 
     # -------------------------------------------------------------------------- PATCH
 
@@ -542,7 +814,7 @@ class ArmSimulator:
         merged = _deep_merge(copy.deepcopy(existing), {k: v for k, v in body.items() if k in ("tags", "properties", "identity")})
         merged.setdefault("location", existing.get("location"))
         self._put(target, merged, base, api_version, fault)
-        operation = self.state.start_operation(target.resource_id, "put")
+        operation = self.state.start_operation(target.resource_id or "", "put")
         return Response(status_code=202, headers={"Azure-AsyncOperation": self._operation_url(base, target, operation.id, api_version)})
 
     # ------------------------------------------------------------------------- DELETE
@@ -568,7 +840,7 @@ class ArmSimulator:
     def _action(self, method: str, target: Target) -> Response:
         resource = self._existing(target)
         action, type_name = target.action, (target.type_name or "").lower()
-        if method == "POST" and action == "listkeys" and type_name == "microsoft.storage/storageaccounts":
+        if method == "POST" and action == "listkeys" and type_name == STORAGE_ACCOUNTS:
             return JSONResponse(
                 {
                     "keys": [
@@ -587,15 +859,17 @@ class ArmSimulator:
                     ]
                 }
             )
-        if method == "POST" and action == "sharedkeys" and type_name == "microsoft.operationalinsights/workspaces":
+        if method == "POST" and action == "sharedkeys" and type_name == WORKSPACES:
             return JSONResponse(
                 {"primarySharedKey": _fake_key(resource["id"] + "p"), "secondarySharedKey": _fake_key(resource["id"] + "s")}
             )
-        if method == "POST" and action == "listsecrets" and type_name == "microsoft.app/containerapps":
+        if method == "POST" and action == "listsecrets" and type_name == CONTAINER_APPS:
             values = self.secrets.get(resource["id"].lower(), {})
             return JSONResponse({"value": [{"name": name, "value": value} for name, value in values.items()]})
         if method == "POST" and action in ("activate", "deactivate", "restart") and type_name == "microsoft.app/containerapps/revisions":
-            if action != "restart":
+            if action == "restart":
+                self.state.restart_revision(resource["id"])
+            else:
                 resource["properties"]["active"] = action == "activate"
                 self.state.put(resource["id"], resource)
             return Response(status_code=200)
@@ -612,20 +886,23 @@ class ArmSimulator:
                             "properties": {
                                 "createdTime": resource["properties"].get("createdTime"),
                                 "runningState": "Running",
+                                "runningStateDetails": "",
                                 "containers": [
                                     {"name": c.get("name"), "ready": True, "started": True, "restartCount": 0} for c in containers
                                 ],
+                                "initContainers": [],
                             },
                         }
                         for index in range(count)
                     ]
                 }
             )
-        if method == "GET" and action == "workloadprofilestates" and type_name == "microsoft.app/managedenvironments":
+        if method == "GET" and action == "workloadprofilestates" and type_name == ENVIRONMENTS:
             return JSONResponse(
                 {
                     "value": [
                         {
+                            "id": f"{resource['id']}/workloadProfileStates/{p.get('name')}",
                             "name": p.get("name"),
                             "type": "Microsoft.App/managedEnvironments/workloadProfileStates",
                             "properties": {
@@ -649,18 +926,28 @@ class ArmSimulator:
             return self._operation_status(parts[-1], result="operationresults" in lowered)
         if method == "GET" and lowered[-1:] == ["availablemanagedenvironmentsworkloadprofiletypes"]:
             location = parts[-2]
-            if location.replace(" ", "").lower() not in REGIONS:
+            region = rules.region_of(location)
+            if region not in REGIONS:
                 raise ArmError(404, "LocationNotFound", f"the location '{location}' is not known")
             return JSONResponse(
                 {
                     "value": [
                         {
+                            "id": f"/subscriptions/{target.subscription}/providers/Microsoft.App/locations/{location}/availableManagedEnvironmentsWorkloadProfileTypes/{name}",
                             "name": name,
                             "location": location,
                             "type": "Microsoft.App/locations/availableManagedEnvironmentsWorkloadProfileTypes",
-                            "properties": {**spec, "displayName": name, "applicability": "LocationDefault"},
+                            "properties": {
+                                "category": kind.category,
+                                "cores": kind.cores,
+                                "memoryGiB": kind.memory_gib,
+                                "gpus": 1 if "GPU" in kind.category else 0,
+                                "displayName": name,
+                                "applicability": "LocationDefault",
+                            },
                         }
-                        for name, spec in WORKLOAD_PROFILE_TYPES.items()
+                        for name, kind in rules.PROFILE_TYPES.items()
+                        if kind.regions is None or region in kind.regions
                     ]
                 }
             )
@@ -693,3 +980,11 @@ class ArmSimulator:
         if operation.fail is not None and operation.finished:
             body["error"] = operation.fail.body()["error"]
         return JSONResponse(body)
+
+
+def _remap(value: str, mounts: dict[str, Path]) -> str:
+    """A path inside the container, as the same file on this machine."""
+    for mount_path, folder in mounts.items():
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(folder) + value[len(mount_path.rstrip("/")) :]
+    return value

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -76,9 +74,6 @@ class ContainerRunner:
                 if value is None:
                     return f"secret {variable['secretRef']!r} has no value"
             env[variable["name"]] = _remap(value or "", mounts)
-        missing = self._missing_install(container, mounts)
-        if missing is not None:
-            return missing
         port = self.port_for(app["id"])
         env.update(
             {
@@ -106,17 +101,6 @@ class ContainerRunner:
         log.info(
             "running %s's revision %s on port %d (pid %d)", app["name"], app["properties"].get("latestRevisionName"), port, process.pid
         )
-        return None
-
-    @staticmethod
-    def _missing_install(container: dict[str, Any], mounts: dict[str, Path]) -> str | None:
-        """The default image's command installs a wheel from the share: without it, pip fails
-        and so would the replica."""
-        command = " ".join([*(container.get("command") or []), *(container.get("args") or [])])
-        for wheel in re.findall(r"(/\S+?\.whl)", command):
-            local = Path(_remap(wheel, mounts))
-            if not local.is_file():
-                return f"pip: {shlex.quote(wheel)} does not exist on the share"
         return None
 
     def running(self, app_id: str) -> bool:

@@ -79,10 +79,17 @@ class FilesSimulator:
     """Serves ``/{account}/{share}/...``; ``account_keys(account)`` lists the account's keys,
     none when no such storage account exists."""
 
-    def __init__(self, root: Path, account_keys: Callable[[str], list[str]], count: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        account_keys: Callable[[str], list[str]],
+        count: Callable[[str, str], None],
+        shared_key_allowed: Callable[[str], bool] = lambda account: True,
+    ) -> None:
         self.root = root
         self.account_keys = account_keys
         self.count = count
+        self.shared_key_allowed = shared_key_allowed
         self.md5: dict[Path, str] = {}  # Content-MD5 given when a file was created
 
     def share_folder(self, account: str, share: str) -> Path:
@@ -118,6 +125,11 @@ class FilesSimulator:
         given = request.headers.get("authorization", "")
         scheme, _, credential = given.partition(" ")
         name, _, signature = credential.partition(":")
+        if scheme == "SharedKey" and not self.shared_key_allowed(account):
+            # allowSharedKeyAccess: false (shared-key-authorization-prevent)
+            raise FilesError(
+                403, "KeyBasedAuthenticationNotPermitted", "Key based authentication is not permitted on this storage account."
+            )
         if scheme != "SharedKey" or name != account or not signature:
             raise FilesError(
                 403,

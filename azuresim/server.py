@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -10,9 +11,50 @@ from pathlib import Path
 import trustme
 import uvicorn
 
-from infra.azuresim.arm import ArmSimulator
-from infra.azuresim.containers import ContainerRunner
-from infra.azuresim.state import ArmLimits, SimState
+from azuresim.arm import ArmSimulator
+from azuresim.containers import ContainerRunner
+from azuresim.state import ArmLimits, SimState
+
+OWNER_FILE = "azure-sim.pid"
+_CLAIMED: set[Path] = set()  # the folders this process's simulators hold
+_CLAIMED_LOCK = threading.Lock()
+
+
+class WorkdirInUse(RuntimeError):
+    """Another running simulator keeps its CA and certificate in that folder."""
+
+
+def _own(workdir: Path) -> Path:
+    """Claim ``workdir`` for this process: a second simulator writing its CA there would leave
+    the first one's clients unable to verify it (CERTIFICATE_VERIFY_FAILED)."""
+    owner = workdir / OWNER_FILE
+    try:
+        holder = int(owner.read_text().strip())
+    except (OSError, ValueError):
+        holder = None
+    with _CLAIMED_LOCK:
+        mine = owner.resolve() in _CLAIMED
+        if mine or (holder is not None and holder != os.getpid() and _alive(holder)):
+            raise WorkdirInUse(f"{workdir} is the working folder of the simulator with pid {holder}: give this one another --workdir")
+        owner.write_text(f"{os.getpid()}\n")
+        _CLAIMED.add(owner.resolve())
+    return owner
+
+
+def _release(owner: Path) -> None:
+    with _CLAIMED_LOCK:
+        _CLAIMED.discard(owner.resolve())
+    owner.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class AzureSimulator:
@@ -40,6 +82,7 @@ class AzureSimulator:
         self.workdir = workdir
         self.host = host
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._owner = _own(self.workdir)
         # Each file share is the folder share_root/ACCOUNT/SHARE.
         self.share_root = share_root or workdir / "shares"
         self.share_root.mkdir(parents=True, exist_ok=True)
@@ -94,6 +137,7 @@ class AzureSimulator:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        _release(self._owner)
 
     def __enter__(self) -> AzureSimulator:
         return self.start()

@@ -1,6 +1,6 @@
 """The simulated Azure: resources by id, long-running operations, faults, and call counts.
 
-Plain data and rules, no HTTP: ``infra.azuresim.arm`` turns requests into calls here.
+Plain data and rules, no HTTP: ``azuresim.arm`` turns requests into calls here.
 """
 
 from __future__ import annotations
@@ -52,20 +52,6 @@ TYPES: dict[str, ResourceType] = {
     ]
 }
 
-# Workload profile types the simulated regions offer (AvailableWorkloadProfiles).
-WORKLOAD_PROFILE_TYPES = {
-    "Consumption": {"category": "Consumption", "cores": 4, "memoryGiB": 8, "gpus": 0},
-    **{f"D{n}": {"category": "GeneralPurpose", "cores": n, "memoryGiB": 4 * n, "gpus": 0} for n in (4, 8, 16, 32)},
-    **{f"E{n}": {"category": "MemoryOptimized", "cores": n, "memoryGiB": 8 * n, "gpus": 0} for n in (4, 8, 16, 32)},
-    # The names older API versions and Microsoft's examples use for the same families.
-    "GeneralPurpose": {"category": "GeneralPurpose", "cores": 4, "memoryGiB": 16, "gpus": 0},
-    "MemoryOptimized": {"category": "MemoryOptimized", "cores": 4, "memoryGiB": 32, "gpus": 0},
-    "ComputeOptimized": {"category": "ComputeOptimized", "cores": 4, "memoryGiB": 8, "gpus": 0},
-    "NC24-A100": {"category": "GPU", "cores": 24, "memoryGiB": 220, "gpus": 1},
-    "NC48-A100": {"category": "GPU", "cores": 48, "memoryGiB": 440, "gpus": 2},
-    "Consumption-GPU-NC24-A100": {"category": "Consumption", "cores": 24, "memoryGiB": 220, "gpus": 1},
-    "Consumption-GPU-NC8as-T4": {"category": "Consumption", "cores": 8, "memoryGiB": 56, "gpus": 1},
-}
 REGIONS = {
     "eastus",
     "eastus2",
@@ -99,6 +85,7 @@ REGIONS = {
     "southeastasia",
     "australiaeast",
     "australiasoutheast",
+    "eastus2(stage)",  # the staging region Microsoft's StorageAccountGetProperties example uses
     "eastus2euap",
     "centraluseuap",  # Azure's canary regions, which Microsoft's examples use
 }
@@ -311,8 +298,22 @@ class SimState:
             if failure is None:
                 properties["latestReadyRevisionName"] = latest
             if revision is not None:
+                revision["properties"].pop("provisioningError", None)
                 revision["properties"].update(
                     {"provisioningState": "Provisioned", "runningState": "Running", "healthState": "Healthy"}
                     if failure is None
                     else {"provisioningState": "Failed", "runningState": "Failed", "healthState": "Unhealthy", "provisioningError": failure}
                 )
+
+    def restart_revision(self, revision_id: str) -> None:
+        """Revisions_Restart: the revision's replicas start again; a failed newest revision is
+        tried again (what failed it may have been fixed since, e.g. AcrPull granted)."""
+        with self.lock:
+            self._advance()
+            app_id = revision_id.lower().rsplit("/revisions/", 1)[0]
+            app = self.resources.get(app_id)
+            if app is None:
+                return
+            if str(app["properties"].get("latestRevisionName", "")).lower() == revision_id.lower().rsplit("/", 1)[-1]:
+                app["properties"].pop("latestReadyRevisionName", None)
+                self._revision_ready(app)

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import psutil
 
+from azuresim.server import AzureSimulator
 from bench.common import start_service, wait_for
-from infra.azuresim.server import AzureSimulator
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 GROUP = "rg-fleet"

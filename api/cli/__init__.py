@@ -449,58 +449,11 @@ def serving_wheel(
     except OSError as exc:
         raise CliError(f"{directory}: cannot write the wheel there ({exc.strerror})") from exc
     out.print(str(directory / wheel.filename))
-
-
-@dev.command("azure-sim")
-def azure_sim(
-    port: Annotated[int, typer.Option(help="port to listen on (0: any free one)", min=0, max=65535)] = 0,
-    workdir: Annotated[Path, typer.Option("--workdir", help="where its CA bundle and certificate are written")] = Path(".azure-sim"),
-    lro_delay: Annotated[float, typer.Option(help="seconds a long-running operation takes", min=0)] = 1.0,
-    share_root: Annotated[
-        Path | None,
-        typer.Option("--share-root", help="where file shares live, one folder each: DIR/ACCOUNT/SHARE (default: WORKDIR/shares)"),
-    ] = None,
-    run_containers: Annotated[
-        bool,
-        typer.Option("--run-containers/--no-run-containers", help="run a container app's active revision as a local serving process"),
-    ] = True,
-    standin_replicas: Annotated[
-        bool,
-        typer.Option(
-            "--standin-replicas", help="answer for every app as a healthy replica instead of running it (fleets); needs --no-run-containers"
-        ),
-    ] = False,
-    arm_limits: Annotated[
-        bool, typer.Option("--arm-limits", help="apply ARM's throttling: 429 past 25 reads/s (burst 250) or 10 writes/s (burst 200)")
-    ] = False,
-) -> None:
-    """Run the Azure simulator (ARM and Azure Files over HTTPS on loopback) until interrupted."""
-    from infra.azuresim.server import AzureSimulator
-
-    if standin_replicas and run_containers:
-        raise CliError("--standin-replicas answers for the apps instead of running them: add --no-run-containers")
-    simulator = AzureSimulator(
-        workdir.resolve(),
-        port=port,
-        lro_delay_seconds=lro_delay,
-        share_root=share_root.resolve() if share_root else None,
-        run_containers=run_containers,
-        standin_replicas=standin_replicas,
-        arm_limits=arm_limits,
-    )
-    simulator.start()
-    out.print(f"Azure simulator at {simulator.url}")
-    out.print(f"CA bundle: {simulator.ca_bundle}")
-    out.print(f"file shares: {simulator.share_root}/ACCOUNT/SHARE")
     out.print(
-        "point loraplane at it: LORAPLANE_AZURE_ARM_URL="
-        f"{simulator.url} LORAPLANE_AZURE_CA_BUNDLE={simulator.ca_bundle} LORAPLANE_AZURE_CREDENTIAL=static"
+        f"upload it to the share as .loraplane/dist/{wheel.filename}, and provision by hand with:\n"
+        f"  az deployment group create -g RESOURCE_GROUP -f infra/provision/inference.bicep "
+        f"-p infra/provision/inference.parameters.json -p servingWheel={wheel.filename}"
     )
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        simulator.stop()
 
 
 def main() -> None:

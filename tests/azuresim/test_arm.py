@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +18,8 @@ from azure.mgmt.loganalytics import LogAnalyticsManagementClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.storage import StorageManagementClient
 
+from azuresim.server import AzureSimulator
 from infra.azure.credentials import StaticTokenCredential
-from infra.azuresim.server import AzureSimulator
 
 SUB = "00000000-0000-0000-0000-000000000000"
 FAST = {"polling_interval": 0.05}
@@ -202,34 +205,79 @@ def test_bad_fault_settings_are_refused(sim):
     assert answer.status_code == 400 and "unknown fault kinds" in answer.json()["error"]["message"]
 
 
-def test_the_cli_runs_the_simulator_and_says_where(tmp_path):
-    import subprocess
-    import sys
-    import time as clock
+# The simulator ships with the source, not the wheel: run from anywhere with the checkout on the path.
+CHECKOUT_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
+
+def start_cli(cwd: Path, *args: str) -> tuple[subprocess.Popen, str, str]:
+    """``python -m azuresim`` in ``cwd``; its URL and CA bundle, once it says where it is."""
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "loraplane"), "dev", "azure-sim", "--workdir", str(tmp_path / "w")],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "azuresim", *args], cwd=cwd, env=CHECKOUT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    url_line = process.stdout.readline() if process.stdout else ""
+    ca_line = process.stdout.readline() if process.stdout else ""
+    if not url_line.startswith("Azure simulator at https://127.0.0.1:"):
+        process.kill()
+        raise AssertionError(f"the simulator did not start: {url_line!r} {process.stderr.read() if process.stderr else ''}")
+    return process, url_line.split()[-1], ca_line.split()[-1]
+
+
+def ask(url: str, ca: str) -> httpx.Response:
+    """A call the simulator answers 404 (no such group); it is listening once it says where."""
+    return httpx.get(
+        f"{url}/subscriptions/{SUB}/resourceGroups/rg?api-version=2025-04-01", verify=ssl.create_default_context(cafile=ca), timeout=10
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_the_cli_runs_the_simulator_and_says_where(tmp_path):
+    process, url, ca = start_cli(tmp_path, "--workdir", str(tmp_path / "w"))
     try:
-        url_line = process.stdout.readline()
-        ca_line = process.stdout.readline()
-        assert url_line.startswith("Azure simulator at https://127.0.0.1:")
-        url, ca = url_line.split()[-1], ca_line.split()[-1]
-        context = ssl.create_default_context(cafile=ca)
-        deadline = clock.monotonic() + 10
-        while True:
-            try:
-                answer = httpx.get(f"{url}/subscriptions/{SUB}/resourceGroups/rg?api-version=2025-04-01", verify=context)
-                break
-            except httpx.ConnectError:
-                assert clock.monotonic() < deadline
-                clock.sleep(0.1)
+        answer = ask(url, ca)
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "ResourceGroupNotFound"
+        assert Path(ca).parent == tmp_path / "w"
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
+
+
+def test_two_simulators_started_from_one_folder_keep_their_own_ca(tmp_path):
+    """A second simulator must not overwrite the first one's CA: its clients would fail with
+    CERTIFICATE_VERIFY_FAILED (a service pointed at the first went Degraded that way)."""
+    first, first_url, first_ca = start_cli(tmp_path)
+    try:
+        second, second_url, second_ca = start_cli(tmp_path)
+        try:
+            assert first_ca != second_ca and Path(first_ca).parent != Path(second_ca).parent
+            assert ask(first_url, first_ca).status_code == 404  # still verifies against its own CA
+            assert ask(second_url, second_ca).status_code == 404
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                ask(first_url, second_ca)
+            # A folder another running simulator holds is refused, saying which.
+            refused = subprocess.run(
+                [sys.executable, "-m", "azuresim", "--workdir", str(Path(first_ca).parent)],
+                cwd=tmp_path,
+                env=CHECKOUT_ENV,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert refused.returncode == 1 and "is the working folder of the simulator with pid" in refused.stderr
+            assert "Traceback" not in refused.stderr
+        finally:
+            stop(second)
+    finally:
+        stop(first)
+    # With --share-root and no --workdir, its files go with the shares.
+    shares = tmp_path / "shares"
+    process, _, ca = start_cli(tmp_path, "--share-root", str(shares), "--no-run-containers")
+    try:
+        assert Path(ca).parent == shares / ".azure-sim"
+    finally:
+        stop(process)
 
 
 def test_a_groups_apps_are_listed_a_page_at_a_time(clients):

@@ -14,9 +14,9 @@ from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.storage import StorageManagementClient
 from azure.storage.fileshare import ShareClient
 
+from azuresim.server import AzureSimulator
 from infra.azure.credentials import StaticTokenCredential
 from infra.azure.share import ShareFiles
-from infra.azuresim.server import AzureSimulator
 
 SUB = "00000000-0000-0000-0000-000000000000"
 
