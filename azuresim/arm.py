@@ -443,12 +443,16 @@ class ArmSimulator:
                     )
                 elif fault == "server_error":
                     raise ArmError(503, "ServiceUnavailable", "the service is temporarily unavailable")
+                elif fault == "refuse" and request.method in ("PUT", "PATCH"):
+                    raise ArmError(400, "UnheardOfRefusal", "The request was refused for a reason this client has never met.")
                 body = None
                 if request.method in ("PUT", "PATCH") or (request.method == "POST" and await request.body()):
                     try:
                         body = await request.json()
                     except ValueError as exc:
                         raise ArmError(400, "InvalidRequestContent", f"the request body is not valid JSON: {exc}") from exc
+                if request.method in ("PUT", "PATCH"):
+                    self.state.written.append((request.method, "/subscriptions/" + path, copy.deepcopy(body)))
                 return self.handle(request, target, body, fault)
             except ArmError as exc:
                 return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -125,7 +125,8 @@ class Faults:
     seed: int | None = None
 
 
-FAULT_KINDS = ("throttle", "server_error", "slow", "failed_operation", "quota")
+# "refuse": a 400 with a code no table knows (UnheardOfRefusal), as a new Azure rule would.
+FAULT_KINDS = ("throttle", "server_error", "slow", "failed_operation", "quota", "refuse")
 
 
 class ArmLimits:
@@ -182,6 +183,8 @@ class SimState:
     _pending: set[str] = field(default_factory=set)  # ids of operations not finished yet
     # ARM's own throttling, when set: token buckets per subscription and kind of call.
     limits: ArmLimits | None = None
+    # The bodies of the last writes (method, path, body), for tests that check what was sent.
+    written: deque[tuple[str, str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
 
     # -------------------------------------------------------------------------- faults
 
@@ -197,7 +200,7 @@ class SimState:
         with self.lock:
             if self.faults.rate <= 0 or self._rng.random() >= self.faults.rate:
                 return None
-            kinds = [k for k in self.faults.kinds if method != "GET" or k not in ("failed_operation", "quota")]
+            kinds = [k for k in self.faults.kinds if method not in ("GET", "HEAD") or k not in ("failed_operation", "quota", "refuse")]
             return self._rng.choice(kinds) if kinds else None
 
     def count(self, method: str, type_name: str) -> None:

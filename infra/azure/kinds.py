@@ -158,8 +158,9 @@ class Kind(ABC):
         properties = observed.get("properties") or {}
         return str(properties.get("provisioningState") or "Succeeded")
 
-    def check(self, observed: dict[str, Any], *, adopted: bool) -> str | None:
-        """What about the resource as it is makes the deployment impossible, for a person."""
+    def check(self, observed: dict[str, Any], *, adopted: bool) -> tuple[str, str] | None:
+        """What about the resource as it is makes the deployment impossible: (reason, message
+        for a person)."""
         return None
 
     def health(self, clients: AzureClients, azure: AzureSpec, observed: dict[str, Any]) -> Failure | None:
@@ -258,9 +259,9 @@ class StorageAccount(Kind):
             azure.resource_group, self.resource_name(azure), body, continuation_token=token
         )
 
-    def check(self, observed: dict[str, Any], *, adopted: bool) -> str | None:
+    def check(self, observed: dict[str, Any], *, adopted: bool) -> tuple[str, str] | None:
         if adopted and value_at(observed, ("properties", "allowSharedKeyAccess")) is False:
-            return (
+            return "SharedKeyAccessDisabled", (
                 f"the storage account {observed.get('name')} has shared key access turned off (allowSharedKeyAccess: false): "
                 "Container Apps mounts Azure Files with the account key, and loraplane reads the share with it; turn it "
                 "on (az storage account update --allow-shared-key-access true) or name another spec.azure.storageAccount"

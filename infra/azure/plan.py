@@ -82,7 +82,7 @@ def changes(target: Target, facts: AzureFacts) -> Plan:
         adopted = kind.name in facts.adopted
         problem = kind.check(current, adopted=adopted)
         if problem is not None:
-            return Plan(tuple(found), tuple(waiting), PermanentError(problem, reason=f"{kind.name}Unusable"))
+            return Plan(tuple(found), tuple(waiting), PermanentError(problem[1], reason=problem[0]))
         if kind.name == ManagedEnvironment.name and context.profile.problem is not None:
             return Plan(tuple(found), tuple(waiting), PermanentError(context.profile.problem, reason="WorkloadProfileUnavailable"))
         drift = drifted_fields(desired, current, adopted=adopted)

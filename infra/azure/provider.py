@@ -128,7 +128,8 @@ class AzureProvider:
         self._pollers: dict[tuple[str, str], LROPoller] = {}
         self._share_access: dict[str, tuple[str, str, float]] = {}  # account -> (url, key, fetched)
         self._restarted: dict[tuple[str, str], float] = {}  # (uid, revision) -> when restarted
-        self._wheels_tidy: dict[str, str] = {}  # uid -> the wheel whose predecessors are gone
+        # uid -> (the wheel, the wheels the group's apps install) when the dist folder held no other
+        self._wheels_tidy: dict[str, tuple[str, frozenset[str]]] = {}
         self._lock = threading.Lock()
         self.refusals = Refusals()
         # The serving app's endpoint is checked against the same CA as ARM (never unverified).
@@ -229,7 +230,7 @@ class AzureProvider:
         app = observed[ContainerApp.name]
         failure = self._health(clients, azure, app) if app is not None and ContainerApp.name not in busy else None
         wheel = self._wheel_name(target)
-        dist = self._dist(target, app, wheel)
+        in_use = self._wheels_in_use(azure) if wheel is not None else frozenset()
         facts = AzureFacts(
             observed=observed,
             busy=busy,
@@ -237,8 +238,8 @@ class AzureProvider:
             wheel=wheel,
             failure=failure,
             restart_allowed=self._may_restart(target, failure),
-            dist=dist,
-            wheels_in_use=self._wheels_in_use(azure) if dist else frozenset(),
+            dist=self._dist(target, app, wheel, in_use),
+            wheels_in_use=in_use,
         )
         plan = changes(target, facts)
         endpoint, ready, detail = self._probe(app)
@@ -273,9 +274,10 @@ class AzureProvider:
             last = self._restarted.get((target.uid, failure.revision))
         return last is None or self.monotonic() - last >= self.config.revision_restart_seconds
 
-    def _dist(self, target: Target, app: dict[str, Any] | None, wheel: str | None) -> tuple[str, ...] | None:
-        """The wheels on the share, listed once per new wheel: when the app's newest revision is
-        ready and installs ``wheel``, and its predecessors have not been seen gone yet."""
+    def _dist(self, target: Target, app: dict[str, Any] | None, wheel: str | None, in_use: frozenset[str]) -> tuple[str, ...] | None:
+        """The wheels on the share, listed when the app's newest revision is ready and installs
+        ``wheel``, unless the folder was seen tidy since (for this wheel, with these wheels in
+        use by the group's apps): a steady state lists nothing."""
         if wheel is None or app is None:
             return None
         properties = app.get("properties") or {}
@@ -284,13 +286,13 @@ class AzureProvider:
         if wheels_named(properties.get("template")) != {wheel}:
             return None
         with self._lock:
-            if self._wheels_tidy.get(target.uid) == wheel:
+            if self._wheels_tidy.get(target.uid) == (wheel, in_use):
                 return None
         with self.share(target) as share:
             names = tuple(share.names(DIST_FOLDER) or ())
-        if names == (wheel,):
+        if all(name == wheel or name in in_use for name in names if name.endswith(".whl")):
             with self._lock:
-                self._wheels_tidy[target.uid] = wheel
+                self._wheels_tidy[target.uid] = (wheel, in_use)
         return names
 
     def _wheels_in_use(self, azure: AzureSpec) -> frozenset[str]:

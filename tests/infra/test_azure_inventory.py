@@ -15,7 +15,7 @@ from state.resource import DeploymentStatus
 from state.store import DeploymentStore
 from tests.conftest import azure_manifest
 from tests.fakes import FakeClock
-from tests.infra.test_azure_provider import calls, make_provider, reset_calls
+from tests.infra.azure_world import calls, make_provider, reset_calls
 
 APP = "/subscriptions/s/resourceGroups/g/providers/Microsoft.App/containerApps/{}"
 SCOPE = "/subscriptions/s/resourceGroups/g/containerApps"

@@ -21,7 +21,7 @@ from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentSpec, DeploymentStatus
 from state.store import DeploymentStore
 from tests.conftest import azure_manifest
-from tests.infra.test_azure_provider import NAME, drive
+from tests.infra.azure_world import NAME, drive
 
 
 def test_an_azure_deployment_serves_a_chat_completion_at_its_endpoint(tmp_path: Path):
