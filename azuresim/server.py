@@ -72,11 +72,12 @@ class AzureSimulator:
         run_containers: bool = False,
         container_command: Sequence[str] | None = None,
         standin_replicas: bool = False,
-        arm_limits: bool = False,
+        arm_limits: bool | ArmLimits = False,
     ) -> None:
         """``run_containers`` runs each app's active revision as a serving process;
         ``standin_replicas`` instead has the simulator answer for every app as a healthy replica
-        (fleets too big for a process each). ``arm_limits`` applies ARM's own throttling."""
+        (fleets too big for a process each). ``arm_limits`` applies ARM's own throttling (True), or
+        the given limits (their buckets and clock)."""
         if run_containers and standin_replicas:
             raise ValueError("run_containers and standin_replicas exclude each other: pick one")
         self.workdir = workdir
@@ -88,7 +89,8 @@ class AzureSimulator:
         self.share_root.mkdir(parents=True, exist_ok=True)
         authority = trustme.CA()
         self.runner = ContainerRunner(workdir, authority, container_command) if run_containers else None
-        self.state = SimState(lro_delay_seconds=lro_delay_seconds, limits=ArmLimits() if arm_limits else None)
+        limits = arm_limits if isinstance(arm_limits, ArmLimits) else ArmLimits() if arm_limits else None
+        self.state = SimState(lro_delay_seconds=lro_delay_seconds, limits=limits)
         self.arm = ArmSimulator(
             self.state, self.share_root, self.runner, standin_ingress=(lambda: f"{self.host}:{self.port}") if standin_replicas else None
         )

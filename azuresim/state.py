@@ -136,8 +136,11 @@ class ArmLimits:
 
     BUCKETS = {"read": (250, 25.0), "write": (200, 10.0), "delete": (200, 10.0)}
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, buckets: dict[str, tuple[int, float]] | None = None) -> None:
+        """``buckets`` (burst, rate per second) by kind of call replaces ARM's, e.g. for a test
+        that fills one in a few calls; ``clock`` is the limiter's time (a test's, to move by hand)."""
         self.clock = clock
+        self.buckets = {**self.BUCKETS, **(buckets or {})}
         self._tokens: dict[tuple[str, str], tuple[float, float]] = {}  # (subscription, kind) -> (tokens, at)
         self._lock = threading.Lock()
 
@@ -148,7 +151,7 @@ class ArmLimits:
     def take(self, subscription: str, method: str) -> float | None:
         """None when the call may go; else the seconds until a token is there."""
         kind = self.kind_of(method)
-        burst, rate = self.BUCKETS[kind]
+        burst, rate = self.buckets[kind]
         key = (subscription.lower(), kind)
         with self._lock:
             now = self.clock()

@@ -228,7 +228,7 @@ class AzureProvider:
             state = busy.get(kind.name, "").capitalize() or (kind.state(current) if current else "Missing")
             refs.append(ObservedResource(kind.name, resource_id, state, "loraplane" if ours else "adopted"))
         app = observed[ContainerApp.name]
-        failure = self._health(clients, azure, app) if app is not None and ContainerApp.name not in busy else None
+        failure = self._health(clients, azure, observed, busy)
         wheel = self._wheel_name(target)
         in_use = self._wheels_in_use(azure) if wheel is not None else frozenset()
         facts = AzureFacts(
@@ -259,13 +259,21 @@ class AzureProvider:
             detail=detail,
         )
 
-    def _health(self, clients: AzureClients, azure: AzureSpec, app: dict[str, Any]) -> Failure | None:
-        try:
-            return ContainerApp().health(clients, azure, app)
-        except ResourceNotFoundError:
-            return None  # the revision went meanwhile: the next pass sees the app's new state
-        except AzureError as exc:
-            raise classify_azure_error(exc, doing=f"reading the newest revision of {azure.app}") from exc
+    def _health(self, clients: AzureClients, azure: AzureSpec, observed: dict[str, dict[str, Any] | None], busy: dict[str, str]) -> Failure | None:
+        """The first thing Azure says is wrong with a running resource (not one being written)."""
+        for kind in KINDS:
+            current = observed[kind.name]
+            if current is None or kind.name in busy:
+                continue
+            try:
+                failure = kind.health(clients, azure, current)
+            except ResourceNotFoundError:
+                continue  # what it read went meanwhile: the next pass sees the new state
+            except AzureError as exc:
+                raise classify_azure_error(exc, doing=f"reading how {kind.name} {kind.resource_name(azure)} runs") from exc
+            if failure is not None:
+                return failure
+        return None
 
     def _may_restart(self, target: Target, failure: Failure | None) -> bool:
         if failure is None or failure.revision is None:

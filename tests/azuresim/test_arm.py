@@ -6,6 +6,7 @@ import os
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.storage import StorageManagementClient
 
 from azuresim.server import AzureSimulator
+from azuresim.state import ArmLimits
 from infra.azure.credentials import StaticTokenCredential
+from tests.fakes import FakeClock, eventually
 
 SUB = "00000000-0000-0000-0000-000000000000"
 FAST = {"polling_interval": 0.05}
@@ -291,15 +294,25 @@ def test_a_groups_apps_are_listed_a_page_at_a_time(clients):
 
 
 def test_arm_limits_answer_429_past_the_write_budget_and_the_sdk_waits(tmp_path: Path):
-    with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.01, arm_limits=True) as sim:
+    """A write bucket of 3 on a clock that moves only when told: the fourth write is answered
+    429 with Retry-After, whatever the machine's speed; the SDK waits and retries it once the
+    bucket has refilled (the clock moved), and nothing is lost."""
+    clock = FakeClock()
+    limits = ArmLimits(clock=clock, buckets={"write": (3, 1.0)})
+    with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.01, arm_limits=limits) as sim:
         made = Clients(sim)
         try:
-            made.resources.resource_groups.create_or_update("rg", {"location": "westus3"})
-            for index in range(205):  # the write bucket holds 200
+            for index in range(3):  # the bucket holds 3
                 made.resources.resource_groups.create_or_update(f"rg-{index}", {"location": "westus3"})
-            throttled = calls(sim).get("429", {})
-            assert throttled.get("resourceGroups", 0) >= 1
-            assert made.resources.resource_groups.get("rg-204").name == "rg-204"  # retried, not lost
+            assert calls(sim).get("429", {}) == {}
+            fourth = threading.Thread(target=made.resources.resource_groups.create_or_update, args=("rg-3", {"location": "westus3"}))
+            fourth.start()
+            eventually(lambda: calls(sim).get("429", {}).get("resourceGroups") == 1, what="the fourth write to be answered 429")
+            clock.advance(1.0)  # a token is back
+            fourth.join(timeout=30)
+            assert not fourth.is_alive(), "the SDK did not retry the throttled write"
+            assert made.resources.resource_groups.get("rg-3").name == "rg-3"  # retried, not lost
+            assert calls(sim)["429"] == {"resourceGroups": 1}
         finally:
             made.close()
 
