@@ -169,6 +169,12 @@ def azure_manifest(name: str = "support-bot", **azure) -> dict:
     }
 
 
+def reconcile_passes(metrics: str) -> float:
+    """Reconcile passes finished so far, as a /metrics page counts them: a test that checks
+    nothing happened waits for passes, not for time."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("loraplane_reconciles_total{"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

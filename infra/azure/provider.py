@@ -259,7 +259,9 @@ class AzureProvider:
             detail=detail,
         )
 
-    def _health(self, clients: AzureClients, azure: AzureSpec, observed: dict[str, dict[str, Any] | None], busy: dict[str, str]) -> Failure | None:
+    def _health(
+        self, clients: AzureClients, azure: AzureSpec, observed: dict[str, dict[str, Any] | None], busy: dict[str, str]
+    ) -> Failure | None:
         """The first thing Azure says is wrong with a running resource (not one being written)."""
         for kind in KINDS:
             current = observed[kind.name]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import queue
+import signal
 import subprocess
 import threading
-import time
+from typing import IO
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from state.resource import DeploymentStatus
 from state.store import DeploymentStore
 from tests.api.test_cli import run_cli
 from tests.conftest import bin_path, local_manifest
+from tests.fakes import eventually
 
 
 @pytest.fixture
@@ -24,12 +27,16 @@ def store(sqlite_store: DeploymentStore) -> DeploymentStore:
 
 
 def collect(url: str, params: dict, into: list, ready: threading.Event) -> None:
+    """Read a watch stream until the server ends it, or until the watched deployment is deleted
+    (the list watch never ends by itself before its timeoutSeconds)."""
     with httpx.stream("GET", url, params=params, timeout=httpx.Timeout(10, read=None)) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         ready.set()
         for line in response.iter_lines():
             if line.startswith("data:"):
                 into.append(json.loads(line[5:]))
+                if into[-1]["type"] == "DELETED":
+                    return
 
 
 def watching(url: str, params: dict) -> tuple[list, threading.Thread]:
@@ -37,19 +44,22 @@ def watching(url: str, params: dict) -> tuple[list, threading.Thread]:
     ready = threading.Event()
     thread = threading.Thread(target=collect, args=(url, params, events, ready), daemon=True)
     thread.start()
-    assert ready.wait(10)
+    assert ready.wait(10), "the watch stream did not open"
     return events, thread
 
 
-def wait_for(events: list, count: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while len(events) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
+def wait_for(events: list, count: int) -> None:
+    eventually(lambda: len(events) >= count, what=f"{count} watch events (have {events})")
+
+
+def finished(thread: threading.Thread) -> None:
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the watch stream did not end"
 
 
 def test_a_list_watch_sends_what_exists_then_each_change(store, api):
     store.create(InferenceDeploymentCreate.model_validate(local_manifest("old-bot")))  # without the label
-    events, thread = watching(f"{api.url}/v1/deployments", {"watch": "true", "timeoutSeconds": 6, "label": "tier=prod"})
+    events, thread = watching(f"{api.url}/v1/deployments", {"watch": "true", "timeoutSeconds": 300, "label": "tier=prod"})
     manifest = local_manifest("support-bot")
     manifest["metadata"]["labels"] = {"tier": "prod"}
     store.create(InferenceDeploymentCreate.model_validate(manifest))
@@ -60,7 +70,7 @@ def test_a_list_watch_sends_what_exists_then_each_change(store, api):
     wait_for(events, 2)
     store.request_deletion("support-bot")
     store.remove("support-bot", uid=row.uid)
-    thread.join(timeout=15)
+    finished(thread)
     kinds = [(e["type"], e["object"]["metadata"]["name"]) for e in events]
     assert kinds[0] == ("ADDED", "support-bot") and kinds[-1] == ("DELETED", "support-bot")
     assert ("MODIFIED", "support-bot") in kinds
@@ -78,24 +88,58 @@ def test_watching_one_deployment_ends_when_it_is_gone(store, api):
     store.request_deletion("support-bot")
     wait_for(events, 2)
     store.remove("support-bot", uid=row.uid)
-    thread.join(timeout=10)
-    assert not thread.is_alive()  # the stream ended by itself
+    finished(thread)  # the stream ended by itself
     assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]
     assert events[1]["object"]["metadata"]["deletionTimestamp"]
 
 
-def test_get_w_prints_a_line_per_change(store, api):
+def test_a_watch_ends_at_its_timeout(store, api):
+    store.create(InferenceDeploymentCreate.model_validate(local_manifest("support-bot")))
+    events, thread = watching(f"{api.url}/v1/deployments", {"watch": "true", "timeoutSeconds": 1})
+    finished(thread)
+    assert [e["type"] for e in events] == ["ADDED"]
+
+
+def lines_of(stream: IO[str]) -> queue.Queue[str]:
+    """The lines a process prints, as they come (a reader thread, so a silent process fails the
+    test at a deadline instead of hanging it)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def next_line(lines: queue.Queue[str], process: subprocess.Popen) -> list[str]:
+    try:
+        return lines.get(timeout=30).split()
+    except queue.Empty:
+        process.kill()
+        raise AssertionError(f"loraplane get -w printed nothing for 30s: {process.communicate()[1]}") from None
+
+
+def test_get_w_prints_a_line_per_change_until_interrupted(store, api):
     store.create(InferenceDeploymentCreate.model_validate(local_manifest("support-bot")))
     env = {"LORAPLANE_URL": api.url, "LORAPLANE_CONFIG": "/nonexistent/config.yaml", "PATH": "/usr/bin:/bin"}
-    process = subprocess.Popen(
-        [bin_path("loraplane"), "get", "-w", "--timeout", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    time.sleep(1.5)
+    process = subprocess.Popen([bin_path("loraplane"), "get", "-w"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    lines = lines_of(process.stdout)
+    assert next_line(lines, process)[:3] == ["NAME", "TARGET", "PHASE"]
+    assert next_line(lines, process)[:3] == ["support-bot", "local", "Pending"]  # the list: the watch is open
     row = store.get("support-bot")
     store.update_status("support-bot", DeploymentStatus(phase="Ready"), uid=row.uid)
-    out, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err
-    lines = [line.split() for line in out.splitlines()]
-    assert lines[0][:3] == ["NAME", "TARGET", "PHASE"]
-    assert [line[2] for line in lines[1:]] == ["Pending", "Ready"]
+    assert next_line(lines, process)[:3] == ["support-bot", "local", "Ready"]
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and "Traceback" not in err, err  # Ctrl-C: quiet, as a shell expects
     assert run_cli(api, "get", "nobody", "-w").returncode != 0
+
+
+def test_get_w_stops_after_its_timeout(store, api):
+    store.create(InferenceDeploymentCreate.model_validate(local_manifest("support-bot")))
+    done = run_cli(api, "get", "-w", "--timeout", "1")
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[2] for line in done.stdout.splitlines()] == ["PHASE", "Pending"]

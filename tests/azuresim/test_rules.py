@@ -89,6 +89,7 @@ def refused(answer: httpx.Response, code: str, *words: str, status: int = 400) -
 
 # ----------------------------------------------------------------------------- the cases
 
+
 def names(arm: Arm) -> None:
     refused(arm.put(f"{GROUP}/providers/Microsoft.App/containerApps/testcontainerApp0", app()), "ContainerAppInvalidName", "lower case")
     refused(arm.put(f"{GROUP}/providers/Microsoft.App/containerApps/a--b", app()), "ContainerAppInvalidName", "cannot have '--'")
@@ -97,7 +98,10 @@ def names(arm: Arm) -> None:
     refused(arm.put(f"{GROUP}/providers/Microsoft.OperationalInsights/workspaces/ws!", {"location": "westus3"}), "InvalidWorkspaceName")
     refused(arm.put(f"/subscriptions/{SUB}/resourceGroups/dot.", {"location": "westus3"}), "InvalidResourceGroupName")
     refused(arm.put(f"{ENV}/storages/Share_1", {"properties": {}}), "ManagedEnvironmentStorageInvalidName")
-    arm.ok(f"{GROUP}/providers/Microsoft.Storage/storageAccounts/acct", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"})
+    arm.ok(
+        f"{GROUP}/providers/Microsoft.Storage/storageAccounts/acct",
+        {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"},
+    )
     refused(arm.put(f"{ACCOUNT}/fileServices/default/shares/a--b", {"properties": {}}), "InvalidResourceName")
     assert arm.put(APP, app()).status_code == 201
 
@@ -128,9 +132,15 @@ def profile_names(arm: Arm) -> None:
 
 def profile_types(arm: Arm) -> None:
     east = f"{GROUP}/providers/Microsoft.App/managedEnvironments/east"
-    refused(arm.put(east, {"location": "eastus", "properties": {"workloadProfiles": [CONSUMPTION, A100]}}), "InvalidWorkloadProfileType", "region 'eastus'")
     refused(
-        arm.put(east, {"location": "eastus", "properties": {"workloadProfiles": [CONSUMPTION, {"name": "x", "workloadProfileType": "Z9000"}]}}),
+        arm.put(east, {"location": "eastus", "properties": {"workloadProfiles": [CONSUMPTION, A100]}}),
+        "InvalidWorkloadProfileType",
+        "region 'eastus'",
+    )
+    refused(
+        arm.put(
+            east, {"location": "eastus", "properties": {"workloadProfiles": [CONSUMPTION, {"name": "x", "workloadProfileType": "Z9000"}]}}
+        ),
         "InvalidWorkloadProfileType",
         "is not supported",
     )
@@ -144,7 +154,11 @@ def profile_types(arm: Arm) -> None:
 
 def gpu_at_creation(arm: Arm) -> None:
     dedicated = {"name": "a100", "workloadProfileType": "NC24-A100", "minimumCount": 0, "maximumCount": 1}
-    refused(arm.patch(ENV, {"properties": {"workloadProfiles": [CONSUMPTION, A100, dedicated]}}), "WorkloadProfileCannotBeAdded", "only be added when the environment is created")
+    refused(
+        arm.patch(ENV, {"properties": {"workloadProfiles": [CONSUMPTION, A100, dedicated]}}),
+        "WorkloadProfileCannotBeAdded",
+        "only be added when the environment is created",
+    )
     new = f"{GROUP}/providers/Microsoft.App/managedEnvironments/with-a100"
     assert arm.put(new, {"location": "westus3", "properties": {"workloadProfiles": [CONSUMPTION, dedicated]}}).status_code == 201
     # A serverless GPU profile may be added later.
@@ -159,12 +173,33 @@ def app_profile_exists(arm: Arm) -> None:
 
 def resources(arm: Arm) -> None:
     # A container that asks for nothing gets 0.25 vCPU and 0.5Gi: no size for a serverless A100.
-    refused(arm.put(APP, app({"name": "serving", "image": "i"})), "ContainerAppInvalidResourceTotal", "(CPU: 0.25, memory: 0.5)", "cpu: 24, memory: 220Gi")
-    refused(arm.put(APP, app(container(resources={"cpu": 8, "memory": "56Gi"}))), "ContainerAppInvalidResourceTotal", "one whole GPU machine")
-    refused(arm.put(APP, app(container(resources={"cpu": 1, "memory": "1Gi"}), profile="Consumption")), "ContainerAppInvalidResourceTotal", "[cpu: 1, memory: 2.0Gi]")
-    refused(arm.put(APP, app(container(resources={"cpu": 4.5, "memory": "9Gi"}), profile="Consumption")), "ContainerAppInvalidResourceTotal")
-    refused(arm.put(APP, app(container(resources={"cpu": 1.255, "memory": "2Gi"}), profile="Consumption")), "ContainerAppInvalidResourceTotal", "two decimal places")
-    refused(arm.put(APP, app(container(resources={"cpu": 1, "memory": "2GB"}), profile="Consumption")), "ContainerAppInvalidResourceTotal", "in Gi")
+    refused(
+        arm.put(APP, app({"name": "serving", "image": "i"})),
+        "ContainerAppInvalidResourceTotal",
+        "(CPU: 0.25, memory: 0.5)",
+        "cpu: 24, memory: 220Gi",
+    )
+    refused(
+        arm.put(APP, app(container(resources={"cpu": 8, "memory": "56Gi"}))), "ContainerAppInvalidResourceTotal", "one whole GPU machine"
+    )
+    refused(
+        arm.put(APP, app(container(resources={"cpu": 1, "memory": "1Gi"}), profile="Consumption")),
+        "ContainerAppInvalidResourceTotal",
+        "[cpu: 1, memory: 2.0Gi]",
+    )
+    refused(
+        arm.put(APP, app(container(resources={"cpu": 4.5, "memory": "9Gi"}), profile="Consumption")), "ContainerAppInvalidResourceTotal"
+    )
+    refused(
+        arm.put(APP, app(container(resources={"cpu": 1.255, "memory": "2Gi"}), profile="Consumption")),
+        "ContainerAppInvalidResourceTotal",
+        "two decimal places",
+    )
+    refused(
+        arm.put(APP, app(container(resources={"cpu": 1, "memory": "2GB"}), profile="Consumption")),
+        "ContainerAppInvalidResourceTotal",
+        "in Gi",
+    )
     assert arm.put(APP, app(container(resources={"cpu": 1.5, "memory": "3Gi"}), profile="Consumption")).status_code == 201
     assert arm.put(APP, app(container())).status_code == 200
     dedicated = f"{GROUP}/providers/Microsoft.App/managedEnvironments/dedicated"
@@ -181,13 +216,20 @@ def probes(arm: Arm) -> None:
     def probe(**fields: Any) -> dict[str, Any]:
         return {"type": "Startup", "httpGet": {"path": "/healthz", "port": 7860}, **fields}
 
-    refused(arm.put(APP, app(container(probes=[probe(failureThreshold=180)]))), "ContainerAppProbeFailureThresholdOutOfRange", "['1', '10']")
-    refused(arm.put(APP, app(container(probes=[probe(initialDelaySeconds=0)]))), "ContainerAppProbeInitialDelaySecondsOutOfRange", "['1', '60']")
+    refused(
+        arm.put(APP, app(container(probes=[probe(failureThreshold=180)]))), "ContainerAppProbeFailureThresholdOutOfRange", "['1', '10']"
+    )
+    refused(
+        arm.put(APP, app(container(probes=[probe(initialDelaySeconds=0)]))), "ContainerAppProbeInitialDelaySecondsOutOfRange", "['1', '60']"
+    )
     refused(arm.put(APP, app(container(probes=[probe(periodSeconds=241)]))), "ContainerAppProbePeriodSecondsOutOfRange")
     refused(arm.put(APP, app(container(probes=[probe(successThreshold=2)]))), "ContainerAppProbeSuccessThresholdOutOfRange", "['1', '1']")
     refused(arm.put(APP, app(container(probes=[probe(), probe()]))), "ContainerAppProbeTypeDuplicated")
     refused(arm.put(APP, app(container(probes=[probe(exec={"command": ["true"]})]))), "ContainerAppProbeInvalid", "exec")
-    fine = [probe(initialDelaySeconds=10, periodSeconds=60, failureThreshold=10), {"type": "Readiness", "tcpSocket": {"port": 7860}, "successThreshold": 3}]
+    fine = [
+        probe(initialDelaySeconds=10, periodSeconds=60, failureThreshold=10),
+        {"type": "Readiness", "tcpSocket": {"port": 7860}, "successThreshold": 3},
+    ]
     assert arm.put(APP, app(container(probes=fine))).status_code == 201
 
 
@@ -264,14 +306,20 @@ def test_shared_key_access_off_refuses_the_data_plane_and_the_mount(arm: Arm, si
     from azure.core.exceptions import HttpResponseError
     from azure.storage.fileshare import ShareClient
 
-    arm.ok(ACCOUNT, {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2", "properties": {"allowSharedKeyAccess": False}})
+    arm.ok(
+        ACCOUNT,
+        {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2", "properties": {"allowSharedKeyAccess": False}},
+    )
     arm.ok(f"{ACCOUNT}/fileServices/default/shares/share", {"properties": {}})
     key = arm.http.post(f"{ACCOUNT}/listKeys", params=API).json()["keys"][0]["value"]
     client = ShareClient(account_url=f"{sim.url}/acct", share_name="share", credential=key, connection_verify=str(sim.ca_bundle))
     with pytest.raises(HttpResponseError) as info:
         client.get_directory_client("").create_directory()
     assert info.value.error_code == "KeyBasedAuthenticationNotPermitted"
-    arm.ok(f"{ENV}/storages/share", {"properties": {"azureFile": {"accountName": "acct", "shareName": "share", "accountKey": key, "accessMode": "ReadWrite"}}})
+    arm.ok(
+        f"{ENV}/storages/share",
+        {"properties": {"azureFile": {"accountName": "acct", "shareName": "share", "accountKey": key, "accessMode": "ReadWrite"}}},
+    )
     mounted = app(container(volumeMounts=[{"volumeName": "share", "mountPath": "/mount"}]))
     mounted["properties"]["template"]["volumes"] = [{"name": "share", "storageType": "AzureFile", "storageName": "share"}]
     assert "failed to mount" in failed_revision(arm, mounted)
@@ -290,7 +338,10 @@ def share_app(arm: Arm, sim: AzureSimulator, **container_fields: Any) -> tuple[d
     """An app mounting a share (its folder on this machine), with the serving app's settings."""
     arm.ok(ACCOUNT, {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"})
     arm.ok(f"{ACCOUNT}/fileServices/default/shares/share", {"properties": {}})
-    arm.ok(f"{ENV}/storages/share", {"properties": {"azureFile": {"accountName": "acct", "shareName": "share", "accountKey": "k", "accessMode": "ReadWrite"}}})
+    arm.ok(
+        f"{ENV}/storages/share",
+        {"properties": {"azureFile": {"accountName": "acct", "shareName": "share", "accountKey": "k", "accessMode": "ReadWrite"}}},
+    )
     env = [{"name": "LORAPLANE_SHARE_ROOT", "value": "/mount"}, {"name": "LORAPLANE_MODEL_PATH", "value": "models/big"}]
     body = app(container(env=env, volumeMounts=[{"volumeName": "share", "mountPath": "/mount"}], **container_fields))
     body["properties"]["template"]["volumes"] = [{"name": "share", "storageType": "AzureFile", "storageName": "share"}]
@@ -299,7 +350,9 @@ def share_app(arm: Arm, sim: AzureSimulator, **container_fields: Any) -> tuple[d
 
 def test_revisions_that_cannot_start_fail_with_a_provisioning_error(arm: Arm, sim: AzureSimulator):
     # The wheel its command installs is not on the share.
-    body, share = share_app(arm, sim, command=["/bin/sh", "-c"], args=["pip install '/mount/.loraplane/dist/w-1.whl' && exec python -m serving"])
+    body, share = share_app(
+        arm, sim, command=["/bin/sh", "-c"], args=["pip install '/mount/.loraplane/dist/w-1.whl' && exec python -m serving"]
+    )
     error = failed_revision(arm, body)
     assert error.startswith("pip:") and "w-1.whl does not exist on the share" in error
     # A model bigger than the memory it is given: killed as it loads.

@@ -87,7 +87,9 @@ def test_every_busy_state_of_every_kind_is_waited_for(kind: str, state: str):
 def test_every_failed_state_of_every_kind_is_tried_again(kind: str, state: str):
     t = target()
     plan = changes(t, facts(t, as_azure_shows(t, **{kind: state})))
-    assert [(c.verb, c.kind, c.reason) for c in plan.changes if c.kind == kind] == [("update", kind, f"its provisioning {state.lower()}; trying again")]
+    assert [(c.verb, c.kind, c.reason) for c in plan.changes if c.kind == kind] == [
+        ("update", kind, f"its provisioning {state.lower()}; trying again")
+    ]
 
 
 def test_what_loraplane_holds_an_adopted_resource_to_is_what_the_deployment_needs_of_it():
@@ -141,7 +143,16 @@ def test_superseded_wheels_are_removed_only_once_the_app_runs_the_new_one():
 
 def test_the_app_asks_the_size_and_the_profile_the_environment_has():
     t = target()
-    context = DesiredContext(t, WHEEL_NAME, {"ManagedEnvironment": {"name": "env", "properties": {"workloadProfiles": [{"name": "A100s", "workloadProfileType": "Consumption-GPU-NC24-A100"}]}}})
+    context = DesiredContext(
+        t,
+        WHEEL_NAME,
+        {
+            "ManagedEnvironment": {
+                "name": "env",
+                "properties": {"workloadProfiles": [{"name": "A100s", "workloadProfileType": "Consumption-GPU-NC24-A100"}]},
+            }
+        },
+    )
     app = next(kind for kind in KINDS if kind.name == "ContainerApp").desired(context).body
     assert value_at(app, ("properties", "workloadProfileName")) == "A100s"
     assert value_at(app, ("properties", "template", "containers"))[0]["resources"] == {"cpu": 24.0, "memory": "220Gi"}

@@ -83,11 +83,16 @@ def test_accounts_loraplane_creates_keep_shared_keys_and_an_adopted_one_without_
     # Another deployment names the team's account, which turned shared keys off.
     groups.resource_groups.create_or_update("team-rg", {"location": "westus3"})
     storage.storage_accounts.begin_create(
-        "team-rg", "lockedstore", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2", "properties": {"allowSharedKeyAccess": False}}
+        "team-rg",
+        "lockedstore",
+        {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2", "properties": {"allowSharedKeyAccess": False}},
     ).result()
     manifest = {
         "metadata": {"name": "locked"},
-        "spec": {"target": "azure", "azure": {"subscriptionId": SUB, "resourceGroup": "team-rg", "location": "westus3", "storageAccount": "lockedstore"}},
+        "spec": {
+            "target": "azure",
+            "azure": {"subscriptionId": SUB, "resourceGroup": "team-rg", "location": "westus3", "storageAccount": "lockedstore"},
+        },
     }
     store.create(InferenceDeploymentCreate.model_validate(manifest))
     reset_calls(sim)
@@ -104,7 +109,9 @@ def test_a_dedicated_gpu_type_the_environment_lacks_is_a_permanent_condition_not
     _, _, apps = arm(sim)
     arm(sim)[0].resource_groups.create_or_update(RG, {"location": "westus3"})
     apps.managed_environments.begin_create_or_update(
-        RG, "team-env", {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}]}}
+        RG,
+        "team-env",
+        {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}]}},
     ).result()
     create(store, sim, environment="team-env", workloadProfile={"type": "NC24-A100"})
     drive(reconciler_for(store, provider), degraded_with(store, "WorkloadProfileUnavailable"))
@@ -120,20 +127,38 @@ def toolkit_environment(sim: AzureSimulator) -> None:
     with 24 vCPU and 220Gi, the share mounted at /mount, its probes on /."""
     groups, storage, apps = arm(sim)
     groups.resource_groups.create_or_update(TOOLKIT_RG, {"location": "westus3"})
-    storage.storage_accounts.begin_create(TOOLKIT_RG, "wasistorageab12c", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"}).result()
+    storage.storage_accounts.begin_create(
+        TOOLKIT_RG, "wasistorageab12c", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"}
+    ).result()
     storage.file_shares.create(TOOLKIT_RG, "wasistorageab12c", "wasifileshareab12c", {"properties": {"shareQuota": 1024}})
     gpu = {"name": "GPU", "workloadProfileType": "NC24-A100", "minimumCount": 0, "maximumCount": 2}
     environment = apps.managed_environments.begin_create_or_update(
-        TOOLKIT_RG, "wasienvab12c", {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}, gpu]}}
+        TOOLKIT_RG,
+        "wasienvab12c",
+        {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}, gpu]}},
     ).result()
     key = storage.storage_accounts.list_keys(TOOLKIT_RG, "wasistorageab12c")["keys"][0]["value"]
     apps.managed_environments_storages.create_or_update(
         TOOLKIT_RG,
         "wasienvab12c",
         "wasienvstorageab12c",
-        {"properties": {"azureFile": {"accountName": "wasistorageab12c", "accountKey": key, "shareName": "wasifileshareab12c", "accessMode": "ReadWrite"}}},
+        {
+            "properties": {
+                "azureFile": {
+                    "accountName": "wasistorageab12c",
+                    "accountKey": key,
+                    "shareName": "wasifileshareab12c",
+                    "accessMode": "ReadWrite",
+                }
+            }
+        },
     )
-    probe = {"httpGet": {"path": "/", "port": 7860, "scheme": "HTTP"}, "initialDelaySeconds": 60, "periodSeconds": 10, "failureThreshold": 3}
+    probe = {
+        "httpGet": {"path": "/", "port": 7860, "scheme": "HTTP"},
+        "initialDelaySeconds": 60,
+        "periodSeconds": 10,
+        "failureThreshold": 3,
+    }
     apps.container_apps.begin_create_or_update(
         TOOLKIT_RG,
         "wasiinference",
@@ -150,7 +175,11 @@ def toolkit_environment(sim: AzureSimulator) -> None:
                             "image": "docker.io/pytorch/pytorch:2.3.0-cuda11.8-cudnn8-runtime",
                             "command": ["/bin/bash", "-c", "cd /mount && python ./scripts/inference.py"],
                             "resources": {"cpu": 24, "memory": "220Gi"},
-                            "probes": [{"type": "Liveness", **probe}, {"type": "Readiness", **probe}, {"type": "Startup", **probe, "periodSeconds": 120, "failureThreshold": 10}],
+                            "probes": [
+                                {"type": "Liveness", **probe},
+                                {"type": "Readiness", **probe},
+                                {"type": "Startup", **probe, "periodSeconds": 120, "failureThreshold": 10},
+                            ],
                             "volumeMounts": [{"volumeName": "wasifileshareab12cvolume", "mountPath": "/mount"}],
                         }
                     ],
@@ -184,7 +213,10 @@ def test_the_ai_toolkit_import_reuses_its_dedicated_gpu_profile_as_it_made_it(st
     assert app.workload_profile_name == "GPU"  # the Toolkit's profile, under its own name
     assert app.template.containers[0].resources.cpu == 24 and app.template.containers[0].resources.memory == "220Gi"
     environment = apps.managed_environments.get(TOOLKIT_RG, "wasienvab12c")
-    assert [(p.name, p.workload_profile_type) for p in environment.workload_profiles] == [("Consumption", "Consumption"), ("GPU", "NC24-A100")]
+    assert [(p.name, p.workload_profile_type) for p in environment.workload_profiles] == [
+        ("Consumption", "Consumption"),
+        ("GPU", "NC24-A100"),
+    ]
     assert "Microsoft.App/managedEnvironments" not in writes(sim).get("PATCH", {}) | writes(sim).get("PUT", {})
     managed = {r["kind"]: r["managedBy"] for r in store.get("wasiinference").status["resources"]}
     assert managed["ManagedEnvironment"] == managed["ContainerApp"] == "adopted"
@@ -201,7 +233,9 @@ def test_superseded_wheels_go_once_the_new_revision_runs_unless_an_app_still_ins
     groups, _, apps = arm(sim)
     groups.resource_groups.create_or_update(RG, {"location": "westus3", "tags": {"managed-by": "loraplane", "loraplane-deployment": NAME}})
     legacy_env = apps.managed_environments.begin_create_or_update(
-        RG, "legacy-env", {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}]}}
+        RG,
+        "legacy-env",
+        {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}]}},
     ).result()
     legacy = {
         "name": "serving",
@@ -210,7 +244,10 @@ def test_superseded_wheels_go_once_the_new_revision_runs_unless_an_app_still_ins
         "args": [f"pip install --no-cache-dir '/mount/.loraplane/dist/{kept}' && exec python -m serving"],
         "resources": {"cpu": 1, "memory": "2Gi"},
     }
-    body = {"location": "westus3", "properties": {"managedEnvironmentId": legacy_env.id, "workloadProfileName": "Consumption", "template": {"containers": [legacy]}}}
+    body = {
+        "location": "westus3",
+        "properties": {"managedEnvironmentId": legacy_env.id, "workloadProfileName": "Consumption", "template": {"containers": [legacy]}},
+    }
     apps.container_apps.begin_create_or_update(RG, "legacy", body).result()
     reconciler = reconciler_for(store, provider)
     drive(reconciler, lambda: ready(store)() and not (dist / old).exists())
@@ -236,7 +273,9 @@ def test_a_private_image_is_pulled_with_the_apps_identity_once_acr_pull_is_grant
         assert not (sim.share_folder(spec.azure.storage_account, spec.azure.file_share) / ".loraplane" / "dist").exists()
         # The grant is the team's (a role assignment), outside loraplane: the simulator's stand-in.
         app_id = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.App/containerApps/{NAME}"
-        httpx.post(f"{sim.url}/_sim/acr-pull", json={"server": "myteam.azurecr.io", "principal": f"system:{app_id}"}, verify=tls(sim)).raise_for_status()
+        httpx.post(
+            f"{sim.url}/_sim/acr-pull", json={"server": "myteam.azurecr.io", "principal": f"system:{app_id}"}, verify=tls(sim)
+        ).raise_for_status()
         drive(reconciler, ready(store), timeout=60)
         assert any(e.reason == "Restarted" and "ContainerAppRevision" in e.message for e in store.list_events(NAME))
         assert calls(sim)["POST"].get("Microsoft.App/containerApps/revisions", 0) >= 1

@@ -150,7 +150,10 @@ def check(sim: AzureSimulator) -> list[str]:
 
 
 def test_the_checker_catches_what_the_specification_forbids():
-    app = {"location": "westus3", "properties": {"provisioningState": "Succeeded", "configuration": {"activeRevisionsMode": "Sometimes"}, "bogus": 1}}
+    app = {
+        "location": "westus3",
+        "properties": {"provisioningState": "Succeeded", "configuration": {"activeRevisionsMode": "Sometimes"}, "bogus": 1},
+    }
     said = problems(app, {"$ref": "#/definitions/ContainerApp"}, OPENAPI, "ContainerApp", partial=False)
     assert "ContainerApp.properties.provisioningState: read-only, sent" in said
     assert any("activeRevisionsMode: 'Sometimes' is not one of" in s for s in said)
@@ -174,7 +177,12 @@ def test_every_body_sent_to_create_and_update_fits_the_specification(store: Depl
     store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(spec))
     drive(reconciler, lambda: status_of(store).phase == "Ready" and status_of(store).observed_generation == store.get(NAME).generation)
     methods = {(method, definition) for method, _, definition, _ in sent_bodies(sim)}
-    assert {("PUT", "ContainerApp"), ("PATCH", "ContainerApp"), ("PUT", "ManagedEnvironment"), ("PUT", "ManagedEnvironmentStorage")} <= methods
+    assert {
+        ("PUT", "ContainerApp"),
+        ("PATCH", "ContainerApp"),
+        ("PUT", "ManagedEnvironment"),
+        ("PUT", "ManagedEnvironmentStorage"),
+    } <= methods
     assert check(sim) == []
 
 
@@ -182,11 +190,15 @@ def test_every_body_sent_to_adopt_fits_the_specification(store: DeploymentStore,
     groups, _, apps = arm(sim)
     groups.resource_groups.create_or_update(RG, {"location": "westus3"})
     apps.managed_environments.begin_create_or_update(
-        RG, "team-env", {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}]}}
+        RG,
+        "team-env",
+        {"location": "westus3", "properties": {"workloadProfiles": [{"name": "Consumption", "workloadProfileType": "Consumption"}]}},
     ).result()
     create(store, sim, environment="team-env")
     drive(Reconciler(store, {"azure": provider}, poll_seconds=0.1), ready(store))
-    assert ("PATCH", "ManagedEnvironment") in {(method, definition) for method, _, definition, _ in sent_bodies(sim)}  # the profile it gained
+    assert ("PATCH", "ManagedEnvironment") in {
+        (method, definition) for method, _, definition, _ in sent_bodies(sim)
+    }  # the profile it gained
     assert check(sim) == []
 
 

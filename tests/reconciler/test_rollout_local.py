@@ -25,7 +25,7 @@ from serving.tiny import ADAPTER_PATH, SECOND_ADAPTER_PATH, TINY_MODEL_PATH
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
-from tests.conftest import local_manifest
+from tests.conftest import local_manifest, reconcile_passes
 from tests.fakes import eventually
 
 NAME = "support-bot"
@@ -142,12 +142,11 @@ def test_hot_reload_under_load_rejects_bad_adapters_and_rolls_back(store, tiny_s
         assert "truncated" in rejected[0]["message"]
         assert serving(store) == first and httpx.get(f"{endpoint}/v1/adapter").json()["version"] == first
 
-        # The write completes: a new version, served within settleSeconds and a few more.
+        # The write completes: a new version, served once the files have settled.
         replace_adapter(tiny_share, SECOND_ADAPTER_PATH)
         written = time.monotonic()
         second = eventually(lambda: (v := serving(store)) != first and v, timeout=60, what="the second adapter")
-        took = time.monotonic() - written
-        assert took < SETTLE + 8, f"served {took:.1f}s after the write"
+        assert time.monotonic() - written >= SETTLE  # not before the files were quiet for settleSeconds
 
         # An adapter trained for another base model is refused; the second keeps serving.
         replace_adapter(tiny_share, THIRD_ADAPTER_PATH)
@@ -158,8 +157,7 @@ def test_hot_reload_under_load_rejects_bad_adapters_and_rolls_back(store, tiny_s
         )
         assert foreign[0]["state"] == "Rejected"
         assert "trained for 'meta-llama/Meta-Llama-3-8B'" in foreign[0]["message"]
-        time.sleep(1)
-        assert serving(store) == second
+        assert serving(store) == second  # the rejection and the status are one commit
 
         # One that passes the reconciler's checks but the serving app refuses (a module this
         # model lacks): rolled back to the second, the version Failed, the deployment Degraded.
@@ -221,5 +219,8 @@ def test_the_restart_strategy_serves_a_new_adapter_from_a_new_process(store, tin
     assert degraded.reason == "AdapterRolloutFailed" and f"rolled back to {second}" in degraded.message
 
     shutil.rmtree(tiny_share / ADAPTER_PATH)  # the source may go: the staged copy serves on
-    time.sleep(2)
-    assert status_of(store).adapter.serving_version == second
+    since = reconcile_passes(client.get("/metrics").text)
+    eventually(
+        lambda: reconcile_passes(client.get("/metrics").text) >= since + 2, timeout=60, what="two reconcile passes without the source"
+    )
+    assert status_of(store).adapter.serving_version == second and answered_version(store) == second

@@ -62,6 +62,10 @@ class Load:
                 with self._lock:
                     self.results.append(record)
 
+    def answered(self, version: str) -> int:
+        with self._lock:
+            return sum(1 for _, status, v, _ in self.results if status == 200 and v == version)
+
     def __enter__(self) -> Load:
         for thread in self._threads:
             thread.start()
@@ -78,10 +82,10 @@ def test_a_new_adapter_is_swapped_in_under_load_with_no_failed_request(serve_app
     first_version = version_of(app.url)
     first_text = ask(app.url).json()["choices"][0]["message"]["content"]
     with Load(app.url, clients=6) as load:
-        time.sleep(1.0)
+        eventually(lambda: len(load.results) >= 6, what="answers from the first adapter under load")
         replace_adapter(tiny_share / ADAPTER_PATH, tiny_share / SECOND_ADAPTER_PATH)
         second_version = eventually(lambda: (v := version_of(app.url)) != first_version and v, what="the new adapter")
-        time.sleep(1.5)
+        eventually(lambda: load.answered(second_version) >= 6, what="answers from the new adapter under load")
     second_text = ask(app.url).json()["choices"][0]["message"]["content"]
     assert load.errors == []
     assert load.results and all(status == 200 for _, status, _, _ in load.results)
@@ -97,8 +101,7 @@ def test_a_new_adapter_is_swapped_in_under_load_with_no_failed_request(serve_app
     assert texts[first_version].most_common(1)[0][0] == first_text
     assert texts[second_version].most_common(1)[0][0] == second_text
     # The old version was unloaded once drained.
-    info = httpx.get(f"{app.url}/v1/adapter").json()
-    assert info["draining"] == []
+    eventually(lambda: httpx.get(f"{app.url}/v1/adapter").json()["draining"] == [], what="the old version to drain")
     assert list(app.engine.peft.peft_config) == [app.engine.registry.active.peft_name]
 
 

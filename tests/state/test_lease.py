@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +14,7 @@ from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
 from tests.conftest import local_manifest, truncate
+from tests.fakes import eventually
 
 
 @pytest.fixture
@@ -25,13 +25,20 @@ def engine(postgres_database: str) -> Iterator:
     made.dispose()
 
 
+def expire_soon(engine, holder: str) -> None:
+    """The holder's last renewal, a short one: then it stops renewing, and the lease expires by
+    the database's clock (which no fake clock reaches)."""
+    assert Lease(engine, holder, duration_seconds=0.2).try_acquire() is not None
+
+
 def test_one_holder_at_a_time_and_a_new_epoch_for_each(engine):
-    a, b = Lease(engine, "replica-a", duration_seconds=1.0), Lease(engine, "replica-b", duration_seconds=1.0)
+    # Long leases, so that no stall of a busy machine lets one expire between two lines.
+    a, b = Lease(engine, "replica-a", duration_seconds=60), Lease(engine, "replica-b", duration_seconds=60)
     assert a.try_acquire() == 1
     assert b.try_acquire() is None
     assert a.try_acquire() == 1  # a renewal keeps the epoch
-    time.sleep(1.2)  # a stops renewing: the lease expires by the database's clock
-    assert b.try_acquire() == 2
+    expire_soon(engine, "replica-a")
+    assert eventually(b.try_acquire, timeout=15, what="the lease to expire") == 2
     assert a.try_acquire() is None
     b.release()
     assert a.try_acquire() == 3  # released: taken at once, not after the expiry
@@ -41,14 +48,14 @@ def test_one_holder_at_a_time_and_a_new_epoch_for_each(engine):
 def test_a_deposed_leader_cannot_write(engine):
     store = DeploymentStore(engine)
     row = store.create(InferenceDeploymentCreate.model_validate(local_manifest()))
-    a, b = Lease(engine, "replica-a", duration_seconds=1.0), Lease(engine, "replica-b", duration_seconds=1.0)
+    a, b = Lease(engine, "replica-a", duration_seconds=60), Lease(engine, "replica-b", duration_seconds=60)
     epoch = a.try_acquire()
     as_leader = PassWriter(store)
     as_leader.lead(a.fence(epoch))
     assert as_leader.commit(row, DeploymentStatus(phase="Provisioning")) is not None
     as_leader.assert_leader()
-    time.sleep(1.2)
-    assert b.try_acquire() == epoch + 1
+    expire_soon(engine, "replica-a")
+    assert eventually(b.try_acquire, timeout=15, what="the lease to expire") == epoch + 1
     with pytest.raises(Fenced, match="no longer leads"):
         as_leader.commit(row, DeploymentStatus(phase="Ready"))
     with pytest.raises(Fenced):
