@@ -10,6 +10,9 @@ Contract:
 - failures are classified in one place (``reconciler.errors``): TemporaryError and anything
   unexpected retry with per-key exponential backoff and jitter (1 s doubling to 5 min);
   PermanentError stops retrying until the spec changes, its reason in the Degraded condition;
+- every write of a pass (status, events, adapter versions, cloud-resource records) goes
+  through one ``PassWriter`` (``reconciler.writer``) and lands in one transaction; under a
+  leader lease each write carries the lease's fence, so a deposed leader writes nothing;
 - deletion is a finalizer: the row stays, marked, until the provider's teardown is done;
 - imports ``state`` and ``infra``; never ``api``.
 """

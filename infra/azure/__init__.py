@@ -1,10 +1,13 @@
 """The azure target: the Provider interface over the official Azure SDK clients.
 
 Contract:
-- ``AzureProvider`` observes (reads only), plans (pure: ``changes(target, facts)``) and
-  applies through azure-mgmt-resource, -storage, -loganalytics and -appcontainers, and the
-  share through azure-storage-file-share; request bodies come from the SDKs' model classes
-  (``infra.azure.desired``);
+- one declaration per resource kind (``infra.azure.kinds``: id, parent, dependencies, read,
+  desired body and drift fields, write, delete, resume, busy and failed states, health) under
+  one generic loop (``infra.azure.provider``) that observes every kind the same way, plans with
+  a pure function (``infra.azure.plan.changes(target, facts)``), applies and deletes;
+- request bodies come from the SDKs' model classes and meet Azure's documented rules before
+  they are sent: the resource's validation refuses what Container Apps would
+  (``state.azure_limits``), and the bodies stay inside the REST specification's ranges;
 - long-running operations never block a worker; their continuation tokens go to the
   ``ResourceJournal`` the reconciler provides, so a restart resumes polling;
 - every ARM call passes one shared client-side limiter (``infra.azure.limiter``); every SDK

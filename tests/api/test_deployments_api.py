@@ -1,4 +1,4 @@
-"""Every call in DESIGN.md's table, its success and its error paths, on SQLite and PostgreSQL."""
+"""Every call of the API (docs/design.md), its success and its error paths, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
