@@ -30,9 +30,9 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || \
 	  echo "could not install chromium and chromium-driver: the dashboard tests will be skipped" >&2
 
-# pytest's exit code 5 means it collected no tests: an empty suite is a failure, not a pass.
-test: $(STAMP) browser
-	$(VENV)/bin/lint-imports
+# The linters and the type checker first (seconds), then pytest. pytest's exit code 5 means it
+# collected no tests: an empty suite is a failure, not a pass.
+test: lint browser
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: an empty suite is a failure" >&2; exit 1; fi; \
 	exit $$rc
@@ -46,6 +46,9 @@ bench: $(STAMP)
 	$(PY) -m bench.serving
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 clean:

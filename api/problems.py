@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -130,7 +131,7 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: Mapping[str, Any]) -> str:
     kind = error.get("type", "")
     if kind == "extra_forbidden":
         return "is not a known field: check the spelling (fields are camelCase, e.g. settleSeconds)"
@@ -143,7 +144,7 @@ def _message(error: dict[str, Any]) -> str:
     return message
 
 
-def field_errors(errors: list[dict[str, Any]], prefix: tuple[Any, ...] = ()) -> list[FieldError]:
+def field_errors(errors: Sequence[Mapping[str, Any]], prefix: tuple[Any, ...] = ()) -> list[FieldError]:
     return [FieldError(field=field_path(prefix + tuple(e.get("loc", ()))), message=_message(e)) for e in errors]
 
 
@@ -184,7 +185,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ValidationError)
     async def _model_invalid(request: Request, exc: ValidationError) -> JSONResponse:
-        problem = validation_problem(field_errors(list(exc.errors())))
+        problem = validation_problem(field_errors(exc.errors()))
         return problem_response(request, 422, problem.title, problem.detail, errors=problem.errors)
 
     @app.exception_handler(StarletteHTTPException)

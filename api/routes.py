@@ -122,7 +122,9 @@ async def create_deployment(
     return _answer(request, response, row)
 
 
-WATCH_RESPONSE = {
+# Free text a client filters by: no control characters (PostgreSQL's text refuses NUL outright).
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+WATCH_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
         "description": "with watch: ADDED, MODIFIED and DELETED events as they happen",
@@ -262,7 +264,7 @@ def _patched(row: InferenceDeployment, patch: dict[str, Any]) -> tuple[dict[str,
     try:
         body = InferenceDeploymentCreate.model_validate({**merged, "metadata": {"name": row.name, "labels": metadata.get("labels") or {}}})
     except ValidationError as exc:
-        raise validation_problem(field_errors(list(exc.errors()))) from exc
+        raise validation_problem(field_errors(exc.errors())) from exc
     return body.metadata.labels, body.spec
 
 
@@ -528,9 +530,14 @@ def revoke_token(token_name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9-]{0,62}
 def list_audit(
     request: Request,
     caller: Viewer,
-    actor: Annotated[str | None, Query(max_length=63, description="a token's name")] = None,
-    resource: Annotated[str | None, Query(max_length=128, description="e.g. deployment/support-bot or token/alice")] = None,
-    action: Annotated[str | None, Query(max_length=32, description="create, update, delete, activate, token.create, token.revoke")] = None,
+    actor: Annotated[str | None, Query(max_length=63, pattern=NO_CONTROL_CHARACTERS, description="a token's name")] = None,
+    resource: Annotated[
+        str | None, Query(max_length=128, pattern=NO_CONTROL_CHARACTERS, description="e.g. deployment/support-bot or token/alice")
+    ] = None,
+    action: Annotated[
+        str | None,
+        Query(max_length=32, pattern=NO_CONTROL_CHARACTERS, description="create, update, delete, activate, token.create, token.revoke"),
+    ] = None,
     since: Annotated[datetime | None, Query(description="only changes at or after this time (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditEventList:

@@ -220,7 +220,7 @@ class ArmSimulator:
     ) -> None:
         self.state = state
         self.standin_ingress = standin_ingress
-        self.secrets: dict[str, dict[str, str]] = {}  # container app id -> secret values
+        self.secrets: dict[str, dict[str, str | None]] = {}  # container app id -> secret values
         self.storage_keys: dict[str, str] = {}  # environment storage id -> account key
         self.files = FilesSimulator(files_root, self._account_keys, self.state.count, self._shared_key_allowed)
         self.runner = runner
@@ -743,7 +743,7 @@ class ArmSimulator:
         properties = resource["properties"]
         old = (existing or {}).get("properties", {})
         self._identity_fields(resource, existing)
-        secrets = {s["name"]: s.get("value") for s in properties.get("configuration", {}).get("secrets", []) or []}
+        secrets: dict[str, str | None] = {s["name"]: s.get("value") for s in properties.get("configuration", {}).get("secrets", []) or []}
         known = self.secrets.get(resource["id"].lower(), {})
         self.secrets[resource["id"].lower()] = {name: value if value is not None else known.get(name) for name, value in secrets.items()}
         environment_id = properties.get("managedEnvironmentId") or properties.get("environmentId")

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -113,7 +114,7 @@ def bench_backend(label: str, database_url: str | None, seconds: float, rate: fl
             process.wait(timeout=30)
 
 
-def fresh_postgres() -> tuple[str, callable] | None:
+def fresh_postgres() -> tuple[str, Callable[[], None]] | None:
     admin_url = make_url(POSTGRES_ADMIN)
     try:
         admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")

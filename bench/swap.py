@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -62,15 +63,14 @@ class Load:
                         if response.status_code == 200:
                             answered = (time.perf_counter(), response.headers["x-adapter-version"])
                         response.read()  # the whole answer, as a client would
-                    ok = answered is not None
                 except httpx.HTTPError:
-                    ok = False
+                    answered = None  # cut off mid-answer: a failure
                 with self._lock:
-                    if ok:
+                    if answered is not None:
                         self.answers.append(answered)
                     else:
                         self.failures += 1
-                if not ok:
+                if answered is None:
                     time.sleep(0.05)
                     endpoint = self.endpoint_of()  # a restart serves from a new port
 
@@ -87,6 +87,12 @@ class Load:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=60)
+
+
+def synced_other_than(client: httpx.Client, name: str, old: str) -> str | None:
+    """The version served once a rollout away from ``old`` is over, else None."""
+    version = synced_version(client, name)
+    return version if version != old else None
 
 
 def status_of(client: httpx.Client, name: str) -> dict:
@@ -125,13 +131,11 @@ def prepare(client: httpx.Client, share: Path, strategies: tuple[str, ...]) -> d
                 },
             },
         ).raise_for_status()
-    first = {s: wait_for(lambda s=s: synced_version(client, NAME[s]), 180, f"{NAME[s]} to serve its first adapter") for s in strategies}
+    first = {s: wait_for(partial(synced_version, client, NAME[s]), 180, f"{NAME[s]} to serve its first adapter") for s in strategies}
     for strategy in strategies:
         write_adapter(share, SECOND_ADAPTER_PATH, f"adapters/{NAME[strategy]}")
     second = {
-        s: wait_for(
-            lambda s=s: (v := synced_version(client, NAME[s])) not in (None, first[s]) and v, 180, f"{NAME[s]} to serve its second adapter"
-        )
+        s: wait_for(partial(synced_other_than, client, NAME[s], first[s]), 180, f"{NAME[s]} to serve its second adapter")
         for s in strategies
     }
     return {s: (first[s], second[s]) for s in strategies}
@@ -149,10 +153,10 @@ def run_strategy(client: httpx.Client, strategy: str, versions: tuple[str, str],
             wanted = first if current == second else second
             started = time.perf_counter()
             client.post(f"/v1/deployments/{name}/adapters/{wanted}/activate").raise_for_status()
-            arrived = wait_for(lambda w=wanted, t=started: load.first_from(w, t), 120, f"a response from {wanted}")
+            arrived = wait_for(partial(load.first_from, wanted, started), 120, f"a response from {wanted}")
             times.append(arrived - started)
             # The next round starts once this rollout is over (verified, status written).
-            wait_for(lambda w=wanted: synced_version(client, name) == w, 120, f"{name}'s rollout to {wanted} to finish")
+            wait_for(partial(synced_other_than, client, name, current), 120, f"{name}'s rollout to {wanted} to finish")
             current = wanted
         failed = load.failures - failures_before
         answered = len(load.answers)

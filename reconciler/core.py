@@ -23,7 +23,7 @@ from reconciler.errors import Classified, classify
 from reconciler.rollout import AdapterRollout, RolloutMetrics, restart_version
 from reconciler.writer import PassWriter, ReadStore
 from state.errors import Fenced, NotFound
-from state.models import AdapterVersion, InferenceDeployment, utcnow
+from state.models import AdapterVersion, InferenceDeployment, NewEvent, utcnow
 from state.resource import DeploymentSpec, DeploymentStatus
 from state.store import DeploymentStore, VersionChange
 
@@ -129,7 +129,7 @@ class Reconciler:
             applying = True
             self.writer.assert_leader()  # cloud calls check the fence too, just before
             provider.apply(target, actions)
-            events = [("Normal", EVENT_REASONS[a.verb], _event_message(a)) for a in actions]
+            events: list[NewEvent] = [("Normal", EVENT_REASONS[a.verb], _event_message(a)) for a in actions]
             observation = provider.observe(target)
             message = "; ".join(action.describe() for action in actions)
             self._commit(row, statuses.progressing(previous, row.generation, observation, message, self.clock()), events=events)
@@ -202,7 +202,7 @@ class Reconciler:
     # ----------------------------------------------------------------------------- writes
 
     @staticmethod
-    def _failure_events(previous: DeploymentStatus, status: DeploymentStatus, error: Classified) -> list[tuple[str, str, str]]:
+    def _failure_events(previous: DeploymentStatus, status: DeploymentStatus, error: Classified) -> list[NewEvent]:
         """A warning when the failure is news (its message changed), not on every retry."""
         return [("Warning", error.reason, status.message or error.reason)] if status.message != previous.message else []
 
@@ -211,7 +211,7 @@ class Reconciler:
         row: InferenceDeployment,
         status: DeploymentStatus,
         *,
-        events: Sequence[tuple[str, str, str]] = (),
+        events: Sequence[NewEvent] = (),
         versions: Sequence[VersionChange] = (),
     ) -> None:
         previous = DeploymentStatus.model_validate(row.status)

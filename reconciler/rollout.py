@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from infra.errors import ProviderError
 from infra.provider import AdapterHost, AdapterShare, Observation, ShareEntry, Target, pointer_path, staged_path
 from serving.adapter_check import CONFIG, MAX_HEADER_BYTES, WEIGHTS, check_config, check_safetensors_header, header_length
-from state.models import AdapterFile, AdapterVersion, InferenceDeployment, utcnow
+from state.models import AdapterFile, AdapterVersion, InferenceDeployment, NewEvent, utcnow
 from state.resource import AdapterStatus, DeploymentStatus, RolloutRecord
 from state.store import ActivateVersion, AddVersion, MarkVersion, VersionChange
 
@@ -86,7 +86,7 @@ class RolloutReport:
     message: str
     failed: bool = False
     requeue_after: float | None = None
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    events: list[NewEvent] = field(default_factory=list)  # (type, reason, message)
     versions: list[VersionChange] = field(default_factory=list)
 
 

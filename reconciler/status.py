@@ -9,10 +9,10 @@ from datetime import datetime
 from infra.provider import Observation
 from reconciler.errors import Classified
 from reconciler.rollout import RolloutReport
-from state.resource import Condition, DeploymentStatus, ResourceRef
+from state.resource import Condition, ConditionStatus, ConditionType, DeploymentStatus, ResourceRef
 
 
-def set_condition(status: DeploymentStatus, type_: str, value: str, reason: str, message: str, now: datetime) -> None:
+def set_condition(status: DeploymentStatus, type_: ConditionType, value: ConditionStatus, reason: str, message: str, now: datetime) -> None:
     """Set a condition; lastTransitionTime moves only when its status flips."""
     for index, existing in enumerate(status.conditions):
         if existing.type == type_:

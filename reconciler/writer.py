@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from state.models import AdapterVersion, CloudResource, InferenceDeployment
+from state.models import AdapterVersion, CloudResource, InferenceDeployment, NewEvent
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore, Fence, VersionChange
 
@@ -65,7 +65,7 @@ class PassWriter:
         row: InferenceDeployment,
         status: DeploymentStatus,
         *,
-        events: Sequence[tuple[str, str, str]] = (),
+        events: Sequence[NewEvent] = (),
         versions: Sequence[VersionChange] = (),
     ) -> InferenceDeployment | None:
         """A pass's outcome: status, events and adapter-version changes, in one transaction (none

@@ -35,10 +35,14 @@ def main() -> None:
     # The event loop (requests, health, reloads) shares the GIL with the engine's thread, whose
     # generation loop is mostly Python: by default it may keep the GIL 5 ms at a time.
     sys.setswitchinterval(0.001)
-    tls = {}
-    if settings.tls_certfile is not None:
-        tls = {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile) if settings.tls_keyfile else None}
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", **tls)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile if settings.tls_certfile is not None else None,
+    )
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ class AdapterRegistry:
         """Returns the version when it is drained and may be unloaded."""
         with self._lock:
             loaded.in_flight -= 1
-            if loaded is not self.active and loaded.in_flight == 0 and self.draining.pop(loaded.version, None):
+            if loaded is not self.active and loaded.in_flight == 0 and self.draining.pop(loaded.version, None) is not None:
                 return loaded
         return None
 

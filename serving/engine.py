@@ -139,7 +139,8 @@ class Engine:
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
         if "device_map" not in kwargs:
-            model = model.to(self.device)
+            # transformers types ``to`` through a decorator that loses ``self``: a false alarm.
+            model = model.to(self.device)  # type: ignore[arg-type]
         model.eval()
         self.tokenizer, self.base = tokenizer, model
         self.context_length = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)

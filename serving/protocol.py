@@ -44,6 +44,11 @@ class _Request(BaseModel):
             raise ValueError("stop sequences must not be empty")
         return stops
 
+    @property
+    def stop_sequences(self) -> list[str]:
+        """``stop`` as the list the validator made of it (none: an empty list)."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
     def token_budget(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
 

@@ -28,6 +28,7 @@ from serving.protocol import (
     Delta,
     ErrorBody,
     ErrorDetail,
+    FinishReason,
     ModelCard,
     ModelList,
     Usage,
@@ -190,7 +191,7 @@ def _admit(request: Request, body: ChatCompletionRequest | CompletionRequest, pr
         max_new_tokens=budget,
         temperature=body.temperature,
         top_p=body.top_p,
-        stop=body.stop or [],
+        stop=body.stop_sequences,
         seed=body.seed,
         adapter=adapter,
         emit=bridge.emit,
@@ -213,7 +214,7 @@ def _check_ready_and_model(request: Request, model: str | None) -> None:
         )
 
 
-async def _collect(bridge: _Bridge, job: Job) -> tuple[str, str, dict[str, int]]:
+async def _collect(bridge: _Bridge, job: Job) -> tuple[str, FinishReason, dict[str, int]]:
     parts: list[str] = []
     try:
         while True:
@@ -266,39 +267,60 @@ async def _respond(request: Request, body: ChatCompletionRequest | CompletionReq
     job, bridge, version = _admit(request, body, prompt_ids)
     chat = isinstance(body, ChatCompletionRequest)
     ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
-    common = {
-        "id": ident,
-        "created": created,
-        "model": body.model or adapter_model_id(settings),
-        "system_fingerprint": fingerprint(version),
-    }
+    model_name, system_fingerprint = body.model or adapter_model_id(settings), fingerprint(version)
     headers = {"x-adapter-version": version}
     if body.stream:
 
         def chunk(
-            role: bool = False, content: str | None = None, finish_reason: str | None = None, usage: dict | None = None
+            role: bool = False, content: str | None = None, finish_reason: FinishReason | None = None, usage: dict | None = None
         ) -> str | None:
             usage_model = Usage(**usage) if usage else None
+            document: ChatCompletionChunk | Completion
             if chat:
                 delta = Delta(role="assistant", content="") if role else Delta(content=content)
-                choices = [] if usage else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
-                document = ChatCompletionChunk(**common, choices=choices, usage=usage_model)
+                document = ChatCompletionChunk(
+                    id=ident,
+                    created=created,
+                    model=model_name,
+                    system_fingerprint=system_fingerprint,
+                    choices=[] if usage else [ChunkChoice(delta=delta, finish_reason=finish_reason)],
+                    usage=usage_model,
+                )
             elif role:
                 return None  # text completions have no role chunk
             else:
-                choices = [] if usage else [CompletionChoice(text=content or "", finish_reason=finish_reason)]
-                document = Completion(**common, choices=choices, usage=usage_model)
+                document = Completion(
+                    id=ident,
+                    created=created,
+                    model=model_name,
+                    system_fingerprint=system_fingerprint,
+                    choices=[] if usage else [CompletionChoice(text=content or "", finish_reason=finish_reason)],
+                    usage=usage_model,
+                )
             return document.model_dump_json(exclude_none=usage is None)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_sse(bridge, job, settings, chunk, include_usage), media_type="text/event-stream", headers=headers)
     text, reason, usage = await _collect(bridge, job)
+    answer: ChatCompletion | Completion
     if chat:
         answer = ChatCompletion(
-            **common, choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)], usage=Usage(**usage)
+            id=ident,
+            created=created,
+            model=model_name,
+            system_fingerprint=system_fingerprint,
+            choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],
+            usage=Usage(**usage),
         )
     else:
-        answer = Completion(**common, choices=[CompletionChoice(text=text, finish_reason=reason)], usage=Usage(**usage))
+        answer = Completion(
+            id=ident,
+            created=created,
+            model=model_name,
+            system_fingerprint=system_fingerprint,
+            choices=[CompletionChoice(text=text, finish_reason=reason)],
+            usage=Usage(**usage),
+        )
     return JSONResponse(answer.model_dump(), headers=headers)
 
 

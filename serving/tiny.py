@@ -78,7 +78,7 @@ def write_random_adapter(
             if "lora_" in name:
                 parameter.mul_(4.0)
     adapter_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(adapter_dir)
+    model.save_pretrained(str(adapter_dir))
     # Name the base as a hub id, as a real fine-tune does, not this machine's path.
     import json
 

@@ -7,9 +7,9 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from state.db import Sessions
 from state.errors import AlreadyExists, NotFound
@@ -74,16 +74,16 @@ class AccessStore:
         with self._write() as session:
             if session.get(ApiToken, name) is None:
                 raise NotFound(f"no token named {name!r}; list them with loraplane token list")
-            session.exec(delete(ApiToken).where(ApiToken.name == name))
+            session.exec(delete(ApiToken).where(col(ApiToken.name) == name))
             add_audit(session, at=self.clock(), actor=actor, action="token.revoke", resource=f"token/{name}")
 
     def tokens(self) -> list[ApiToken]:
         with self._read() as session:
-            return list(session.exec(select(ApiToken).order_by(ApiToken.name)).scalars())
+            return list(session.exec(select(ApiToken).order_by(col(ApiToken.name))))
 
     def find_token(self, secret: str) -> ApiToken | None:
         with self._read() as session:
-            return session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(secret))).scalars().first()
+            return session.exec(select(ApiToken).where(col(ApiToken.token_hash) == hash_token(secret))).first()
 
     def has_tokens(self) -> bool:
         with self._read() as session:
@@ -102,12 +102,12 @@ class AccessStore:
     ) -> list[AuditEvent]:
         query = select(AuditEvent)
         if actor:
-            query = query.where(AuditEvent.actor == actor)
+            query = query.where(col(AuditEvent.actor) == actor)
         if resource:
-            query = query.where(AuditEvent.resource == resource)
+            query = query.where(col(AuditEvent.resource) == resource)
         if action:
-            query = query.where(AuditEvent.action == action)
+            query = query.where(col(AuditEvent.action) == action)
         if since:
-            query = query.where(AuditEvent.at >= since)
+            query = query.where(col(AuditEvent.at) >= since)
         with self._read() as session:
-            return list(session.exec(query.order_by(AuditEvent.id.desc()).limit(limit)).scalars())
+            return list(session.exec(query.order_by(col(AuditEvent.id).desc()).limit(limit)))

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, select, text
-from sqlmodel import Session
+from sqlalchemy import Engine, text
+from sqlmodel import Session, col, select
 
 from state.db import Sessions
 from state.errors import Fenced
@@ -38,10 +38,10 @@ class Lease:
         self.duration = timedelta(seconds=duration_seconds)
 
     def _locked(self, session: Session, *, share: bool = False) -> LeaderLease | None:
-        query = select(LeaderLease).where(LeaderLease.name == self.name)
+        query = select(LeaderLease).where(col(LeaderLease.name) == self.name)
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(read=share)
-        return session.exec(query).scalars().first()
+        return session.exec(query).first()
 
     def try_acquire(self) -> int | None:
         """Take or renew the lease; the epoch held, or None while another replica holds it."""
@@ -71,7 +71,7 @@ class Lease:
 
     def current(self) -> LeaderLease | None:
         with Session(self.engine, expire_on_commit=False) as session:
-            return session.exec(select(LeaderLease).where(LeaderLease.name == self.name)).scalars().first()
+            return session.exec(select(LeaderLease).where(col(LeaderLease.name) == self.name)).first()
 
     def fence(self, epoch: int) -> Callable[[Session], None]:
         """A check for the reconciler's writes: this holder, this epoch, not expired."""

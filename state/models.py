@@ -155,8 +155,13 @@ class InferenceDeploymentList(CamelModel):
 # Event
 
 
+EventType = Literal["Normal", "Warning"]
+# An event to record: (type, reason, message).
+NewEvent = tuple[EventType, str, str]
+
+
 class EventBase(CamelModel):
-    type: Literal["Normal", "Warning"] = "Normal"
+    type: EventType = "Normal"
     reason: str
     message: str
 
@@ -168,7 +173,7 @@ class Event(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     deployment_uid: str = Field(sa_column=Column(String(36), nullable=False))
     deployment_name: str = Field(sa_column=Column(String(63), nullable=False))
-    type: str = Field(sa_column=Column(String(16), nullable=False))
+    type: EventType = Field(sa_column=Column(String(16), nullable=False))
     reason: str = Field(sa_column=Column(String(128), nullable=False))
     message: str = Field(sa_column=Column(Text, nullable=False))
     # Repeats of the newest event collapse into it (count, last_timestamp), as Kubernetes

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -27,8 +27,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from state import azure_limits
 
-API_VERSION = "loraplane/v1"
-KIND = "InferenceDeployment"
+API_VERSION: Final = "loraplane/v1"
+KIND: Final = "InferenceDeployment"
 
 # The defaults follow the AI Toolkit's remote fine-tuning layout on the Azure Files share.
 DEFAULT_MODEL_PATH = "model-cache/microsoft/Phi-3-mini-4k-instruct"
@@ -544,11 +544,12 @@ class ObjectMeta(CamelModel):
 
 Phase = Literal["Pending", "Provisioning", "Ready", "Degraded", "Deleting", "Failed"]
 ConditionType = Literal["Ready", "Progressing", "Degraded", "AdapterSynced"]
+ConditionStatus = Literal["True", "False", "Unknown"]
 
 
 class Condition(CamelModel):
     type: ConditionType
-    status: Literal["True", "False", "Unknown"]
+    status: ConditionStatus
     reason: str
     message: str = ""
     last_transition_time: datetime

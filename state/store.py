@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import json
 import re
 import uuid
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, exists, select
+from sqlalchemy import Engine, and_, delete, exists
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from state.access import add_audit
 from state.db import Sessions
@@ -34,8 +35,10 @@ from state.models import (
     CloudResource,
     DeploymentLabel,
     Event,
+    EventType,
     InferenceDeployment,
     InferenceDeploymentCreate,
+    NewEvent,
     utcnow,
 )
 from state.resource import DNS_LABEL, DeploymentSpec, DeploymentStatus, changes_not_in_place, immutable_field_changes
@@ -125,10 +128,10 @@ class DeploymentStore:
     @staticmethod
     def _lock(session: Session, name: str, uid: str | None = None) -> InferenceDeployment | None:
         """The row, locked for this transaction (and only if it still has that uid)."""
-        query = select(InferenceDeployment).where(InferenceDeployment.name == name)
+        query = select(InferenceDeployment).where(col(InferenceDeployment.name) == name)
         if uid is not None:
-            query = query.where(InferenceDeployment.uid == uid)
-        return session.exec(query.with_for_update()).scalar_one_or_none()
+            query = query.where(col(InferenceDeployment.uid) == uid)
+        return session.exec(query.with_for_update()).one_or_none()
 
     @classmethod
     def _locked(cls, session: Session, name: str) -> InferenceDeployment:
@@ -147,7 +150,7 @@ class DeploymentStore:
 
     @staticmethod
     def _replace_labels(session: Session, name: str, labels: dict[str, str]) -> None:
-        session.exec(delete(DeploymentLabel).where(DeploymentLabel.deployment_name == name))
+        session.exec(delete(DeploymentLabel).where(col(DeploymentLabel.deployment_name) == name))
         for key, value in labels.items():
             session.add(DeploymentLabel(deployment_name=name, key=key, value=value))
 
@@ -168,22 +171,22 @@ class DeploymentStore:
         continue_token: str | None = None,
     ) -> tuple[list[InferenceDeployment], str | None]:
         """Deployments ordered by name; returns the page and the token for the next one."""
-        query = select(InferenceDeployment).order_by(InferenceDeployment.name)
+        query = select(InferenceDeployment).order_by(col(InferenceDeployment.name))
         if continue_token:
-            query = query.where(InferenceDeployment.name > decode_continue(continue_token))
+            query = query.where(col(InferenceDeployment.name) > decode_continue(continue_token))
         for req in requirements:
             label_here = and_(
-                DeploymentLabel.deployment_name == InferenceDeployment.name,
-                DeploymentLabel.key == req.key,
+                col(DeploymentLabel.deployment_name) == col(InferenceDeployment.name),
+                col(DeploymentLabel.key) == req.key,
             )
             if req.operator in ("=", "!="):
-                label_here = and_(label_here, DeploymentLabel.value == req.value)
+                label_here = and_(label_here, col(DeploymentLabel.value) == req.value)
             found = exists().where(label_here)
             query = query.where(found if req.operator in ("=", "exists") else ~found)
         if limit is not None:
             query = query.limit(limit + 1)
         with self._read() as session:
-            rows = list(session.exec(query).scalars())
+            rows = list(session.exec(query))
         if limit is not None and len(rows) > limit:
             rows = rows[:limit]
             return rows, encode_continue(rows[-1].name)
@@ -193,7 +196,7 @@ class DeploymentStore:
         """name -> (uid, resourceVersion): what a watch compares between two looks."""
         query = select(InferenceDeployment.name, InferenceDeployment.uid, InferenceDeployment.resource_version)
         if name is not None:
-            query = query.where(InferenceDeployment.name == name)
+            query = query.where(col(InferenceDeployment.name) == name)
         with self._read() as session:
             return {row[0]: (row[1], row[2]) for row in session.exec(query)}
 
@@ -204,27 +207,27 @@ class DeploymentStore:
             InferenceDeployment.name,
             InferenceDeployment.uid,
             InferenceDeployment.generation,
-            InferenceDeployment.deletion_timestamp.is_not(None),
+            col(InferenceDeployment.deletion_timestamp).is_not(None),
         )
         with self._read() as session:
             return {row[0]: (row[1], row[2], bool(row[3])) for row in session.exec(query)}
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         with self._read() as session:
-            return list(session.exec(select(InferenceDeployment.name)).scalars())
+            return list(session.exec(select(InferenceDeployment.name)))
 
     def count_by_phase(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         with self._read() as session:
-            for (status,) in session.exec(select(InferenceDeployment.status)):
+            for status in session.exec(select(InferenceDeployment.status)):
                 phase = (status or {}).get("phase", "Pending")
                 counts[phase] = counts.get(phase, 0) + 1
         return counts
 
-    def list_events(self, name: str, *, limit: int = 50) -> list[Event]:
+    def list_events(self, name: str, *, limit: int = 50) -> builtins.list[Event]:
         row = self.get(name)
         with self._read() as session:
-            return list(session.exec(select(Event).where(Event.deployment_uid == row.uid).order_by(Event.id.desc()).limit(limit)).scalars())
+            return list(session.exec(select(Event).where(col(Event.deployment_uid) == row.uid).order_by(col(Event.id).desc()).limit(limit)))
 
     # ------------------------------------------------------------------------------ writes
 
@@ -368,7 +371,7 @@ class DeploymentStore:
         *,
         uid: str,
         read: InferenceDeployment | None = None,
-        events: Sequence[tuple[str, str, str]] = (),
+        events: Sequence[NewEvent] = (),
         versions: Sequence[VersionChange] = (),
         fence: Fence | None = None,
     ) -> InferenceDeployment | None:
@@ -411,18 +414,18 @@ class DeploymentStore:
                 return False
             if row.deletion_timestamp is None:
                 raise Conflict(f"deployment {name!r} is not marked for deletion")
-            session.exec(delete(DeploymentLabel).where(DeploymentLabel.deployment_name == name))
-            session.exec(delete(Event).where(Event.deployment_uid == uid))
-            session.exec(delete(CloudResource).where(CloudResource.deployment_uid == uid))
-            session.exec(delete(AdapterVersion).where(AdapterVersion.deployment_uid == uid))
+            session.exec(delete(DeploymentLabel).where(col(DeploymentLabel.deployment_name) == name))
+            session.exec(delete(Event).where(col(Event.deployment_uid) == uid))
+            session.exec(delete(CloudResource).where(col(CloudResource.deployment_uid) == uid))
+            session.exec(delete(AdapterVersion).where(col(AdapterVersion.deployment_uid) == uid))
             session.delete(row)
         return True
 
     # ---------------------------------------------------------------------- cloud resources
 
-    def cloud_resources(self, deployment_uid: str) -> list[CloudResource]:
+    def cloud_resources(self, deployment_uid: str) -> builtins.list[CloudResource]:
         with self._read() as session:
-            return list(session.exec(select(CloudResource).where(CloudResource.deployment_uid == deployment_uid)).scalars())
+            return list(session.exec(select(CloudResource).where(col(CloudResource.deployment_uid) == deployment_uid)))
 
     def save_cloud_resource(
         self,
@@ -447,20 +450,24 @@ class DeploymentStore:
             session.add(row)
 
     def forget_cloud_resources(self, deployment_uid: str, resource_id: str | None = None, *, fence: Fence | None = None) -> None:
-        query = delete(CloudResource).where(CloudResource.deployment_uid == deployment_uid)
+        query = delete(CloudResource).where(col(CloudResource.deployment_uid) == deployment_uid)
         if resource_id is not None:
-            query = query.where(CloudResource.resource_id == resource_id.lower())
+            query = query.where(col(CloudResource.resource_id) == resource_id.lower())
         with self._write(fence) as session:
             session.exec(query)
 
-    def _add_event(self, session: Session, row: InferenceDeployment, type_: str, reason: str, message: str, *, first: bool = False) -> None:
+    def _add_event(
+        self, session: Session, row: InferenceDeployment, type_: EventType, reason: str, message: str, *, first: bool = False
+    ) -> None:
         """Add an event, or count one more of the newest if it says the same (``first``: the
         deployment is new and has none, nothing to look up)."""
         now = self.clock()
         newest = (
             None
             if first
-            else session.exec(select(Event).where(Event.deployment_uid == row.uid).order_by(Event.id.desc()).limit(1)).scalar_one_or_none()
+            else session.exec(
+                select(Event).where(col(Event.deployment_uid) == row.uid).order_by(col(Event.id).desc()).limit(1)
+            ).one_or_none()
         )
         if newest is not None and (newest.type, newest.reason, newest.message) == (
             type_,
@@ -486,15 +493,15 @@ class DeploymentStore:
 
     # ---------------------------------------------------------------------- adapter versions
 
-    def adapter_versions(self, deployment_uid: str) -> list[AdapterVersion]:
+    def adapter_versions(self, deployment_uid: str) -> builtins.list[AdapterVersion]:
         """Newest first."""
         query = (
             select(AdapterVersion)
-            .where(AdapterVersion.deployment_uid == deployment_uid)
-            .order_by(AdapterVersion.detected_at.desc(), AdapterVersion.version)
+            .where(col(AdapterVersion.deployment_uid) == deployment_uid)
+            .order_by(col(AdapterVersion.detected_at).desc(), col(AdapterVersion.version))
         )
         with self._read() as session:
-            return list(session.exec(query).scalars())
+            return list(session.exec(query))
 
     def adapter_version(self, deployment_uid: str, version: str) -> AdapterVersion | None:
         with self._read() as session:
@@ -522,8 +529,8 @@ class DeploymentStore:
             session.add(row)
             return
         actives = session.exec(
-            select(AdapterVersion).where(AdapterVersion.deployment_uid == deployment_uid, AdapterVersion.state == "Active")
-        ).scalars()
+            select(AdapterVersion).where(col(AdapterVersion.deployment_uid) == deployment_uid, col(AdapterVersion.state) == "Active")
+        )
         for active in actives:
             if active.version != change.version:
                 active.state = "Superseded"

@@ -209,11 +209,13 @@ def delete(
     if not wait:
         return
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         response = client.get_deployment(name)
         if response is None:
             out.print(f"deployment/{name} deleted")
             return
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.5)
     status = json_body(response).get("status") or {}
     raise CliError(
@@ -407,7 +409,7 @@ def serve(
     from api.cli.serve import run_service
     from api.settings import ServiceSettings
 
-    overrides = {"host": host, "port": port, "data_dir": data_dir}
+    overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data_dir}
     try:
         settings = ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

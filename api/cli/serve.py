@@ -159,7 +159,7 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     writer = PassWriter(store)
     journal = DatabaseJournal(store, writer)
     reconciler = Reconciler(store, {"local": local, "azure": azure_provider(settings, journal)}, writer=writer, registry=registry)
-    controller: ReconcileLoop = Controller(
+    plain = Controller(
         reconciler,
         resync_seconds=settings.resync_seconds,
         workers=settings.workers,
@@ -167,10 +167,11 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         stop_children=stop_children,
     )
+    controller: ReconcileLoop = plain
     if engine.dialect.name == "postgresql":
         # Replicas may share this database: each serves the API, the lease holder reconciles.
         replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        controller = LeadingController(controller, Lease(engine, replica))
+        controller = LeadingController(plain, Lease(engine, replica))
         log.info("replica %s: reconciles while it holds the leader lease (PostgreSQL)", replica)
     local.on_change = controller.wake  # a serving process died: reconcile it now
     if demo:

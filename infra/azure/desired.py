@@ -195,7 +195,7 @@ def _holds(observed: Any, wanted: Any, named: bool = False) -> bool:
 def adopted_body(resource: DesiredResource, observed: dict[str, Any], read_only: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The PUT body for a resource someone else made: what it has, read-only fields left out,
     with loraplane's fields (only those it holds an adopted one to) set; its tags stay theirs."""
-    body = {k: copy.deepcopy(observed[k]) for k in ("location", "tags", "sku", "kind", "identity") if k in observed}
+    body: dict[str, Any] = {k: copy.deepcopy(observed[k]) for k in ("location", "tags", "sku", "kind", "identity") if k in observed}
     body["properties"] = copy.deepcopy(observed.get("properties") or {})
     for path in read_only:
         node = value_at(body, path[:-1])

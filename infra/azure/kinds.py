@@ -237,7 +237,7 @@ class StorageAccount(Kind):
             kind="StorageV2",
             location=azure.location,
             tags=loraplane_tags(context.target.name),
-            allow_shared_key_access=True,
+            properties=storage.StorageAccountPropertiesCreateParameters(allow_shared_key_access=True),
         ).as_dict()
         paths: tuple[Path, ...] = (("sku", "name"), ("kind",), ("properties", "allowSharedKeyAccess"))
         return DesiredResource(self.name, self.resource_name(azure), self.resource_id(azure), body, paths, adopted_drift_paths=())
@@ -284,7 +284,7 @@ class FileShare(Kind):
 
     def desired(self, context: DesiredContext) -> DesiredResource:
         azure = context.azure
-        body = storage.FileShare(share_quota=1024).as_dict()
+        body = storage.FileShare(file_share_properties=storage.FileShareProperties(share_quota=1024)).as_dict()
         return DesiredResource(self.name, self.resource_name(azure), self.resource_id(azure), body, (), adopted_drift_paths=())
 
     def get(self, clients: AzureClients, azure: AzureSpec) -> Any:
@@ -320,7 +320,9 @@ class Workspace(Kind):
     def desired(self, context: DesiredContext) -> DesiredResource:
         azure = context.azure
         body = logs.Workspace(
-            location=azure.location, tags=loraplane_tags(context.target.name), sku=logs.WorkspaceSku(name="PerGB2018"), retention_in_days=30
+            location=azure.location,
+            tags=loraplane_tags(context.target.name),
+            properties=logs.WorkspaceProperties(sku=logs.WorkspaceSku(name="PerGB2018"), retention_in_days=30),
         ).as_dict()
         return DesiredResource(
             self.name, self.resource_name(azure), self.resource_id(azure), body, (("properties", "sku", "name"),), adopted_drift_paths=()
@@ -381,9 +383,13 @@ class ManagedEnvironment(Kind):
         body = aca.ManagedEnvironment(
             location=azure.location,
             tags=loraplane_tags(context.target.name),
-            app_logs_configuration=aca.AppLogsConfiguration(
-                destination="log-analytics",
-                log_analytics_configuration=aca.LogAnalyticsConfiguration(customer_id=value_at(workspace, ("properties", "customerId"))),
+            properties=aca.ManagedEnvironmentProperties(
+                app_logs_configuration=aca.AppLogsConfiguration(
+                    destination="log-analytics",
+                    log_analytics_configuration=aca.LogAnalyticsConfiguration(
+                        customer_id=value_at(workspace, ("properties", "customerId"))
+                    ),
+                ),
             ),
         ).as_dict()
         body["properties"]["workloadProfiles"] = profiles
@@ -514,18 +520,20 @@ class ContainerApp(Kind):
             location=azure.location,
             tags=loraplane_tags(target.name),
             identity=identity,
-            managed_environment_id=_ids(azure)["environment"],
-            workload_profile_name=context.profile.name,
-            configuration=aca.Configuration(
-                active_revisions_mode="Single",
-                ingress=aca.Ingress(external=True, target_port=SERVING_PORT, transport="auto"),
-                secrets=[aca.Secret(name=ADMIN_TOKEN_SECRET)],  # its value is set at apply time
-                registries=registries,
-            ),
-            template=aca.Template(
-                containers=[serving_container(target, context.wheel)],
-                scale=aca.Scale(min_replicas=target.spec.scale.min_replicas, max_replicas=target.spec.scale.max_replicas),
-                volumes=[aca.Volume(name=SHARE_VOLUME, storage_type="AzureFile", storage_name=azure.environment_storage)],
+            properties=aca.ContainerAppProperties(
+                managed_environment_id=_ids(azure)["environment"],
+                workload_profile_name=context.profile.name,
+                configuration=aca.Configuration(
+                    active_revisions_mode="Single",
+                    ingress=aca.Ingress(external=True, target_port=SERVING_PORT, transport="auto"),
+                    secrets=[aca.Secret(name=ADMIN_TOKEN_SECRET)],  # its value is set at apply time
+                    registries=registries,
+                ),
+                template=aca.Template(
+                    containers=[serving_container(target, context.wheel)],
+                    scale=aca.Scale(min_replicas=target.spec.scale.min_replicas, max_replicas=target.spec.scale.max_replicas),
+                    volumes=[aca.Volume(name=SHARE_VOLUME, storage_type="AzureFile", storage_name=azure.environment_storage)],
+                ),
             ),
         )
         paths: tuple[Path, ...] = (

@@ -594,7 +594,7 @@ class AzureProvider:
             listed = list(clients.resources.resources.list_by_resource_group(azure.resource_group))
         except AzureError as exc:
             raise classify_azure_error(exc, doing="listing the resource group") from exc
-        return [item.id for item in listed if (item.id or "").lower() not in mine]
+        return [item.id for item in listed if item.id and item.id.lower() not in mine]
 
     def _delete_one(self, clients: AzureClients, target: Target, kind: Kind) -> None:
         azure = _azure(target)

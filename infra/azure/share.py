@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.fileshare import ShareClient
@@ -29,7 +30,7 @@ class ShareFiles:
         ca_bundle: Path | None = None,
         on_auth_failure: Callable[[], None] | None = None,
     ) -> None:
-        options = {"connection_verify": str(ca_bundle)} if ca_bundle else {}
+        options: dict[str, Any] = {"connection_verify": str(ca_bundle)} if ca_bundle else {}
         self.client = ShareClient(account_url=account_url, share_name=share, credential=account_key, **options)
         self.on_auth_failure = on_auth_failure
 

@@ -142,6 +142,7 @@ class LocalProvider:
         process, found_record = found
         self._watch(target.name, process)
         port = found_record.port if found_record else port_of(process)
+        config_hash: str | None
         if found_record is not None:
             config_hash = found_record.config_hash
         else:

@@ -105,6 +105,10 @@ def test_owner_and_audit_record_who_changed_what(secured, store):
     ]
     assert client.get("/v1/audit", params={"action": "create", "since": "2000-01-01T00:00:00"}, headers=viewer).json()["items"]
     assert client.get("/v1/audit", params={"since": "not a time"}, headers=viewer).status_code == 422
+    for field in ("actor", "resource", "action"):  # PostgreSQL's text cannot hold a NUL: a 422 on either backend
+        refused = client.get("/v1/audit", params={field: "deployer\x00user"}, headers=viewer)
+        assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+        assert field in refused.text
 
 
 def test_a_token_is_shown_once_stored_as_a_hash_and_revoked_at_once(secured, store):
