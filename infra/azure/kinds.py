@@ -158,7 +158,7 @@ class Kind(ABC):
         properties = observed.get("properties") or {}
         return str(properties.get("provisioningState") or "Succeeded")
 
-    def check(self, observed: dict[str, Any], *, adopted: bool) -> tuple[str, str] | None:
+    def check(self, context: DesiredContext, observed: dict[str, Any], *, adopted: bool) -> tuple[str, str] | None:
         """What about the resource as it is makes the deployment impossible: (reason, message
         for a person)."""
         return None
@@ -259,7 +259,7 @@ class StorageAccount(Kind):
             azure.resource_group, self.resource_name(azure), body, continuation_token=token
         )
 
-    def check(self, observed: dict[str, Any], *, adopted: bool) -> tuple[str, str] | None:
+    def check(self, context: DesiredContext, observed: dict[str, Any], *, adopted: bool) -> tuple[str, str] | None:
         if adopted and value_at(observed, ("properties", "allowSharedKeyAccess")) is False:
             return "SharedKeyAccessDisabled", (
                 f"the storage account {observed.get('name')} has shared key access turned off (allowSharedKeyAccess: false): "
@@ -402,6 +402,10 @@ class ManagedEnvironment(Kind):
         return DesiredResource(
             self.name, self.resource_name(azure), self.resource_id(azure), body, paths, adopted_drift_paths=(profiles_path,)
         )
+
+    def check(self, context: DesiredContext, observed: dict[str, Any], *, adopted: bool) -> tuple[str, str] | None:
+        problem = context.profile.problem  # e.g. a dedicated GPU profile it could only have had at creation
+        return ("WorkloadProfileUnavailable", problem) if problem is not None else None
 
     def get(self, clients: AzureClients, azure: AzureSpec) -> Any:
         return clients.apps.managed_environments.get(azure.resource_group, self.resource_name(azure))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.azure.desired import DIST_FOLDER, WHEEL_PREFIX, DesiredResource, drifted_fields, value_at, wheels_named
-from infra.azure.kinds import KINDS, ContainerApp, DesiredContext, Failure, ManagedEnvironment
+from infra.azure.kinds import KINDS, ContainerApp, DesiredContext, Failure
 from infra.errors import PermanentError, ProviderError, TemporaryError
 from infra.provider import Action, Target
 
@@ -80,11 +80,9 @@ def changes(target: Target, facts: AzureFacts) -> Plan:
             found.append(Change("update", kind.name, desired.name, f"its provisioning {state.lower()}; trying again", desired))
             continue
         adopted = kind.name in facts.adopted
-        problem = kind.check(current, adopted=adopted)
+        problem = kind.check(context, current, adopted=adopted)
         if problem is not None:
             return Plan(tuple(found), tuple(waiting), PermanentError(problem[1], reason=problem[0]))
-        if kind.name == ManagedEnvironment.name and context.profile.problem is not None:
-            return Plan(tuple(found), tuple(waiting), PermanentError(context.profile.problem, reason="WorkloadProfileUnavailable"))
         drift = drifted_fields(desired, current, adopted=adopted)
         if drift:
             found.append(Change("update", kind.name, desired.name, "drifted: " + ", ".join(drift), desired))

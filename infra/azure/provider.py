@@ -505,7 +505,7 @@ class AzureProvider:
         cache_key = f"{azure.subscription_id}/{azure.resource_group}/{azure.storage_account}".lower()
         with self._lock:
             cached = self._share_access.get(cache_key)
-        if cached is None or time.monotonic() - cached[2] > SHARE_KEY_SECONDS:
+        if cached is None or self.monotonic() - cached[2] > SHARE_KEY_SECONDS:
             clients = self.clients(azure.subscription_id)
             try:
                 account = clients.storage.storage_accounts.get_properties(azure.resource_group, azure.storage_account or "").as_dict()
@@ -515,7 +515,7 @@ class AzureProvider:
             url = value_at(account, ("properties", "primaryEndpoints", "file"))
             if not url:
                 raise TemporaryError(f"the storage account {azure.storage_account} has no file endpoint yet", reason="DependencyNotReady")
-            cached = (url.rstrip("/"), key, time.monotonic())
+            cached = (url.rstrip("/"), key, self.monotonic())
             with self._lock:
                 self._share_access[cache_key] = cached
         return ShareFiles(
