@@ -6,6 +6,7 @@ import json
 import queue
 import signal
 import subprocess
+import sys
 import threading
 from typing import IO
 
@@ -121,10 +122,22 @@ def next_line(lines: queue.Queue[str], process: subprocess.Popen) -> list[str]:
         raise AssertionError(f"loraplane get -w printed nothing for 30s: {process.communicate()[1]}") from None
 
 
+# Ctrl-C reaches a shell's foreground job with SIGINT's default action. A test run started in
+# the background (as CI may start it) hands its children SIGINT ignored, which an exec keeps:
+# the CLI is started through an exec that restores the default first.
+AS_A_FOREGROUND_JOB = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
+)
+
+
 def test_get_w_prints_a_line_per_change_until_interrupted(store, api):
     store.create(InferenceDeploymentCreate.model_validate(local_manifest("support-bot")))
     env = {"LORAPLANE_URL": api.url, "LORAPLANE_CONFIG": "/nonexistent/config.yaml", "PATH": "/usr/bin:/bin"}
-    process = subprocess.Popen([bin_path("loraplane"), "get", "-w"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [*AS_A_FOREGROUND_JOB, bin_path("loraplane"), "get", "-w"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     assert process.stdout is not None
     lines = lines_of(process.stdout)
     assert next_line(lines, process)[:3] == ["NAME", "TARGET", "PHASE"]
