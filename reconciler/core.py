@@ -24,7 +24,7 @@ from reconciler.rollout import AdapterRollout, RolloutMetrics, restart_version
 from reconciler.writer import PassWriter, ReadStore
 from state.errors import Fenced, NotFound
 from state.models import AdapterVersion, InferenceDeployment, NewEvent, utcnow
-from state.resource import DeploymentSpec, DeploymentStatus
+from state.resource import AS_STORED, DeploymentSpec, DeploymentStatus
 from state.store import DeploymentStore, VersionChange
 
 log = logging.getLogger("loraplane.reconciler")
@@ -44,8 +44,12 @@ class Outcome:
 def target_of(row: InferenceDeployment, versions: Sequence[AdapterVersion] = ()) -> Target:
     """The deployment as a provider sees it. Under the restart strategy the adapter version the
     app must run with is an explicit input, from the version rows (the one being rolled out,
-    else the one serving); under hotReload the pointer on the share decides, and it is None."""
-    spec = DeploymentSpec.model_validate(row.spec)
+    else the one serving); under hotReload the pointer on the share decides, and it is None.
+
+    A deployment being deleted is read as stored, without Azure's rules (``AS_STORED``): one
+    stored before a rule was tightened can still be torn down, since it can no longer change."""
+    context = AS_STORED if row.deletion_timestamp is not None else None
+    spec = DeploymentSpec.model_validate(row.spec, context=context)
     version = restart_version(versions) if spec.adapter.strategy == "restart" else None
     return Target(name=row.name, uid=row.uid, generation=row.generation, spec=spec, adapter_version=version)
 

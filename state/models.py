@@ -20,6 +20,7 @@ from sqlmodel import Field, SQLModel
 
 from state.resource import (
     API_VERSION,
+    AS_STORED,
     KIND,
     CamelModel,
     DeploymentSpec,
@@ -100,21 +101,27 @@ class InferenceDeployment(SQLModel, table=True):
     finalizers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
     def to_public(self) -> InferenceDeploymentPublic:
-        return InferenceDeploymentPublic(
-            metadata=ObjectMeta(
-                name=self.name,
-                labels=dict(self.labels),
-                uid=self.uid,
-                generation=self.generation,
-                resource_version=str(self.resource_version),
-                created_at=self.created_at,
-                updated_at=self.updated_at,
-                owner=self.owner,
-                deletion_timestamp=self.deletion_timestamp,
-                finalizers=list(self.finalizers),
-            ),
-            spec=DeploymentSpec.model_validate(self.spec),
-            status=DeploymentStatus.model_validate(self.status),
+        # Validated once, as a whole, with the spec read as stored (AS_STORED): a deployment a
+        # tightened rule would now refuse is still shown. (A model instance handed to another
+        # model's constructor runs its validators again, without the context.)
+        return InferenceDeploymentPublic.model_validate(
+            {
+                "metadata": ObjectMeta(
+                    name=self.name,
+                    labels=dict(self.labels),
+                    uid=self.uid,
+                    generation=self.generation,
+                    resource_version=str(self.resource_version),
+                    created_at=self.created_at,
+                    updated_at=self.updated_at,
+                    owner=self.owner,
+                    deletion_timestamp=self.deletion_timestamp,
+                    finalizers=list(self.finalizers),
+                ),
+                "spec": self.spec,
+                "status": self.status,
+            },
+            context=AS_STORED,
         )
 
 

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -259,6 +260,16 @@ def field_errors(*problems: tuple[tuple[str | int, ...], str, Any]) -> Validatio
     )
 
 
+# Validation context for a spec read back as it was stored (to show it, or to tear its
+# deployment down): Azure's rules, which a newer loraplane may have tightened since, are for
+# what is applied, so a deployment they would now refuse can still be read and deleted.
+AS_STORED = {"azure_rules": False}
+
+
+def azure_rules_apply(info: ValidationInfo) -> bool:
+    return bool((info.context or {}).get("azure_rules", True))
+
+
 class WorkloadProfileSpec(CamelModel):
     """The workload profile the app runs on. ``type`` decides; ``name`` is optional: loraplane
     reuses a profile of that type already in the environment under whatever name it has, and
@@ -268,8 +279,10 @@ class WorkloadProfileSpec(CamelModel):
     type: WorkloadProfileType = DEFAULT_WORKLOAD_PROFILE_TYPE
 
     @model_validator(mode="after")
-    def _known_type_and_fitting_name(self) -> WorkloadProfileSpec:
+    def _known_type_and_fitting_name(self, info: ValidationInfo) -> WorkloadProfileSpec:
         kind = azure_limits.profile_type(self.type)
+        if kind is None and not azure_rules_apply(info):
+            return self
         if kind is None:
             raise field_errors(
                 (
@@ -349,7 +362,9 @@ class AzureSpec(CamelModel):
     policy: Literal["manage", "observe", "detachOnDelete"] = "manage"
 
     @model_validator(mode="after")
-    def _fits_azure(self) -> AzureSpec:
+    def _fits_azure(self, info: ValidationInfo) -> AzureSpec:
+        if not azure_rules_apply(info):
+            return self
         kind = azure_limits.profile_type(self.workload_profile.type)
         assert kind is not None  # WorkloadProfileSpec checked it
         problems: list[tuple[tuple[str | int, ...], str, Any]] = []
@@ -397,7 +412,7 @@ class DeploymentSpec(CamelModel):
     azure: AzureSpec | None = None
 
     @model_validator(mode="after")
-    def _target_section_present(self) -> DeploymentSpec:
+    def _target_section_present(self, info: ValidationInfo) -> DeploymentSpec:
         if self.target == "local" and self.local is None:
             raise ValueError(
                 "spec.local is required when target is 'local': give spec.local.shareRoot, "
@@ -405,7 +420,7 @@ class DeploymentSpec(CamelModel):
             )
         if self.target == "azure" and self.azure is None:
             raise ValueError("spec.azure is required when target is 'azure': give at least subscriptionId, resourceGroup and location")
-        if self.target == "azure":
+        if self.target == "azure" and azure_rules_apply(info):
             limit = azure_limits.MAX_REPLICAS_LIMIT
             problems: list[tuple[tuple[str | int, ...], str, Any]] = []
             if not 1 <= self.scale.max_replicas <= limit:

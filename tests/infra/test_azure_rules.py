@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import httpx
+from sqlalchemy import text
 
 from api.cli.toolkit import import_toolkit
 from azuresim.server import AzureSimulator
@@ -72,6 +73,34 @@ def test_an_unknown_refusal_becomes_permanent_when_the_same_body_is_refused_agai
     sent = writes(sim)
     assert reconciler.reconcile(NAME).result == "permanent"
     assert writes(sim) == sent  # nothing sent again until the spec changes
+
+
+def test_a_deployment_stored_before_a_rule_tightened_is_said_and_can_still_be_deleted(store, sim, provider):
+    create(store, sim)
+    reconciler = reconciler_for(store, provider)
+    drive(reconciler, ready(store))
+    # As an older loraplane stored it, before maxReplicas 0 was refused on the azure target.
+    stored = store.get(NAME).spec
+    with store.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE inference_deployment SET spec = :spec WHERE name = :name"),
+            {"spec": json.dumps(stored | {"scale": {"minReplicas": 0, "maxReplicas": 0}}), "name": NAME},
+        )
+    sent = writes(sim)
+    assert reconciler.reconcile(NAME).result == "permanent"
+    degraded = condition(store, "Degraded")
+    assert (
+        degraded.reason == "InvalidSpec"
+        and "spec.scale.maxReplicas" in degraded.message
+        and "apply a corrected manifest" in degraded.message
+    )
+    assert writes(sim) == sent  # nothing sent on a spec Azure would refuse
+    assert store.get(NAME).to_public().spec.scale.max_replicas == 0  # the API still shows it, as stored
+
+    # It can no longer change, but it can go: the teardown reads it as stored.
+    store.request_deletion(NAME)
+    drive(reconciler, lambda: NAME not in store.names())
+    assert writes(sim)["DELETE"]
 
 
 def test_accounts_loraplane_creates_keep_shared_keys_and_an_adopted_one_without_them_is_said(store, sim, provider):
