@@ -34,7 +34,16 @@ from azure.core.polling import LROPoller
 
 from infra.azure.clients import PUBLIC_CLOUD, AzureClients, AzureConfig
 from infra.azure.credentials import make_credential
-from infra.azure.desired import ADMIN_TOKEN_SECRET, DIST_FOLDER, DesiredResource, adopted_body, owned_by_tags, value_at, wheels_named
+from infra.azure.desired import (
+    ADMIN_TOKEN_SECRET,
+    DIST_FOLDER,
+    WHEEL_PREFIX,
+    DesiredResource,
+    adopted_body,
+    owned_by_tags,
+    value_at,
+    wheels_named,
+)
 from infra.azure.errors import Refusals, classify_azure_error
 from infra.azure.inventory import Inventory
 from infra.azure.kinds import BY_NAME, KINDS, ContainerApp, Failure, Kind, ResourceGroup
@@ -128,8 +137,9 @@ class AzureProvider:
         self._pollers: dict[tuple[str, str], LROPoller] = {}
         self._share_access: dict[str, tuple[str, str, float]] = {}  # account -> (url, key, fetched)
         self._restarted: dict[tuple[str, str], float] = {}  # (uid, revision) -> when restarted
-        # uid -> (the wheel, the wheels the group's apps install) when the dist folder held no other
-        self._wheels_tidy: dict[str, tuple[str, frozenset[str]]] = {}
+        # uid -> (the app's wheel, the other wheels the dist folder held, all installed by other
+        # apps of the group) when it was last listed with nothing to delete
+        self._wheels_seen: dict[str, tuple[str, frozenset[str]]] = {}
         self._lock = threading.Lock()
         self.refusals = Refusals()
         # The serving app's endpoint is checked against the same CA as ARM (never unverified).
@@ -230,7 +240,7 @@ class AzureProvider:
         app = observed[ContainerApp.name]
         failure = self._health(clients, azure, observed, busy)
         wheel = self._wheel_name(target)
-        in_use = self._wheels_in_use(azure) if wheel is not None else frozenset()
+        dist, in_use = self._dist(target, azure, app, wheel)
         facts = AzureFacts(
             observed=observed,
             busy=busy,
@@ -238,7 +248,7 @@ class AzureProvider:
             wheel=wheel,
             failure=failure,
             restart_allowed=self._may_restart(target, failure),
-            dist=self._dist(target, app, wheel, in_use),
+            dist=dist,
             wheels_in_use=in_use,
         )
         plan = changes(target, facts)
@@ -284,28 +294,42 @@ class AzureProvider:
             last = self._restarted.get((target.uid, failure.revision))
         return last is None or self.monotonic() - last >= self.config.revision_restart_seconds
 
-    def _dist(self, target: Target, app: dict[str, Any] | None, wheel: str | None, in_use: frozenset[str]) -> tuple[str, ...] | None:
-        """The wheels on the share, listed when the app's newest revision is ready and installs
-        ``wheel``, unless the folder was seen tidy since (for this wheel, with these wheels in
-        use by the group's apps): a steady state lists nothing."""
+    def _dist(
+        self, target: Target, azure: AzureSpec, app: dict[str, Any] | None, wheel: str | None
+    ) -> tuple[tuple[str, ...] | None, frozenset[str]]:
+        """The wheels on the share and those the group's apps install, looked at when the app's
+        newest revision is ready and installs ``wheel``, and only while there may be one to
+        delete: not again once the folder held nothing else, nor while what else it held is
+        still installed. A steady state lists nothing and scans no app."""
         if wheel is None or app is None:
-            return None
+            return None, frozenset()
         properties = app.get("properties") or {}
         if properties.get("latestRevisionName") != properties.get("latestReadyRevisionName"):
-            return None
+            return None, frozenset()
         if wheels_named(properties.get("template")) != {wheel}:
-            return None
+            return None, frozenset()
         with self._lock:
-            if self._wheels_tidy.get(target.uid) == (wheel, in_use):
-                return None
+            seen = self._wheels_seen.get(target.uid)
+        in_use: frozenset[str] | None = None
+        if seen is not None and seen[0] == wheel:
+            if not seen[1]:
+                return None, frozenset()
+            in_use = self._wheels_in_use(azure)
+            if seen[1] <= in_use:
+                return None, in_use
         with self.share(target) as share:
             names = tuple(share.names(DIST_FOLDER) or ())
-        if all(name == wheel or name in in_use for name in names if name.endswith(".whl")):
+        others = frozenset(name for name in names if name.startswith(WHEEL_PREFIX) and name.endswith(".whl") and name != wheel)
+        if others and in_use is None:
+            in_use = self._wheels_in_use(azure)
+        in_use = in_use or frozenset()
+        if others <= in_use:
             with self._lock:
-                self._wheels_tidy[target.uid] = (wheel, in_use)
-        return names
+                self._wheels_seen[target.uid] = (wheel, others)
+        return names, in_use
 
     def _wheels_in_use(self, azure: AzureSpec) -> frozenset[str]:
+        """The serving wheels the group's container apps install, from their last list."""
         prefix = f"{ResourceGroup().resource_id(azure)}/providers/{ContainerApp.arm_type}/".lower()
         found: set[str] = set()
         for app in self.inventory.known(prefix):
@@ -584,7 +608,7 @@ class AzureProvider:
 
     def _forget(self, uid: str) -> None:
         with self._lock:
-            self._wheels_tidy.pop(uid, None)
+            self._wheels_seen.pop(uid, None)
             for key in [k for k in self._restarted if k[0] == uid]:
                 del self._restarted[key]
 
