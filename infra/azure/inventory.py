@@ -108,6 +108,9 @@ class Inventory:
                         for item_key, item in found.items():
                             if item_key not in self._stale:
                                 self._read[item_key] = (listed, item)
+                        # What the scope held before and the list no longer holds is gone.
+                        for item_key in [k for k in self._read if _directly_in(k, scope) and k not in found and k not in self._stale]:
+                            self._read[item_key] = (listed, None)
                 with self._lock:
                     # Listed within max_age, and not read since: it was not in the list.
                     if key not in self._stale and (key not in self._read or self._read[key][0] < listed):
@@ -116,3 +119,8 @@ class Inventory:
             if known:
                 return resource
         return self._read_alone(key, read)
+
+
+def _directly_in(key: str, scope: str) -> bool:
+    """Whether the resource id ``key`` is a resource of the list ``scope`` (not of a child)."""
+    return key.startswith(scope) and key[len(scope) : len(scope) + 1] == "/" and "/" not in key[len(scope) + 1 :]

@@ -210,7 +210,7 @@ class AzureProvider:
             except AzureError as exc:
                 raise classify_azure_error(exc, doing=f"listing the {kind.arm_type} of {azure.resource_group}") from exc
 
-        scope = f"{ResourceGroup().resource_id(azure)}/{kind.arm_type}"
+        scope = f"{ResourceGroup().resource_id(azure)}/providers/{kind.arm_type}"  # the list's url: ids in it start so
         return self.inventory.get_listed(resource_id, scope, read, every_one_in_the_group)
 
     # ---------------------------------------------------------------------------- observe

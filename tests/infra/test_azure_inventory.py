@@ -18,7 +18,7 @@ from tests.fakes import FakeClock
 from tests.infra.azure_world import calls, make_provider, reset_calls
 
 APP = "/subscriptions/s/resourceGroups/g/providers/Microsoft.App/containerApps/{}"
-SCOPE = "/subscriptions/s/resourceGroups/g/containerApps"
+SCOPE = "/subscriptions/s/resourceGroups/g/providers/Microsoft.App/containerApps"  # the list's URL
 
 
 class Azure:
@@ -39,6 +39,20 @@ class Azure:
     def read_all(self):
         self.lists += 1
         return [dict(app) for app in self.apps.values()]
+
+
+def test_an_app_gone_from_the_next_list_is_known_no_more():
+    clock, azure = FakeClock(), Azure(["a", "b"])
+    inventory = Inventory(max_age=10, clock=clock)
+    inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all)
+    prefix = SCOPE.lower() + "/"
+    assert sorted(app["name"] for app in inventory.known(prefix)) == ["a", "b"]
+    del azure.apps[APP.format("b")]  # deleted in Azure by someone else
+    clock.advance(11)
+    inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all)
+    assert [app["name"] for app in inventory.known(prefix)] == ["a"]
+    assert inventory.get_listed(APP.format("b"), SCOPE, azure.read("b"), azure.read_all) is None
+    assert azure.gets == 0  # the list said so
 
 
 def test_one_list_serves_every_app_in_the_group_until_it_is_too_old():

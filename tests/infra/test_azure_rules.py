@@ -286,6 +286,11 @@ def test_superseded_wheels_go_once_the_new_revision_runs_unless_an_app_still_ins
     reset_calls(sim)
     assert reconciler.reconcile(NAME).result == "converged"
     assert writes(sim) == {}  # tidy: nothing more to remove
+    assert (dist / kept).exists()
+    # The last app that installs it goes: so does the wheel.
+    apps.container_apps.begin_delete(RG, "legacy").result()
+    drive(reconciler, lambda: not (dist / kept).exists())
+    assert sorted(p.name for p in dist.iterdir()) == [provider.wheel().filename]
 
 
 def test_a_private_image_is_pulled_with_the_apps_identity_once_acr_pull_is_granted(store, tmp_path: Path):
