@@ -105,6 +105,12 @@ def _retry_after(error: HttpResponseError) -> float | None:
         return None
 
 
+def arm_code(error: Exception) -> str:
+    """The ARM error code of an SDK exception ("" when it carries none)."""
+    details = getattr(error, "error", None) if isinstance(error, HttpResponseError) else None
+    return (details.code if details is not None else None) or ""
+
+
 def classify_azure_error(error: Exception, *, doing: str) -> ProviderError:
     """The provider's error for an SDK exception; raise it ``from`` the original."""
     if isinstance(error, ClientAuthenticationError):
@@ -113,7 +119,7 @@ def classify_azure_error(error: Exception, *, doing: str) -> ProviderError:
         return TemporaryError(f"{doing}: could not reach Azure: {error}", reason="AzureUnreachable")
     if not isinstance(error, HttpResponseError):
         return TemporaryError(f"{doing}: {type(error).__name__}: {error}", reason="AzureError")
-    code = (error.error.code if error.error is not None else None) or ""
+    code = arm_code(error)
     message = (error.error.message if error.error is not None else None) or error.message or str(error)
     said = f"{doing}: Azure said {code or error.status_code}: {message}"
     rule = ARM_ERRORS.get(code) or next((r for prefix, r in ARM_ERROR_FAMILIES.items() if code.startswith(prefix)), None)
@@ -141,11 +147,12 @@ class Refusals:
         self._limit = limit
         self._lock = threading.Lock()
 
-    def judge(self, error: ProviderError, *, resource_id: str, body: Any) -> ProviderError:
+    def judge(self, error: ProviderError, *, cause: Exception, resource_id: str, body: Any) -> ProviderError:
+        """``error`` as ``classify_azure_error`` made it from ``cause``, the SDK's exception."""
         if not isinstance(error, TemporaryError) or error.reason != UNKNOWN_REFUSAL:
             return error
         key = (resource_id.lower(), _digest(body))
-        code = error.message.split("Azure said ", 1)[-1].split(":", 1)[0]
+        code = arm_code(cause) or str(getattr(cause, "status_code", ""))
         with self._lock:
             again = self._seen.get(key) == code
             if len(self._seen) >= self._limit:

@@ -176,6 +176,16 @@ class Failure:
     image_pull: bool = False  # the revision could not pull its image (AcrPull not granted yet?)
 
 
+def _resume_app_operation(operations: Any, group: str, name: str, operation: str, body: dict[str, Any], token: str) -> LROPoller:
+    """The poller of a Microsoft.App create (PUT), update (PATCH) or delete, from its token:
+    environments and apps offer the same three long-running operations."""
+    if operation == "delete":
+        return operations.begin_delete(group, name, continuation_token=token)
+    if operation == "update":
+        return operations.begin_update(group, name, body, continuation_token=token)
+    return operations.begin_create_or_update(group, name, body, continuation_token=token)
+
+
 # ------------------------------------------------------------------------------- the kinds
 
 
@@ -424,12 +434,9 @@ class ManagedEnvironment(Kind):
         return clients.apps.managed_environments.begin_delete(azure.resource_group, self.resource_name(azure))
 
     def resume(self, clients, azure, operation, body, token) -> LROPoller:
-        name, operations = self.resource_name(azure), clients.apps.managed_environments
-        if operation == "delete":
-            return operations.begin_delete(azure.resource_group, name, continuation_token=token)
-        if operation == "update":
-            return operations.begin_update(azure.resource_group, name, body, continuation_token=token)
-        return operations.begin_create_or_update(azure.resource_group, name, body, continuation_token=token)
+        return _resume_app_operation(
+            clients.apps.managed_environments, azure.resource_group, self.resource_name(azure), operation, body, token
+        )
 
 
 class EnvironmentStorage(Kind):
@@ -575,12 +582,7 @@ class ContainerApp(Kind):
         return clients.apps.container_apps.begin_delete(azure.resource_group, self.resource_name(azure))
 
     def resume(self, clients, azure, operation, body, token) -> LROPoller:
-        name, operations = self.resource_name(azure), clients.apps.container_apps
-        if operation == "delete":
-            return operations.begin_delete(azure.resource_group, name, continuation_token=token)
-        if operation == "update":
-            return operations.begin_update(azure.resource_group, name, body, continuation_token=token)
-        return operations.begin_create_or_update(azure.resource_group, name, body, continuation_token=token)
+        return _resume_app_operation(clients.apps.container_apps, azure.resource_group, self.resource_name(azure), operation, body, token)
 
     def health(self, clients: AzureClients, azure: AzureSpec, observed: dict[str, Any]) -> Failure | None:
         """A revision that cannot start: Container Apps shows ``runningState: Failed`` (or

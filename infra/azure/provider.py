@@ -471,7 +471,7 @@ class AzureProvider:
                 self._write(clients, target, BY_NAME[action.kind], resource, action.verb)
             except AzureError as exc:
                 error = classify_azure_error(exc, doing=f"{action.verb} {action.kind} {action.name}")
-                raise self.refusals.judge(error, resource_id=resource.id, body=resource.body) from exc
+                raise self.refusals.judge(error, cause=exc, resource_id=resource.id, body=resource.body) from exc
 
     def _restart_revision(self, clients: AzureClients, target: Target, revision: str) -> None:
         azure = _azure(target)
