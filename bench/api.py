@@ -33,10 +33,15 @@ POSTGRES_ADMIN = os.environ.get("LORAPLANE_BENCH_POSTGRES_URL", "postgresql+psyc
 GOALS_MS = {"get": 10.0, "list": 10.0, "post": 25.0, "patch": 25.0}
 
 
+# Allowed (LORAPLANE_LOCAL_SHARE_ROOTS) and absent: the deployments are stored, tried and
+# refused (ShareRootNotFound) without any serving process, which is not what is measured.
+BENCH_SHARE_ROOT = "/nonexistent/bench-share"
+
+
 def manifest(name: str) -> dict:
     return {
         "metadata": {"name": name, "labels": {"bench": "api"}},
-        "spec": {"target": "local", "local": {"shareRoot": "/nonexistent/bench-share"}},
+        "spec": {"target": "local", "local": {"shareRoot": BENCH_SHARE_ROOT}},
     }
 
 
@@ -98,7 +103,11 @@ def wait_until_reconciled(client: httpx.Client, count: int) -> None:
 
 def bench_backend(label: str, database_url: str | None, seconds: float, rate: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
-        process, url, headers = start_service(Path(folder) / "data", database_url, extra_env={"LORAPLANE_RESYNC_SECONDS": "30"})
+        process, url, headers = start_service(
+            Path(folder) / "data",
+            database_url,
+            extra_env={"LORAPLANE_RESYNC_SECONDS": "30", "LORAPLANE_LOCAL_SHARE_ROOTS": BENCH_SHARE_ROOT},
+        )
         try:
             with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
                 for index in range(100):

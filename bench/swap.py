@@ -185,6 +185,7 @@ def main() -> None:
             Path(folder) / "data",
             extra_env={
                 "LORAPLANE_SERVING_COMMAND": json.dumps(["env", "LORAPLANE_UI=false", *serving]),
+                "LORAPLANE_LOCAL_SHARE_ROOTS": str(share),
             },
         )
         try:

@@ -37,14 +37,22 @@ class Target:
     adapter_version: str | None = None
 
 
-def pointer_path(deployment: str) -> str:
+def deployment_folder(deployment: str, uid: str) -> str:
+    """The deployment's own folder on the share (its pointer and staged versions), relative to
+    the share root. Keyed by uid as well as name: a deployment deleted and created again under
+    the same name never finds the pointer or the versions of the one before (a pointer left
+    behind would have the new one serve the old adapter)."""
+    return f".loraplane/{deployment}/{uid[:8] or 'new'}"
+
+
+def pointer_path(deployment: str, uid: str) -> str:
     """The pointer file every replica follows, relative to the share root."""
-    return f".loraplane/{deployment}/current.json"
+    return f"{deployment_folder(deployment, uid)}/current.json"
 
 
-def staged_path(deployment: str, version: str) -> str:
+def staged_path(deployment: str, uid: str, version: str) -> str:
     """Where a version is staged: an immutable copy, relative to the share root."""
-    return f".loraplane/{deployment}/adapters/{version}"
+    return f"{deployment_folder(deployment, uid)}/adapters/{version}"
 
 
 @dataclass(frozen=True)
@@ -107,10 +115,23 @@ class AdapterShare(Protocol):
         """Replace a file atomically: a reader sees the old content or the new, never a part."""
         ...
 
+    def remove_tree(self, folder: str) -> None:
+        """Remove a folder and everything in it; one that is already gone is fine."""
+        ...
+
     def close(self) -> None: ...
 
 
+Refusal = tuple[str, str]  # (the field as the user wrote it, e.g. "spec.local.shareRoot"; why)
+
+
 class Provider(Protocol[P]):
+    def admit(self, spec: DeploymentSpec) -> list[Refusal]:
+        """What this target refuses in a spec that its schema accepts: the operator's policy
+        (the local target's allowed share roots). Asked before a spec is stored or planned and
+        at every pass, so a spec the policy no longer allows stops being acted on."""
+        ...
+
     def observe(self, target: Target) -> Observation[P]: ...
 
     def plan(self, target: Target, observation: Observation[P]) -> list[Action]:

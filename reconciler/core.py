@@ -16,8 +16,8 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from infra.errors import PermanentError
-from infra.provider import Action, Observation, Target, TargetProvider
+from infra.errors import PermanentError, ProviderError
+from infra.provider import Action, Observation, Refusal, Target, TargetProvider
 from reconciler import status as statuses
 from reconciler.errors import Classified, classify
 from reconciler.rollout import AdapterRollout, RolloutMetrics, restart_version
@@ -90,6 +90,12 @@ class Reconciler:
             )
         return provider
 
+    def admit(self, spec: DeploymentSpec) -> list[Refusal]:
+        """What the spec's target refuses beyond the schema (the operator's policy); the API
+        asks before it stores or plans a spec, and every pass asks again."""
+        provider = self.providers.get(spec.target)
+        return provider.admit(spec) if provider is not None else []
+
     # -------------------------------------------------------------------------- reconcile
 
     def reconcile(self, name: str) -> Outcome:
@@ -107,13 +113,15 @@ class Reconciler:
         except ValidationError as exc:
             # Stored by an older loraplane whose rules were looser: say so, and what to fix.
             problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            error = Classified(True, "InvalidSpec", f"the stored spec no longer validates ({problems}); apply a corrected manifest")
-            self._commit(
-                row, statuses.failed(previous, row.generation, None, error, self.clock()), events=[("Warning", error.reason, error.message)]
-            )
-            return Outcome("permanent")
+            return self._invalid(row, previous, f"the stored spec no longer validates ({problems}); apply a corrected manifest")
         if row.deletion_timestamp is not None:
             return self._finalize(row, target, previous)
+        refused = self.admit(target.spec)
+        if refused:
+            # Allowed when it was stored, not now (the operator narrowed the policy, or a link
+            # now leads elsewhere): nothing is done on its behalf until it is corrected.
+            problems = "; ".join(f"{field}: {why}" for field, why in refused)
+            return self._invalid(row, previous, f"the stored spec is not allowed here any more ({problems}); apply a corrected manifest")
 
         observation: Observation | None = None
         applying = False
@@ -172,10 +180,38 @@ class Reconciler:
                 statuses.with_rollout(status, stuck, self.clock())
                 self._commit(row, status, events=stuck.events, versions=stuck.versions)
             return Outcome("converged", self.poll_seconds)
-        report = self.rollout.step(row, target, provider, observation, previous, versions)
+        try:
+            report = self.rollout.step(row, target, provider, observation, previous, versions)
+        except Fenced:
+            raise
+        except Exception as exc:
+            # The rollout cannot go on; what serves is still what the app says it serves, not
+            # what the last status said.
+            error = classify(exc)
+            log.warning("rolling out the adapter of %s: %s: %s", row.name, error.reason, error.message)
+            status = statuses.failed(previous, row.generation, observation, error, self.clock())
+            status.adapter.serving_version = self._reported_version(provider, target, observation, status.adapter.serving_version)
+            self._commit(row, status, events=self._failure_events(previous, status, error))
+            return Outcome("permanent") if error.permanent else Outcome("temporary", error.delay)
         statuses.with_rollout(status, report, self.clock())
         self._commit(row, status, events=report.events, versions=report.versions)
         return Outcome("converged", report.requeue_after)
+
+    @staticmethod
+    def _reported_version(provider: TargetProvider[Any], target: Target, observation: Observation, fallback: str | None) -> str | None:
+        if observation.endpoint is None:
+            return fallback
+        try:
+            reported = provider.adapter_status(target, observation.endpoint).get("version")
+        except ProviderError:
+            return fallback
+        return str(reported) if reported else None
+
+    def _invalid(self, row: InferenceDeployment, previous: DeploymentStatus, message: str) -> Outcome:
+        error = Classified(True, "InvalidSpec", message)
+        status = statuses.failed(previous, row.generation, None, error, self.clock())
+        self._commit(row, status, events=self._failure_events(previous, status, error))
+        return Outcome("permanent")
 
     def _finalize(self, row: InferenceDeployment, target: Target, previous: DeploymentStatus) -> Outcome:
         """The finalizer: tear down what loraplane created, then let the row go."""

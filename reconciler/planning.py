@@ -41,6 +41,12 @@ class Plan(_Wire):
 
 def dry_run(reconciler: Reconciler, target: Target, *, deleting: bool = False) -> Plan:
     plan = Plan(deployment=target.name, target=target.spec.target)
+    refused = reconciler.admit(target.spec)
+    if refused and not deleting:
+        # Nothing is looked at on the spec's behalf: a dry run says no more than apply would.
+        message = "; ".join(f"{field}: {why}" for field, why in refused)
+        plan.blocked = Blocker(reason="InvalidSpec", message=message, permanent=True)
+        return plan
     try:
         provider = reconciler.provider_for(target)
         observation = provider.observe(target)

@@ -16,8 +16,11 @@ It writes nothing to the database itself: a pass's version changes and events go
   (``serving.adapter_check``): the config parses, is LoRA, was trained for this base model,
   has a sane rank and target modules; the safetensors header is whole and its LoRA shapes
   agree with the rank. A bad candidate is Rejected, with the reason, until its files change.
-- Stage: copy it to ``.loraplane/NAME/adapters/VERSION/`` on the share (server-side on Azure
-  Files); training may overwrite its output, serving reads the immutable copy.
+- Stage: copy its adapter files (the config and the weights; not a README, not the marker)
+  to ``.loraplane/NAME/UID8/adapters/VERSION/`` on the share (server-side on Azure Files);
+  training may overwrite its output, serving reads the immutable copy. A version's staged copy
+  that is gone from the share (the share root changed) is staged again from the adapter
+  folder while that still holds it, else the version is Failed and never pointed at.
 - Activate: write the pointer every replica follows; hotReload asks the app to reload now,
   restart marks the version Activating, which the app's environment then names (a restart,
   a new revision).
@@ -50,6 +53,9 @@ from state.store import ActivateVersion, AddVersion, MarkVersion, VersionChange
 log = logging.getLogger("loraplane.reconciler.rollout")
 
 SERVABLE = ("Staged", "Activating", "Active", "Superseded")
+# The files a version is made of: what peft loads. A README beside them, the marker, anything
+# else training leaves is not staged (nor read), and does not make a new version.
+STAGED_FILES = frozenset({CONFIG, *WEIGHTS})
 # How long a rollout may take to be verified before it is rolled back.
 VERIFY_SECONDS = {"hotReload": 120.0, "restart": 1800.0}
 # Versions settled but not yet verified, remembered for the settled-to-serving metric; a bound
@@ -122,6 +128,11 @@ class VersionBook:
 
 
 # ------------------------------------------------------------------------------- pure parts
+
+
+def adapter_files(files: list[ShareEntry]) -> list[ShareEntry]:
+    """What makes an adapter, and all a version is made of: what is staged and fingerprinted."""
+    return [f for f in files if f.name in STAGED_FILES]
 
 
 def fingerprint(files: list[ShareEntry]) -> str:
@@ -280,11 +291,12 @@ class AdapterRollout:
         if entries is None:
             self._stop_settling(row.uid)
             return f"no adapter folder at {spec.path}"
-        files = [e for e in entries if not e.is_dir]
-        why = incomplete(files, spec.marker)
+        listed = [e for e in entries if not e.is_dir]
+        why = incomplete(listed, spec.marker)
         if why is not None:
             self._stop_settling(row.uid)
             return f"the adapter at {spec.path} is not complete: {why}"
+        files = adapter_files(listed)
         found = fingerprint(files)
         if any(v.fingerprint == found for v in book.rows):
             self._stop_settling(row.uid)
@@ -317,11 +329,11 @@ class AdapterRollout:
             report.events.append(("Warning", "AdapterRejected", f"adapter {version} from {spec.path} was rejected: {reason}"))
             log.warning("%s: adapter %s rejected: %s", row.name, version, reason)
             return None
-        destination = staged_path(row.name, version)
+        destination = staged_path(row.name, row.uid, version)
         for f in files:
             share.copy(f"{spec.path}/{f.name}", f"{destination}/{f.name}")
         after = share.list(spec.path) or []
-        if fingerprint([e for e in after if not e.is_dir]) != found:
+        if fingerprint(adapter_files([e for e in after if not e.is_dir])) != found:
             report.requeue_after = max(1.0, float(spec.settle_seconds))
             return f"the adapter at {spec.path} changed while it was being staged; waiting for it to settle again"
         record.state, record.path, record.staged_at = "Staged", destination, self.clock()
@@ -387,7 +399,14 @@ class AdapterRollout:
         if not in_flight:
             previous = report.adapter.serving_version
             assert desired.path is not None
-            share.write(pointer_path(row.name), json.dumps({"version": desired.version, "path": desired.path}).encode())
+            lost = self._restage_if_lost(share, target, desired)
+            if lost is not None:
+                if (desired.state, desired.message) != ("Failed", lost):  # news once, not every pass
+                    report.events.append(("Warning", "AdapterVersionLost", f"adapter version {desired.version}: {lost}"))
+                book.mark(desired.version, "Failed", lost)
+                report.reason, report.message, report.requeue_after = "Waiting", lost, self.poll_seconds
+                return report
+            share.write(pointer_path(row.name, row.uid), json.dumps({"version": desired.version, "path": desired.path}).encode())
             rollout = RolloutRecord(
                 version=desired.version,
                 strategy=strategy,
@@ -432,6 +451,26 @@ class AdapterRollout:
             return report
         error = refusal or f"not every replica reported it within {self.verify_seconds[strategy]:.0f}s"
         return self._roll_back(row, target, host, share, endpoint, desired, book, rollout, error)
+
+    @staticmethod
+    def _restage_if_lost(share: AdapterShare, target: Target, desired: AdapterVersion) -> str | None:
+        """Before a version is pointed at: its staged copy is on this share, or it is staged
+        again from the adapter folder while that still holds exactly it. Else why it cannot be
+        served (the share root or the share changed since it was staged)."""
+        assert desired.path is not None
+        staged = {e.name for e in share.list(desired.path) or [] if not e.is_dir}
+        if incomplete([ShareEntry(name, 0) for name in staged], None) is None:
+            return None
+        source = target.spec.adapter.path
+        files = adapter_files([e for e in share.list(source) or [] if not e.is_dir])
+        if not files or fingerprint(files) != desired.fingerprint:
+            return (
+                f"its staged copy {desired.path} is not on the share (was the share or spec.local.shareRoot changed?) "
+                f"and {source} no longer holds it; it cannot serve again"
+            )
+        for f in files:
+            share.copy(f"{source}/{f.name}", f"{desired.path}/{f.name}")
+        return None
 
     def _succeeded(
         self, row: InferenceDeployment, target: Target, desired: AdapterVersion, rollout: RolloutRecord, book: VersionBook
@@ -479,7 +518,7 @@ class AdapterRollout:
         with self._lock:
             self._settled_at.pop((row.uid, failed.version), None)
         if good is not None and good.path is not None:
-            share.write(pointer_path(row.name), json.dumps({"version": good.version, "path": good.path}).encode())
+            share.write(pointer_path(row.name, row.uid), json.dumps({"version": good.version, "path": good.path}).encode())
             if target.spec.adapter.strategy == "hotReload" and endpoint is not None:
                 host.reload_adapter(target, endpoint)
         back = f"rolled back to {good.version}" if good is not None else "nothing to roll back to"

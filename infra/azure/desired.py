@@ -96,7 +96,7 @@ def serving_env(target: Target) -> list[aca.EnvironmentVar]:
         "LORAPLANE_SHARE_ROOT": SHARE_MOUNT,
         "LORAPLANE_MODEL_PATH": spec.model.path,
         "LORAPLANE_ADAPTER_PATH": spec.adapter.path,
-        "LORAPLANE_ADAPTER_POINTER": pointer_path(target.name),
+        "LORAPLANE_ADAPTER_POINTER": pointer_path(target.name, target.uid),
         "LORAPLANE_HOST": "0.0.0.0",
         "LORAPLANE_PORT": str(SERVING_PORT),
         "LORAPLANE_DEPLOYMENT": target.name,

@@ -46,15 +46,15 @@ from infra.azure.desired import (
 )
 from infra.azure.errors import Refusals, classify_azure_error
 from infra.azure.inventory import Inventory
-from infra.azure.kinds import BY_NAME, KINDS, ContainerApp, Failure, Kind, ResourceGroup
+from infra.azure.kinds import BY_NAME, KINDS, ContainerApp, Failure, FileShare, Kind, ResourceGroup
 from infra.azure.limiter import ArmLimiter
 from infra.azure.plan import REVISION, WHEEL, AzureFacts, Plan, changes, wheel_path
 from infra.azure.share import ShareFiles
 from infra.azure.wheel import ServingWheel, build_serving_wheel
 from infra.endpoints import EndpointClient
 from infra.errors import PermanentError, TemporaryError
-from infra.provider import Action, Observation, ObservedResource, ResourceJournal, ResourceRecord, Target
-from state.resource import AzureSpec
+from infra.provider import Action, Observation, ObservedResource, Refusal, ResourceJournal, ResourceRecord, Target, deployment_folder
+from state.resource import AzureSpec, DeploymentSpec
 
 __all__ = ["PUBLIC_CLOUD", "AzureConfig", "AzureObserved", "AzureProvider"]
 
@@ -214,6 +214,10 @@ class AzureProvider:
         return self.inventory.get_listed(resource_id, scope, read, every_one_in_the_group)
 
     # ---------------------------------------------------------------------------- observe
+
+    def admit(self, spec: DeploymentSpec) -> list[Refusal]:
+        """Azure's own rules are the schema's (``state.azure_limits``); the operator adds none."""
+        return []
 
     def observe(self, target: Target) -> Observation[AzureObserved]:
         azure = _azure(target)
@@ -602,9 +606,22 @@ class AzureProvider:
         if container is not None:
             left = self._foreign_resources(clients, azure, set())
             log.warning("leaving resource group %s: it holds resources loraplane did not create: %s", azure.resource_group, ", ".join(left))
+        if FileShare.name not in ours and observed[FileShare.name] is not None:
+            self._remove_share_folder(target)
         self.journal.forget(target.uid)
         self._forget(target.uid)
         return True
+
+    def _remove_share_folder(self, target: Target) -> None:
+        """An adopted share stays, but not the deployment's folder in it (pointer, staged
+        versions). Best effort: the folder is keyed by the deployment's uid, so one left behind
+        (shared keys off, a network error) is only storage, never served to a successor."""
+        folder = deployment_folder(target.name, target.uid)
+        try:
+            with self.share(target) as share:
+                share.remove_tree(folder)
+        except (AzureError, PermanentError, TemporaryError) as exc:
+            log.warning("left %s on the share of %s: %s", folder, target.name, exc)
 
     def _forget(self, uid: str) -> None:
         with self._lock:

@@ -82,6 +82,22 @@ class ShareFiles:
         except AzureError as exc:
             raise self._failed(exc, f"deleting {path} from the share") from exc
 
+    def remove_tree(self, folder: str) -> None:
+        """A folder and everything in it, deepest first; one already gone is fine."""
+        try:
+            directory = self.client.get_directory_client(folder)
+            for item in list(directory.list_directories_and_files()):
+                path = f"{folder}/{item['name']}"
+                if item["is_directory"]:
+                    self.remove_tree(path)
+                else:
+                    self.delete(path)
+            directory.delete_directory()
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise self._failed(exc, f"removing {folder} from the share") from exc
+
     def upload(self, path: str, content: bytes) -> None:
         folder = path.rsplit("/", 1)[0] if "/" in path else ""
         if folder:

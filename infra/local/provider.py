@@ -31,8 +31,9 @@ from infra.local.process import (
     spawn,
 )
 from infra.local.process import stop as stop_process
-from infra.local.share import LocalShare
-from infra.provider import Action, Observation, ObservedResource, Target, pointer_path
+from infra.local.share import LocalShare, inside
+from infra.provider import Action, Observation, ObservedResource, Refusal, Target, deployment_folder, pointer_path
+from state.resource import DeploymentSpec
 
 log = logging.getLogger("loraplane.infra.local")
 
@@ -83,8 +84,12 @@ class LocalProvider:
         probe_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
         monitor_interval: float = 1.0,
+        share_roots: Sequence[Path] = (),
     ) -> None:
         self.run_root = run_root
+        # The folders a spec's shareRoot may name or lie under (LORAPLANE_LOCAL_SHARE_ROOTS):
+        # the daemon reads and writes there for whoever may deploy, so nothing else.
+        self.share_roots = tuple(Path(os.path.realpath(root)) for root in share_roots)
         self.serving_command = tuple(serving_command or default_serving_command())
         self.on_change = on_change
         self.probe_timeout = probe_timeout
@@ -98,6 +103,24 @@ class LocalProvider:
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
 
+    # -------------------------------------------------------------------------- admission
+
+    def admit(self, spec: DeploymentSpec) -> list[Refusal]:
+        if spec.local is None:
+            return []
+        asked = Path(spec.local.share_root)
+        real = Path(os.path.realpath(asked))  # a link to elsewhere is judged by where it leads
+        if any(real == root or root in real.parents for root in self.share_roots):
+            return []
+        allowed = ", ".join(str(root) for root in self.share_roots) or "none"
+        return [
+            (
+                "spec.local.shareRoot",
+                f"{asked} is not a share root this loraplane allows (allowed: {allowed}); use a folder under one of "
+                "them, or ask the operator to add it to LORAPLANE_LOCAL_SHARE_ROOTS",
+            )
+        ]
+
     # ----------------------------------------------------------------------------- config
 
     def launch_config(self, target: Target) -> LaunchConfig:
@@ -109,7 +132,7 @@ class LocalProvider:
             "LORAPLANE_ADAPTER_PATH": spec.adapter.path,
             "LORAPLANE_HOST": "127.0.0.1",
             "LORAPLANE_DEPLOYMENT": target.name,
-            "LORAPLANE_ADAPTER_POINTER": pointer_path(target.name),
+            "LORAPLANE_ADAPTER_POINTER": pointer_path(target.name, target.uid),
             "HF_HUB_OFFLINE": "1",
         }
         if spec.adapter.strategy == "restart":
@@ -132,8 +155,8 @@ class LocalProvider:
         found = find_process(record, target.uid, index=self._markers)
         facts = LocalFacts(
             now=self.clock(),
-            share_root_exists=share_root.is_dir(),
-            model_exists=(share_root / spec.model.path).is_dir(),
+            share_root_exists=_is_dir(share_root),
+            model_exists=_is_dir(inside(share_root, spec.model.path)),
             record=record,
             log_tail=folder.tail_log(3) if found is None and record is not None else "",
         )
@@ -246,7 +269,7 @@ class LocalProvider:
         port = free_loopback_port()
         # The admin token goes in the environment, not the launch config: it is a secret and
         # must not decide whether the settings changed.
-        base_env = {**_inherited_env(), "LORAPLANE_ADMIN_TOKEN": folder.admin_token()}
+        base_env = {**inherited_env(), "LORAPLANE_ADMIN_TOKEN": folder.admin_token()}
         child, create_time = spawn(folder, config, uid=target.uid, port=port, base_env=base_env)
         folder.write_record(
             ProcessRecord(
@@ -310,6 +333,12 @@ class LocalProvider:
     def delete(self, target: Target) -> bool:
         self._stop_process(target)
         shutil.rmtree(self.folder(target.name).path, ignore_errors=True)
+        if not self.admit(target.spec):  # the share is touched only where the operator allows
+            folder = deployment_folder(target.name, target.uid)
+            try:
+                self.share(target).remove_tree(folder)
+            except PermanentError as exc:  # e.g. a link put in its place: left, and said
+                log.warning("left %s in the share of %s: %s", folder, target.name, exc.message)
         return True
 
     def logs(self, target: Target, tail: int) -> str:
@@ -385,6 +414,37 @@ class LocalProvider:
                         self.on_change(name)
 
 
-def _inherited_env() -> dict[str, str]:
-    """The daemon's environment minus its own LORAPLANE_ settings, which are not the app's."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
+# What a serving process inherits of the daemon's environment: what finds Python, its packages,
+# the locale, the GPU and the model libraries' own settings. Nothing else: the daemon's
+# environment holds its own secrets (an Azure client secret, a database URL with a password,
+# LORAPLANE_TOKEN), and a serving app answers whoever reaches it.
+INHERITED_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV", "LD_LIBRARY_PATH"})
+INHERITED_PREFIXES = (
+    "PYTHON",
+    "LC_",
+    "CUDA_",
+    "NVIDIA_",
+    "HF_",
+    "TRANSFORMERS_",
+    "TORCH",
+    "PYTORCH_",
+    "OMP_",
+    "MKL_",
+    "TOKENIZERS_",
+    "COVERAGE_",
+)
+
+
+def inherited_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The part of the daemon's environment a serving process is given."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k in INHERITED_NAMES or k.startswith(INHERITED_PREFIXES)}
+
+
+def _is_dir(path: Path) -> bool:
+    """A folder that is there and can be looked into: one this user may not enter is no
+    share (and what the OS said about it is not repeated to whoever asked)."""
+    try:
+        return path.is_dir() and os.access(path, os.R_OK | os.X_OK)
+    except OSError:
+        return False

@@ -67,7 +67,9 @@ def test_the_container_app_is_the_ai_toolkits_inference_app_made_declarative():
     assert "pip install --no-cache-dir '/mount/.loraplane/dist/loraplane_serving-0.1.0-py3-none-any.whl'" in container["args"][0]
     env = {e["name"]: e.get("value", e.get("secretRef")) for e in container["env"]}
     assert env["LORAPLANE_SHARE_ROOT"] == "/mount"
-    assert env["LORAPLANE_ADAPTER_POINTER"] == ".loraplane/support-bot/current.json"
+    # The deployment's folder is keyed by its uid too: a successor of the same name never
+    # follows the pointer its predecessor left.
+    assert env["LORAPLANE_ADAPTER_POINTER"] == ".loraplane/support-bot/uid-1/current.json"
     assert env["LORAPLANE_PORT"] == "7860"
     assert env["LORAPLANE_ADMIN_TOKEN"] == "loraplane-admin-token"  # a secret reference
     probes = {p["type"]: p for p in container["probes"]}

@@ -12,6 +12,7 @@ from reconciler.core import Outcome, Reconciler, target_of
 from reconciler.journal import DatabaseJournal
 from state.resource import DeploymentSpec
 from tests.infra.azure_world import (
+    MODEL_PATH,
     NAME,
     RG,
     arm,
@@ -173,6 +174,35 @@ def test_existing_storage_account_and_environment_are_adopted_and_survive_delete
     left = {r.name for r in groups.resources.list_by_resource_group(RG)}
     assert left == {"teamstorage", "finetune-env"}  # what loraplane made is gone
     assert DatabaseJournal(store).records(uid) == {}
+
+
+def test_an_adopted_share_keeps_everything_but_the_deployments_own_folder(store, sim, provider):
+    """The AI Toolkit's share holds the team's models: it stays, and so does every other
+    deployment's folder; this one's pointer and staged versions go, so that nothing is left
+    for a successor of the same name to find."""
+    groups, storage, _ = arm(sim)
+    groups.resource_groups.create_or_update(RG, {"location": "westus3"})
+    storage.storage_accounts.begin_create(
+        RG, "teamstorage", {"location": "westus3", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"}
+    ).result()
+    storage.file_shares.create(RG, "teamstorage", "finetune", {})
+    create(store, sim, storageAccount="teamstorage", fileShare="finetune")
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+    drive(reconciler, ready(store))
+    assert {r.kind: r.managed_by for r in status_of(store).resources}["FileShare"] == "adopted"
+    folder = sim.share_folder("teamstorage", "finetune")
+    ours = folder / ".loraplane" / NAME / store.get(NAME).uid[:8]
+    (ours / "adapters" / "v1").mkdir(parents=True)
+    (ours / "adapters" / "v1" / "adapter_config.json").write_text("{}")
+    (ours / "current.json").write_text("{}")
+    neighbour = folder / ".loraplane" / "other-bot" / "0123abcd"
+    neighbour.mkdir(parents=True)
+
+    store.request_deletion(NAME)
+    drive(reconciler, lambda: NAME not in store.names(), timeout=60)
+    assert not ours.exists()
+    assert neighbour.is_dir() and (folder / MODEL_PATH).is_dir()
+    assert storage.file_shares.get(RG, "teamstorage", "finetune").name == "finetune"
 
 
 def test_delete_removes_a_group_loraplane_made_and_detach_leaves_everything(store, sim, provider):

@@ -57,7 +57,8 @@ def test_azure_adapters_roll_out_by_hot_reload_and_by_new_revision(tmp_path: Pat
         manifest = azure_manifest(NAME)
         manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
         manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": 1}
-        spec = DeploymentSpec.model_validate(store.create(InferenceDeploymentCreate.model_validate(manifest)).spec)
+        row = store.create(InferenceDeploymentCreate.model_validate(manifest))
+        spec = DeploymentSpec.model_validate(row.spec)
         folder = sim.share_folder(spec.azure.storage_account, spec.azure.file_share)
         make_tiny_share(folder)
         write_random_adapter(folder / TINY_MODEL_PATH, tmp_path / "third", seed=3)
@@ -74,8 +75,9 @@ def test_azure_adapters_roll_out_by_hot_reload_and_by_new_revision(tmp_path: Pat
         first = eventually(serving, timeout=180, what="the first adapter")
         endpoint = status().endpoint
         tls = ssl.create_default_context(cafile=str(sim.ca_bundle))
-        pointer = json.loads((folder / f".loraplane/{NAME}/current.json").read_text())
-        assert pointer == {"version": first, "path": f".loraplane/{NAME}/adapters/{first}"}
+        ours = f".loraplane/{NAME}/{row.uid[:8]}"
+        pointer = json.loads((folder / f"{ours}/current.json").read_text())
+        assert pointer == {"version": first, "path": f"{ours}/adapters/{first}"}
         revision = provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME).latest_revision_name
 
         # hotReload: a new adapter uploaded to the share serves in place, same revision.

@@ -157,7 +157,9 @@ def test_a_recycled_pid_is_not_taken_for_ours(store, reconciler, share, local_pr
 
 def test_a_crash_loop_backs_off_on_a_fake_clock(store, share, tmp_path):
     clock = FakeClock()
-    crashing = LocalProvider(tmp_path / "run", serving_command=[sys.executable, "-c", "import sys; sys.exit(3)"], clock=clock)
+    crashing = LocalProvider(
+        tmp_path / "run", serving_command=[sys.executable, "-c", "import sys; sys.exit(3)"], clock=clock, share_roots=[tmp_path]
+    )
     reconciler = Reconciler(store, {"local": crashing}, poll_seconds=0.2)
     queue = WorkQueue(clock=clock)
     controller = Controller(reconciler, queue=queue, registry=CollectorRegistry())
@@ -188,7 +190,7 @@ def test_a_crash_loop_backs_off_on_a_fake_clock(store, share, tmp_path):
 
 
 def test_the_controller_restarts_a_killed_process_and_reports_metrics(store, share, tmp_path):
-    local = LocalProvider(tmp_path / "run", serving_command=STANDIN_COMMAND, monitor_interval=0.1)
+    local = LocalProvider(tmp_path / "run", serving_command=STANDIN_COMMAND, monitor_interval=0.1, share_roots=[tmp_path])
     reconciler = Reconciler(store, {"local": local}, poll_seconds=0.2)
     registry = CollectorRegistry()
     controller = Controller(reconciler, resync_seconds=30, workers=2, registry=registry)
@@ -261,7 +263,7 @@ def test_a_database_failure_mid_pass_is_retried_and_keeps_the_worker(share, tmp_
     clock = FakeClock()
     queue = WorkQueue(clock=clock)
     registry = CollectorRegistry()
-    reconciler = Reconciler(store, {"local": LocalProvider(tmp_path / "run", serving_command=STANDIN_COMMAND)})
+    reconciler = Reconciler(store, {"local": LocalProvider(tmp_path / "run", serving_command=STANDIN_COMMAND, share_roots=[tmp_path])})
     controller = Controller(reconciler, queue=queue, registry=registry)
     create(store, share, model={"path": "models/absent"})
     engine.dispose()

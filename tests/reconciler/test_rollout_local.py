@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -79,7 +80,7 @@ def running(store: DeploymentStore, tmp_path: Path) -> Iterator[tuple[Reconciler
     """The reconciler and its controller as ``loraplane serve`` wires them, the real serving
     app as the local target's process, and the API in front."""
     registry = CollectorRegistry()
-    local = LocalProvider(tmp_path / "run", serving_command=SERVING_WITHOUT_UI)
+    local = LocalProvider(tmp_path / "run", serving_command=SERVING_WITHOUT_UI, share_roots=[tmp_path])
     reconciler = Reconciler(store, {"local": local}, poll_seconds=0.2, registry=registry)
     controller = Controller(reconciler, resync_seconds=1, workers=2, registry=registry)
     local.on_change = controller.wake
@@ -118,21 +119,32 @@ def replace_adapter(share: Path, source: str, *, weights: bytes | None = None) -
         (folder / file.name).write_bytes(data)
 
 
-def create(store: DeploymentStore, share: Path, **adapter) -> None:
+def create(store: DeploymentStore, share: Path, **adapter) -> str:
+    """The deployment's folder on the share, relative to its root."""
     manifest = local_manifest(NAME, share_root=str(share))
     manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
     manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": SETTLE, **adapter}
-    store.create(InferenceDeploymentCreate.model_validate(manifest))
+    return f".loraplane/{NAME}/{store.create(InferenceDeploymentCreate.model_validate(manifest)).uid[:8]}"
 
 
 def test_hot_reload_under_load_rejects_bad_adapters_and_rolls_back(store, tiny_share, running):
     reconciler, client = running
-    create(store, tiny_share)
+    # Training left a model card beside the adapter, and files only their owner may read.
+    (tiny_share / ADAPTER_PATH / "README.md").write_text("# notes that are no adapter file")
+    for file in (tiny_share / ADAPTER_PATH).iterdir():
+        file.chmod(0o600)
+    ours = create(store, tiny_share)
     first = eventually(lambda: serving(store), timeout=120, what="the first adapter to serve")
     endpoint = status_of(store).endpoint
     assert versions(client)[first]["state"] == "Active"
-    assert json.loads((tiny_share / f".loraplane/{NAME}/current.json").read_text())["version"] == first
-    assert (tiny_share / f".loraplane/{NAME}/adapters/{first}/adapter_model.safetensors").is_file()
+    assert json.loads((tiny_share / f"{ours}/current.json").read_text())["version"] == first
+    staged = tiny_share / f"{ours}/adapters/{first}"
+    # Only what makes the adapter is staged, no more readable than it was, in folders only the
+    # owner may enter (before: every file, README included, as 0644 copies).
+    assert sorted(p.name for p in staged.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in staged.iterdir()} == {"0o600"}
+    assert oct(stat.S_IMODE(staged.stat().st_mode)) == "0o700"
+    assert oct(stat.S_IMODE((tiny_share / ".loraplane").stat().st_mode)) == "0o700"
 
     with Load(endpoint) as load:
         # Half-written: the config, and weights cut short, left so for longer than settleSeconds.
@@ -224,3 +236,51 @@ def test_the_restart_strategy_serves_a_new_adapter_from_a_new_process(store, tin
         lambda: reconcile_passes(client.get("/metrics").text) >= since + 2, timeout=60, what="two reconcile passes without the source"
     )
     assert status_of(store).adapter.serving_version == second and answered_version(store) == second
+
+
+def test_an_adapter_linked_from_outside_the_share_is_refused_by_both_sides(store, tiny_share, tmp_path, running):
+    """Before: the reconciler said InvalidPath, the app served the linked folder anyway, and
+    the status claimed another version than the app served."""
+    reconciler, client = running
+    outside = tmp_path / "not-the-share" / "adapter"
+    shutil.copytree(tiny_share / ADAPTER_PATH, outside)
+    shutil.rmtree(tiny_share / ADAPTER_PATH)
+    (tiny_share / ADAPTER_PATH).symlink_to(outside, target_is_directory=True)
+    create(store, tiny_share)
+    # The app refuses it, so it is never ready; the status says why, in the app's words.
+    status = eventually(
+        lambda: (s := status_of(store)).phase != "Ready" and "outside the share root" in (s.message or "") and s,
+        timeout=120,
+        what="the status to say the link is refused",
+    )
+    app = eventually(lambda: (a := httpx.get(f"{status.endpoint}/v1/adapter", timeout=5).json()).get("last_error") and a, what="the app")
+    assert app["version"] is None and "outside the share root" in app["last_error"]
+    assert status.adapter.serving_version == app["version"]
+    assert versions(client) == {}
+
+
+def test_a_new_share_root_stages_the_serving_version_again(store, tiny_share, tmp_path, running):
+    """The share moved (spec.local.shareRoot changed) with the same adapter files: the version
+    that served is staged again on the new share and serves on; before, the rollout pointed at
+    a copy that was never there and failed ('no adapter folder')."""
+    reconciler, client = running
+    ours = create(store, tiny_share)
+    first = eventually(lambda: serving(store), timeout=120, what="the first adapter")
+    moved = tmp_path / "moved-share"
+    shutil.copytree(tiny_share, moved, ignore=shutil.ignore_patterns(".loraplane"))  # copy2: the same mtimes
+    spec = store.get(NAME).spec
+    spec["local"]["shareRoot"] = str(moved)
+    assert client.put(f"/v1/deployments/{NAME}", json={"metadata": {"name": NAME}, "spec": spec}).status_code == 200
+    staged = moved / f"{ours}/adapters/{first}"
+
+    def serving_from_the_new_share() -> bool:
+        try:
+            answer = httpx.get(f"{status_of(store).endpoint}/v1/adapter", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            return False  # restarting
+        return answer["version"] == first and answer["path"] == str(staged) and serving(store) == first
+
+    eventually(serving_from_the_new_share, timeout=120, what="the first version to serve from the new share")
+    assert (staged / "adapter_model.safetensors").is_file()
+    assert {v["state"] for v in versions(client).values()} == {"Active"}
+    assert status_of(store).phase == "Ready"
