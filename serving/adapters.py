@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -49,10 +50,20 @@ def content_fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def inspect_adapter(path: Path, *, version: str | None, model_dir: Path, model_name: str | None) -> Candidate:
+def within_share(share_root: Path, path: Path, what: str) -> Path:
+    """``path`` as a real path, when it stays inside the share root's real path: the
+    reconciler judges the same paths the same way, so the app never serves what it refused."""
+    root, real = Path(os.path.realpath(share_root)), Path(os.path.realpath(path))
+    if real != root and root not in real.parents:
+        raise AdapterError(f"{what} {path} leads outside the share root {share_root}: a link out of the share is not followed")
+    return real
+
+
+def inspect_adapter(path: Path, *, version: str | None, model_dir: Path, model_name: str | None, share_root: Path) -> Candidate:
     """Checks that need no model (``serving.adapter_check``, as the reconciler makes them before
-    staging): complete, parses, LoRA, for this base model, a sane rank, a whole header whose
-    LoRA shapes agree with the rank."""
+    staging): inside the share (links resolved), complete, parses, LoRA, for this base model, a
+    sane rank, a whole header whose LoRA shapes agree with the rank."""
+    path = within_share(share_root, path, "the adapter folder")
     if not path.is_dir():
         raise AdapterError(f"no adapter folder at {path}")
     config_file = path / CONFIG
@@ -61,6 +72,8 @@ def inspect_adapter(path: Path, *, version: str | None, model_dir: Path, model_n
     weights = next((path / w for w in WEIGHTS if (path / w).is_file()), None)
     if weights is None:
         raise AdapterError(f"{path} has no adapter_model.safetensors (or .bin): not a complete adapter")
+    config_file = within_share(share_root, config_file, "the adapter file")
+    weights = within_share(share_root, weights, "the adapter file")
     try:
         raw = config_file.read_bytes()
     except OSError as exc:

@@ -47,6 +47,54 @@ class AdapterVersionHeaders:
         await self.app(scope, receive, send_with_version)
 
 
+class BodyLimit:
+    """Bodies past ``limit`` bytes get 413 before they are read whole: the declared length is
+    checked first, then what arrives is counted (a chunked body declares none)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before its body was whole
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = ErrorBody(
+            error=ErrorDetail(
+                message=f"the request body is larger than {self.limit} bytes (LORAPLANE_MAX_REQUEST_BYTES)", type="invalid_request_error"
+            )
+        )
+        await JSONResponse(body.model_dump(), status_code=413)(scope, receive, send)
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0]
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
@@ -74,6 +122,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app = FastAPI(title="loraplane serving", lifespan=lifespan, docs_url="/docs")
     app.state.settings, app.state.engine, app.state.watcher = settings, engine, watcher
     app.add_middleware(AdapterVersionHeaders, engine=engine)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
 
     def version_of(request: Request) -> str:
         return getattr(request.state, "adapter_version", None) or (engine.registry.active.version if engine.registry.active else "none")

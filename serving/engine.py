@@ -9,6 +9,7 @@ per-row sampling, stopping and streaming, so concurrent clients share the forwar
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -121,6 +122,9 @@ class Engine:
 
         hf_logging.disable_progress_bar()
         model_dir = self.settings.model_dir
+        root = os.path.realpath(self.settings.share_root)
+        if not os.path.realpath(model_dir).startswith(root.rstrip("/") + "/"):
+            raise FileNotFoundError(f"the model folder {model_dir} leads outside the share root {self.settings.share_root}: not followed")
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"no model at {model_dir} (config.json missing); put the base model there or set LORAPLANE_MODEL_PATH")
         self.device = self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu")

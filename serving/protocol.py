@@ -9,6 +9,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def valid_text(value: str) -> str:
+    """Text the tokenizer can take: JSON can carry a lone surrogate ("\\ud800"), which is no
+    character and no UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"is not valid Unicode text: it holds a lone surrogate ({value[exc.start]!r}) at position {exc.start}") from exc
+    return value
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
@@ -42,7 +52,7 @@ class _Request(BaseModel):
             raise ValueError("at most 4 stop sequences are allowed")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
-        return stops
+        return [valid_text(s) for s in stops]
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -58,6 +68,17 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _valid_content(cls, value: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        if isinstance(value, str):
+            valid_text(value)
+        elif value is not None:
+            for part in value:
+                if isinstance(part.get("text"), str):
+                    valid_text(part["text"])
+        return value
 
     def text(self) -> str:
         if self.content is None:
@@ -85,6 +106,8 @@ class CompletionRequest(_Request):
     def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and len(value) != 1:
             raise ValueError("exactly one prompt is supported per request")
+        for text in [value] if isinstance(value, str) else value:
+            valid_text(text)
         return value
 
     def prompt_text(self) -> str:

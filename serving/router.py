@@ -202,6 +202,14 @@ def _admit(request: Request, body: ChatCompletionRequest | CompletionRequest, pr
     return job, bridge, version
 
 
+def _check_prompt_size(request: Request, size: int, param: str) -> None:
+    limit = settings_of(request).max_prompt_bytes
+    if size > limit:
+        raise OpenAIError(
+            400, f"the prompt is {size} bytes, more than the {limit} this server takes (LORAPLANE_MAX_PROMPT_BYTES)", param=param
+        )
+
+
 def _check_ready_and_model(request: Request, model: str | None) -> None:
     ready, detail = readiness(engine_of(request))
     if not ready:
@@ -331,6 +339,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
     except ValueError as exc:
         raise OpenAIError(400, str(exc), param="messages") from exc
+    _check_prompt_size(request, sum(len(m["content"].encode()) for m in messages), "messages")
     prompt_ids = await run_in_threadpool(engine_of(request).chat_prompt, messages)
     return await _respond(request, body, prompt_ids)
 
@@ -338,6 +347,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request):
     _check_ready_and_model(request, body.model)
+    _check_prompt_size(request, len(body.prompt_text().encode()), "prompt")
     prompt_ids = await run_in_threadpool(engine_of(request).encode, body.prompt_text())
     if not prompt_ids:
         raise OpenAIError(400, "the prompt is empty", param="prompt")

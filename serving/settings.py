@@ -42,6 +42,10 @@ class ServingSettings(BaseSettings):
     max_tokens_default: int = Field(default=256, ge=1)
     max_tokens_limit: int = Field(default=4096, ge=1)
     keepalive_seconds: float = Field(default=15.0, gt=0)
+    # What a request may bring: its body (413 past it, before it is read whole) and its prompt
+    # text (400 past it, before it is tokenized: a tokenizer on 10 MB costs seconds of CPU).
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_prompt_bytes: int = Field(default=512 * 1024, ge=1)
     ui: bool = True
     deployment: str | None = None  # the loraplane deployment this app serves, for names
 

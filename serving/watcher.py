@@ -124,7 +124,13 @@ class AdapterWatcher:
     def _load(self, folder, version: str | None, signature: tuple | None) -> ReloadResult:
         active = self.registry.active
         try:
-            candidate = inspect_adapter(folder, version=version, model_dir=self.settings.model_dir, model_name=self.engine.model_name)
+            candidate = inspect_adapter(
+                folder,
+                version=version,
+                model_dir=self.settings.model_dir,
+                model_name=self.engine.model_name,
+                share_root=self.settings.share_root,
+            )
             if active is not None and version is None and candidate.fingerprint == active.fingerprint:
                 self.registry.signature = signature
                 return ReloadResult("unchanged", active.version, f"already serving {active.version}")

@@ -110,7 +110,7 @@ def test_the_reconciler_and_the_serving_app_give_the_same_verdict_on_the_same_fi
     entries = [e for e in share.list(ADAPTER_PATH) or [] if not e.is_dir]
     reconciler_says = validate_on_share(share, ADAPTER_PATH, entries, TINY_MODEL_PATH)
     try:
-        inspect_adapter(folder, version=None, model_dir=tiny_share / TINY_MODEL_PATH, model_name=None)
+        inspect_adapter(folder, version=None, model_dir=tiny_share / TINY_MODEL_PATH, model_name=None, share_root=tiny_share)
         serving_says = None
     except AdapterError as exc:
         serving_says = str(exc)
