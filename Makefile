@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[serving,postgres,azure,dev]'
 	touch $(STAMP)
 
-# A single-user local run: no tokens (the service says so loudly at start).
+# A single-user local run: no tokens (the service says so loudly at start). Local deployments
+# may use the demo's share and the README's example share (/tmp/loraplane-share).
+SHARE_ROOTS ?= $(DATA)/demo-share:/tmp/loraplane-share
 run: $(STAMP)
-	LORAPLANE_AUTH=off $(VENV)/bin/loraplane serve --data-dir $(DATA) --demo
+	LORAPLANE_AUTH=off LORAPLANE_LOCAL_SHARE_ROOTS=$(SHARE_ROOTS) $(VENV)/bin/loraplane serve --data-dir $(DATA) --demo
 
 # The dashboard's tests drive Debian's Chromium through chromedriver: installed when missing
 # (as root, from the machine's package sources); without them those tests skip, saying why.
@@ -44,6 +46,7 @@ bench: $(STAMP)
 	$(PY) -m bench.converge
 	$(PY) -m bench.api
 	$(PY) -m bench.serving
+	$(PY) -m bench.watch
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

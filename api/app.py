@@ -13,10 +13,12 @@ from pydantic import BaseModel
 from api import problems
 from api.auth import Authenticator
 from api.dashboard import router as dashboard_router
+from api.guard import DEFAULT_MAX_BODY_BYTES, RequestGuard
 from api.metrics import DeploymentPhaseCollector, HttpMetrics, MetricsMiddleware
 from api.problems import problem_response, problem_responses
 from api.routes import router
 from api.views import PublicViews
+from api.watch import WatchHub, WatchLimits
 from reconciler.controller import ReconcileLoop
 from reconciler.core import Reconciler
 from state.access import AccessStore
@@ -36,6 +38,8 @@ def create_app(
     controller: ReconcileLoop | None = None,
     registry: CollectorRegistry | None = None,
     authenticate: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    watch_limits: WatchLimits | None = None,
 ) -> FastAPI:
     """The API over ``store``. With a ``controller``, the app runs the reconcile loop for its
     lifetime (started with the app, stopped gracefully on shutdown) and /healthz reports on
@@ -50,6 +54,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.watches.shutdown()
             if controller is not None:
                 controller.stop()
 
@@ -67,6 +72,16 @@ def create_app(
     app.state.views = PublicViews()
     app.state.registry = registry or CollectorRegistry()
     app.state.registry.register(DeploymentPhaseCollector(store))
+    app.state.watches = WatchHub(
+        store,
+        app.state.views,
+        access=app.state.access if authenticate else None,
+        limits=watch_limits,
+        registry=app.state.registry,
+    )
+    # Outermost last: the guard answers strangers and oversized bodies before anything reads
+    # them, and the metrics count those answers too.
+    app.add_middleware(RequestGuard, authenticator=app.state.authenticator, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))
     problems.install(app)
     app.include_router(router)

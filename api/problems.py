@@ -82,6 +82,7 @@ _TITLES = {
     413: "Request too large",
     415: "Unsupported media type",
     422: "Invalid resource",
+    429: "Too many requests",
     500: "Internal server error",
     501: "Not implemented",
     503: "Service unavailable",
@@ -101,12 +102,24 @@ def problem_response(
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    return problem_json(request.url.path, status, title, detail, errors=errors, headers=headers)
+
+
+def problem_json(
+    path: str,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = Problem(
         type=problem_type(title),
         title=title,
         status=status,
         detail=detail,
-        instance=request.url.path,
+        instance=path,
         errors=errors,
     )
     return JSONResponse(

@@ -18,13 +18,14 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import Identity, require
 from api.problems import (
     ApiError,
+    FieldError,
     NotImplementedYet,
     field_errors,
     problem_responses,
     validation_problem,
 )
 from api.views import PublicViews
-from api.watch import watch_events
+from api.watch import WatchHub
 from infra.errors import PermanentError
 from infra.provider import Target
 from reconciler.core import Reconciler, target_of
@@ -97,6 +98,15 @@ def _answer(request: Request, response: Response, row: InferenceDeployment) -> I
     return views_of(request).of(row)
 
 
+def admitted(request: Request, spec: DeploymentSpec) -> DeploymentSpec:
+    """The spec, if its target's policy allows it (the operator's allowed share roots); else a
+    422 naming the field, before anything is stored or looked at on its behalf."""
+    refused = reconciler_of(request).admit(spec)
+    if refused:
+        raise validation_problem([FieldError(field=field, message=why) for field, why in refused])
+    return spec
+
+
 def _check_name(path_name: str, body_name: str) -> None:
     if path_name != body_name:
         raise ApiError(
@@ -117,6 +127,7 @@ def _check_name(path_name: str, body_name: str) -> None:
 async def create_deployment(
     body: InferenceDeploymentCreate, request: Request, response: Response, caller: Deployer
 ) -> InferenceDeploymentPublic:
+    admitted(request, body.spec)
     row = await run_in_threadpool(store_of(request).create, body, owner=caller.name, actor=caller.name)
     response.headers["Location"] = f"/v1/deployments/{row.name}"
     return _answer(request, response, row)
@@ -138,7 +149,7 @@ TimeoutSeconds = Annotated[int, Query(alias="timeoutSeconds", ge=1, le=3600, des
     "/deployments",
     response_model=InferenceDeploymentList,
     response_model_exclude_none=True,
-    responses={**WATCH_RESPONSE, **problem_responses(400, 422)},
+    responses={**WATCH_RESPONSE, **problem_responses(400, 422, 429)},
     summary="List deployments (or watch them change)",
 )
 async def list_deployments(
@@ -163,11 +174,8 @@ async def list_deployments(
     try:
         requirements = [req for text in label or [] for req in parse_selector(text)]
         if watch:
-            return _stream(
-                watch_events(
-                    store_of(request), requirements=requirements, timeout_seconds=timeout_seconds, is_disconnected=request.is_disconnected
-                )
-            )
+            hub = watches_of(request)
+            return _stream(hub.stream(hub.open(caller.name, requirements=requirements), timeout_seconds))
         return await run_in_threadpool(_list_page, request, requirements, limit, continue_)
     except ValueError as exc:
         raise ApiError(400, "Bad request", str(exc)) from exc
@@ -179,6 +187,10 @@ def _list_page(request: Request, requirements: list, limit: int | None, continue
     return InferenceDeploymentList(items=[views.of(row) for row in rows], continue_=token)
 
 
+def watches_of(request: Request) -> WatchHub:
+    return request.app.state.watches
+
+
 def _stream(events) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -187,7 +199,7 @@ def _stream(events) -> StreamingResponse:
     "/deployments/{name}",
     response_model=InferenceDeploymentPublic,
     response_model_exclude_none=True,
-    responses={**WATCH_RESPONSE, **problem_responses(404, 422)},
+    responses={**WATCH_RESPONSE, **problem_responses(404, 422, 429)},
     summary="Read a deployment (or watch it change)",
 )
 async def get_deployment(
@@ -195,7 +207,8 @@ async def get_deployment(
 ) -> InferenceDeploymentPublic | StreamingResponse:
     row = await run_in_threadpool(store_of(request).get, name)
     if watch:
-        return _stream(watch_events(store_of(request), name=name, timeout_seconds=timeout_seconds, is_disconnected=request.is_disconnected))
+        hub = watches_of(request)
+        return _stream(hub.stream(hub.open(caller.name, name=name), timeout_seconds))
     return _answer(request, response, row)
 
 
@@ -215,6 +228,7 @@ async def replace_deployment(
     if_match: IfMatch = None,
 ) -> InferenceDeploymentPublic:
     _check_name(name, body.metadata.name)
+    admitted(request, body.spec)
     expected = expected_version(if_match)
     if expected is None and body.metadata.resource_version is not None:
         expected = expected_version(body.metadata.resource_version)
@@ -253,16 +267,18 @@ def _patched(row: InferenceDeployment, patch: dict[str, Any]) -> tuple[dict[str,
     unknown = sorted(set(merged) - {"apiVersion", "kind", "metadata", "spec"})
     if unknown:
         raise validation_problem(field_errors([{"loc": (k,), "type": "extra_forbidden"} for k in unknown]))
-    metadata = merged.get("metadata") or {}
+    if "metadata" not in merged:  # {"metadata": null} removes it: a deployment has metadata
+        raise validation_problem([FieldError(field="metadata", message="cannot be removed: patch metadata.labels instead")])
+    metadata = merged["metadata"]
     if not isinstance(metadata, dict):
-        raise ApiError(422, "Invalid resource", "metadata must be an object")
+        raise validation_problem([FieldError(field="metadata", message='must be an object, such as {"labels": {"team": "support"}}')])
     if metadata.get("name", row.name) != row.name:
         _check_name(row.name, str(metadata.get("name")))
     extra_meta = sorted(set(metadata) - {"name", "labels"})
     if extra_meta:
         raise validation_problem([*field_errors([{"loc": ("metadata", k), "type": "extra_forbidden"} for k in extra_meta])])
     try:
-        body = InferenceDeploymentCreate.model_validate({**merged, "metadata": {"name": row.name, "labels": metadata.get("labels") or {}}})
+        body = InferenceDeploymentCreate.model_validate({**merged, "metadata": {"name": row.name, "labels": metadata.get("labels", {})}})
     except ValidationError as exc:
         raise validation_problem(field_errors(exc.errors())) from exc
     return body.metadata.labels, body.spec
@@ -310,18 +326,18 @@ async def patch_deployment(
     caller: Deployer,
     if_match: IfMatch = None,
 ) -> InferenceDeploymentPublic:
-    row = await run_in_threadpool(_apply_patch, store_of(request), name, document, expected_version(if_match), caller)
+    row = await run_in_threadpool(_apply_patch, request, name, document, expected_version(if_match), caller)
     return _answer(request, response, row)
 
 
-def _apply_patch(
-    store: DeploymentStore, name: str, document: dict[str, Any], expected: int | None, caller: Identity
-) -> InferenceDeployment:
+def _apply_patch(request: Request, name: str, document: dict[str, Any], expected: int | None, caller: Identity) -> InferenceDeployment:
     # Without If-Match the patch applies to whatever is current: re-read and re-merge if
     # another writer got in between, rather than failing a client that asked for no check.
+    store = store_of(request)
     for _attempt in range(5):
         row = store.get(name)
         labels, spec = _patched(row, document)
+        admitted(request, spec)
         try:
             row, _ = store.replace(
                 name,
@@ -402,7 +418,7 @@ def plan_manifest(body: InferenceDeploymentCreate, request: Request, caller: Vie
         uid, generation = current.uid, current.generation
     except NotFound:
         uid, generation = "", 0
-    target = Target(name=name, uid=uid, generation=generation, spec=body.spec.with_defaults(name))
+    target = Target(name=name, uid=uid, generation=generation, spec=admitted(request, body.spec).with_defaults(name))
     return dry_run(reconciler_of(request), target)
 
 
@@ -517,6 +533,7 @@ def list_tokens(request: Request, caller: Admin) -> ApiTokenList:
 )
 def revoke_token(token_name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9-]{0,62}$")], request: Request, caller: Admin) -> Response:
     access_of(request).revoke_token(token_name, actor=caller.name)
+    watches_of(request).close_holder(token_name)  # what it is watching stops now
     return Response(status_code=204)
 
 
@@ -541,7 +558,14 @@ def list_audit(
     since: Annotated[datetime | None, Query(description="only changes at or after this time (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditEventList:
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)  # a time without a zone is taken as UTC
+    if since is not None:
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)  # a time without a zone is taken as UTC
+        try:
+            since = since.astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01T00:00:00+14:00 is before the first instant there is
+            raise validation_problem(
+                [FieldError(field="since", message="is out of range: give a time from year 1 to 9999 that is valid in UTC")]
+            ) from exc
     rows = access_of(request).audit(actor=actor, resource=resource, action=action, since=since, limit=limit)
     return AuditEventList(items=[row.to_public() for row in rows])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -27,10 +27,19 @@ class ServiceSettings(BaseSettings):
     resync_seconds: float = Field(default=30.0, gt=0)
     workers: int = Field(default=4, ge=1, le=64)
     log_level: str = "info"
+    # The folders a local deployment's spec.local.shareRoot may name (or lie under), as
+    # LORAPLANE_LOCAL_SHARE_ROOTS=/srv/shares:/data/models (a JSON list works too). The daemon
+    # reads and writes there on a deployer's behalf, so only what the operator lists: by
+    # default the demo's folder alone (see share_roots()).
+    local_share_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     # How to start the serving app for the local target (JSON list in the environment);
     # default: this Python running ``-m serving``.
     serving_command: list[str] | None = None
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # The API's limits: a request body's size (413 past it), and open watch streams.
+    max_request_bytes: int = Field(default=3 * 1024 * 1024, ge=1024)
+    max_watches: int = Field(default=1000, ge=1)
+    max_watches_per_token: int = Field(default=100, ge=1)
     # Bearer tokens with roles; "off" only for a single-user local run (every caller is admin).
     auth: Literal["on", "off"] = "on"
     # The azure target. The defaults reach the public cloud with DefaultAzureCredential; the
@@ -50,6 +59,33 @@ class ServiceSettings(BaseSettings):
     azure_write_burst: int = Field(default=180, ge=1)
     azure_deletes_per_second: float = Field(default=10.0, gt=0)
     azure_delete_burst: int = Field(default=180, ge=1)
+
+    @field_validator("local_share_roots", mode="before")
+    @classmethod
+    def _split_share_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part.strip()]
+        return value
+
+    @field_validator("local_share_roots")
+    @classmethod
+    def _absolute_share_roots(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{path} is not an absolute path: list absolute folders, separated by '{os.pathsep}'")
+        return value
+
+    def demo_share(self) -> Path:
+        return self.data_dir / "demo-share"
+
+    def share_roots(self) -> list[Path]:
+        """The allowed share roots: those configured, else the demo's folder alone."""
+        return list(self.local_share_roots) or [self.demo_share()]
 
     def database(self) -> str:
         # Imported here: the CLI's client commands read ClientSettings and should not pay

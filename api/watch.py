@@ -1,69 +1,279 @@
-"""Watch: deployment changes as server-sent events (``?watch=1``).
+"""Watch: deployment changes as server-sent events (``?watch=1``), from one shared poller.
 
-A watch looks at every deployment's resourceVersion twice a second and sends what changed:
-``ADDED`` for each deployment at the start and for new ones, ``MODIFIED``, ``DELETED``. It
-reads the database, not this process's memory, so it sees the changes any replica made (the
-HA setup has several). Comments keep idle connections open through proxies.
+One ``WatchHub`` per app looks at every deployment's resourceVersion (one query, twice a
+second, while anyone watches), reads each changed deployment once, and hands the change to
+every watch it concerns: 200 watches cost what one does. It reads the database, not this
+process's memory, so it sees the changes any replica made (the HA setup has several).
+
+Each watch starts with ``ADDED`` for what exists (its own read), then gets ``ADDED``,
+``MODIFIED`` and ``DELETED`` as they happen; comments keep idle connections open through
+proxies. Watches are capped in total and per token (429 past either), a watch that cannot keep
+up is closed (the client lists again and resumes), and a token's watches close when it is
+revoked, here at once and within a poll when another replica revoked it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.concurrency import run_in_threadpool
 
-from state.selectors import Requirement
+from api.problems import ApiError
+from api.views import PublicViews
+from state.access import AccessStore
+from state.errors import NotFound
+from state.models import InferenceDeployment
+from state.selectors import Requirement, matches
 from state.store import DeploymentStore
 
-POLL_SECONDS = 0.5
-KEEPALIVE_SECONDS = 15.0
+log = logging.getLogger("loraplane.api.watch")
+
+# Event texts kept for reuse: the deployments' newest versions, as PublicViews keeps their forms.
+TEXTS_KEPT = 4096
+FANOUT_BATCH = 16
+
+
+@dataclass(frozen=True)
+class WatchLimits:
+    total: int = 1000
+    per_token: int = 100
+    poll_seconds: float = 0.5
+    keepalive_seconds: float = 15.0
+    # Events waiting for a slow client before its watch is closed.
+    backlog: int = 1000
 
 
 def _event(kind: str, document: dict) -> str:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, 'object': document}, default=str)}\n\n"
 
 
-async def watch_events(
-    store: DeploymentStore,
-    *,
-    name: str | None = None,
-    requirements: Sequence[Requirement] = (),
-    timeout_seconds: float = 1800.0,
-    is_disconnected: Callable[[], object] | None = None,
-) -> AsyncIterator[str]:
-    deadline = time.monotonic() + timeout_seconds
-    seen: dict[str, tuple[str, int]] = {}
-    last_sent = time.monotonic()
-    while time.monotonic() < deadline:
-        if is_disconnected is not None and await is_disconnected():  # type: ignore[misc]
+@dataclass(eq=False)
+class Watch:
+    holder: str  # the token's name ("anonymous" without authentication)
+    name: str | None
+    requirements: Sequence[Requirement]
+    queue: asyncio.Queue[str | None]
+    seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # name -> (uid, resourceVersion)
+    closed: bool = False
+
+    def wants(self, row: InferenceDeployment) -> bool:
+        return (self.name is None or row.name == self.name) and matches(self.requirements, row.labels)
+
+    def put(self, item: str | None) -> None:
+        if self.closed:
             return
-        current = await run_in_threadpool(store.versions, name)
-        if requirements:
-            rows, _ = await run_in_threadpool(store.list, requirements)
-            matching = {row.name for row in rows}
-            current = {n: v for n, v in current.items() if n in matching}
-        sent = False
-        for gone in sorted(set(seen) - set(current)):
-            yield _event("DELETED", {"metadata": {"name": gone, "uid": seen[gone][0]}})
-            sent = True
-            if name is not None:
-                return  # the one deployment watched is gone: so is the watch
-        changed = sorted(n for n, v in current.items() if seen.get(n) != v)
-        for changed_name in changed:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.close()  # too far behind: better a closed stream than an unbounded backlog
+        if item is None:
+            self.closed = True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+        self.closed = True
+
+
+class WatchHub:
+    def __init__(
+        self,
+        store: DeploymentStore,
+        views: PublicViews,
+        *,
+        access: AccessStore | None = None,
+        limits: WatchLimits | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.store, self.views, self.access = store, views, access
+        self.limits = limits or WatchLimits()
+        self._watches: set[Watch] = set()
+        self._texts: OrderedDict[tuple[str, str, int], str] = OrderedDict()
+        self._texts_lock = threading.Lock()  # the initial reads run in the thread pool
+        self._versions: dict[str, tuple[str, int]] | None = None
+        self._baseline_lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        registry = registry or CollectorRegistry()
+        self.open_gauge = Gauge("loraplane_watches_open", "Watch streams open on this replica", registry=registry)
+        self.polls = Counter("loraplane_watch_polls_total", "Looks at the deployments' versions made for the watches", registry=registry)
+
+    # ---------------------------------------------------------------------------- watches
+
+    def open(self, holder: str, *, name: str | None = None, requirements: Sequence[Requirement] = ()) -> Watch:
+        if len(self._watches) >= self.limits.total:
+            raise ApiError(
+                429,
+                "Too many requests",
+                f"this server has {self.limits.total} watches open, its limit; retry later, or list instead of watching",
+                headers={"Retry-After": "10"},
+            )
+        mine = sum(1 for w in self._watches if w.holder == holder)
+        if mine >= self.limits.per_token:
+            raise ApiError(
+                429,
+                "Too many requests",
+                f"token {holder!r} has {mine} watches open, the most one token may; close one first "
+                "(one watch with a label selector can follow many deployments)",
+                headers={"Retry-After": "10"},
+            )
+        watch = Watch(holder, name, tuple(requirements), asyncio.Queue(maxsize=self.limits.backlog))
+        self._watches.add(watch)
+        self.open_gauge.set(len(self._watches))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="watch-hub")
+        return watch
+
+    def close(self, watch: Watch) -> None:
+        watch.close()
+        self._watches.discard(watch)
+        self.open_gauge.set(len(self._watches))
+
+    def close_holder(self, holder: str) -> None:
+        """The token was revoked: its watches end now."""
+        for watch in [w for w in self._watches if w.holder == holder]:
+            self.close(watch)
+
+    async def shutdown(self) -> None:
+        for watch in list(self._watches):
+            self.close(watch)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def stream(self, watch: Watch, timeout_seconds: float) -> AsyncIterator[str]:
+        """The events of one watch: what exists first, then the changes the hub hands it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_seconds
+        try:
+            # The hub's first look comes before the watch's own read: a change after that read
+            # is then in the hub's next comparison, and one before it is in the read.
+            async with self._baseline_lock:
+                if self._versions is None:
+                    self._versions = await run_in_threadpool(self.store.versions, None)
+            for event in await run_in_threadpool(self._initial, watch):
+                yield event
+            while not watch.closed or not watch.queue.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                try:
+                    item = await asyncio.wait_for(watch.queue.get(), timeout=min(self.limits.keepalive_seconds, remaining))
+                except TimeoutError:
+                    if loop.time() < deadline:
+                        yield ": keep-alive\n\n"
+                    continue
+                if item is None:
+                    return
+                yield item
+        finally:
+            self.close(watch)
+
+    def _initial(self, watch: Watch) -> list[str]:
+        if watch.name is not None:
             try:
-                row = await run_in_threadpool(store.get, changed_name)
-            except Exception:  # gone between the two reads: the next look says DELETED
+                rows = [self.store.get(watch.name)]
+            except NotFound:
+                rows = []
+        else:
+            rows, _ = self.store.list(watch.requirements)
+        events = []
+        for row in rows:
+            watch.seen[row.name] = (row.uid, row.resource_version)
+            events.append(self._text("ADDED", row))
+        return events
+
+    def _text(self, kind: str, row: InferenceDeployment) -> str:
+        """An event as sent, written once per deployment version however many watches get it
+        (200 watches opening at once would otherwise write each deployment 200 times)."""
+        key = (kind, row.uid, row.resource_version)
+        with self._texts_lock:
+            text = self._texts.get(key)
+            if text is not None:
+                self._texts.move_to_end(key)
+                return text
+        text = _event(kind, self.views.of(row).model_dump(mode="json", by_alias=True, exclude_none=True))
+        with self._texts_lock:
+            self._texts[key] = text
+            while len(self._texts) > TEXTS_KEPT:
+                self._texts.popitem(last=False)
+        return text
+
+    # ------------------------------------------------------------------------- the poller
+
+    async def _run(self) -> None:
+        while self._watches:
+            try:
+                await self._tick()
+            except Exception:  # the poller must outlive one failed look (the database blinked)
+                log.exception("a watch poll failed; trying again")
+            await asyncio.sleep(self.limits.poll_seconds)
+        self._versions = None  # nobody watches: the next watch starts from a fresh look
+
+    async def _tick(self) -> None:
+        self.polls.inc()
+        current = await run_in_threadpool(self.store.versions, None)
+        if self.access is not None:
+            valid = await run_in_threadpool(self.access.token_names)
+            for holder in {w.holder for w in self._watches} - valid:
+                self.close_holder(holder)  # revoked (perhaps on another replica)
+        previous, self._versions = self._versions, current
+        if previous is None:
+            return  # no baseline yet: the watches' own reads are newer than this look
+        changed = sorted(n for n, v in current.items() if previous.get(n) != v)
+        gone = sorted(set(previous) - set(current))
+        rows = await run_in_threadpool(self._rows, changed) if changed else []
+        if not rows and not gone:
+            return
+        for index, watch in enumerate(list(self._watches)):
+            for name in gone:
+                self._deleted(watch, name)
+            for row in rows:
+                self._changed(watch, row)
+            if index % FANOUT_BATCH == FANOUT_BATCH - 1:
+                # Each event wakes its stream: let other requests in between batches, rather
+                # than after every watch has written (200 watches: tens of milliseconds).
+                await asyncio.sleep(0)
+
+    def _rows(self, names: list[str]) -> list[tuple[InferenceDeployment, dict[str, str]]]:
+        """Each changed deployment, read once, its events written once for every watch."""
+        found = []
+        for name in names:
+            try:
+                row = self.store.get(name)
+            except NotFound:  # gone between the two reads: the next look says DELETED
                 continue
-            kind = "ADDED" if changed_name not in seen or seen[changed_name][0] != row.uid else "MODIFIED"
-            yield _event(kind, row.to_public().model_dump(mode="json", by_alias=True, exclude_none=True))
-            sent = True
-        seen = current
-        if sent:
-            last_sent = time.monotonic()
-        elif time.monotonic() - last_sent > KEEPALIVE_SECONDS:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
-        await asyncio.sleep(POLL_SECONDS)
+            found.append((row, {kind: self._text(kind, row) for kind in ("ADDED", "MODIFIED")}))
+        return found
+
+    def _deleted(self, watch: Watch, name: str) -> None:
+        seen = watch.seen.pop(name, None)
+        if seen is None:
+            return
+        watch.put(_event("DELETED", {"metadata": {"name": name, "uid": seen[0]}}))
+        if watch.name is not None:
+            watch.put(None)  # the one deployment watched is gone: so is the watch
+
+    def _changed(self, watch: Watch, found: tuple[InferenceDeployment, dict[str, str]]) -> None:
+        row, events = found
+        seen = watch.seen.get(row.name)
+        if not watch.wants(row):
+            if seen is not None and watch.name is None:  # no longer matches the selector
+                self._deleted(watch, row.name)
+            return
+        if seen is not None and seen[0] == row.uid and seen[1] >= row.resource_version:
+            return  # the watch's own first read was as new
+        kind = "ADDED" if seen is None or seen[0] != row.uid else "MODIFIED"
+        watch.seen[row.name] = (row.uid, row.resource_version)
+        watch.put(events[kind])

@@ -85,6 +85,11 @@ class AccessStore:
         with self._read() as session:
             return session.exec(select(ApiToken).where(col(ApiToken.token_hash) == hash_token(secret))).first()
 
+    def token_names(self) -> set[str]:
+        """The names of the tokens that are valid now."""
+        with self._read() as session:
+            return set(session.exec(select(ApiToken.name)))
+
     def has_tokens(self) -> bool:
         with self._read() as session:
             return session.exec(select(ApiToken.name).limit(1)).first() is not None

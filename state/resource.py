@@ -186,10 +186,13 @@ AbsolutePath = Annotated[
     str,
     StringConstraints(min_length=1, max_length=4096),
     _rule(
-        r"/(?!.*(?:^|/)\.\.(?:/|$))[^\x00]*",
-        "must be an absolute folder path on this machine (starting with '/'), for example '/srv/share'",
+        r"/(?!.*(?:^|/)\.\.(?:/|$))[^\x00-\x1f\x7f]*",
+        "must be an absolute folder path on this machine (starting with '/', no '..', no control characters), for example '/srv/share'",
     ),
 ]
+# Any other string a client may send: no control characters, which would forge a log line or
+# drive a terminal that shows it.
+PlainText = Annotated[str, _rule(r"[^\x00-\x1f\x7f]*", "must not contain control characters (newlines, escapes)")]
 MarkerFileName = Annotated[
     str,
     _rule(r"[A-Za-z0-9._-]{1,255}", "must be a file name such as '_SUCCESS'"),
@@ -531,14 +534,14 @@ class ObjectMetaIn(CamelModel):
 
     name: DeploymentName
     labels: Labels = Field(default_factory=dict)
-    resource_version: str | None = Field(default=None, max_length=32)
-    uid: str | None = Field(default=None, max_length=64)
+    resource_version: PlainText | None = Field(default=None, max_length=32)
+    uid: PlainText | None = Field(default=None, max_length=64)
     generation: int | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    owner: str | None = Field(default=None, max_length=128)
+    owner: PlainText | None = Field(default=None, max_length=128)
     deletion_timestamp: datetime | None = None
-    finalizers: list[str] | None = None
+    finalizers: list[PlainText] | None = None
 
 
 class ObjectMeta(CamelModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,3 +42,18 @@ def parse_selector(text: str) -> list[Requirement]:
             raise ValueError(f"label selector term {term!r}: {LABEL_VALUE_RULE}")
         requirements.append(Requirement(key, operator, value))
     return requirements
+
+
+def matches(requirements: Sequence[Requirement], labels: Mapping[str, str]) -> bool:
+    """Whether labels satisfy every requirement (what the store's query says, in memory)."""
+    for req in requirements:
+        present = req.key in labels
+        if req.operator == "exists" and not present:
+            return False
+        if req.operator == "!exists" and present:
+            return False
+        if req.operator == "=" and labels.get(req.key) != req.value:
+            return False
+        if req.operator == "!=" and present and labels.get(req.key) == req.value:
+            return False
+    return True

@@ -126,9 +126,19 @@ def tiny_share(tiny_share_template: Path, tmp_path: Path) -> Path:
     return root
 
 
+# The share roots the tests' daemons allow: the test's own folder, the manifests' default share
+# root and the example's (neither exists here: those tests are about something else).
+DEFAULT_SHARE_ROOT = "/srv/share"
+EXAMPLE_SHARE_ROOT = "/tmp/loraplane-share"
+
+
+def allowed_share_roots(tmp_path: Path) -> list[Path]:
+    return [tmp_path, Path(DEFAULT_SHARE_ROOT), Path(EXAMPLE_SHARE_ROOT)]
+
+
 @pytest.fixture
 def local_provider(tmp_path: Path) -> Iterator[LocalProvider]:
-    provider = LocalProvider(tmp_path / "run", serving_command=STANDIN_COMMAND)
+    provider = LocalProvider(tmp_path / "run", serving_command=STANDIN_COMMAND, share_roots=allowed_share_roots(tmp_path))
     yield provider
     provider.stop()
     provider.stop_all()  # no test leaves a serving process behind
@@ -145,7 +155,7 @@ def client(store: DeploymentStore, reconciler: Reconciler) -> Iterator[TestClien
         yield test_client
 
 
-def local_manifest(name: str = "support-bot", share_root: str = "/srv/share", **spec) -> dict:
+def local_manifest(name: str = "support-bot", share_root: str = DEFAULT_SHARE_ROOT, **spec) -> dict:
     return {
         "apiVersion": "loraplane/v1",
         "kind": "InferenceDeployment",
@@ -208,6 +218,7 @@ def start_service(
         env["LORAPLANE_SERVING_COMMAND"] = json.dumps(STANDIN_COMMAND)
     if not auth:  # most tests are about something else; tests/api/test_auth.py turns it on
         env["LORAPLANE_AUTH"] = "off"
+    env["LORAPLANE_LOCAL_SHARE_ROOTS"] = os.pathsep.join(str(p) for p in allowed_share_roots(data_dir.parent))
     env.update(env_overrides or {})
     env["LORAPLANE_RESYNC_SECONDS"] = str(resync_seconds)
     with log.open("ab") as sink:

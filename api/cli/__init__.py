@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 
 from api.cli import render
 from api.cli.client import ApiClient, CliError, json_body
+from api.cli.manifests import load_manifests
 from api.settings import ClientSettings
 
 app = typer.Typer(
@@ -58,41 +58,6 @@ def _client() -> ApiClient:
 
 
 # ------------------------------------------------------------------------------- manifests
-
-
-def load_manifests(path: str) -> list[dict[str, Any]]:
-    """Read YAML or JSON (several YAML documents allowed); '-' reads standard input."""
-    if path == "-":
-        text, where = sys.stdin.read(), "<stdin>"
-    else:
-        file = Path(path)
-        if not file.is_file():
-            raise CliError(f"{path}: no such file")
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"{path}: cannot read it ({exc})") from exc
-        where = path
-    try:
-        if where.endswith(".json"):
-            documents = [json.loads(text)]
-        else:
-            documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{where}: not valid JSON: {exc.msg} at line {exc.lineno}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise CliError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}{at}") from exc
-    if not documents:
-        raise CliError(f"{where}: holds no manifest")
-    for index, document in enumerate(documents, start=1):
-        if not isinstance(document, dict):
-            raise CliError(f"{where}: document {index} is not a mapping (expected an InferenceDeployment)")
-        name = (document.get("metadata") or {}).get("name") if isinstance(document.get("metadata"), dict) else None
-        if not isinstance(name, str) or not name:
-            raise CliError(f"{where}: document {index} has no metadata.name")
-    return documents
 
 
 # -------------------------------------------------------------------------------- commands
@@ -462,10 +427,10 @@ def main() -> None:
     try:
         app()
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {render.printable(exc)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # the promise is one line, never a traceback
-        print(f"error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        print(render.printable(f"error: {type(exc).__name__}: {exc}".splitlines()[0]), file=sys.stderr)
         sys.exit(1)

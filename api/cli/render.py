@@ -1,14 +1,34 @@
-"""How the CLI shows resources: kubectl-like tables, YAML and JSON."""
+"""How the CLI shows resources: kubectl-like tables, YAML and JSON.
+
+What the server sends is shown as text, never as terminal input: control characters are
+escaped (an ESC in a message must not clear the screen, a newline must not forge a line) and
+nothing is read as rich markup. YAML and JSON escape them themselves."""
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: object) -> str:
+    """``value`` as text a terminal shows as it is: control characters as ``\\xNN``."""
+    return CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+class SafeTable(Table):
+    """A table whose cells are plain, printable text, whatever the server sent."""
+
+    def add_row(self, *renderables: RenderableType | None, **options: Any) -> None:
+        super().add_row(*(Text(printable(r)) if isinstance(r, str) else r for r in renderables), **options)
 
 
 def age(timestamp: str | None, now: datetime | None = None) -> str:
@@ -30,7 +50,7 @@ def condition(resource: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def _table(*columns: str) -> Table:
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    table = SafeTable(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for column in columns:
         table.add_column(column, overflow="fold")
     return table
@@ -156,7 +176,7 @@ def describe(console: Console, item: dict[str, Any], events: list[dict[str, Any]
     if status.get("message"):
         fields.append(("Message", status["message"]))
     for key, value in fields:
-        console.print(f"[bold]{key + ':':<16}[/bold]{value}", highlight=False)
+        console.print(Text.assemble((f"{key + ':':<16}", "bold"), printable(value)), highlight=False)
     console.print("[bold]Spec:[/bold]")
     console.print(_indent(to_yaml(item.get("spec") or {})), highlight=False, markup=False)
     console.print("[bold]Conditions:[/bold]")
@@ -183,13 +203,15 @@ def plan(console: Console, body: dict[str, Any]) -> None:
     actions = body.get("actions") or []
     if blocked:
         kind = "blocked" if blocked.get("permanent") else "waiting"
-        console.print(f"deployment/{name}: {kind}: {blocked.get('reason')}: {blocked.get('message')}")
+        console.print(printable(f"deployment/{name}: {kind}: {blocked.get('reason')}: {blocked.get('message')}"), markup=False)
     if not actions and not blocked:
         console.print(f"deployment/{name}: no changes; the world matches the spec")
         return
     for action in actions:
         sign = {"create": "+", "delete": "-"}.get(action.get("verb"), "~")
-        console.print(f"{sign} {action.get('verb')} {action.get('kind')} {action.get('name')}: {action.get('reason')}")
+        console.print(
+            printable(f"{sign} {action.get('verb')} {action.get('kind')} {action.get('name')}: {action.get('reason')}"), markup=False
+        )
     if actions:
         summary = ", ".join(f"{count} to {verb}" for verb, count in sorted((body.get("summary") or {}).items()))
         console.print(f"deployment/{name}: {summary}")

@@ -18,7 +18,9 @@ from sqlalchemy.engine import make_url
 
 from api.app import create_app
 from api.cli.client import CliError
+from api.cli.render import printable
 from api.settings import ServiceSettings
+from api.watch import WatchLimits
 from infra.azure.limiter import ArmLimiter, BucketSpec
 from infra.azure.provider import AzureConfig, AzureProvider
 from infra.local.provider import LocalProvider
@@ -41,12 +43,22 @@ log = logging.getLogger("loraplane")
 DEMO_NAME = "demo"
 
 
+class EscapingFormatter(logging.Formatter):
+    """Log lines carry what deployers wrote (names, paths, Azure's and the app's messages):
+    their control characters are escaped, so a newline cannot forge a line and an ESC cannot
+    drive the terminal that tails the log. A traceback keeps its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def prepare_demo(settings: ServiceSettings, store: DeploymentStore) -> Path:
     """A tiny model and two adapters in the data dir, and a local deployment serving them."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from serving.tiny import TINY_MODEL_PATH, make_tiny_share
 
-    share = (settings.data_dir / "demo-share").resolve()
+    share = settings.demo_share().resolve()
     if not (share / TINY_MODEL_PATH / "config.json").is_file():
         print(f"building a tiny random model and two adapters in {share} ...", flush=True)
         make_tiny_share(share)
@@ -133,17 +145,24 @@ def first_admin_token(settings: ServiceSettings, access: AccessStore) -> Path | 
 
 
 def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo: bool = False) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=settings.log_level.upper())
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for chatty in ("apscheduler", "httpx"):  # a line per timer tick or probe drowns the log
         logging.getLogger(chatty).setLevel(logging.WARNING)
     # The API's event loop shares the GIL with the reconciler's workers and the thread pool; a
     # thread busy in Python keeps it for the whole switch interval (5 ms by default), and a
     # request that hops loop -> pool -> loop waits that long at each hop. 1 ms bounds the wait.
     sys.setswitchinterval(0.001)
+    # The data dir holds the database (specs, token hashes, the audit trail) and the serving
+    # apps' logs and admin tokens: for this user alone. Everything the daemon makes is so
+    # (the umask, which the serving processes inherit), SQLite's -wal and -shm files too (they
+    # take the database file's mode), and a data dir made wider earlier is narrowed.
+    os.umask(0o077)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+    for made_before in settings.data_dir.glob("loraplane.db*"):
+        os.chmod(made_before, 0o600)
     url = settings.database()
     shown = make_url(url).render_as_string(hide_password=True)
     try:
@@ -153,7 +172,10 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
         raise CliError(f"cannot open the database {shown}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
     store = DeploymentStore(engine)
     registry = CollectorRegistry()
-    local = LocalProvider(settings.data_dir / "local", serving_command=settings.serving_command)
+    share_roots = settings.share_roots()
+    if demo and settings.demo_share() not in share_roots:
+        share_roots.append(settings.demo_share())
+    local = LocalProvider(settings.data_dir / "local", serving_command=settings.serving_command, share_roots=share_roots)
     # One writer for every write the reconciler makes (its journal's too): the one the leader
     # lease fences when replicas share a PostgreSQL database.
     writer = PassWriter(store)
@@ -194,9 +216,18 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
             settings.host,
             settings.port,
         )
-    app = create_app(store, reconciler, controller=controller, registry=registry, authenticate=authenticate)
+    app = create_app(
+        store,
+        reconciler,
+        controller=controller,
+        registry=registry,
+        authenticate=authenticate,
+        max_body_bytes=settings.max_request_bytes,
+        watch_limits=WatchLimits(total=settings.max_watches, per_token=settings.max_watches_per_token),
+    )
     log.info("database %s is at the newest schema", shown)
     log.info("API on http://%s:%d (docs at /docs)", settings.host, settings.port)
+    log.info("local deployments may use share roots under: %s (LORAPLANE_LOCAL_SHARE_ROOTS)", ", ".join(map(str, share_roots)))
     # uvicorn turns SIGTERM and SIGINT into a graceful shutdown: the app's lifespan stops the
     # reconciler, letting running passes finish; serving processes are left for the next start
     # unless --stop-children.

@@ -20,14 +20,24 @@ from schemathesis.checks import (
 
 from api.app import create_app
 from reconciler.core import Reconciler
+from state.access import AccessStore
 from state.store import DeploymentStore
 from tests.conftest import azure_manifest, local_manifest
 
 
-@pytest.fixture
-def api_schema(store: DeploymentStore, reconciler: Reconciler, share: Path) -> Iterator[schemathesis.BaseSchema]:
-    app = create_app(store, reconciler)
-    with TestClient(app) as client:
+@pytest.fixture(params=["auth-off", "auth-on"])
+def api_schema(
+    request: pytest.FixtureRequest, store: DeploymentStore, reconciler: Reconciler, share: Path
+) -> Iterator[schemathesis.BaseSchema]:
+    """The API as a single user runs it, and as a team does: with tokens, through the guard
+    that checks them (and the body) before a route runs."""
+    authenticate = request.param == "auth-on"
+    app = create_app(store, reconciler, authenticate=authenticate)
+    headers: dict[str, str] = {}
+    if authenticate:
+        headers["Authorization"] = "Bearer " + AccessStore(store.engine).create_token("fuzzer", "admin", actor="test")[1]
+    app.state.fuzz_headers = headers
+    with TestClient(app, headers=headers) as client:
         # Something to find, so that reads and writes by name reach the database and the
         # planner, not only 404s.
         client.post("/v1/deployments", json=local_manifest(name="support-bot", share_root=str(share)))
@@ -55,6 +65,7 @@ CHECKS = [
 
 
 def test_no_input_yields_a_server_error(api_schema: schemathesis.BaseSchema) -> None:
+    headers = api_schema.app.state.fuzz_headers
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 12
     for operation in operations:
@@ -74,6 +85,6 @@ def test_no_input_yields_a_server_error(api_schema: schemathesis.BaseSchema) -> 
                 case.path_parameters["name"] = known
             if case.query:  # a watch streams until its timeout: tests/api/test_watch.py covers it
                 case.query.pop("watch", None)
-            case.call_and_validate(checks=CHECKS)
+            case.call_and_validate(checks=CHECKS, headers=headers)
 
         check()
