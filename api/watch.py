@@ -20,8 +20,9 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.concurrency import run_in_threadpool
@@ -63,6 +64,9 @@ class Watch:
     queue: asyncio.Queue[str | None]
     seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # name -> (uid, resourceVersion)
     closed: bool = False
+    # What the hub handed over while the watch's first read was running (in the thread pool):
+    # applied once that read is in ``seen``, so that nothing is sent twice or out of order.
+    pending: list[Callable[[], None]] | None = field(default_factory=list)
 
     def wants(self, row: InferenceDeployment) -> bool:
         return (self.name is None or row.name == self.name) and matches(self.requirements, row.labels)
@@ -162,7 +166,14 @@ class WatchHub:
             async with self._baseline_lock:
                 if self._versions is None:
                     self._versions = await run_in_threadpool(self.store.versions, None)
-            for event in await run_in_threadpool(self._initial, watch):
+            initial = await run_in_threadpool(self._initial, watch)
+            # On the loop from here to the first yield: nothing the hub hands over interleaves.
+            for row, _ in initial:
+                watch.seen[row.name] = (row.uid, row.resource_version)
+            pending, watch.pending = watch.pending or [], None
+            for hand_over in pending:
+                hand_over()
+            for _, event in initial:
                 yield event
             while not watch.closed or not watch.queue.empty():
                 remaining = deadline - loop.time()
@@ -180,7 +191,8 @@ class WatchHub:
         finally:
             self.close(watch)
 
-    def _initial(self, watch: Watch) -> list[str]:
+    def _initial(self, watch: Watch) -> list[tuple[InferenceDeployment, str]]:
+        """What exists now, as the watch sees it, with its ADDED events (in the thread pool)."""
         if watch.name is not None:
             try:
                 rows = [self.store.get(watch.name)]
@@ -188,11 +200,7 @@ class WatchHub:
                 rows = []
         else:
             rows, _ = self.store.list(watch.requirements)
-        events = []
-        for row in rows:
-            watch.seen[row.name] = (row.uid, row.resource_version)
-            events.append(self._text("ADDED", row))
-        return events
+        return [(row, self._text("ADDED", row)) for row in rows]
 
     def _text(self, kind: str, row: InferenceDeployment) -> str:
         """An event as sent, written once per deployment version however many watches get it
@@ -237,6 +245,10 @@ class WatchHub:
         if not rows and not gone:
             return
         for index, watch in enumerate(list(self._watches)):
+            if watch.pending is not None:  # its first read is still running: kept for after it
+                watch.pending.extend(partial(self._deleted, watch, name) for name in gone)
+                watch.pending.extend(partial(self._changed, watch, row) for row in rows)
+                continue
             for name in gone:
                 self._deleted(watch, name)
             for row in rows:
