@@ -188,7 +188,10 @@ class Reconciler:
             # The rollout cannot go on; what serves is still what the app says it serves, not
             # what the last status said.
             error = classify(exc)
-            log.warning("rolling out the adapter of %s: %s: %s", row.name, error.reason, error.message)
+            if error.reason == "UnexpectedError":
+                log.exception("rolling out the adapter of %s failed unexpectedly", row.name)
+            else:
+                log.warning("rolling out the adapter of %s: %s: %s", row.name, error.reason, error.message)
             status = statuses.failed(previous, row.generation, observation, error, self.clock())
             status.adapter.serving_version = self._reported_version(provider, target, observation, status.adapter.serving_version)
             self._commit(row, status, events=self._failure_events(previous, status, error))
