@@ -20,6 +20,7 @@ from state.errors import (
     PreconditionFailed,
     StateError,
 )
+from state.resource import DNS_LABEL
 
 log = logging.getLogger("loraplane.api")
 
@@ -131,9 +132,10 @@ def problem_json(
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
-    """('body', 'spec', 'azure', 'app') -> 'spec.azure.app'; list indexes as [i]."""
+    """('body', 'spec', 'azure', 'app') -> 'spec.azure.app', ('path', 'name') -> 'name': the
+    field as the user wrote it, not where FastAPI found it; list indexes as [i]."""
     parts = list(loc)
-    if parts and parts[0] == "body":
+    if parts and parts[0] in ("body", "path", "query", "header"):
         parts = parts[1:]
     out = ""
     for part in parts:
@@ -144,12 +146,30 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-def _message(error: Mapping[str, Any]) -> str:
+# What to give, for the required fields a first manifest most often leaves out.
+MISSING_HINTS = {
+    "spec.model": "is required: the base model's folder under the share root, as {path: model-cache/microsoft/Phi-3-mini-4k-instruct}",
+    "spec.model.path": "is required: the base model's folder under the share root, such as model-cache/microsoft/Phi-3-mini-4k-instruct",
+}
+
+
+# The rules of what a URL names, said in words rather than as the regular expression.
+URL_RULES = {
+    "name": "is not a deployment name: " + DNS_LABEL[1],
+    "version": "is not an adapter version id: list them with 'loraplane adapters NAME'",
+    "token_name": "is not a token name: lowercase letters, digits and '-', starting with a letter",
+}
+
+
+def _message(error: Mapping[str, Any], where: str = "") -> str:
     kind = error.get("type", "")
     if kind == "extra_forbidden":
         return "is not a known field: check the spelling (fields are camelCase, e.g. settleSeconds)"
     if kind == "missing":
-        return "is required"
+        return MISSING_HINTS.get(where, "is required")
+    location = tuple(error.get("loc", ()))[:1]
+    if kind == "string_pattern_mismatch" and location == ("path",) and where in URL_RULES:
+        return f"{error.get('input')!r} {URL_RULES[where]}"
     message = str(error.get("msg", "is invalid"))
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
@@ -158,7 +178,11 @@ def _message(error: Mapping[str, Any]) -> str:
 
 
 def field_errors(errors: Sequence[Mapping[str, Any]], prefix: tuple[Any, ...] = ()) -> list[FieldError]:
-    return [FieldError(field=field_path(prefix + tuple(e.get("loc", ()))), message=_message(e)) for e in errors]
+    found = []
+    for error in errors:
+        where = field_path(prefix + tuple(error.get("loc", ())))
+        found.append(FieldError(field=where, message=_message(error, where)))
+    return found
 
 
 def validation_problem(errors: list[FieldError]) -> ApiError:

@@ -41,7 +41,7 @@ BENCH_SHARE_ROOT = "/nonexistent/bench-share"
 def manifest(name: str) -> dict:
     return {
         "metadata": {"name": name, "labels": {"bench": "api"}},
-        "spec": {"target": "local", "local": {"shareRoot": BENCH_SHARE_ROOT}},
+        "spec": {"target": "local", "local": {"shareRoot": BENCH_SHARE_ROOT}, "model": {"path": "models/base"}},
     }
 
 

@@ -23,6 +23,7 @@ import psutil
 
 from azuresim.server import AzureSimulator
 from bench.common import start_service, wait_for
+from state.resource import TOOLKIT_MODEL_PATH
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 GROUP = "rg-fleet"
@@ -39,7 +40,10 @@ WRITES = ("PUT", "PATCH", "POST", "DELETE")
 
 def manifest(name: str) -> dict[str, Any]:
     azure = {"subscriptionId": SUBSCRIPTION, "resourceGroup": GROUP, "location": "westus3", **SHARED, "app": name}
-    return {"metadata": {"name": name, "labels": {"bench": "fleet"}}, "spec": {"target": "azure", "azure": azure}}
+    return {
+        "metadata": {"name": name, "labels": {"bench": "fleet"}},
+        "spec": {"target": "azure", "model": {"path": TOOLKIT_MODEL_PATH}, "azure": azure},
+    }
 
 
 def arm_only(calls: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:

@@ -1,6 +1,12 @@
 """Status as a pure function of what the reconciler learned. Messages hold nothing that changes
 from one pass to the next when the world does not (no timestamps, no counters), so a steady
-state writes nothing."""
+state writes nothing.
+
+The Ready condition is True exactly when the phase is Ready: a Degraded deployment whose
+endpoint still answers (with what was applied before, or with the adapter a failed rollout
+went back to) is not Ready, and its Ready condition says that the endpoint answers and why the
+deployment is not as asked. ``loraplane get`` shows PHASE and READY side by side: they never
+contradict each other."""
 
 from __future__ import annotations
 
@@ -73,15 +79,8 @@ def failed(
     status.phase = "Degraded"
     status.message = error.message
     set_condition(status, "Degraded", "True", error.reason, error.message, now)
-    ready = observation is not None and observation.ready
-    set_condition(
-        status,
-        "Ready",
-        "True" if ready else "False",
-        "Serving" if ready else error.reason,
-        observation.detail if ready and observation else error.message,
-        now,
-    )
+    answering = observation is not None and observation.ready
+    set_condition(status, "Ready", "False", error.reason, _not_ready_but_answering(error.message) if answering else error.message, now)
     if error.permanent:
         set_condition(
             status,
@@ -106,9 +105,14 @@ def with_rollout(status: DeploymentStatus, report: RolloutReport, now: datetime)
         status.phase = "Degraded"
         status.message = report.message
         set_condition(status, "Degraded", "True", report.reason, report.message, now)
+        set_condition(status, "Ready", "False", report.reason, _not_ready_but_answering(report.message), now)
     elif not report.synced and status.phase == "Ready" and report.reason not in ("Serving",):
         status.message = report.message
     return status
+
+
+def _not_ready_but_answering(why: str) -> str:
+    return f"the endpoint answers, but the deployment is not as asked: {why}"
 
 
 def deleting(previous: DeploymentStatus, message: str, now: datetime) -> DeploymentStatus:
@@ -116,4 +120,5 @@ def deleting(previous: DeploymentStatus, message: str, now: datetime) -> Deploym
     status.phase = "Deleting"
     status.message = message
     set_condition(status, "Progressing", "True", "Deleting", message, now)
+    set_condition(status, "Ready", "False", "Deleting", message, now)
     return status

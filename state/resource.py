@@ -31,8 +31,10 @@ from state import azure_limits
 API_VERSION: Final = "loraplane/v1"
 KIND: Final = "InferenceDeployment"
 
-# The defaults follow the AI Toolkit's remote fine-tuning layout on the Azure Files share.
-DEFAULT_MODEL_PATH = "model-cache/microsoft/Phi-3-mini-4k-instruct"
+# The AI Toolkit's remote fine-tuning layout on the Azure Files share: where its Phi-3 project
+# keeps the base model (what ``loraplane import-toolkit`` writes; a manifest always names its
+# model), and where training leaves the adapter (the default of spec.adapter.path).
+TOOLKIT_MODEL_PATH = "model-cache/microsoft/Phi-3-mini-4k-instruct"
 DEFAULT_ADAPTER_PATH = "models/qlora/qlora/gpu_model/adapter"
 DEFAULT_WORKLOAD_PROFILE_TYPE = "Consumption-GPU-NC24-A100"
 
@@ -228,7 +230,9 @@ Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
 
 
 class ModelSpec(CamelModel):
-    path: SharePath = DEFAULT_MODEL_PATH
+    # Required: a default base model would be filled in silently, and a manifest that left it
+    # out would replace a working model with one that is not there.
+    path: SharePath
 
 
 class AdapterSpec(CamelModel):
@@ -408,7 +412,7 @@ class AzureSpec(CamelModel):
 
 class DeploymentSpec(CamelModel):
     target: Literal["local", "azure"]
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    model: ModelSpec
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     scale: ScaleSpec = Field(default_factory=ScaleSpec)
     local: LocalSpec | None = None

@@ -160,7 +160,7 @@ def local_manifest(name: str = "support-bot", share_root: str = DEFAULT_SHARE_RO
         "apiVersion": "loraplane/v1",
         "kind": "InferenceDeployment",
         "metadata": {"name": name, "labels": {"team": "support"}},
-        "spec": {"target": "local", "local": {"shareRoot": share_root}, **spec},
+        "spec": {"target": "local", "local": {"shareRoot": share_root}, "model": {"path": MODEL_PATH}, **spec},
     }
 
 
@@ -169,6 +169,7 @@ def azure_manifest(name: str = "support-bot", **azure) -> dict:
         "metadata": {"name": name},
         "spec": {
             "target": "azure",
+            "model": {"path": MODEL_PATH},
             "azure": {
                 "subscriptionId": "00000000-0000-0000-0000-000000000000",
                 "resourceGroup": "rg-inference",

@@ -20,7 +20,11 @@ from api.cli.client import ApiClient, CliError, json_body
 from api.cli.manifests import load_manifests
 from api.settings import ClientSettings
 
+# -h as well as --help, on every command and group (kubectl's and most CLIs' habit).
+HELP = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
+    context_settings=HELP,
     name="loraplane",
     help="Serve fine-tuned LoRA adapters: declare a deployment, loraplane keeps it running.",
     no_args_is_help=True,
@@ -266,7 +270,7 @@ def rollback(
     out.print(f"deployment/{name} pinned to adapter {version}" + (f" (was serving {serving})" if serving else ""))
 
 
-token_app = typer.Typer(help="Bearer tokens (admin only): who may use the API, and as what.", no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens (admin only): who may use the API, and as what.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(token_app, name="token")
 
 
@@ -383,7 +387,7 @@ def serve(
     run_service(settings, stop_children=stop_children, demo=demo)
 
 
-dev = typer.Typer(help="Tools for trying loraplane out and for its tests.", no_args_is_help=True)
+dev = typer.Typer(help="Tools for trying loraplane out and for its tests.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(dev, name="dev")
 
 

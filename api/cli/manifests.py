@@ -70,19 +70,33 @@ def _expanded_size(node: Node, memo: dict[int, int]) -> int:
     return size
 
 
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def load_manifests(path: str) -> list[dict[str, Any]]:
-    """Read YAML or JSON (several YAML documents allowed); '-' reads standard input."""
+    """Read YAML or JSON (several YAML documents allowed); '-' reads standard input, and a
+    folder is every .yaml, .yml and .json file in it, in name order (as kubectl reads one)."""
     if path == "-":
-        text, where = sys.stdin.read(), "<stdin>"
-    else:
-        file = Path(path)
-        if not file.is_file():
-            raise CliError(f"{path}: no such file")
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"{path}: cannot read it ({exc})") from exc
-        where = path
+        return _documents(sys.stdin.read(), "<stdin>")
+    given = Path(path)
+    if given.is_dir():
+        files = sorted(p for p in given.iterdir() if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES)
+        if not files:
+            raise CliError(f"{path}: a folder with no manifest in it (files ending in {', '.join(MANIFEST_SUFFIXES)})")
+        return [document for file in files for document in _documents(_read(file), str(file))]
+    if not given.exists():
+        raise CliError(f"{path}: no such file or folder")
+    return _documents(_read(given), path)
+
+
+def _read(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{file}: cannot read it ({exc})") from exc
+
+
+def _documents(text: str, where: str) -> list[dict[str, Any]]:
     try:
         if where.endswith(".json"):
             documents = [json.loads(text, object_pairs_hook=no_duplicate_keys)]

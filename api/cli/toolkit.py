@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.cli.client import CliError
-from state.resource import DeploymentSpec, ObjectMetaIn
+from state.resource import TOOLKIT_MODEL_PATH, DeploymentSpec, ObjectMetaIn
 
 CONFIG_FILE = Path("infra/inference.config.json")
 TOOLKIT_PROFILE_TYPE = "NC24-A100"
@@ -87,7 +87,9 @@ def import_toolkit(project: Path, *, name: str | None = None, location: str | No
     # dedicated NC24-A100 profile named "GPU" and asks 24 vCPU and 220Gi for its app: adopted as
     # it is (the profile is found by its type, whatever its name; the size is that profile's).
     azure["workloadProfile"] = {"type": TOOLKIT_PROFILE_TYPE}
-    spec: dict[str, Any] = {"target": "azure", "azure": azure}
+    # The Toolkit's Phi-3 projects fine-tune microsoft/Phi-3-mini-4k-instruct, cached on the share
+    # under model-cache/: named explicitly (a manifest always names its model).
+    spec: dict[str, Any] = {"target": "azure", "model": {"path": TOOLKIT_MODEL_PATH}, "azure": azure}
     if isinstance(parameters.get("maximumInstanceCount"), int):
         spec["scale"] = {"minReplicas": min(1, parameters["maximumInstanceCount"]), "maxReplicas": parameters["maximumInstanceCount"]}
     manifest = {"apiVersion": "loraplane/v1", "kind": "InferenceDeployment", "metadata": {"name": deployment}, "spec": spec}

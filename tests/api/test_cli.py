@@ -48,6 +48,7 @@ def assert_one_line_error(result, *words: str) -> None:
 def example_with_share(tmp_path: Path, share: Path) -> Path:
     manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
     manifest["spec"]["local"]["shareRoot"] = str(share)
+    (share / manifest["spec"]["model"]["path"]).mkdir(parents=True, exist_ok=True)  # what the stand-in app looks for
     path = tmp_path / "support-bot.yaml"
     path.write_text(yaml.safe_dump(manifest))
     return path

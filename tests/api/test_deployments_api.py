@@ -146,10 +146,16 @@ def test_unknown_fields_are_422(client):
 
 def test_a_missing_target_section_is_422(client):
     body = assert_problem(
-        client.post("/v1/deployments", json={"metadata": {"name": "x1"}, "spec": {"target": "azure"}}),
+        client.post("/v1/deployments", json={"metadata": {"name": "x1"}, "spec": {"target": "azure", "model": {"path": "models/base"}}}),
         422,
     )
     assert "spec.azure is required" in body["detail"]
+
+
+def test_a_manifest_without_its_model_is_422_saying_what_to_give(client):
+    body = assert_problem(client.post("/v1/deployments", json={"metadata": {"name": "x1"}, "spec": {"target": "azure"}}), 422)
+    assert body["errors"][0]["field"] == "spec.model"
+    assert "model-cache/microsoft/Phi-3-mini-4k-instruct" in body["errors"][0]["message"]
 
 
 def test_malformed_json_is_400(client):
@@ -185,7 +191,11 @@ def test_get_of_a_missing_deployment_is_404(client):
 
 def test_get_of_an_impossible_name_is_422(client):
     body = assert_problem(client.get("/v1/deployments/Not_A_Name"), 422)
-    assert body["errors"][0]["field"] == "path.name"
+    # Named as the user wrote it, with the rule in words (before: 'path.name: String should
+    # match pattern ...').
+    assert body["errors"][0]["field"] == "name"
+    assert body["detail"].startswith("name: 'Not_A_Name' is not a deployment name: must be 2-32 characters")
+    assert "pattern" not in body["detail"]
 
 
 def test_list_filters_by_label_and_pages(client):

@@ -75,3 +75,29 @@ def test_a_restart_of_a_ready_deployment_is_not_reported_ready():
     assert conditions(restarting)["Ready"] == ("False", "Provisioning")
     adopted = statuses.progressing(ready, 2, READY, "update ServingProcess bot: adopting it", T0)
     assert adopted.phase == "Ready"
+
+
+def test_ready_is_true_exactly_when_the_phase_is_ready():
+    """Before: a deployment whose new spec failed while the old process still answered showed
+    PHASE Degraded and READY True in 'loraplane get'."""
+    from reconciler.rollout import RolloutReport
+    from state.resource import AdapterStatus
+
+    error = classify(PermanentError("the base model folder /x is missing", reason="ModelNotFound"))
+    ready = statuses.converged(DeploymentStatus(), 1, READY, T0)
+    rolled_back = RolloutReport(
+        AdapterStatus(serving_version="a"), False, "AdapterRolloutFailed", "b failed; rolled back to a", failed=True
+    )
+    seen = [
+        ready,
+        statuses.failed(ready, 2, READY, error, T0),  # the old process still answers
+        statuses.failed(ready, 2, None, error, T0),
+        statuses.with_rollout(statuses.converged(ready, 1, READY, T0), rolled_back, T0),
+        statuses.progressing(ready, 2, Observation(None, detail="starting"), "restart", T0),
+        statuses.deleting(ready, "tearing down", T0),
+    ]
+    for status in seen:
+        assert (status.phase == "Ready") == (conditions(status)["Ready"][0] == "True"), status
+    answering = conditions(seen[1])["Ready"]
+    assert answering == ("False", "ModelNotFound")
+    assert "the endpoint answers" in next(c.message for c in seen[1].conditions if c.type == "Ready")

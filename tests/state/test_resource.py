@@ -95,9 +95,10 @@ def test_azure_names_at_the_limits_are_accepted(field, value):
 
 
 def test_the_section_for_the_chosen_target_is_required():
-    errors = errors_of({"metadata": {"name": "bot"}, "spec": {"target": "local"}})
+    model = {"path": "models/base"}
+    errors = errors_of({"metadata": {"name": "bot"}, "spec": {"target": "local", "model": model}})
     assert "spec.local is required" in errors["spec"]
-    errors = errors_of({"metadata": {"name": "bot"}, "spec": {"target": "azure"}})
+    errors = errors_of({"metadata": {"name": "bot"}, "spec": {"target": "azure", "model": model}})
     assert "spec.azure is required" in errors["spec"]
     errors = errors_of({"metadata": {"name": "bot"}, "spec": {"target": "gcp"}})
     assert "spec.target" in errors
@@ -161,3 +162,12 @@ def test_immutable_fields_are_reported_by_path():
     new = {"target": "azure", "azure": {"subscriptionId": "a", "resourceGroup": "rg2", "location": "westus3"}}
     assert immutable_field_changes(old, new) == ["spec.azure.resourceGroup"]
     assert immutable_field_changes(old, old) == []
+
+
+def test_the_model_is_never_filled_in():
+    """Before: a manifest without spec.model was given Phi-3-mini, and applying a partial file
+    swapped a working deployment's model for one that was not there."""
+    errors = errors_of({"metadata": {"name": "bot"}, "spec": {"target": "local", "local": {"shareRoot": "/srv/share"}}})
+    assert "spec.model" in errors
+    errors = errors_of({"metadata": {"name": "bot"}, "spec": {"target": "local", "local": {"shareRoot": "/srv/share"}, "model": {}}})
+    assert "spec.model.path" in errors
