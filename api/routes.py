@@ -47,7 +47,7 @@ from state.models import (
 )
 from state.resource import DNS_LABEL, DeploymentSpec
 from state.selectors import parse_selector
-from state.store import DeploymentStore
+from state.store import DeploymentStore, check_change
 
 router = APIRouter(prefix="/v1", tags=["deployments"])
 
@@ -413,12 +413,15 @@ def plan_deployment(name: Name, request: Request, caller: Viewer) -> Plan:
 )
 def plan_manifest(body: InferenceDeploymentCreate, request: Request, caller: Viewer) -> Plan:
     name = body.metadata.name
+    spec = admitted(request, body.spec).with_defaults(name)
     try:
         current = store_of(request).get(name)
         uid, generation = current.uid, current.generation
     except NotFound:
         uid, generation = "", 0
-    target = Target(name=name, uid=uid, generation=generation, spec=admitted(request, body.spec).with_defaults(name))
+    else:
+        check_change(current.spec, spec.wire())  # the 422 apply would give: plan says the same
+    target = Target(name=name, uid=uid, generation=generation, spec=spec)
     return dry_run(reconciler_of(request), target)
 
 

@@ -176,6 +176,11 @@ class Background(Protocol):
         """Also stop what serves (``serve --stop-children``)."""
         ...
 
+    def left_running(self) -> list[str]:
+        """What keeps running on this machine when the daemon stops without stopping it, for
+        the log to say (e.g. "demo (pid 4242)")."""
+        ...
+
 
 class TargetProvider(Provider[P], AdapterHost, LogSource, Background, Protocol[P]):
     """Everything the reconciler needs of one target."""

@@ -139,6 +139,15 @@ class Controller:
             if self.stop_children:
                 log.info("stopping what the %s target runs (--stop-children)", type(provider).__name__)
                 provider.stop_all()
+            else:
+                left = provider.left_running()
+                if left:
+                    log.warning(
+                        "leaving %d serving process(es) running: %s; they keep serving and the next start adopts them "
+                        "(stop them with 'loraplane serve --stop-children' next time, or kill the pids)",
+                        len(left),
+                        ", ".join(left),
+                    )
         log.info("reconciler stopped")
 
     # ------------------------------------------------------------------------------ when

@@ -96,6 +96,24 @@ def decode_continue(token: str) -> str:
     return after
 
 
+def check_change(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """InvalidChange when ``new`` (a spec as stored, with defaults) may not replace ``old``: an
+    immutable field moved, or Azure cannot make the change in place. The store checks it on
+    every replace, and a dry run of a change asks it too, so plan says what apply says."""
+    frozen = immutable_field_changes(old, new)
+    if frozen:
+        raise InvalidChange(
+            f"{', '.join(frozen)} cannot change once the deployment exists; delete it and create it again to move it", frozen
+        )
+    not_in_place = changes_not_in_place(old, new)
+    if not_in_place:
+        raise InvalidChange(
+            "; ".join(f"{field}: {why}" for field, why in not_in_place),
+            [field for field, _ in not_in_place],
+            [why for _, why in not_in_place],
+        )
+
+
 class DeploymentStore:
     def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
         self.engine = engine
@@ -293,19 +311,7 @@ class DeploymentStore:
             self._check_version(row, expected_version)
             if row.deletion_timestamp is not None:
                 raise Conflict(f"deployment {name!r} is being deleted and can no longer change")
-            frozen = immutable_field_changes(row.spec, new_spec)
-            if frozen:
-                raise InvalidChange(
-                    f"{', '.join(frozen)} cannot change once the deployment exists; delete it and create it again to move it",
-                    frozen,
-                )
-            not_in_place = changes_not_in_place(row.spec, new_spec)
-            if not_in_place:
-                raise InvalidChange(
-                    "; ".join(f"{field}: {why}" for field, why in not_in_place),
-                    [field for field, _ in not_in_place],
-                    [why for _, why in not_in_place],
-                )
+            check_change(row.spec, new_spec)
             spec_changed = _canonical(new_spec) != _canonical(row.spec)
             labels_changed = labels != row.labels
             if not spec_changed and not labels_changed:

@@ -134,7 +134,7 @@ def _watch(client: ApiClient, name: str | None, selector: str | None, output: st
         if kind == "DELETED":
             out.print(f"{document['metadata']['name']}  deleted")
             continue
-        table = render.deployments_table([document], wide=output == "wide")
+        table = render.deployments_table([document], wide=output == "wide", fixed_widths=True)
         table.show_header = header
         header = False
         out.print(table)
@@ -201,6 +201,14 @@ def logs(
 ) -> None:
     """Show the last lines of the serving app's log."""
     response = _client().request("GET", f"/v1/deployments/{name}/logs", params={"tail": tail})
+    if not response.text.strip():
+        # Nothing at all would look like a hang or a bug: say why there is nothing.
+        print(
+            f"no log yet: the serving app of {name} has not written any (it has not started, or not run since it was "
+            f"created); 'loraplane describe {name}' says why",
+            file=sys.stderr,
+        )
+        return
     print(response.text, end="")
 
 

@@ -56,11 +56,20 @@ def _table(*columns: str) -> Table:
     return table
 
 
-def deployments_table(items: list[dict[str, Any]], *, wide: bool = False) -> Table:
+# Column widths that fit any value (a name has at most 32 characters, a phase 12, a version
+# 16): a watch prints each change as a table of one row, and the rows line up with the header
+# only if every one has the same widths.
+WATCH_WIDTHS = {"NAME": 32, "TARGET": 6, "PHASE": 12, "READY": 5, "ADAPTER": 16, "AGE": 4, "GENERATION": 10, "ENDPOINT": 28}
+
+
+def deployments_table(items: list[dict[str, Any]], *, wide: bool = False, fixed_widths: bool = False) -> Table:
     columns = ["NAME", "TARGET", "PHASE", "READY", "ADAPTER", "AGE"]
     if wide:
         columns += ["GENERATION", "ENDPOINT", "LABELS"]
     table = _table(*columns)
+    if fixed_widths:
+        for column in table.columns:
+            column.min_width = WATCH_WIDTHS.get(str(column.header))
     for item in items:
         meta, spec, status = item["metadata"], item.get("spec") or {}, item.get("status") or {}
         ready = condition(item, "Ready")

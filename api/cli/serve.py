@@ -145,6 +145,9 @@ def first_admin_token(settings: ServiceSettings, access: AccessStore) -> Path | 
 
 
 def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo: bool = False) -> None:
+    # The demo is a try-out: what it started (its own app, and what was applied meanwhile)
+    # stops with it, rather than keeping hundreds of megabytes each after Ctrl-C.
+    stop_children = stop_children or demo
     logging.basicConfig(level=settings.log_level.upper())
     for handler in logging.getLogger().handlers:
         handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -173,6 +173,9 @@ class AzureProvider:
     def stop_all(self) -> None:
         """The apps run in Azure, not here: nothing to stop."""
 
+    def left_running(self) -> list[str]:
+        return []  # nothing on this machine
+
     def wheel(self) -> ServingWheel:
         if self._wheel is None:
             self._wheel = self._build_wheel()

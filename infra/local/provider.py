@@ -370,6 +370,16 @@ class LocalProvider:
                 stop_process(found[0])
             self._reap(folder_path.name)
 
+    def left_running(self) -> list[str]:
+        running = []
+        if self.run_root.is_dir():
+            for folder_path in sorted(p for p in self.run_root.iterdir() if p.is_dir()):
+                record = RunFolder(self.run_root, folder_path.name).read_record()
+                found = find_process(record, record.uid) if record is not None else None
+                if found is not None:
+                    running.append(f"{folder_path.name} (pid {found[0].pid})")
+        return running
+
     # --------------------------------------------------------------------------- monitor
 
     def _watch(self, name: str, process: psutil.Process) -> None:

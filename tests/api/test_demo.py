@@ -59,6 +59,10 @@ def test_the_demo_serves_a_chat_and_hot_reloads_the_second_adapter(tmp_path):
         assert ui.status_code == 200 and "gradio" in ui.text.lower()
         status = httpx.get(f"{service.url}/v1/deployments/demo").json()["status"]
         assert status["phase"] == "Ready" and status["endpoint"] == endpoint
+        # Ctrl-C (or make run's SIGTERM) stops what the demo started: before, two serving
+        # processes of ~450 MB each were left running, silently.
+        stop_service(service)
+        assert LocalProvider(data_dir / "local").left_running() == []
     finally:
         stop_service(service)
         LocalProvider(data_dir / "local").stop_all()

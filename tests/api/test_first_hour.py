@@ -105,3 +105,44 @@ def test_a_bad_name_is_named_as_the_user_wrote_it(service: ServiceProcess):
     shown = run_cli(service, "get", "Not_A_Name")
     assert_one_line_error(shown, "name: 'Not_A_Name' is not a deployment name", "lowercase letters")
     assert "pattern" not in shown.stderr and "path." not in shown.stderr
+
+
+def test_plan_says_what_apply_says_of_a_change_that_may_not_be_made(service: ServiceProcess, tmp_path: Path, share: Path):
+    """Before: apply gave a clear 422 for a change of spec.target; plan exited 0 with
+    'blocked: AuthorizationFailed' and a dump of credential errors."""
+    manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
+    manifest["spec"]["local"]["shareRoot"] = str(share)
+    assert run_cli(service, "apply", "-f", "-", stdin=yaml.safe_dump(manifest)).returncode == 0
+    moved = dict(manifest, spec={**manifest["spec"], "target": "azure"})
+    moved["spec"].pop("local")
+    moved["spec"]["azure"] = {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg", "location": "westus3"}
+    planned = run_cli(service, "plan", "-f", "-", stdin=yaml.safe_dump(moved))
+    applied = run_cli(service, "apply", "-f", "-", stdin=yaml.safe_dump(moved))
+    assert_one_line_error(planned, "spec.target", "cannot change")
+    assert planned.stderr == applied.stderr
+    assert "Authorization" not in planned.stderr and "credential" not in planned.stderr.lower()
+
+
+def test_logs_of_an_app_that_never_ran_says_so(service: ServiceProcess, tmp_path: Path):
+    manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
+    manifest["spec"]["local"]["shareRoot"] = str(tmp_path / "no-share-yet")
+    assert run_cli(service, "apply", "-f", "-", stdin=yaml.safe_dump(manifest)).returncode == 0
+    shown = run_cli(service, "logs", "support-bot")
+    assert shown.returncode == 0 and shown.stdout == ""
+    assert "no log yet" in shown.stderr and "loraplane describe support-bot" in shown.stderr
+
+
+def test_get_watch_lines_up_under_its_header(service: ServiceProcess, share: Path):
+    for name in ("a1", "a-much-longer-deployment-name"):
+        manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
+        manifest["metadata"]["name"] = name
+        manifest["spec"]["local"]["shareRoot"] = str(share)
+        assert run_cli(service, "apply", "-f", "-", stdin=yaml.safe_dump(manifest)).returncode == 0
+    watched = run_cli(service, "get", "-w", "--timeout", "2")
+    lines = [line for line in watched.stdout.splitlines() if line.strip()]
+    assert len(lines) >= 3, watched.stdout
+    header = lines[0]
+    for column in ("TARGET", "PHASE", "READY", "ADAPTER", "AGE"):
+        start = header.index(column)
+        for line in lines[1:]:
+            assert line[start - 1] == " " and line[start] != " ", f"{column} is not under its header:\n{header}\n{line}"

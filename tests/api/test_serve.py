@@ -59,6 +59,9 @@ def test_sigterm_leaves_serving_processes_for_the_next_start_to_adopt(data_dir, 
     # uvicorn shuts down gracefully, then exits by the signal it got (-15), as a daemon should.
     assert first.process.wait(timeout=30) in (0, -signal.SIGTERM)
     assert "reconciler stopped" in first.log.read_text()
+    # The log says what it leaves behind, and how to stop it (before: nothing).
+    assert f"leaving 1 serving process(es) running: support-bot (pid {pid})" in first.log.read_text()
+    assert "--stop-children" in first.log.read_text()
     assert serving_pids(uid) == [pid]
     assert httpx.get(f"{endpoint}/healthz").status_code == 200  # still serving meanwhile
 
