@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
@@ -24,6 +27,25 @@ from reconciler.core import Reconciler
 from state.access import AccessStore
 from state.db import check_database
 from state.store import DeploymentStore
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs, its files served from the fastapi-offline package's static folder:
+    the API's documentation works on a machine with no internet."""
+    assets = files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
 
 
 class HealthStatus(BaseModel):
@@ -63,8 +85,11 @@ def create_app(
         title="loraplane",
         version="0.1.0",
         summary="Keeps fine-tuned LoRA inference deployments the way a team asked for them.",
-        docs_url="/docs",
+        # FastAPI's own /docs and /redoc load their scripts from a CDN: a blank page offline.
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.store = store
     app.state.reconciler = reconciler
     app.state.access = AccessStore(store.engine, clock=store.clock)

@@ -50,6 +50,8 @@ class Browser:
             "--disable-sync",
             "--disable-dev-shm-usage",
             "--window-size=1280,720",
+            # No network but this machine: what the pages need must come from the service.
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
         ]
         answer = self.http.post(
             "/session",
@@ -184,3 +186,13 @@ def test_with_authentication_on_the_dashboard_asks_for_a_token(store, browser):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_api_docs_render_with_no_network(api, browser):
+    """Before: a blank page offline, since Swagger UI came from a CDN."""
+    browser.open(f"{api.url}/docs")
+    operations = browser.until("const ops = document.querySelectorAll('.opblock'); return ops.length > 10 && ops.length")
+    assert operations >= 15
+    summaries = browser.run("return [...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)")
+    assert "/v1/deployments" in summaries
+    browser.screenshot(ARTIFACTS / "api-docs.png")
