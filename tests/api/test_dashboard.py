@@ -154,6 +154,9 @@ def test_the_dashboard_lists_deployments_and_follows_them_live(store, api, brows
     assert conditions == ["Ready"]
     events = browser.until("return [...document.querySelectorAll('#events tr')].map(r => r.cells[2].textContent)")
     assert "Created" in events
+    # Every table has a header over every column (the adapter history had a blank one).
+    headers = browser.run("return [...document.querySelectorAll('thead th')].map(h => h.textContent.trim())")
+    assert len(headers) >= 20 and all(headers), headers
     browser.screenshot(ARTIFACTS / "dashboard-deployment.png")
 
 
