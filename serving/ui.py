@@ -1,4 +1,9 @@
-"""A Gradio chat at ``/``: streams tokens through the same engine, shows the adapter in use."""
+"""A Gradio chat at ``/``: a conversation streamed through the same engine, on the adapter or
+the base model, with a system prompt, temperature and a token budget; the adapter version in
+use is shown from the page's first load and kept current.
+
+Its API (``/respond``, for gradio_client) takes the whole conversation, so a client holds the
+history, as with the OpenAI API."""
 
 from __future__ import annotations
 
@@ -11,34 +16,57 @@ import gradio as gr
 from serving.engine import Engine, Job
 from serving.settings import ServingSettings
 
+ADAPTER, BASE = "the adapter", "the base model"
+CHOICES = [ADAPTER, BASE]
+DEFAULT_TEMPERATURE = 0.7
 
-def _label(version: str | None) -> str:
-    return f"**Adapter:** `{version}`" if version else "**Adapter:** none loaded yet"
+
+def serving_label(engine: Engine) -> str:
+    """What new requests get now: the adapter version, or why there is none."""
+    active = engine.registry.active
+    if active is not None:
+        return f"**Adapter:** `{active.version}`"
+    if engine.base is None:
+        return "**Adapter:** the model is loading"
+    return f"**Adapter:** none loaded ({engine.registry.last_error or 'waiting for one'})"
 
 
-def chat_stream(engine: Engine, settings: ServingSettings, message: str, history: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
-    """The chat's reply, growing token by token, with the adapter version that writes it."""
-    adapter = engine.registry.acquire()
-    if engine.base is None or adapter is None:
+def chat_stream(
+    engine: Engine,
+    settings: ServingSettings,
+    message: str,
+    history: list[dict[str, Any]],
+    *,
+    use_adapter: bool = True,
+    system_prompt: str = "",
+    temperature: float = DEFAULT_TEMPERATURE,
+    max_tokens: int | None = None,
+) -> Iterator[tuple[str, str]]:
+    """The reply to ``message`` after ``history`` (OpenAI-style messages), growing token by
+    token, with the label of what writes it (an adapter version, or the base model)."""
+    adapter = engine.registry.acquire() if use_adapter else None
+    if engine.base is None or (use_adapter and adapter is None):
         if adapter is not None:
             engine.registry.release(adapter)
-        yield "The model is not ready yet; try again in a moment.", _label(None)
+        yield "The model is not ready yet; try again in a moment.", serving_label(engine)
         return
-    turns = [{"role": h["role"], "content": h["content"] if isinstance(h["content"], str) else str(h["content"])} for h in history]
+    turns = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    turns += [{"role": h["role"], "content": h["content"] if isinstance(h["content"], str) else str(h["content"])} for h in history]
     turns.append({"role": "user", "content": message})
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    budget = min(int(max_tokens or settings.max_tokens_default), settings.max_tokens_limit)
     job = Job(
         prompt_ids=engine.chat_prompt(turns),
-        max_new_tokens=settings.max_tokens_default,
-        temperature=0.7,
-        top_p=0.95,
+        max_new_tokens=max(1, budget),
+        temperature=float(temperature),
+        top_p=0.95 if temperature > 0 else 1.0,
         stop=[],
         seed=None,
         adapter=adapter,
         emit=lambda kind, payload: events.put((kind, payload)),
     )
     engine.submit(job)
-    text, label = "", _label(adapter.version)
+    text, label = "", (f"**Adapter:** `{adapter.version}`" if adapter is not None else "**Base model:** no adapter")
     try:
         while True:
             kind, payload = events.get()
@@ -56,11 +84,43 @@ def chat_stream(engine: Engine, settings: ServingSettings, message: str, history
 
 
 def build_ui(engine: Engine, settings: ServingSettings) -> gr.Blocks:
-    def respond(message: str, history: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
-        yield from chat_stream(engine, settings, message, history)
+    def respond(
+        message: str, history: list[dict[str, Any]], model: str, system_prompt: str, temperature: float, max_tokens: float
+    ) -> Iterator[tuple[list[dict[str, Any]], str, str]]:
+        history = list(history or [])
+        if not message.strip():
+            yield history, serving_label(engine), ""
+            return
+        asked = [*history, {"role": "user", "content": message}]
+        for text, label in chat_stream(
+            engine,
+            settings,
+            message,
+            history,
+            use_adapter=model != BASE,
+            system_prompt=system_prompt or "",
+            temperature=float(temperature),
+            max_tokens=int(max_tokens),
+        ):
+            yield [*asked, {"role": "assistant", "content": text}], label, ""
 
     with gr.Blocks(title="loraplane chat") as ui:
         gr.Markdown(f"## loraplane · {settings.deployment or settings.model_dir.name}")
-        version = gr.Markdown(_label(engine.registry.active.version if engine.registry.active else None))
-        gr.ChatInterface(respond, additional_outputs=[version])
+        version = gr.Markdown(serving_label(engine))
+        with gr.Row():
+            model = gr.Dropdown(CHOICES, value=ADAPTER, label="Answer with")
+            temperature = gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature (0: always the same answer)")
+            max_tokens = gr.Slider(1, settings.max_tokens_limit, value=settings.max_tokens_default, step=1, label="Max tokens")
+        system_prompt = gr.Textbox(label="System prompt", placeholder="optional: how the assistant should answer", lines=2)
+        chatbot = gr.Chatbot(label="Conversation", height=420)
+        message = gr.Textbox(placeholder="Ask something, then Enter", show_label=False)
+        clear = gr.Button("New conversation")
+        message.submit(
+            respond, [message, chatbot, model, system_prompt, temperature, max_tokens], [chatbot, version, message], api_name="respond"
+        )
+        clear.click(lambda: ([], serving_label(engine)), None, [chatbot, version], api_visibility="private")
+        # The label is the version now, not when the page was built (before the first adapter
+        # loaded, it said "none loaded yet" until the first message), and it follows swaps.
+        ui.load(lambda: serving_label(engine), None, version, api_name="serving")
+        gr.Timer(5.0).tick(lambda: serving_label(engine), None, version, api_visibility="private")
     return ui

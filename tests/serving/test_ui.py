@@ -1,10 +1,12 @@
-"""The chat UI's reply streams through the engine and names its adapter."""
+"""The chat UI: a conversation streamed through the engine, on the adapter or the base model,
+with a system prompt, temperature and token budget, naming what answers from the first load."""
 
 from __future__ import annotations
 
 import httpx
+from gradio_client import Client
 
-from serving.ui import chat_stream
+from serving.ui import BASE, chat_stream
 
 
 def test_the_chat_streams_token_by_token_and_shows_the_adapter(serve_app, tiny_share):
@@ -18,3 +20,39 @@ def test_the_chat_streams_token_by_token_and_shows_the_adapter(serve_app, tiny_s
     assert texts[-1]
     assert {label for _, label in steps} == {f"**Adapter:** `{version}`"}
     assert app.engine.registry.active.in_flight == 0  # the chat released its adapter
+
+
+def test_settings_decide_the_answer(serve_app, tiny_share):
+    app = serve_app(tiny_share)
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+
+    def answer(**settings) -> tuple[str, str]:
+        return list(chat_stream(app.engine, app.settings, "And then?", history, **settings))[-1]
+
+    greedy = answer(temperature=0.0, max_tokens=8)
+    assert answer(temperature=0.0, max_tokens=8) == greedy  # temperature 0: the same answer
+
+    def generated() -> float:
+        page = httpx.get(f"{app.url}/metrics").text
+        return float(next(line.split()[1] for line in page.splitlines() if line.startswith("loraplane_serving_generated_tokens_total")))
+
+    before = generated()
+    answer(temperature=0.0, max_tokens=2)
+    assert 1 <= generated() - before <= 2  # the budget holds
+    text, label = answer(temperature=0.0, max_tokens=8, use_adapter=False)
+    assert label == "**Base model:** no adapter"
+    assert app.engine.registry.active.in_flight == 0
+
+
+def test_the_page_names_the_serving_version_and_keeps_a_conversation(serve_app, tiny_share):
+    app = serve_app(tiny_share, ui=True, max_tokens_default=6)
+    version = httpx.get(f"{app.url}/v1/adapter").json()["version"]
+    client = Client(f"{app.url}/", verbose=False, download_files=False)
+    # What the page shows on its first load (before: "none loaded yet" until a message).
+    assert client.predict(api_name="/serving") == f"**Adapter:** `{version}`"
+    history, label, cleared = client.predict("Hi", [], "the adapter", "Be brief.", 0.0, 4, api_name="/respond")
+    assert label == f"**Adapter:** `{version}`" and cleared == ""
+    assert [turn["role"] for turn in history] == ["user", "assistant"]
+    history, label, _ = client.predict("And then?", history, BASE, "", 0.0, 4, api_name="/respond")
+    assert [turn["role"] for turn in history] == ["user", "assistant", "user", "assistant"]
+    assert label == "**Base model:** no adapter"
