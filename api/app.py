@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel
 
 from api import problems
+from api.admission import AdmissionLimits, AdmissionState, InFlightLimit, TokenBuckets, WriteRateLimit
 from api.auth import Authenticator
 from api.dashboard import router as dashboard_router
 from api.guard import DEFAULT_MAX_BODY_BYTES, RequestGuard
@@ -62,6 +63,7 @@ def create_app(
     authenticate: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     watch_limits: WatchLimits | None = None,
+    admission: AdmissionLimits | None = None,
 ) -> FastAPI:
     """The API over ``store``. With a ``controller``, the app runs the reconcile loop for its
     lifetime (started with the app, stopped gracefully on shutdown) and /healthz reports on
@@ -76,6 +78,7 @@ def create_app(
         try:
             yield
         finally:
+            app.state.admission.closing = True  # what still arrives is told to come back
             await app.state.watches.shutdown()
             if controller is not None:
                 controller.stop()
@@ -104,9 +107,14 @@ def create_app(
         limits=watch_limits,
         registry=app.state.registry,
     )
-    # Outermost last: the guard answers strangers and oversized bodies before anything reads
-    # them, and the metrics count those answers too.
+    # Added innermost first. A request meets the metrics, then the in-flight limit (refused at
+    # once past it), then the guard (who asks, and what they send, before anything reads it),
+    # then the write rate of whoever asks, then the routes.
+    limits = admission or AdmissionLimits()
+    app.state.admission = AdmissionState()
+    app.add_middleware(WriteRateLimit, buckets=TokenBuckets(limits.writes_per_second, limits.write_burst))
     app.add_middleware(RequestGuard, authenticator=app.state.authenticator, max_body_bytes=max_body_bytes)
+    app.add_middleware(InFlightLimit, limits=limits, state=app.state.admission)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))
     problems.install(app)
     app.include_router(router)

@@ -40,6 +40,11 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = Field(default=3 * 1024 * 1024, ge=1024)
     max_watches: int = Field(default=1000, ge=1)
     max_watches_per_token: int = Field(default=100, ge=1)
+    # Admission control: requests in flight at once (429 past it, at once), and writes per
+    # token (a token bucket each).
+    max_requests_in_flight: int = Field(default=64, ge=1)
+    writes_per_second: float = Field(default=50.0, gt=0)
+    write_burst: int = Field(default=100, ge=1)
     # Bearer tokens with roles; "off" only for a single-user local run (every caller is admin).
     auth: Literal["on", "off"] = "on"
     # The azure target. The defaults reach the public cloud with DefaultAzureCredential; the
@@ -110,6 +115,8 @@ class ClientSettings(BaseSettings):
     url: str | None = None
     token: str | None = Field(default=None, repr=False)
     timeout_seconds: float = 30.0
+    # How long a command retries an API that answers 429 or 503 before it gives up.
+    retry_seconds: float = Field(default=30.0, ge=0)
     config: Path = Field(default_factory=default_config_file)
 
     def resolved(self) -> tuple[str, str | None]:

@@ -58,7 +58,7 @@ def _client() -> ApiClient:
         url, token = settings.resolved()
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    return ApiClient(_state.url or url, timeout=settings.timeout_seconds, token=token)
+    return ApiClient(_state.url or url, timeout=settings.timeout_seconds, token=token, retry_seconds=settings.retry_seconds)
 
 
 # ------------------------------------------------------------------------------- manifests

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -28,11 +29,26 @@ def describe_problem(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} from {response.request.url}: {text}"[:500]
 
 
+# Answers that say "not now, come back": retried, waiting what Retry-After says.
+RETRYABLE = (429, 503)
+
+
 class ApiClient:
-    def __init__(self, base_url: str, *, timeout: float = 30.0, token: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        retry_seconds: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        # How long a command keeps retrying a busy API before it gives up and says so.
+        self.retry_seconds, self.sleep, self.clock = retry_seconds, sleep, clock
 
     def close(self) -> None:
         self._http.close()
@@ -45,8 +61,24 @@ class ApiClient:
         ok: tuple[int, ...] = (200, 201, 202),
         **kwargs: Any,
     ) -> httpx.Response:
+        deadline = self.clock() + self.retry_seconds
+        while True:
+            response = self._send(method, path, **kwargs)
+            if response.status_code not in RETRYABLE:
+                break
+            wait = _retry_after(response)
+            if self.clock() + wait > deadline:
+                raise CliError(
+                    f"{describe_problem(response)}; gave up after retrying for {self.retry_seconds:g}s (LORAPLANE_RETRY_SECONDS)"
+                )
+            self.sleep(wait)
+        if response.status_code not in ok:
+            raise CliError(describe_problem(response))
+        return response
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
             raise CliError(
                 f"cannot reach the loraplane API at {self.base_url}: is 'loraplane serve' "
@@ -56,9 +88,6 @@ class ApiClient:
             raise CliError(f"the loraplane API at {self.base_url} did not answer in time") from exc
         except httpx.HTTPError as exc:
             raise CliError(f"request to {self.base_url}{path} failed: {exc}") from exc
-        if response.status_code not in ok:
-            raise CliError(describe_problem(response))
-        return response
 
     def watch(self, path: str, params: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         """(event type, object) from a watch stream, as they come."""
@@ -100,6 +129,14 @@ class ApiClient:
             if not token:
                 return items
             params["continue"] = token
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """Retry-After in seconds (1 when it is missing or not a number of seconds), at most 30."""
+    try:
+        return min(30.0, max(0.0, float(response.headers.get("retry-after", "1"))))
+    except ValueError:
+        return 1.0
 
 
 def json_body(response: httpx.Response) -> dict[str, Any]:

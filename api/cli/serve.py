@@ -16,6 +16,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
 
+from api.admission import AdmissionLimits
 from api.app import create_app
 from api.cli.client import CliError
 from api.cli.render import printable
@@ -227,6 +228,9 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
         authenticate=authenticate,
         max_body_bytes=settings.max_request_bytes,
         watch_limits=WatchLimits(total=settings.max_watches, per_token=settings.max_watches_per_token),
+        admission=AdmissionLimits(
+            max_in_flight=settings.max_requests_in_flight, writes_per_second=settings.writes_per_second, write_burst=settings.write_burst
+        ),
     )
     log.info("database %s is at the newest schema", shown)
     log.info("API on http://%s:%d (docs at /docs)", settings.host, settings.port)
