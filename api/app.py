@@ -64,6 +64,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     watch_limits: WatchLimits | None = None,
     admission: AdmissionLimits | None = None,
+    serve_api: bool = True,
 ) -> FastAPI:
     """The API over ``store``. With a ``controller``, the app runs the reconcile loop for its
     lifetime (started with the app, stopped gracefully on shutdown) and /healthz reports on
@@ -92,7 +93,8 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    install_docs(app)
+    if serve_api:
+        install_docs(app)
     app.state.store = store
     app.state.reconciler = reconciler
     app.state.access = AccessStore(store.engine, clock=store.clock)
@@ -117,8 +119,9 @@ def create_app(
     app.add_middleware(InFlightLimit, limits=limits, state=app.state.admission)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))
     problems.install(app)
-    app.include_router(router)
-    app.include_router(dashboard_router)
+    if serve_api:  # else a reconciler alone: health, readiness and metrics
+        app.include_router(router)
+        app.include_router(dashboard_router)
 
     @app.get("/healthz", response_model=HealthStatus, responses=problem_responses(503), tags=["health"])
     def healthz(request: Request) -> HealthStatus | JSONResponse:

@@ -45,6 +45,9 @@ class ServiceSettings(BaseSettings):
     max_requests_in_flight: int = Field(default=64, ge=1)
     writes_per_second: float = Field(default=50.0, gt=0)
     write_burst: int = Field(default=100, ge=1)
+    # What this process runs: the API and the reconciler (all), or one of them, so that on
+    # PostgreSQL API replicas can run apart from the reconciling leader.
+    role: Literal["all", "api", "reconciler"] = "all"
     # Bearer tokens with roles; "off" only for a single-user local run (every caller is admin).
     auth: Literal["on", "off"] = "on"
     # The azure target. The defaults reach the public cloud with DefaultAzureCredential; the

@@ -379,14 +379,22 @@ def serve(
             help="also build a tiny model in the data dir and apply a local deployment serving it",
         ),
     ] = False,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            "--role",
+            help="all (default): the API and the reconciler; api: the API alone; reconciler: the reconcile loop alone "
+            "(with health and metrics). Apart, they share a PostgreSQL database",
+        ),
+    ] = None,
 ) -> None:
-    """Run the API and the reconciler in this process."""
+    """Run the API and the reconciler in this process (or one of them: --role)."""
     from pydantic import ValidationError
 
     from api.cli.serve import run_service
     from api.settings import ServiceSettings
 
-    overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data_dir}
+    overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data_dir, "role": role}
     try:
         settings = ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

@@ -220,10 +220,21 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
             settings.host,
             settings.port,
         )
+    if settings.role != "all" and engine.dialect.name != "postgresql":
+        log.warning(
+            "--role %s on SQLite: the API and the reconciler meet only through this database file; "
+            "run them apart on PostgreSQL, where replicas share it",
+            settings.role,
+        )
+    if settings.role == "api":
+        # Changes reach the reconciler through the database (it looks every few seconds),
+        # not through a wake-up in this process.
+        log.info("role api: serving the API; the reconciler runs elsewhere")
     app = create_app(
         store,
         reconciler,
-        controller=controller,
+        controller=None if settings.role == "api" else controller,
+        serve_api=settings.role != "reconciler",
         registry=registry,
         authenticate=authenticate,
         max_body_bytes=settings.max_request_bytes,

@@ -76,3 +76,28 @@ def test_killing_the_leader_hands_over_within_the_lease_and_nothing_is_done_twic
             stop_service(service)
         LocalProvider(data_dir / "local").stop_all()
         engine.dispose()
+
+
+def test_an_api_replica_and_a_reconciler_apart_share_the_database(postgres_database: str, tmp_path: Path, share: Path):
+    """serve --role api serves the API and reconciles nothing; serve --role reconciler
+    reconciles and serves no API: what one stores, the other makes real."""
+    truncate(postgres_database)
+    env = {"LORAPLANE_DATABASE_URL": postgres_database}
+    api = start_service(tmp_path / "api", "--role", "api", env_overrides=env)
+    reconciler = start_service(tmp_path / "reconciler", "--role", "reconciler", env_overrides=env)
+    try:
+        created = httpx.post(f"{api.url}/v1/deployments", json=local_manifest(share_root=str(share)))
+        assert created.status_code == 201, created.text
+        eventually(
+            lambda: httpx.get(f"{api.url}/v1/deployments/support-bot").json()["status"].get("phase") == "Ready",
+            timeout=60,
+            what="Ready, made so by the reconciler",
+        )
+        assert reconcile_passes(httpx.get(f"{api.url}/metrics").text) == 0
+        assert reconcile_passes(httpx.get(f"{reconciler.url}/metrics").text) > 0
+        assert httpx.get(f"{reconciler.url}/v1/deployments").status_code == 404  # no API there
+        assert httpx.get(f"{reconciler.url}/healthz").status_code == 200
+    finally:
+        stop_service(api)
+        stop_service(reconciler)
+        LocalProvider(tmp_path / "reconciler" / "local").stop_all()
