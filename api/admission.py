@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -35,9 +36,15 @@ class AdmissionLimits:
     write_burst: int = 100
 
 
+# What the API reads as watch=true (pydantic's true strings): such a request streams for as
+# long as the watch lasts, and the watch hub caps those; counted here, a few watches would
+# hold every place in flight.
+TRUE_STRINGS = frozenset({"1", "true", "on", "yes", "t", "y"})
+
+
 def _is_watch(scope: Scope) -> bool:
-    query = scope.get("query_string", b"").decode("latin-1").lower()
-    return any(part in ("watch=true", "watch=1") for part in query.split("&"))
+    query = scope.get("query_string", b"").decode("latin-1")
+    return any(key == "watch" and value.strip().lower() in TRUE_STRINGS for key, value in parse_qsl(query, keep_blank_values=True))
 
 
 class InFlightLimit:

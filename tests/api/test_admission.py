@@ -110,3 +110,20 @@ def test_the_cli_waits_out_a_busy_api_and_says_when_it_gives_up(tmp_path: Path, 
     finally:
         stop_service(service)
         LocalProvider(data_dir / "local").stop_all()
+
+
+def test_watch_streams_take_no_place_in_flight(narrow: ServiceProcess):
+    """A watch lasts as long as it is open; counted in flight, a few would hold every place.
+    Any spelling the API reads as true is a watch."""
+    opened = []
+    try:
+        for value in ("true", "on", "%74rue"):
+            client = httpx.Client(timeout=httpx.Timeout(10, read=60))
+            response = client.send(client.build_request("GET", f"{narrow.url}/v1/deployments?watch={value}"), stream=True)
+            opened.append((client, response))
+            assert response.status_code == 200
+        assert httpx.get(f"{narrow.url}/v1/deployments", timeout=5).status_code == 200
+    finally:
+        for client, response in opened:
+            response.close()
+            client.close()
