@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 
 from api.admission import AdmissionLimits, TokenBuckets
@@ -19,7 +18,7 @@ from infra.local.provider import LocalProvider
 from reconciler.core import Reconciler
 from state.access import AccessStore
 from state.store import DeploymentStore
-from tests.api.test_cli import EXAMPLES, assert_one_line_error, run_cli
+from tests.api.test_cli import assert_one_line_error, examples_folder, run_cli
 from tests.conftest import ServiceProcess, local_manifest, start_service, stop_service
 from tests.fakes import FakeClock, eventually
 
@@ -95,13 +94,7 @@ def test_the_cli_waits_out_a_busy_api_and_says_when_it_gives_up(tmp_path: Path, 
     # none (a CLI starts in well under 5 s) and, told not to wait, gives up.
     service = start_service(data_dir, env_overrides={"LORAPLANE_WRITES_PER_SECOND": "0.2", "LORAPLANE_WRITE_BURST": "1"})
     try:
-        folder = tmp_path / "manifests"
-        folder.mkdir()
-        for name in ("alpha-bot", "beta-bot"):
-            manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
-            manifest["metadata"]["name"] = name
-            manifest["spec"]["local"]["shareRoot"] = str(share)
-            (folder / f"{name}.yaml").write_text(yaml.safe_dump(manifest))
+        folder = examples_folder(tmp_path / "manifests", share, "alpha-bot", "beta-bot")
         applied = run_cli(service, "apply", "-f", str(folder))  # the second waits for its token
         assert applied.returncode == 0, applied.stderr
         assert applied.stdout.splitlines() == ["deployment/alpha-bot created", "deployment/beta-bot created"]

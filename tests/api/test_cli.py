@@ -54,6 +54,17 @@ def example_with_share(tmp_path: Path, share: Path) -> Path:
     return path
 
 
+def examples_folder(folder: Path, share: Path, *names: str) -> Path:
+    """The example manifest once per name, in a folder of their own, on ``share``."""
+    folder.mkdir()
+    for name in names:
+        manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
+        manifest["metadata"]["name"] = name
+        manifest["spec"]["local"]["shareRoot"] = str(share)
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(manifest))
+    return folder
+
+
 def wait_for_phase(service: ServiceProcess, name: str, phase: str, timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:

@@ -15,7 +15,7 @@ import yaml
 
 from api.cli import app
 from infra.local.provider import LocalProvider
-from tests.api.test_cli import EXAMPLES, assert_one_line_error, run_cli
+from tests.api.test_cli import EXAMPLES, assert_one_line_error, examples_folder, run_cli
 from tests.conftest import ServiceProcess, start_service, stop_service
 from tests.fakes import eventually
 
@@ -83,13 +83,7 @@ def test_the_readme_walkthrough_reaches_ready_offline(real_service: ServiceProce
 
 
 def test_apply_of_a_folder_applies_every_manifest_in_it(service: ServiceProcess, tmp_path: Path, share: Path):
-    folder = tmp_path / "manifests"
-    folder.mkdir()
-    for name in ("alpha-bot", "beta-bot"):
-        manifest = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
-        manifest["metadata"]["name"] = name
-        manifest["spec"]["local"]["shareRoot"] = str(share)
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(manifest))
+    folder = examples_folder(tmp_path / "manifests", share, "alpha-bot", "beta-bot")
     (folder / "notes.txt").write_text("not a manifest")
     applied = run_cli(service, "apply", "-f", str(folder))
     assert applied.returncode == 0, applied.stderr
