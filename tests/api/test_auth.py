@@ -161,7 +161,9 @@ def test_a_first_start_makes_an_admin_token_the_cli_can_use(tmp_path: Path):
         as_bob = {"LORAPLANE_CONFIG": str(config), "LORAPLANE_URL": ""}
         assert run_cli(None, "get", env=as_bob).returncode == 0
         manifest = tmp_path / "bot.yaml"
-        manifest.write_text("metadata: {name: support-bot}\nspec: {target: local, local: {shareRoot: /srv/share}}\n")
+        manifest.write_text(
+            "metadata: {name: support-bot}\nspec: {target: local, local: {shareRoot: /srv/share}, model: {path: models/base}}\n"
+        )
         assert_one_line_error(run_cli(None, "apply", "-f", str(manifest), env=as_bob), "viewer", "deployer")
         assert run_cli(service, "apply", "-f", str(manifest), env=env).returncode == 0
         audit = run_cli(service, "audit", env=env)

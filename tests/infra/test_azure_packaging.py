@@ -169,6 +169,8 @@ def toolkit_project(root: Path, *, config: dict | None = None, parameters: dict 
 def test_import_toolkit_adopts_what_the_project_provisioned(tmp_path: Path):
     manifest = import_toolkit(toolkit_project(tmp_path))
     assert manifest["metadata"] == {"name": "wasiinference"}
+    # The model is named, never left to a default: where the Toolkit's Phi-3 project caches it.
+    assert manifest["spec"]["model"] == {"path": "model-cache/microsoft/Phi-3-mini-4k-instruct"}
     assert manifest["spec"]["scale"] == {"minReplicas": 1, "maxReplicas": 2}
     assert manifest["spec"]["azure"] == {
         "subscriptionId": "11111111-2222-3333-4444-555555555555",

@@ -120,6 +120,7 @@ def test_accounts_loraplane_creates_keep_shared_keys_and_an_adopted_one_without_
         "metadata": {"name": "locked"},
         "spec": {
             "target": "azure",
+            "model": {"path": "models/base"},
             "azure": {"subscriptionId": SUB, "resourceGroup": "team-rg", "location": "westus3", "storageAccount": "lockedstore"},
         },
     }

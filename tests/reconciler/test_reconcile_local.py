@@ -242,6 +242,7 @@ def test_a_target_without_a_provider_is_permanent(store, reconciler):
                 "metadata": {"name": "cloud-bot"},
                 "spec": {
                     "target": "azure",
+                    "model": {"path": "models/base"},
                     "azure": {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg", "location": "westus3"},
                 },
             }
