@@ -49,7 +49,10 @@ from state.resource import DNS_LABEL, DeploymentSpec
 from state.selectors import parse_selector
 from state.store import DeploymentStore, check_change
 
-router = APIRouter(prefix="/v1", tags=["deployments"])
+# What the middleware in front of every route may answer instead of it (api.guard and
+# api.admission): a body too large, not JSON, ambiguous or too deep; too many requests; a
+# process shutting down.
+router = APIRouter(prefix="/v1", tags=["deployments"], responses=problem_responses(400, 413, 415, 429, 503))
 
 NAME_PATTERN = f"^{DNS_LABEL[0]}$"
 Name = Annotated[str, Path(pattern=NAME_PATTERN, description="metadata.name: " + DNS_LABEL[1])]
