@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import problem_json
+from infra.ratelimit import BucketSpec, TokenBucket
 
 EXEMPT = ("/healthz", "/readyz", "/metrics")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
@@ -90,24 +91,20 @@ class AdmissionState:
 
 
 class TokenBuckets:
-    """A token bucket per holder, refilled at ``rate`` per second up to ``burst``."""
+    """A token bucket per holder (``infra.ratelimit``), made on its first write."""
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # holder -> (tokens, when)
+        self.spec, self.clock = BucketSpec(rate, burst), clock
+        self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
 
     def take(self, holder: str) -> float:
         """0 when a token was taken; else how many seconds until one will be there."""
-        now = self.clock()
         with self._lock:
-            tokens, then = self._buckets.get(holder, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - then) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[holder] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[holder] = (tokens, now)
-            return (1.0 - tokens) / self.rate
+            bucket = self._buckets.get(holder)
+            if bucket is None:
+                bucket = self._buckets[holder] = TokenBucket(self.spec, clock=self.clock)
+        return bucket.take()
 
 
 class WriteRateLimit:
@@ -125,7 +122,7 @@ class WriteRateLimit:
                     path,
                     429,
                     "Too many requests",
-                    f"token {holder!r} writes faster than {self.buckets.rate:g} a second (burst {self.buckets.burst}), "
+                    f"token {holder!r} writes faster than {self.buckets.spec.rate_per_second:g} a second (burst {self.buckets.spec.burst}), "
                     f"the limit per token (LORAPLANE_WRITES_PER_SECOND); retry in {wait:.1f}s",
                     headers={"Retry-After": str(max(1, math.ceil(wait)))},
                 )

@@ -10,19 +10,15 @@ policy, which honours Retry-After.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import HTTPPolicy
 
+from infra.ratelimit import BucketSpec, TokenBucket
 
-@dataclass(frozen=True)
-class BucketSpec:
-    rate_per_second: float
-    burst: int
+__all__ = ["DEFAULT_LIMITS", "ArmLimiter", "BucketSpec", "LimiterPolicy", "TokenBucket", "kind_of"]
 
 
 DEFAULT_LIMITS = {
@@ -30,41 +26,6 @@ DEFAULT_LIMITS = {
     "write": BucketSpec(10.0, 180),
     "delete": BucketSpec(10.0, 180),
 }
-
-
-class TokenBucket:
-    def __init__(
-        self,
-        spec: BucketSpec,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if spec.rate_per_second <= 0 or spec.burst < 1:
-            raise ValueError("a bucket needs a positive rate and a burst of at least 1")
-        self.spec, self.clock, self.sleep = spec, clock, sleep
-        self._tokens = float(spec.burst)
-        self._updated = clock()
-        self._lock = threading.Lock()
-
-    def _refill(self) -> None:
-        now = self.clock()
-        self._tokens = min(self.spec.burst, self._tokens + (now - self._updated) * self.spec.rate_per_second)
-        self._updated = now
-
-    def acquire(self) -> float:
-        """Take one token, waiting for it if need be; returns the seconds waited."""
-        waited = 0.0
-        while True:
-            with self._lock:
-                self._refill()
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return waited
-                # At least a millisecond: a coarse clock must not turn this into a busy spin.
-                wait = max(0.001, (1 - self._tokens) / self.spec.rate_per_second)
-            self.sleep(wait)
-            waited += wait
 
 
 def kind_of(method: str) -> str:
