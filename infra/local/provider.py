@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -356,29 +356,26 @@ class LocalProvider:
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         return self.endpoints.reload_adapter(endpoint, self.folder(target.name).admin_token())
 
-    def stop_all(self) -> None:
-        """Stop every serving process this provider's run folder knows (``serve --stop-children``)."""
+    def _recorded(self) -> Iterator[tuple[str, psutil.Process | None]]:
+        """(deployment, its running process or None) for every run folder with a record."""
         if not self.run_root.is_dir():
             return
         for folder_path in sorted(p for p in self.run_root.iterdir() if p.is_dir()):
             record = RunFolder(self.run_root, folder_path.name).read_record()
-            if record is None:
-                continue
-            found = find_process(record, record.uid)
-            if found is not None:
-                log.info("stopping the serving app of %s (pid %d)", folder_path.name, found[0].pid)
-                stop_process(found[0])
-            self._reap(folder_path.name)
+            if record is not None:
+                found = find_process(record, record.uid)
+                yield folder_path.name, found[0] if found is not None else None
+
+    def stop_all(self) -> None:
+        """Stop every serving process this provider's run folder knows (``serve --stop-children``)."""
+        for name, process in self._recorded():
+            if process is not None:
+                log.info("stopping the serving app of %s (pid %d)", name, process.pid)
+                stop_process(process)
+            self._reap(name)
 
     def left_running(self) -> list[str]:
-        running = []
-        if self.run_root.is_dir():
-            for folder_path in sorted(p for p in self.run_root.iterdir() if p.is_dir()):
-                record = RunFolder(self.run_root, folder_path.name).read_record()
-                found = find_process(record, record.uid) if record is not None else None
-                if found is not None:
-                    running.append(f"{folder_path.name} (pid {found[0].pid})")
-        return running
+        return [f"{name} (pid {process.pid})" for name, process in self._recorded() if process is not None]
 
     # --------------------------------------------------------------------------- monitor
 
