@@ -258,15 +258,17 @@ class WatchHub:
                 # than after every watch has written (200 watches: tens of milliseconds).
                 await asyncio.sleep(0)
 
-    def _rows(self, names: list[str]) -> list[tuple[InferenceDeployment, dict[str, str]]]:
-        """Each changed deployment, read once, its events written once for every watch."""
+    def _rows(self, names: list[str]) -> list[InferenceDeployment]:
+        """Each changed deployment, read once, its MODIFIED event written once for every watch
+        (an ADDED one, which few watches need, when one does; both are kept for reuse)."""
         found = []
         for name in names:
             try:
                 row = self.store.get(name)
             except NotFound:  # gone between the two reads: the next look says DELETED
                 continue
-            found.append((row, {kind: self._text(kind, row) for kind in ("ADDED", "MODIFIED")}))
+            self._text("MODIFIED", row)
+            found.append(row)
         return found
 
     def _deleted(self, watch: Watch, name: str) -> None:
@@ -277,8 +279,7 @@ class WatchHub:
         if watch.name is not None:
             watch.put(None)  # the one deployment watched is gone: so is the watch
 
-    def _changed(self, watch: Watch, found: tuple[InferenceDeployment, dict[str, str]]) -> None:
-        row, events = found
+    def _changed(self, watch: Watch, row: InferenceDeployment) -> None:
         seen = watch.seen.get(row.name)
         if not watch.wants(row):
             if seen is not None and watch.name is None:  # no longer matches the selector
@@ -288,4 +289,4 @@ class WatchHub:
             return  # the watch's own first read was as new
         kind = "ADDED" if seen is None or seen[0] != row.uid else "MODIFIED"
         watch.seen[row.name] = (row.uid, row.resource_version)
-        watch.put(events[kind])
+        watch.put(self._text(kind, row))

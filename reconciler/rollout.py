@@ -458,8 +458,8 @@ class AdapterRollout:
         again from the adapter folder while that still holds exactly it. Else why it cannot be
         served (the share root or the share changed since it was staged)."""
         assert desired.path is not None
-        staged = {e.name for e in share.list(desired.path) or [] if not e.is_dir}
-        if incomplete([ShareEntry(name, 0) for name in staged], None) is None:
+        staged = [e for e in share.list(desired.path) or [] if not e.is_dir]
+        if incomplete(staged, None) is None:
             return None
         source = target.spec.adapter.path
         files = adapter_files([e for e in share.list(source) or [] if not e.is_dir])
