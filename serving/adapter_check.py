@@ -11,6 +11,7 @@ Each check returns the problem as a sentence that starts with the file it is abo
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from collections.abc import Iterable
@@ -23,6 +24,13 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_RANK = 1024
 # A module name or a PEFT regular expression over module names.
 _TARGET = re.compile(r"[\w.*|()\[\]\\^$+?-]{1,200}")
+
+
+def real_path_inside(root: Path, path: Path) -> Path | None:
+    """``path`` as a real path (every link resolved) when it lies inside ``root``'s real path,
+    else None: the reconciler and the serving app judge a link out of the share alike."""
+    real_root, real = Path(os.path.realpath(root)), Path(os.path.realpath(path))
+    return real if real == real_root or real_root in real.parents else None
 
 
 def _tail(name: str, parts: int) -> str:

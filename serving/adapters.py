@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from serving.adapter_check import CONFIG, WEIGHTS, check_config, check_safetensors_header, read_safetensors_head
+from serving.adapter_check import CONFIG, WEIGHTS, check_config, check_safetensors_header, read_safetensors_head, real_path_inside
 
 
 class AdapterError(Exception):
@@ -53,8 +52,8 @@ def content_fingerprint(files: list[Path]) -> str:
 def within_share(share_root: Path, path: Path, what: str) -> Path:
     """``path`` as a real path, when it stays inside the share root's real path: the
     reconciler judges the same paths the same way, so the app never serves what it refused."""
-    root, real = Path(os.path.realpath(share_root)), Path(os.path.realpath(path))
-    if real != root and root not in real.parents:
+    real = real_path_inside(share_root, path)
+    if real is None:
         raise AdapterError(f"{what} {path} leads outside the share root {share_root}: a link out of the share is not followed")
     return real
 

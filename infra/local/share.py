@@ -18,6 +18,7 @@ from pathlib import Path
 
 from infra.errors import PermanentError
 from infra.provider import ShareEntry
+from serving.adapter_check import real_path_inside
 
 PRIVATE_FOLDER = 0o700
 
@@ -25,9 +26,8 @@ PRIVATE_FOLDER = 0o700
 def inside(root: Path, relative: str) -> Path:
     """``root/relative`` as a real path, or PermanentError(InvalidPath) when it (or a link on
     the way) leads outside the root's real path."""
-    real_root = Path(os.path.realpath(root))
-    path = Path(os.path.realpath(real_root / relative))
-    if path != real_root and real_root not in path.parents:
+    path = real_path_inside(root, root / relative)
+    if path is None:
         raise PermanentError(
             f"{relative!r} is outside the share root {root} (a link out of the share is not followed)", reason="InvalidPath"
         )
