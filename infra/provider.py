@@ -87,6 +87,9 @@ class Observation(Generic[P]):
     endpoint: str | None = None
     ready: bool = False
     detail: str = ""  # what is going on, for the status message
+    # Nothing answers, and that is what the spec asks (scaled to zero replicas): settled, not
+    # coming up.
+    stopped: bool = False
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,8 @@ class Reconciler:
             else:  # a restart onto a version the app cannot start with
                 statuses.with_rollout(status, stuck, self.clock())
                 self._commit(row, status, events=stuck.events, versions=stuck.versions)
-            return Outcome("converged", self.poll_seconds)
+            # Coming up: look again soon. Stopped as asked: the resync timer is enough.
+            return Outcome("converged", None if observation.stopped else self.poll_seconds)
         try:
             report = self.rollout.step(row, target, provider, observation, previous, versions)
         except Fenced:

@@ -39,13 +39,19 @@ def _base(previous: DeploymentStatus, generation: int, observation: Observation 
 
 
 def converged(previous: DeploymentStatus, generation: int, observation: Observation, now: datetime) -> DeploymentStatus:
-    """Nothing left to do: Ready if the endpoint answers, else still coming up."""
+    """Nothing left to do: Ready if the endpoint answers, Stopped if the spec asks that nothing
+    run, else still coming up."""
     status = _base(previous, generation, observation)
     set_condition(status, "Degraded", "False", "AsExpected", "", now)
     if observation.ready:
         status.phase = "Ready"
         status.message = None
         set_condition(status, "Ready", "True", "Serving", observation.detail, now)
+        set_condition(status, "Progressing", "False", "Reconciled", "the deployment matches its spec", now)
+    elif observation.stopped:
+        status.phase = "Stopped"
+        status.message = observation.detail
+        set_condition(status, "Ready", "False", "Stopped", observation.detail, now)
         set_condition(status, "Progressing", "False", "Reconciled", "the deployment matches its spec", now)
     else:
         status.phase = "Provisioning"

@@ -564,7 +564,9 @@ class ObjectMeta(CamelModel):
 # --------------------------------------------------------------------------------------------
 # status
 
-Phase = Literal["Pending", "Provisioning", "Ready", "Degraded", "Deleting", "Failed"]
+# Stopped: nothing runs because the spec asks for none (a local deployment with
+# scale.maxReplicas 0); settled, not failing.
+Phase = Literal["Pending", "Provisioning", "Ready", "Stopped", "Degraded", "Deleting", "Failed"]
 ConditionType = Literal["Ready", "Progressing", "Degraded", "AdapterSynced"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 

@@ -161,6 +161,8 @@ class LocalProvider:
             log_tail=folder.tail_log(3) if found is None and record is not None else "",
         )
         if found is None:
+            if spec.scale.max_replicas == 0:
+                return Observation(facts, detail="stopped: spec.scale.maxReplicas is 0, so no serving process runs", stopped=True)
             return Observation(facts, detail="the serving process is not running")
         process, found_record = found
         self._watch(target.name, process)

@@ -85,6 +85,25 @@ def test_a_steady_state_writes_nothing(store, reconciler, share):
     assert len(store.list_events("support-bot")) == events
 
 
+def test_scaled_to_zero_stops_the_process_and_settles_as_stopped_until_scaled_up(store, reconciler, share):
+    row = create(store, share)
+    reconcile_until_ready(reconciler)
+    spec = DeploymentSpec.model_validate(local_manifest(share_root=str(share), scale={"minReplicas": 0, "maxReplicas": 0})["spec"])
+    store.replace("support-bot", labels={}, spec=spec)
+    reconciler.reconcile("support-bot")  # stops the process
+    outcome = reconciler.reconcile("support-bot")
+    status = status_of(store)
+    assert serving_pids(row.uid) == []
+    # Settled as asked, not forever "coming up": the resync timer is enough, no quick poll.
+    assert (status.phase, outcome.result, outcome.requeue_after) == ("Stopped", "converged", None)
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions["Ready"] == ("False", "Stopped") and conditions["Progressing"] == ("False", "Reconciled")
+    assert "maxReplicas is 0" in (status.message or "")
+    store.replace("support-bot", labels={}, spec=DeploymentSpec.model_validate(local_manifest(share_root=str(share))["spec"]))
+    assert reconcile_until_ready(reconciler).phase == "Ready"
+    assert len(serving_pids(row.uid)) == 1
+
+
 def test_a_spec_change_restarts_the_app_with_the_new_settings(store, reconciler, share):
     row = create(store, share)
     reconcile_until_ready(reconciler)
