@@ -32,7 +32,7 @@ WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 @dataclass(frozen=True)
 class AdmissionLimits:
-    max_in_flight: int = 64
+    max_in_flight: int = 8
     writes_per_second: float = 50.0
     write_burst: int = 100
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
+import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -65,6 +66,8 @@ def create_app(
     watch_limits: WatchLimits | None = None,
     admission: AdmissionLimits | None = None,
     serve_api: bool = True,
+    api_threads: int | None = None,
+    token_cache_seconds: float = 1.0,
 ) -> FastAPI:
     """The API over ``store``. With a ``controller``, the app runs the reconcile loop for its
     lifetime (started with the app, stopped gracefully on shutdown) and /healthz reports on
@@ -74,6 +77,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if api_threads is not None:  # this event loop's pool for the routes' database work
+            anyio.to_thread.current_default_thread_limiter().total_tokens = api_threads
         if controller is not None:
             controller.start()
         try:
@@ -98,7 +103,7 @@ def create_app(
     app.state.store = store
     app.state.reconciler = reconciler
     app.state.access = AccessStore(store.engine, clock=store.clock)
-    app.state.authenticator = Authenticator(app.state.access) if authenticate else None
+    app.state.authenticator = Authenticator(app.state.access, cache_seconds=token_cache_seconds) if authenticate else None
     app.state.views = PublicViews()
     app.state.registry = registry or CollectorRegistry()
     app.state.registry.register(DeploymentPhaseCollector(store))

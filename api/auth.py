@@ -9,6 +9,9 @@ single-user local run) every caller is ``anonymous`` with the admin role.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -17,7 +20,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from api.problems import ApiError
-from state.access import AccessStore
+from state.access import AccessStore, hash_token
 
 Role = Literal["viewer", "deployer", "admin"]
 RANK: dict[str, int] = {"viewer": 0, "deployer": 1, "admin": 2}
@@ -34,8 +37,40 @@ ANONYMOUS = Identity("anonymous", "admin")
 
 
 class Authenticator:
-    def __init__(self, access: AccessStore) -> None:
+    """Finds the token's holder in the database, and keeps what it found for ``cache_seconds``
+    so that a client's next requests cost no lookup (a lookup was a trip to the thread pool and
+    a query, about a tenth of what a GET cost). A token revoked here is forgotten at once; one
+    revoked through another replica is refused here within ``cache_seconds``."""
+
+    def __init__(
+        self, access: AccessStore, *, cache_seconds: float = 1.0, capacity: int = 1024, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.access = access
+        self.cache_seconds, self.capacity, self.clock = cache_seconds, capacity, clock
+        self._known: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, authorization: str | None) -> Identity | None:
+        """The holder of this token if it was found valid within ``cache_seconds``; else None
+        (then ``identify`` looks, and says what is wrong)."""
+        secret = _bearer_secret(authorization)
+        if secret is None:
+            return None
+        key = hash_token(secret)
+        with self._lock:
+            known = self._known.get(key)
+            if known is None:
+                return None
+            identity, found_at = known
+            if self.clock() - found_at >= self.cache_seconds:
+                del self._known[key]
+                return None
+            return identity
+
+    def forget(self, token_name: str) -> None:
+        with self._lock:
+            for key in [key for key, (identity, _) in self._known.items() if identity.name == token_name]:
+                del self._known[key]
 
     def identify(self, authorization: str | None) -> Identity:
         if not authorization:
@@ -52,7 +87,18 @@ class Authenticator:
         row = self.access.find_token(secret.strip())
         if row is None:
             raise ApiError(401, "Unauthorized", "the token is not valid: it was revoked or mistyped", headers=CHALLENGE)
-        return Identity(row.name, row.role)
+        identity = Identity(row.name, row.role)
+        if self.cache_seconds > 0:
+            with self._lock:
+                self._known[hash_token(secret.strip())] = (identity, self.clock())
+                while len(self._known) > self.capacity:
+                    self._known.popitem(last=False)
+        return identity
+
+
+def _bearer_secret(authorization: str | None) -> str | None:
+    scheme, _, secret = (authorization or "").partition(" ")
+    return secret.strip() or None if scheme.lower() == "bearer" else None
 
 
 def require(role: Role) -> Callable[[Request], Awaitable[Identity]]:
@@ -66,7 +112,9 @@ def require(role: Role) -> Callable[[Request], Awaitable[Identity]]:
         # prefix looks the token up here.
         identity: Identity | None = getattr(request.state, "identity", None)
         if identity is None:
-            identity = await run_in_threadpool(authenticator.identify, request.headers.get("authorization"))
+            authorization = request.headers.get("authorization")
+            identity = authenticator.cached(authorization) or await run_in_threadpool(authenticator.identify, authorization)
+        assert identity is not None
         if RANK[identity.role] < RANK[role]:
             raise ApiError(
                 403,

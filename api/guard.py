@@ -44,7 +44,8 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             if self.authenticator is not None and path.startswith(PROTECTED_PREFIX):
-                identity = await run_in_threadpool(self.authenticator.identify, headers.get("authorization"))
+                authorization = headers.get("authorization")
+                identity = self.authenticator.cached(authorization) or await run_in_threadpool(self.authenticator.identify, authorization)
                 scope.setdefault("state", {})["identity"] = identity
             declared = headers.get("content-length")
             if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:

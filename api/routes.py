@@ -173,7 +173,7 @@ async def list_deployments(
         str | None,
         Query(alias="continue", max_length=512, description="token from the previous page"),
     ] = None,
-) -> InferenceDeploymentList | StreamingResponse:
+) -> InferenceDeploymentList | Response:
     try:
         requirements = [req for text in label or [] for req in parse_selector(text)]
         if watch:
@@ -184,10 +184,22 @@ async def list_deployments(
         raise ApiError(400, "Bad request", str(exc)) from exc
 
 
-def _list_page(request: Request, requirements: list, limit: int | None, continue_: str | None) -> InferenceDeploymentList:
-    rows, token = store_of(request).list(requirements, limit=limit, continue_token=continue_)
-    views = views_of(request)
-    return InferenceDeploymentList(items=[views.of(row) for row in rows], continue_=token)
+LIST_HEAD = b'{"apiVersion":"loraplane/v1","kind":"InferenceDeploymentList","items":['
+
+
+def _list_page(request: Request, requirements: list, limit: int | None, continue_: str | None) -> Response:
+    """The page as JSON, each item's text as this replica made it for that resourceVersion
+    (api.views): only the deployments it has not seen at their version are read whole. The
+    same document as the response model would give; answered as bytes, so FastAPI neither
+    validates nor serializes it again."""
+    store, views = store_of(request), views_of(request)
+    found, token = store.list_versions(requirements, limit=limit, continue_token=continue_)
+    texts = {name: views.cached_json(uid, version) for name, uid, version in found}
+    missing = store.rows([name for name, text in texts.items() if text is None])
+    # A deployment gone between the two reads is left out, as if listed a moment later.
+    items = [text or views.json_of(missing[name]) for name, text in texts.items() if text is not None or name in missing]
+    tail = b"]}" if token is None else b'],"continue":' + json.dumps(token).encode() + b"}"
+    return Response(LIST_HEAD + b",".join(items) + tail, media_type="application/json")
 
 
 def watches_of(request: Request) -> WatchHub:
@@ -206,13 +218,25 @@ def _stream(events) -> StreamingResponse:
     summary="Read a deployment (or watch it change)",
 )
 async def get_deployment(
-    name: Name, request: Request, response: Response, caller: Viewer, watch: Watch = False, timeout_seconds: TimeoutSeconds = 1800
-) -> InferenceDeploymentPublic | StreamingResponse:
-    row = await run_in_threadpool(store_of(request).get, name)
+    name: Name, request: Request, caller: Viewer, watch: Watch = False, timeout_seconds: TimeoutSeconds = 1800
+) -> InferenceDeploymentPublic | Response:
     if watch:
+        await run_in_threadpool(store_of(request).get, name)  # a 404 for no such deployment
         hub = watches_of(request)
         return _stream(hub.stream(hub.open(caller.name, name=name), timeout_seconds))
-    return _answer(request, response, row)
+    return await run_in_threadpool(_one, request, name)
+
+
+def _one(request: Request, name: str) -> Response:
+    """As ``_list_page``: the text this replica made for the deployment's resourceVersion, the
+    row read whole only when it has none."""
+    store, views = store_of(request), views_of(request)
+    uid, version = store.version_of(name)
+    text = views.cached_json(uid, version)
+    if text is None:
+        row = store.get(name)
+        text, version = views.json_of(row), row.resource_version
+    return Response(text, media_type="application/json", headers={"ETag": f'"{version}"'})
 
 
 @router.put(
@@ -535,10 +559,13 @@ def list_tokens(request: Request, caller: Admin) -> ApiTokenList:
     "/tokens/{token_name}",
     status_code=204,
     responses=problem_responses(401, 403, 404, 422),
-    summary="Revoke a token: it stops working at once",
+    summary="Revoke a token: refused at once by this replica, within a second by the others",
 )
 def revoke_token(token_name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9-]{0,62}$")], request: Request, caller: Admin) -> Response:
     access_of(request).revoke_token(token_name, actor=caller.name)
+    authenticator = request.app.state.authenticator
+    if authenticator is not None:  # refused here at once; other replicas within their cache's time
+        authenticator.forget(token_name)
     watches_of(request).close_holder(token_name)  # what it is watching stops now
     return Response(status_code=204)
 

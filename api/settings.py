@@ -42,9 +42,16 @@ class ServiceSettings(BaseSettings):
     max_watches_per_token: int = Field(default=100, ge=1)
     # Admission control: requests in flight at once (429 past it, at once), and writes per
     # token (a token bucket each).
-    max_requests_in_flight: int = Field(default=64, ge=1)
+    max_requests_in_flight: int = Field(default=8, ge=1)
     writes_per_second: float = Field(default=50.0, gt=0)
     write_burst: int = Field(default=100, ge=1)
+    # Threads that do the API's database work. Few: each thread busy in Python takes its turn at
+    # the GIL, and the event loop (which reads, refuses and answers every request) and the
+    # reconciler's workers wait behind all of them.
+    api_threads: int = Field(default=8, ge=1, le=256)
+    # How long a token found valid is taken as valid without looking again (0: look every
+    # time); a token revoked through another replica is refused here within this time.
+    token_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     # What this process runs: the API and the reconciler (all), or one of them, so that on
     # PostgreSQL API replicas can run apart from the reconciling leader.
     role: Literal["all", "api", "reconciler"] = "all"

@@ -45,6 +45,7 @@ class Outcome:
     kind: str
     status: int  # 0: no answer (the connection failed or the request timed out)
     latency_ms: float
+    error: str = ""  # with status 0: what went wrong
 
 
 @dataclass
@@ -86,9 +87,13 @@ class _Pool:
         self.opened = 0
         self.slots = asyncio.Semaphore(max_connections)
 
-    async def take(self, server: int) -> _Connection:
-        if self.idle[server]:
-            return self.idle[server].pop()
+    async def take(self, server: int, *, fresh: bool = False) -> tuple[_Connection, bool]:
+        """A connection to ``server``, and whether it was used before."""
+        if self.idle[server] and not fresh:
+            return self.idle[server].pop(), True
+        return await self.open(server), False
+
+    async def open(self, server: int) -> _Connection:
         host, port = self.addresses[server]
         reader, writer = await asyncio.open_connection(host, port)
         self.opened += 1
@@ -124,34 +129,48 @@ async def _run(
     run = Run()
     warmup = int(warmup_seconds * rate)
     total = warmup + int(seconds * rate)
-    loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
 
     async def one(index: int, due: float, kind: str, payloads: list[bytes]) -> None:
         server = index % len(addresses)
-        status = 0
+        status, error = 0, ""
         connection: _Connection | None = None
         async with pool.slots:
             try:
-                async with asyncio.timeout(timeout - (loop.time() - due)):
-                    connection = await pool.take(server)
-                    status = await connection.exchange(payloads[server])
+                async with asyncio.timeout(timeout - (time.perf_counter() - due)):
+                    connection, reused = await pool.take(server)
+                    try:
+                        status = await connection.exchange(payloads[server])
+                    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                        # The server closed a keep-alive connection that sat idle (uvicorn
+                        # does after 5 s): sent again on a new one, as HTTP clients do. A
+                        # partial answer, or a new connection failing, is a failure.
+                        partial = isinstance(exc, asyncio.IncompleteReadError) and exc.partial
+                        if not reused or partial:
+                            raise
+                        connection.close()
+                        connection, _ = await pool.take(server, fresh=True)
+                        status = await connection.exchange(payloads[server])
                 pool.give_back(server, connection)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                error = f"{type(exc).__name__}: {exc}"[:200]
                 if connection is not None:
                     connection.close()
         if index >= warmup:
-            run.outcomes.append(Outcome(kind, status, (loop.time() - due) * 1000))
+            run.outcomes.append(Outcome(kind, status, (time.perf_counter() - due) * 1000, error))
 
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-    start = loop.time() + 0.1
+    turns = [0] * len(encoded)
+    start = time.perf_counter() + 0.1
     for index in range(total):
         due = start + index / rate
-        delay = due - loop.time()
+        delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        (_, requests) = encoded[choices.choices(range(len(encoded)), weights)[0]]
-        kind, payloads = requests[index % len(requests)]
+        group = choices.choices(range(len(encoded)), weights)[0]
+        (_, requests), turn = encoded[group], turns[group]
+        turns[group] += 1
+        kind, payloads = requests[turn % len(requests)]
         task = asyncio.ensure_future(one(index, due, kind, payloads))
         pending.add(task)
         task.add_done_callback(pending.discard)
@@ -180,16 +199,10 @@ def run_load(
     """``rate`` requests a second for ``warmup_seconds`` (not counted: connections open) and
     then ``seconds``, spread over ``addresses`` in turn. ``mix`` is (weight, requests): a
     request's group is drawn by weight, and within a group the requests take turns."""
-    try:
-        import uvloop  # the generator's own event loop: the cheaper, the less it takes
+    import uvloop  # the generator's own event loop: the cheaper, the less it takes
 
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    return runner(_run(addresses, headers, mix, rate, seconds, warmup_seconds, timeout, max_connections, seed))
+    return uvloop.run(_run(addresses, headers, mix, rate, seconds, warmup_seconds, timeout, max_connections, seed))
 
 
 def served_within(run: Run, kinds: set[str] | None = None) -> list[float]:
     return [o.latency_ms for o in run.outcomes if 200 <= o.status < 400 and (kinds is None or o.kind in kinds)]
-
-

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.api import manifest, wait_until_reconciled
+from bench.api import seed
 from bench.common import start_service, summary, table, write_result
 
-BENCH_SHARE_ROOT = "/nonexistent/bench-share"
 GOALS_MS = {"get": 50.0, "healthz": 20.0}
 PER_TOKEN = 100
 DEPLOYMENTS = 100
@@ -130,15 +129,15 @@ def main() -> None:
         asyncio.run(hold(url, tokens.split(","), int(count)))
         return
     with tempfile.TemporaryDirectory() as folder:
+        share = Path(folder) / "share"
+        share.mkdir()
         process, url, headers = start_service(
-            Path(folder) / "data", extra_env={"LORAPLANE_RESYNC_SECONDS": "30", "LORAPLANE_LOCAL_SHARE_ROOTS": BENCH_SHARE_ROOT}
+            Path(folder) / "data", extra_env={"LORAPLANE_RESYNC_SECONDS": "30", "LORAPLANE_LOCAL_SHARE_ROOTS": str(share)}
         )
         holder: subprocess.Popen | None = None
         try:
             with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-                for index in range(DEPLOYMENTS):
-                    client.post("/v1/deployments", json=manifest(f"bench-{index}")).raise_for_status()
-                wait_until_reconciled(client, DEPLOYMENTS)
+                seed(client, str(share), DEPLOYMENTS)
                 viewers = [
                     client.post("/v1/tokens", json={"name": f"watcher-{i}", "role": "viewer"}).json()["token"]
                     for i in range(max(1, -(-args.watches // PER_TOKEN)))

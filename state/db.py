@@ -42,9 +42,14 @@ def make_engine(url: str, *, busy_timeout_ms: int = 5000) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         # One writer lock per engine, shared by the connections it opens.
         connection_class = type("SQLiteConnection", (_WriterLockedConnection,), {"writer_lock": threading.Lock()})
+        # A connection for each thread that may read at once (the API's pool, the reconciler's
+        # workers, the watch poller): past the pool, each read opened and set up a connection
+        # of its own and closed it again.
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000, "factory": connection_class},
+            pool_size=20,
+            max_overflow=20,
         )
         _configure_sqlite(engine, busy_timeout_ms)
         return engine

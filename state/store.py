@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, exists
+from sqlalchemy import Engine, and_, delete, exists, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -76,6 +76,8 @@ VersionChange = AddVersion | ActivateVersion | MarkVersion
 
 
 _NAME = re.compile(DNS_LABEL[0])
+# A GET's first read, made on every GET: its compiled form is looked up by a cheap key.
+VERSION_OF = text("SELECT uid, resource_version FROM inference_deployment WHERE name = :name")
 
 
 def _canonical(document: Any) -> str:
@@ -189,7 +191,51 @@ class DeploymentStore:
         continue_token: str | None = None,
     ) -> tuple[list[InferenceDeployment], str | None]:
         """Deployments ordered by name; returns the page and the token for the next one."""
-        query = select(InferenceDeployment).order_by(col(InferenceDeployment.name))
+        query = self._page(select(InferenceDeployment), requirements, limit, continue_token)
+        with self._read() as session:
+            rows = list(session.exec(query))
+        if limit is not None and len(rows) > limit:
+            rows = rows[:limit]
+            return rows, encode_continue(rows[-1].name)
+        return rows, None
+
+    def list_versions(
+        self,
+        requirements: Sequence[Requirement] = (),
+        *,
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> tuple[builtins.list[tuple[str, str, int]], str | None]:
+        """``list`` as (name, uid, resourceVersion): what names a public form an API replica
+        may already hold, read without the JSON documents (decoding those was most of a list's
+        cost). ``rows`` fetches the ones it does not hold."""
+        columns = select(InferenceDeployment.name, InferenceDeployment.uid, InferenceDeployment.resource_version)
+        query = self._page(columns, requirements, limit, continue_token)
+        with self.engine.connect() as connection:  # Core: no ORM session for a few columns
+            found = [(row[0], row[1], row[2]) for row in connection.execute(query)]
+        if limit is not None and len(found) > limit:
+            found = found[:limit]
+            return found, encode_continue(found[-1][0])
+        return found, None
+
+    def version_of(self, name: str) -> tuple[str, int]:
+        """(uid, resourceVersion) of one deployment, without its documents; NotFound if none."""
+        with self.engine.connect() as connection:  # Core: no ORM session for two columns
+            found = connection.execute(VERSION_OF, {"name": name}).first()
+        if found is None:
+            raise NotFound(f"deployment {name!r} not found")
+        return found[0], found[1]
+
+    def rows(self, names: Sequence[str]) -> dict[str, InferenceDeployment]:
+        """The deployments of these names that exist, by name."""
+        if not names:
+            return {}
+        with self._read() as session:
+            return {row.name: row for row in session.exec(select(InferenceDeployment).where(col(InferenceDeployment.name).in_(names)))}
+
+    @staticmethod
+    def _page(query: Any, requirements: Sequence[Requirement], limit: int | None, continue_token: str | None) -> Any:
+        query = query.order_by(col(InferenceDeployment.name))
         if continue_token:
             query = query.where(col(InferenceDeployment.name) > decode_continue(continue_token))
         for req in requirements:
@@ -203,12 +249,7 @@ class DeploymentStore:
             query = query.where(found if req.operator in ("=", "exists") else ~found)
         if limit is not None:
             query = query.limit(limit + 1)
-        with self._read() as session:
-            rows = list(session.exec(query))
-        if limit is not None and len(rows) > limit:
-            rows = rows[:limit]
-            return rows, encode_continue(rows[-1].name)
-        return rows, None
+        return query
 
     def versions(self, name: str | None = None) -> dict[str, tuple[str, int]]:
         """name -> (uid, resourceVersion): what a watch compares between two looks."""
@@ -396,21 +437,28 @@ class DeploymentStore:
             return None
         if _canonical(document) == _canonical(current.status) and not events and not versions:
             return current
+        # Core statements: the status column read under the row's lock, and one UPDATE that
+        # moves the resourceVersion in the database and gives back the row (the ORM's way
+        # loaded the whole row to lock it and wrote it back through the unit of work).
+        key = (col(InferenceDeployment.name) == name, col(InferenceDeployment.uid) == uid)
         with self._write(fence) as session:
-            row = self._lock(session, name, uid)
-            if row is None:
+            locked = session.execute(select(InferenceDeployment.status).where(*key).with_for_update()).first()
+            if locked is None:
                 return None
             for change in versions:
                 self._apply_version_change(session, uid, change)
             for type_, reason, message in events:
-                self._add_event(session, row, type_, reason, message)
-            if _canonical(document) == _canonical(row.status):
-                return row
-            row.status = document
-            row.resource_version += 1
-            row.updated_at = self.clock()
-            session.add(row)
-        return row
+                self._add_event(session, current, type_, reason, message)
+            if _canonical(document) == _canonical(locked[0]):
+                return current
+            written = session.execute(
+                update(InferenceDeployment)
+                .where(*key)
+                .values(status=document, resource_version=col(InferenceDeployment.resource_version) + 1, updated_at=self.clock())
+                .returning(InferenceDeployment),
+                execution_options={"synchronize_session": False},
+            ).scalar_one()
+        return written
 
     def remove(self, name: str, *, uid: str, fence: Fence | None = None) -> bool:
         """Drop a deployment whose teardown is done, with its labels and events."""

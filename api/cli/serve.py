@@ -242,6 +242,8 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
         admission=AdmissionLimits(
             max_in_flight=settings.max_requests_in_flight, writes_per_second=settings.writes_per_second, write_burst=settings.write_burst
         ),
+        api_threads=settings.api_threads,
+        token_cache_seconds=settings.token_cache_seconds,
     )
     log.info("database %s is at the newest schema", shown)
     log.info("API on http://%s:%d (docs at /docs)", settings.host, settings.port)

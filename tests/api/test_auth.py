@@ -12,10 +12,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from api.app import create_app
+from api.auth import Authenticator, Identity
+from api.problems import ApiError
 from reconciler.core import Reconciler
 from state.access import AccessStore, hash_token
 from tests.api.test_cli import assert_one_line_error, run_cli
 from tests.conftest import local_manifest, start_service, stop_service
+from tests.fakes import FakeClock
 
 # What each route needs, written out by hand: a route missing here fails the matrix test.
 REQUIRED = {
@@ -134,6 +137,28 @@ def test_a_token_is_shown_once_stored_as_a_hash_and_revoked_at_once(secured, sto
     assert client.delete("/v1/tokens/bob", headers=admin).status_code == 404
     actions = [r["action"] for r in client.get("/v1/audit", params={"resource": "token/bob"}, headers=admin).json()["items"]]
     assert actions == ["token.revoke", "token.create"]
+
+
+def test_a_token_revoked_through_another_replica_is_refused_here_within_the_cache_time(store):
+    """A token found valid is taken as valid for cache_seconds without a lookup (the replica
+    that revokes it forgets it at once, above); one revoked elsewhere stops working here when
+    that time is out."""
+    clock = FakeClock()
+    access = AccessStore(store.engine)
+    here = Authenticator(access, cache_seconds=1.0, clock=clock)
+    _, secret = access.create_token("carol", "viewer", actor="test")
+    header = f"Bearer {secret}"
+    assert here.cached(header) is None  # never looked up yet
+    assert here.identify(header).name == "carol"
+    access.revoke_token("carol", actor="admin")  # through another replica, on the same database
+    clock.advance(0.9)
+    assert here.cached(header) == Identity("carol", "viewer")
+    clock.advance(0.1)
+    assert here.cached(header) is None
+    with pytest.raises(ApiError) as refused:
+        here.identify(header)
+    assert refused.value.status == 401
+    assert here.cached("Bearer lp_not-a-token") is None and here.cached("Basic abc") is None and here.cached(None) is None
 
 
 def test_a_first_start_makes_an_admin_token_the_cli_can_use(tmp_path: Path):

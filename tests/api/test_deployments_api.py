@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from state.resource import DeploymentStatus
 from tests.conftest import azure_manifest, local_manifest
 
 PROBLEM = "application/problem+json"
@@ -183,6 +184,33 @@ def test_get_answers_the_resource_with_its_etag(client):
     assert response.status_code == 200
     assert response.headers["etag"] == '"1"'
     assert response.json()["metadata"]["labels"] == {"team": "support"}
+
+
+def test_get_and_list_answer_each_write_at_once_though_their_json_is_kept_per_version(client, store):
+    """GET and list answer from text kept per (uid, resourceVersion): the same document the
+    response model gives, and a write (the API's or the reconciler's) is seen on the next read."""
+    create(client)
+    for _ in range(2):  # the second read is answered from what the first one kept
+        one = client.get("/v1/deployments/support-bot")
+        listed = client.get("/v1/deployments").json()
+        expected = store.get("support-bot").to_public().model_dump(mode="json", by_alias=True, exclude_none=True)
+        assert one.json() == expected and listed["items"] == [expected]
+        assert listed["apiVersion"] == "loraplane/v1" and listed["kind"] == "InferenceDeploymentList"
+    patched = client.patch("/v1/deployments/support-bot", content='{"metadata": {"labels": {"tier": "gold"}}}', headers=MERGE)
+    assert patched.headers["etag"] == '"2"'
+    assert client.get("/v1/deployments/support-bot").json()["metadata"]["labels"]["tier"] == "gold"
+    assert client.get("/v1/deployments").json()["items"][0]["metadata"]["resourceVersion"] == "2"
+    row = store.get("support-bot")  # a status write, as the reconciler makes it
+    status = DeploymentStatus.model_validate(row.status)
+    status.phase, status.message = "Stopped", "scaled to zero"
+    store.update_status("support-bot", status, uid=row.uid)
+    one = client.get("/v1/deployments/support-bot")
+    assert one.headers["etag"] == '"3"' and one.json()["status"]["phase"] == "Stopped"
+    assert client.get("/v1/deployments").json()["items"][0]["status"]["message"] == "scaled to zero"
+    store.request_deletion("support-bot")
+    store.remove("support-bot", uid=row.uid)
+    assert_problem(client.get("/v1/deployments/support-bot"), 404)
+    assert client.get("/v1/deployments").json()["items"] == []
 
 
 def test_get_of_a_missing_deployment_is_404(client):
