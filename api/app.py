@@ -137,6 +137,8 @@ def create_app(
 
     @app.get("/readyz", response_model=HealthStatus, responses=problem_responses(503), tags=["health"])
     def readyz(request: Request) -> HealthStatus | JSONResponse:
+        if app.state.admission.closing:  # a load balancer sends the next requests elsewhere
+            return problem_response(request, 503, "Service unavailable", "this loraplane process is shutting down")
         try:
             check_database(store.engine)
         except Exception as exc:  # any failure to reach the database means "not ready"

@@ -36,6 +36,11 @@ class ServiceSettings(BaseSettings):
     # default: this Python running ``-m serving``.
     serving_command: list[str] | None = None
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # On SIGTERM, first this long answering 503 (readiness too) while what is in flight
+    # finishes, so that a load balancer sends the next requests to another replica; then stop.
+    # 0 (the default, right for one process on a laptop): stop at once. A second signal stops
+    # at once too.
+    shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=600)
     # The API's limits: a request body's size (413 past it), and open watch streams.
     max_request_bytes: int = Field(default=3 * 1024 * 1024, ge=1024)
     max_watches: int = Field(default=1000, ge=1)

@@ -4,6 +4,8 @@ retries a busy API for a while and says when it gives up."""
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +123,34 @@ def test_watch_streams_take_no_place_in_flight(narrow: ServiceProcess):
         for client, response in opened:
             response.close()
             client.close()
+
+
+def test_a_process_told_to_stop_drains_new_requests_away_with_503_and_finishes_what_it_admitted(tmp_path: Path):
+    """With LORAPLANE_SHUTDOWN_DRAIN_SECONDS, SIGTERM first turns new requests and readiness
+    away (503, Retry-After: a load balancer sends them to another replica) while a request
+    already admitted is served; a second signal stops the process at once."""
+    data_dir = tmp_path / "data"
+    service = start_service(data_dir, env_overrides={"LORAPLANE_SHUTDOWN_DRAIN_SECONDS": "120"})
+    try:
+        host, port = service.url.removeprefix("http://").split(":")
+        body = json.dumps(local_manifest(share_root=str(tmp_path))).encode()
+        admitted = socket.create_connection((host, int(port)), timeout=30)
+        admitted.sendall(
+            b"POST /v1/deployments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        eventually(lambda: "loraplane_http_requests" in httpx.get(f"{service.url}/metrics").text, what="the server to be up")
+        service.process.send_signal(signal.SIGTERM)
+        refused = eventually(lambda: (r := httpx.get(f"{service.url}/v1/deployments", timeout=5)).status_code == 503 and r, what="a 503")
+        assert refused.headers["retry-after"] == "5" and refused.headers["content-type"].startswith("application/problem+json")
+        assert "shutting down" in refused.json()["detail"]
+        assert httpx.get(f"{service.url}/readyz").status_code == 503
+        assert httpx.get(f"{service.url}/healthz").status_code == 200  # alive: not to be killed
+        admitted.sendall(body)  # the request admitted before the signal is served
+        assert admitted.recv(4096).startswith(b"HTTP/1.1 201")
+        admitted.close()
+        service.process.send_signal(signal.SIGTERM)
+        service.process.wait(timeout=30)
+    finally:
+        stop_service(service)
+    assert "new requests are answered 503" in service.log.read_text()
