@@ -19,6 +19,7 @@ from api.admission import AdmissionLimits, AdmissionState, InFlightLimit, TokenB
 from api.auth import Authenticator
 from api.dashboard import router as dashboard_router
 from api.guard import DEFAULT_MAX_BODY_BYTES, RequestGuard
+from api.key_routes import router as key_router
 from api.metrics import DeploymentPhaseCollector, HttpMetrics, MetricsMiddleware
 from api.problems import problem_response, problem_responses
 from api.routes import router
@@ -126,6 +127,7 @@ def create_app(
     problems.install(app)
     if serve_api:  # else a reconciler alone: health, readiness and metrics
         app.include_router(router)
+        app.include_router(key_router)
         app.include_router(dashboard_router)
 
     @app.get("/healthz", response_model=HealthStatus, responses=problem_responses(503), tags=["health"])

@@ -29,8 +29,8 @@ class EndpointClient:
                 self._client = httpx.Client(timeout=self.timeout, verify=self.verify)
             return self._client
 
-    def get(self, url: str, *, timeout: float | None = None) -> httpx.Response:
-        return self._http().get(url, timeout=timeout or self.timeout)
+    def get(self, url: str, *, timeout: float | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+        return self._http().get(url, timeout=timeout or self.timeout, headers=headers)
 
     def post(self, url: str, *, headers: dict[str, str], timeout: float | None = None) -> httpx.Response:
         return self._http().post(url, headers=headers, timeout=timeout or self.timeout)
@@ -42,10 +42,11 @@ class EndpointClient:
         if client is not None:
             client.close()
 
-    def adapter_status(self, endpoint: str) -> dict:
-        """The serving app's GET /v1/adapter: what it serves."""
+    def adapter_status(self, endpoint: str, admin_token: str | None) -> dict:
+        """What the serving app serves: its GET /admin/adapter (/v1/adapter with the admin
+        token; /v1/adapter itself asks for an inference key when keys are on)."""
         try:
-            response = self.get(f"{endpoint}/v1/adapter")
+            response = self.get(f"{endpoint}/admin/adapter", headers={"Authorization": f"Bearer {admin_token}"})
             response.raise_for_status()
             return response.json()
         except (httpx.HTTPError, ValueError) as exc:

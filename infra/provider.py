@@ -50,6 +50,17 @@ def pointer_path(deployment: str, uid: str) -> str:
     return f"{deployment_folder(deployment, uid)}/current.json"
 
 
+def keys_path(deployment: str, uid: str) -> str:
+    """The inference keys' hashes and limits (keys.json), beside the pointer, relative to the
+    share root: every replica follows it as it follows the pointer."""
+    return f"{deployment_folder(deployment, uid)}/keys.json"
+
+
+def usage_folder(deployment: str, uid: str) -> str:
+    """Where each replica writes what it served under each key (one file a replica)."""
+    return f"{deployment_folder(deployment, uid)}/usage"
+
+
 def staged_path(deployment: str, uid: str, version: str) -> str:
     """Where a version is staged: an immutable copy, relative to the share root."""
     return f"{deployment_folder(deployment, uid)}/adapters/{version}"

@@ -80,7 +80,7 @@ class Controller:
         self._started = False
         self._stopped_once = False
         self._listening = False
-        self._versions: dict[str, tuple[str, int, bool]] = {}
+        self._versions: dict[str, tuple[str, int, bool, str]] = {}
         # Names woken since the last sync_timers: their change is being handled already.
         self._woken: set[str] = set()
         self._woken_lock = threading.Lock()

@@ -20,10 +20,11 @@ from infra.errors import PermanentError, ProviderError
 from infra.provider import Action, Observation, Refusal, Target, TargetProvider
 from reconciler import status as statuses
 from reconciler.errors import Classified, classify
+from reconciler.keys import KeySync, read_usage
 from reconciler.rollout import AdapterRollout, RolloutMetrics, restart_version
 from reconciler.writer import PassWriter, ReadStore
 from state.errors import Fenced, NotFound
-from state.models import AdapterVersion, InferenceDeployment, NewEvent, utcnow
+from state.models import AdapterVersion, InferenceDeployment, KeyUsage, NewEvent, utcnow
 from state.resource import AS_STORED, DeploymentSpec, DeploymentStatus
 from state.store import DeploymentStore, VersionChange
 
@@ -75,6 +76,7 @@ class Reconciler:
         self.rollout = rollout or AdapterRollout(
             clock=clock, metrics=RolloutMetrics(registry or CollectorRegistry()), poll_seconds=min(1.0, poll_seconds)
         )
+        self.keys = KeySync(store)
         # How soon to look again while something is starting or being torn down.
         self.poll_seconds = poll_seconds
         # name -> generation whose apply failed permanently: not retried until the spec moves.
@@ -89,6 +91,16 @@ class Reconciler:
                 reason="TargetUnavailable",
             )
         return provider
+
+    def key_usage(self, row: InferenceDeployment) -> tuple[dict[str, KeyUsage] | None, str | None]:
+        """What the deployment's replicas served under each inference key, from its share; or
+        None and why it could not be read."""
+        try:
+            target = target_of(row)
+            return read_usage(target, self.provider_for(target)), None
+        except Exception as exc:  # a share not reachable now: the keys are still listed
+            error = classify(exc)
+            return None, f"the replicas' usage could not be read from the share: {error.message}"
 
     def admit(self, spec: DeploymentSpec) -> list[Refusal]:
         """What the spec's target refuses beyond the schema (the operator's policy); the API
@@ -170,8 +182,22 @@ class Reconciler:
         previous: DeploymentStatus,
         versions: Sequence[AdapterVersion],
     ) -> Outcome:
-        """Nothing left to do to the infrastructure: the adapter's turn, once the endpoint is up."""
+        """Nothing left to do to the infrastructure: the inference keys onto the share (the app
+        asks for one from its start), then the adapter's turn, once the endpoint is up."""
         status = statuses.converged(previous, row.generation, observation, self.clock())
+        # Under policy observe loraplane writes nothing, to the share neither: keys are the team's.
+        observing = target.spec.azure is not None and target.spec.azure.policy == "observe"
+        if target.spec.api_keys and not observation.stopped and not observing:
+            try:
+                self.keys.sync(target, provider)
+            except Fenced:
+                raise
+            except Exception as exc:
+                error = classify(exc)
+                log.warning("writing the inference keys of %s: %s: %s", row.name, error.reason, error.message)
+                failed = statuses.failed(previous, row.generation, observation, error, self.clock())
+                self._commit(row, failed, events=self._failure_events(previous, failed, error))
+                return Outcome("permanent") if error.permanent else Outcome("temporary", error.delay)
         if not observation.ready:  # adapters wait for an endpoint (and a share) to exist
             stuck = self.rollout.watch_in_flight(row, target, provider, observation, previous, versions)
             if stuck is None:
@@ -228,6 +254,7 @@ class Reconciler:
                 return Outcome("progressing", self.poll_seconds)
             self.writer.remove(row)
             self.rollout.forget(row.uid)
+            self.keys.forget(row.uid)
             with self._lock:
                 self._stalled.pop(row.name, None)
             log.info("deployment %s deleted", row.name)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from state.models import AdapterVersion, CloudResource, InferenceDeployment, NewEvent
+from state.models import AdapterVersion, CloudResource, InferenceDeployment, InferenceKey, NewEvent
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore, Fence, VersionChange
 
@@ -26,11 +26,13 @@ class ReadStore(Protocol):
 
     def names(self) -> list[str]: ...
 
-    def desired_versions(self) -> dict[str, tuple[str, int, bool]]: ...
+    def desired_versions(self) -> dict[str, tuple[str, int, bool, str]]: ...
 
     def adapter_versions(self, deployment_uid: str) -> list[AdapterVersion]: ...
 
     def cloud_resources(self, deployment_uid: str) -> list[CloudResource]: ...
+
+    def inference_keys(self, deployment_uid: str) -> list[InferenceKey]: ...
 
     def add_listener(self, listener: Callable[[str], None]) -> None:
         """Be told the name of a deployment whose desired state this process's API changed."""

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.engine import Engine
+from serving.keys import KeyLimits, KeyRing, Refused, UsageWriter
 from serving.protocol import ErrorBody, ErrorDetail
 from serving.router import OpenAIError, error_response, fingerprint, router
 from serving.settings import ServingSettings
@@ -95,6 +96,44 @@ class BodyLimit:
         await JSONResponse(body.model_dump(), status_code=413)(scope, receive, send)
 
 
+# What an inference key guards: the OpenAI routes, the metrics and the API's documentation. The
+# probes answer anyone (the platform's health checks carry no key); /admin/* has its own token;
+# the chat UI asks for a key at its own login.
+KEY_GUARDED_PREFIXES = ("/v1/",)
+KEY_GUARDED_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+
+
+class InferenceKeys:
+    """The request's inference key checked and its limits applied before anything else reads
+    it (serving.keys); the answer carries the key's x-ratelimit-* headers."""
+
+    def __init__(self, app: ASGIApp, ring: KeyRing, limits: KeyLimits) -> None:
+        self.app, self.ring, self.limits = app, ring, limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path.startswith(KEY_GUARDED_PREFIXES) or path in KEY_GUARDED_PATHS):
+            await self.app(scope, receive, send)
+            return
+        authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        try:
+            key = self.ring.check(authorization)
+            headers = self.limits.admit(key)
+        except Refused as refused:
+            body = ErrorBody(error=ErrorDetail(message=refused.message, type=refused.type, code=refused.code))
+            await JSONResponse(body.model_dump(), status_code=refused.status, headers=refused.headers)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["inference_key"] = key
+        extra = [(name.encode(), value.encode()) for name, value in headers.items()]
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start" and extra:
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0]
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
@@ -108,21 +147,36 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def create_app(settings: ServingSettings) -> FastAPI:
     engine = Engine(settings)
     watcher = AdapterWatcher(settings, engine)
+    keys_file = settings.keys_file
+    ring = KeyRing(keys_file, refresh_seconds=settings.keys_refresh_seconds) if keys_file is not None else None
+    limits = KeyLimits(engine.metrics.registry) if ring is not None else None
+    usage = (
+        UsageWriter(limits, keys_file.parent / "usage", interval=settings.usage_interval_seconds)
+        if limits is not None and keys_file is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         engine.start()
         watcher.start()
+        if usage is not None:
+            usage.start()
         try:
             yield
         finally:
+            if usage is not None:
+                usage.stop()
             watcher.stop()
             engine.stop()
 
     app = FastAPI(title="loraplane serving", lifespan=lifespan, docs_url="/docs")
     app.state.settings, app.state.engine, app.state.watcher = settings, engine, watcher
+    app.state.key_limits = limits
     app.add_middleware(AdapterVersionHeaders, engine=engine)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    if ring is not None and limits is not None:  # outermost: a caller without a key gets no further
+        app.add_middleware(InferenceKeys, ring=ring, limits=limits)
 
     def version_of(request: Request) -> str:
         return getattr(request.state, "adapter_version", None) or (engine.registry.active.version if engine.registry.active else "none")
@@ -153,5 +207,17 @@ def create_app(settings: ServingSettings) -> FastAPI:
 
         from serving.ui import build_ui
 
-        app = gr.mount_gradio_app(app, build_ui(engine, settings), path="/")
+        # With keys on, the chat asks for one once, at Gradio's login (any user name).
+        auth = (lambda _user, key: _accepts(ring, key)) if ring is not None else None
+        app = gr.mount_gradio_app(
+            app, build_ui(engine, settings), path="/", auth=auth, auth_message="Sign in with an inference key (any user name)"
+        )
     return app
+
+
+def _accepts(ring: KeyRing, key: str) -> bool:
+    try:
+        ring.check(f"Bearer {key}")
+    except Refused:
+        return False
+    return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from serving.adapters import Loaded
 from serving.engine import Engine, Job
+from serving.keys import Key, KeyLimits
 from serving.protocol import (
     AdapterInfo,
     AssistantMessage,
@@ -125,6 +126,18 @@ def list_models(request: Request) -> ModelList:
 
 @router.get("/v1/adapter", response_model=AdapterInfo)
 def adapter_info(request: Request) -> AdapterInfo:
+    return _adapter_info(request)
+
+
+@router.get("/admin/adapter", response_model=AdapterInfo)
+def admin_adapter_info(request: Request) -> AdapterInfo:
+    """/v1/adapter for loraplane, with the admin token: with inference keys on, /v1/adapter
+    asks for a key, and the admin token is never one."""
+    _check_admin(request)
+    return _adapter_info(request)
+
+
+def _adapter_info(request: Request) -> AdapterInfo:
     registry = engine_of(request).registry
     active = registry.active
     return AdapterInfo(
@@ -138,16 +151,20 @@ def adapter_info(request: Request) -> AdapterInfo:
     )
 
 
-@router.post("/admin/adapter/reload")
-async def reload_adapter(request: Request) -> JSONResponse:
+def _check_admin(request: Request) -> None:
     settings = settings_of(request)
     if not settings.admin_token:
-        raise OpenAIError(404, "the reload endpoint is off: set LORAPLANE_ADMIN_TOKEN to turn it on", type_="not_found_error")
+        raise OpenAIError(404, "the admin endpoints are off: set LORAPLANE_ADMIN_TOKEN to turn them on", type_="not_found_error")
     given = request.headers.get("authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {settings.admin_token}".encode()):
         raise OpenAIError(
             401, "a valid bearer token is required (Authorization: Bearer <LORAPLANE_ADMIN_TOKEN>)", type_="authentication_error"
         )
+
+
+@router.post("/admin/adapter/reload")
+async def reload_adapter(request: Request) -> JSONResponse:
+    _check_admin(request)
     watcher: AdapterWatcher = request.app.state.watcher
     result = await run_in_threadpool(watcher.poll, force=True)
     body = {"status": result.status, "version": result.version, "message": result.message}
@@ -222,7 +239,17 @@ def _check_ready_and_model(request: Request, model: str | None) -> None:
         )
 
 
-async def _collect(bridge: _Bridge, job: Job) -> tuple[str, FinishReason, dict[str, int]]:
+def _charger(request: Request) -> Callable[[dict[str, int]], None]:
+    """What to do with a generation's usage: count it against the request's inference key, if
+    it came with one (api keys on)."""
+    key: Key | None = getattr(request.state, "inference_key", None)
+    limits: KeyLimits | None = getattr(request.app.state, "key_limits", None)
+    if key is None or limits is None:
+        return lambda usage: None
+    return lambda usage: limits.charge(key, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+
+async def _collect(bridge: _Bridge, job: Job, charge: Callable[[dict[str, int]], None]) -> tuple[str, FinishReason, dict[str, int]]:
     parts: list[str] = []
     try:
         while True:
@@ -231,6 +258,7 @@ async def _collect(bridge: _Bridge, job: Job) -> tuple[str, FinishReason, dict[s
                 parts.append(payload)
             elif kind == "done":
                 reason, usage = payload
+                charge(usage)
                 return "".join(parts), reason, usage
             else:
                 raise OpenAIError(500, payload, type_="server_error")
@@ -238,7 +266,9 @@ async def _collect(bridge: _Bridge, job: Job) -> tuple[str, FinishReason, dict[s
         job.cancelled.set()  # harmless when done; stops generating when the client has gone
 
 
-async def _sse(bridge: _Bridge, job: Job, settings: ServingSettings, make_chunk, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(
+    bridge: _Bridge, job: Job, settings: ServingSettings, make_chunk, include_usage: bool, charge: Callable[[dict[str, int]], None]
+) -> AsyncIterator[str]:
     try:
         first = make_chunk(role=True)
         if first is not None:
@@ -254,6 +284,7 @@ async def _sse(bridge: _Bridge, job: Job, settings: ServingSettings, make_chunk,
                 yield f"data: {make_chunk(content=payload)}\n\n"
             elif kind == "done":
                 reason, usage = payload
+                charge(usage)
                 yield f"data: {make_chunk(finish_reason=reason)}\n\n"
                 if include_usage:
                     yield f"data: {make_chunk(usage=usage)}\n\n"
@@ -308,8 +339,9 @@ async def _respond(request: Request, body: ChatCompletionRequest | CompletionReq
             return document.model_dump_json(exclude_none=usage is None)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse(bridge, job, settings, chunk, include_usage), media_type="text/event-stream", headers=headers)
-    text, reason, usage = await _collect(bridge, job)
+        stream = _sse(bridge, job, settings, chunk, include_usage, _charger(request))
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    text, reason, usage = await _collect(bridge, job, _charger(request))
     answer: ChatCompletion | Completion
     if chat:
         answer = ChatCompletion(

@@ -24,6 +24,12 @@ class ServingSettings(BaseSettings):
     adapter_version: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     allow_base_only: bool = False
     admin_token: str | None = Field(default=None, repr=False)
+    # A JSON file under the share root with the inference keys' hashes and limits (written by
+    # loraplane). When set, every route but the probes needs one of those keys, and a missing
+    # file lets nobody in (serving.keys).
+    api_keys_file: str | None = None
+    keys_refresh_seconds: float = Field(default=1.0, gt=0)
+    usage_interval_seconds: float = Field(default=5.0, gt=0)
     host: str = "0.0.0.0"
     port: int = Field(default=7860, ge=1, le=65535)
     # HTTPS straight from the app, for where no ingress terminates TLS in front of it (the
@@ -60,6 +66,10 @@ class ServingSettings(BaseSettings):
     @property
     def pointer_file(self) -> Path | None:
         return self.share_root / self.adapter_pointer if self.adapter_pointer else None
+
+    @property
+    def keys_file(self) -> Path | None:
+        return self.share_root / self.api_keys_file if self.api_keys_file else None
 
     @property
     def version_dir(self) -> Path | None:

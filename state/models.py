@@ -343,6 +343,78 @@ class ApiTokenList(CamelModel):
     items: list[ApiTokenPublic]
 
 
+# --------------------------------------------------------------------------------------------
+# InferenceKey: who may call a deployment's model
+
+
+KEY_NAME = r"^[a-z][a-z0-9-]{0,62}$"
+
+
+class InferenceKeyBase(CamelModel):
+    name: str = PydanticField(pattern=KEY_NAME, description="who holds it, e.g. support-web or eval-ci")
+    rpm: int | None = PydanticField(default=None, ge=1, le=1_000_000, description="requests a minute; none: no limit")
+    tpm: int | None = PydanticField(default=None, ge=1, le=1_000_000_000, description="tokens (prompt and completion) a minute")
+    expires_at: datetime | None = PydanticField(default=None, description="refused from then on; none: never")
+
+
+class InferenceKeyCreate(InferenceKeyBase):
+    pass
+
+
+class InferenceKey(SQLModel, table=True):
+    """An inference key of one deployment. Only a hash of the secret is kept; the serving app
+    gets the hashes (and limits) through a file on the share."""
+
+    __tablename__ = "inference_key"
+
+    deployment_uid: str = Field(sa_column=Column(String(36), primary_key=True))
+    name: str = Field(sa_column=Column(String(63), primary_key=True))
+    deployment_name: str = Field(sa_column=Column(String(63), nullable=False, index=True))
+    key_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    rpm: int | None = Field(default=None)
+    tpm: int | None = Field(default=None)
+    expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    created_by: str | None = Field(default=None, sa_column=Column(String(63), nullable=True))
+
+    def to_public(self, usage: KeyUsage | None = None) -> InferenceKeyPublic:
+        return InferenceKeyPublic(
+            name=self.name,
+            rpm=self.rpm,
+            tpm=self.tpm,
+            expires_at=self.expires_at,
+            created_at=self.created_at,
+            created_by=self.created_by,
+            usage=usage,
+        )
+
+
+class KeyUsage(CamelModel):
+    """What the deployment's replicas served under a key, summed over them."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    refused: int = 0  # past the key's limits (429)
+
+
+class InferenceKeyPublic(InferenceKeyBase):
+    created_at: datetime
+    created_by: str | None = None
+    usage: KeyUsage | None = PydanticField(default=None, description="absent when the replicas' counts could not be read")
+
+
+class InferenceKeyCreated(InferenceKeyPublic):
+    key: str = PydanticField(description="the secret: shown this once, never again")
+    endpoint: str | None = PydanticField(default=None, description="the deployment's endpoint, when it has one")
+
+
+class InferenceKeyList(CamelModel):
+    items: list[InferenceKeyPublic]
+    # Why usage is absent, when it is.
+    usage_note: str | None = None
+
+
 class AuditEvent(SQLModel, table=True):
     """Who changed what, when: one row per change made through the API."""
 

@@ -410,13 +410,26 @@ class AzureSpec(CamelModel):
         return azure_limits.default_resources(kind)
 
 
+class AccessSpec(CamelModel):
+    # Every call of the serving app but its probes needs one of the deployment's inference
+    # keys (loraplane keys create). Default: on for the azure target, whose endpoint is
+    # reachable by whoever learns it; off for the local target, which listens on loopback.
+    api_keys: bool | None = None
+
+
 class DeploymentSpec(CamelModel):
     target: Literal["local", "azure"]
     model: ModelSpec
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     scale: ScaleSpec = Field(default_factory=ScaleSpec)
+    access: AccessSpec = Field(default_factory=AccessSpec)
     local: LocalSpec | None = None
     azure: AzureSpec | None = None
+
+    @property
+    def api_keys(self) -> bool:
+        """Whether the serving app asks for an inference key (the target's default when unset)."""
+        return self.access.api_keys if self.access.api_keys is not None else self.target == "azure"
 
     @model_validator(mode="after")
     def _target_section_present(self, info: ValidationInfo) -> DeploymentSpec:
@@ -457,6 +470,8 @@ class DeploymentSpec(CamelModel):
         Deterministic in (name, subscription, resource group): applying the same manifest
         twice gives the same spec, so it never looks like a change.
         """
+        if self.access.api_keys is None:
+            self = self.model_copy(update={"access": AccessSpec(api_keys=self.api_keys)})
         if self.azure is None:
             return self
         azure = self.azure

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, exists, text, update
+from sqlalchemy import Engine, and_, delete, exists, func, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -38,6 +38,7 @@ from state.models import (
     EventType,
     InferenceDeployment,
     InferenceDeploymentCreate,
+    InferenceKey,
     NewEvent,
     utcnow,
 )
@@ -129,6 +130,10 @@ class DeploymentStore:
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
+
+    def notify(self, name: str) -> None:
+        """Tell the listeners (the reconciler) that what ``name`` should be changed."""
+        self._notify(name)
 
     def _notify(self, name: str) -> None:
         for listener in self._listeners:
@@ -259,17 +264,22 @@ class DeploymentStore:
         with self._read() as session:
             return {row[0]: (row[1], row[2]) for row in session.exec(query)}
 
-    def desired_versions(self) -> dict[str, tuple[str, int, bool]]:
-        """name -> (uid, generation, being deleted): what the reconciler acts on. Status writes
-        (the reconciler's own) and label changes move the resourceVersion but not this."""
+    def desired_versions(self) -> dict[str, tuple[str, int, bool, str]]:
+        """name -> (uid, generation, being deleted, its inference keys): what the reconciler
+        acts on (a key made or revoked through any replica's API must reach the share). Status
+        writes (the reconciler's own) and label changes move the resourceVersion but not this."""
         query = select(
             InferenceDeployment.name,
             InferenceDeployment.uid,
             InferenceDeployment.generation,
             col(InferenceDeployment.deletion_timestamp).is_not(None),
         )
+        keys = select(InferenceKey.deployment_uid, func.count(), func.max(InferenceKey.created_at)).group_by(
+            col(InferenceKey.deployment_uid)
+        )
         with self._read() as session:
-            return {row[0]: (row[1], row[2], bool(row[3])) for row in session.exec(query)}
+            marks = {row[0]: f"{row[1]}@{row[2]}" for row in session.exec(keys)}
+            return {row[0]: (row[1], row[2], bool(row[3]), marks.get(row[1], "")) for row in session.exec(query)}
 
     def names(self) -> builtins.list[str]:
         with self._read() as session:
@@ -472,8 +482,15 @@ class DeploymentStore:
             session.exec(delete(Event).where(col(Event.deployment_uid) == uid))
             session.exec(delete(CloudResource).where(col(CloudResource.deployment_uid) == uid))
             session.exec(delete(AdapterVersion).where(col(AdapterVersion.deployment_uid) == uid))
+            session.exec(delete(InferenceKey).where(col(InferenceKey.deployment_uid) == uid))
             session.delete(row)
         return True
+
+    def inference_keys(self, deployment_uid: str) -> builtins.list[InferenceKey]:
+        """The deployment's inference keys, by name (their hashes: no secret is stored)."""
+        with self._read() as session:
+            query = select(InferenceKey).where(col(InferenceKey.deployment_uid) == deployment_uid).order_by(col(InferenceKey.name))
+            return list(session.exec(query))
 
     # ---------------------------------------------------------------------- cloud resources
 

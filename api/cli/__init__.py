@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from api.cli import render
 from api.cli.client import ApiClient, CliError, json_body
 from api.cli.manifests import load_manifests
+from api.cli.render import printable
 from api.settings import ClientSettings
 
 # -h as well as --help, on every command and group (kubectl's and most CLIs' habit).
@@ -307,6 +309,71 @@ def token_revoke(name: Annotated[str, typer.Argument(help="the token's name")]) 
     """Revoke a token: it stops working at once."""
     _client().request("DELETE", f"/v1/tokens/{name}", ok=(204,))
     out.print(f"token {name!r} revoked")
+
+
+keys_app = typer.Typer(
+    help="Inference keys (deployer): who may call a deployment's model, how much, and what each used.",
+    no_args_is_help=True,
+    context_settings=HELP,
+)
+app.add_typer(keys_app, name="keys")
+Deployment = Annotated[str, typer.Option("--deployment", "-d", help="the deployment")]
+
+
+@keys_app.command("create")
+def keys_create(
+    deployment: Deployment,
+    name: Annotated[str, typer.Option("--name", help="who holds it, e.g. support-web or eval-ci")],
+    rpm: Annotated[int | None, typer.Option("--rpm", help="requests a minute (default: no limit)")] = None,
+    tpm: Annotated[int | None, typer.Option("--tpm", help="tokens a minute, prompt and completion (default: no limit)")] = None,
+    expires: Annotated[str | None, typer.Option("--expires", help="refused from this date or time on (ISO 8601, UTC if no zone)")] = None,
+) -> None:
+    """Make a key; its secret is printed this once (with how a client uses it) and kept nowhere."""
+    body: dict[str, Any] = {"name": name, "rpm": rpm, "tpm": tpm}
+    if expires is not None:
+        body["expiresAt"] = _moment(expires, "--expires")
+    made = json_body(_client().request("POST", f"/v1/deployments/{deployment}/keys", json=body, ok=(201,)))
+    print(made["key"])
+    endpoint = made.get("endpoint") or "<the deployment's endpoint, once it has one: loraplane get " + deployment + ">"
+    print(
+        f"key {name!r} of deployment/{deployment} created: the line above is its secret, shown this once.\n"
+        "An OpenAI client uses it so:\n\n"
+        "    from openai import OpenAI\n"
+        f'    client = OpenAI(base_url="{endpoint}/v1", api_key="{made["key"]}")\n'
+        f'    client.chat.completions.create(model="{deployment}", messages=[{{"role": "user", "content": "Hello"}}])\n',
+        file=sys.stderr,
+    )
+
+
+def _moment(text: str, option: str) -> str:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise CliError(f"{option} {text!r} is not a date or time: write it as 2026-12-31 or 2026-12-31T18:00:00+01:00") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()
+
+
+@keys_app.command("list")
+def keys_list(deployment: Deployment) -> None:
+    """The deployment's keys: limits, and what each used (summed over its replicas); never secrets."""
+    listed = json_body(_client().request("GET", f"/v1/deployments/{deployment}/keys"))
+    if not listed["items"]:
+        print(
+            f"deployment/{deployment} has no inference keys (loraplane keys create --deployment {deployment} --name WHO)", file=sys.stderr
+        )
+        return
+    out.print(render.keys_table(listed["items"]))
+    if listed.get("usageNote"):
+        print(printable(listed["usageNote"]), file=sys.stderr)
+
+
+@keys_app.command("revoke")
+def keys_revoke(deployment: Deployment, name: Annotated[str, typer.Argument(help="the key's name")]) -> None:
+    """Revoke a key: every replica refuses it within seconds, with no restart."""
+    _client().request("DELETE", f"/v1/deployments/{deployment}/keys/{name}", ok=(204,))
+    out.print(f"key {name!r} of deployment/{deployment} revoked")
 
 
 @app.command()

@@ -122,6 +122,28 @@ def tokens_table(tokens: list[dict[str, Any]]) -> Table:
     return table
 
 
+def keys_table(keys: list[dict[str, Any]]) -> Table:
+    table = _table("NAME", "RPM", "TPM", "EXPIRES", "REQUESTS", "TOKENS", "REFUSED", "CREATED", "BY")
+    for key in keys:
+        usage = key.get("usage")
+        used = (
+            (str(usage["requests"]), str(usage["promptTokens"] + usage["completionTokens"]), str(usage["refused"]))
+            if usage is not None
+            else ("?", "?", "?")
+        )
+        expires = key.get("expiresAt")
+        table.add_row(
+            key["name"],
+            str(key.get("rpm") or "-"),
+            str(key.get("tpm") or "-"),
+            expires[:19].replace("T", " ") if expires else "never",
+            *used,
+            age(key.get("createdAt")),
+            key.get("createdBy") or "-",
+        )
+    return table
+
+
 def audit_table(items: list[dict[str, Any]]) -> Table:
     table = _table("WHEN", "ACTOR", "ACTION", "RESOURCE", "GENERATION", "DETAIL")
     for item in items:

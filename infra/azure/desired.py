@@ -10,7 +10,7 @@ from typing import Any
 
 from azure.mgmt.appcontainers import models as aca
 
-from infra.provider import Target, pointer_path
+from infra.provider import Target, keys_path, pointer_path
 
 SHARE_MOUNT = "/mount"  # where the AI Toolkit's inference container sees the share
 SERVING_PORT = 7860
@@ -102,6 +102,8 @@ def serving_env(target: Target) -> list[aca.EnvironmentVar]:
         "LORAPLANE_DEPLOYMENT": target.name,
         "HF_HUB_OFFLINE": "1",
     }
+    if spec.api_keys:
+        values["LORAPLANE_API_KEYS_FILE"] = keys_path(target.name, target.uid)
     if spec.adapter.strategy == "restart":
         values["LORAPLANE_WATCH"] = "false"  # a new adapter is a new revision, never a swap
     if target.adapter_version:  # the restart strategy: the version this revision serves

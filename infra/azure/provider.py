@@ -60,6 +60,7 @@ __all__ = ["PUBLIC_CLOUD", "AzureConfig", "AzureObserved", "AzureProvider"]
 
 log = logging.getLogger("loraplane.infra.azure")
 
+ADMIN_TOKEN_SECONDS = 60.0  # how long a serving app's admin token read from its secrets is reused (in memory)
 SHARE_KEY_SECONDS = 600.0  # how long a fetched storage key is reused (in memory) before a refetch
 OPERATION_WORDS = {"create": "creating", "update": "updating", "delete": "deleting"}
 
@@ -136,6 +137,8 @@ class AzureProvider:
         self._clients: dict[str, AzureClients] = {}
         self._pollers: dict[tuple[str, str], LROPoller] = {}
         self._share_access: dict[str, tuple[str, str, float]] = {}  # account -> (url, key, fetched)
+        self._admin_tokens: dict[str, tuple[str | None, float]] = {}  # app -> (token, good until)
+        self._admin_tokens_lock = threading.Lock()
         self._restarted: dict[tuple[str, str], float] = {}  # (uid, revision) -> when restarted
         # uid -> (the app's wheel, the other wheels the dist folder held, all installed by other
         # apps of the group) when it was last listed with nothing to delete
@@ -512,18 +515,27 @@ class AzureProvider:
     # ------------------------------------------------------------------ the adapter plane
 
     def admin_token(self, target: Target) -> str | None:
-        """The serving app's admin token, read from the app's secrets when needed (for the
-        reload endpoint), never kept."""
+        """The serving app's admin token, read from the app's secrets when needed (the reload
+        and adapter-status endpoints), kept in memory only, for ADMIN_TOKEN_SECONDS: a
+        rollout's verification asks the app several times, and listSecrets is an ARM POST."""
         azure = _azure(target)
+        key = f"{azure.subscription_id}/{azure.resource_group}/{azure.app}".lower()
+        with self._admin_tokens_lock:
+            known = self._admin_tokens.get(key)
+            if known is not None and known[1] > time.monotonic():
+                return known[0]
         clients = self.clients(azure.subscription_id)
         try:
             listed = clients.apps.container_apps.list_secrets(azure.resource_group, azure.app or "")["value"] or []
         except AzureError as exc:
             raise classify_azure_error(exc, doing=f"reading the secrets of {azure.app}") from exc
-        return next((s.get("value") for s in listed if s.get("name") == ADMIN_TOKEN_SECRET), None)
+        token = next((s.get("value") for s in listed if s.get("name") == ADMIN_TOKEN_SECRET), None)
+        with self._admin_tokens_lock:
+            self._admin_tokens[key] = (token, time.monotonic() + ADMIN_TOKEN_SECONDS)
+        return token
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
-        return self.endpoints.adapter_status(endpoint)
+        return self.endpoints.adapter_status(endpoint, self.admin_token(target))
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         return self.endpoints.reload_adapter(endpoint, self.admin_token(target))

@@ -32,7 +32,7 @@ from infra.local.process import (
 )
 from infra.local.process import stop as stop_process
 from infra.local.share import LocalShare, inside
-from infra.provider import Action, Observation, ObservedResource, Refusal, Target, deployment_folder, pointer_path
+from infra.provider import Action, Observation, ObservedResource, Refusal, Target, deployment_folder, keys_path, pointer_path
 from state.resource import DeploymentSpec
 
 log = logging.getLogger("loraplane.infra.local")
@@ -135,6 +135,8 @@ class LocalProvider:
             "LORAPLANE_ADAPTER_POINTER": pointer_path(target.name, target.uid),
             "HF_HUB_OFFLINE": "1",
         }
+        if spec.api_keys:
+            env["LORAPLANE_API_KEYS_FILE"] = keys_path(target.name, target.uid)
         if spec.adapter.strategy == "restart":
             env["LORAPLANE_WATCH"] = "false"  # a new adapter is a new process, never a swap
         if target.adapter_version:  # the restart strategy: a new version is a restart
@@ -353,7 +355,7 @@ class LocalProvider:
         return LocalShare(Path(target.spec.local.share_root))
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
-        return self.endpoints.adapter_status(endpoint)
+        return self.endpoints.adapter_status(endpoint, self.folder(target.name).admin_token())
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         return self.endpoints.reload_adapter(endpoint, self.folder(target.name).admin_token())

@@ -34,6 +34,9 @@ REQUIRED = {
     ("GET", "/v1/deployments/{name}/logs"): "viewer",
     ("GET", "/v1/deployments/{name}/adapters"): "viewer",
     ("POST", "/v1/deployments/{name}/adapters/{version}/activate"): "deployer",
+    ("POST", "/v1/deployments/{name}/keys"): "deployer",
+    ("GET", "/v1/deployments/{name}/keys"): "deployer",
+    ("DELETE", "/v1/deployments/{name}/keys/{key}"): "deployer",
     ("POST", "/v1/tokens"): "admin",
     ("GET", "/v1/tokens"): "admin",
     ("DELETE", "/v1/tokens/{token_name}"): "admin",
@@ -53,6 +56,7 @@ def secured(store) -> Iterator[tuple[TestClient, dict[str, str]]]:
 
 def call(client: TestClient, method: str, path: str, token: str | None):
     concrete = path.replace("{name}", "support-bot").replace("{version}", "aaaaaaaaaaaa").replace("{token_name}", "nobody")
+    concrete = concrete.replace("{key}", "nobody")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     body = None
     if path in ("/v1/deployments", "/v1/plan") or (method == "PUT"):
@@ -62,6 +66,8 @@ def call(client: TestClient, method: str, path: str, token: str | None):
         return client.request(method, concrete, headers=headers, content=b'{"metadata": {"labels": {"a": "b"}}}')
     elif path == "/v1/tokens":
         body = {"name": "carol", "role": "viewer"}
+    elif path.endswith("/keys"):
+        body = {"name": "web"}
     return client.request(method, concrete, headers=headers, json=body)
 
 

@@ -5,11 +5,8 @@ remote fine-tuning job leaves them."""
 from __future__ import annotations
 
 import json
-import ssl
 import threading
 from pathlib import Path
-
-import httpx
 
 from azuresim.server import AzureSimulator
 from infra.azure.provider import AzureConfig, AzureProvider
@@ -74,7 +71,6 @@ def test_azure_adapters_roll_out_by_hot_reload_and_by_new_revision(tmp_path: Pat
 
         first = eventually(serving, timeout=180, what="the first adapter")
         endpoint = status().endpoint
-        tls = ssl.create_default_context(cafile=str(sim.ca_bundle))
         ours = f".loraplane/{NAME}/{row.uid[:8]}"
         pointer = json.loads((folder / f"{ours}/current.json").read_text())
         assert pointer == {"version": first, "path": f"{ours}/adapters/{first}"}
@@ -84,7 +80,7 @@ def test_azure_adapters_roll_out_by_hot_reload_and_by_new_revision(tmp_path: Pat
         with provider.share(provider_target(store)) as share:
             upload_adapter(share, folder / SECOND_ADAPTER_PATH)
         second = eventually(lambda: (v := serving()) != first and v, timeout=60, what="the second adapter")
-        assert httpx.get(f"{endpoint}/v1/adapter", verify=tls).json()["version"] == second
+        assert provider.adapter_status(provider_target(store), endpoint)["version"] == second  # asked as loraplane asks
         apps = provider.clients(spec.azure.subscription_id).apps
         assert apps.container_apps.get("rg-inference", NAME).latest_revision_name == revision
 
@@ -99,7 +95,7 @@ def test_azure_adapters_roll_out_by_hot_reload_and_by_new_revision(tmp_path: Pat
         assert app.latest_revision_name != revision
         env = {e.name: e.value for e in app.template.containers[0].env}
         assert env["LORAPLANE_ADAPTER_VERSION"] == third and env["LORAPLANE_WATCH"] == "false"
-        assert httpx.get(f"{status().endpoint}/v1/adapter", verify=tls).json()["version"] == third
+        assert provider.adapter_status(provider_target(store), status().endpoint)["version"] == third
         assert status().adapter.last_rollout.strategy == "restart"
     finally:
         stop.set()

@@ -10,18 +10,24 @@ import ssl
 from pathlib import Path
 
 import httpx
+import openai
+import pytest
+from azure.mgmt.appcontainers import ContainerAppsAPIClient
 
 from azuresim.server import AzureSimulator
+from infra.azure.credentials import StaticTokenCredential
 from infra.azure.provider import AzureConfig, AzureProvider
 from reconciler.core import Reconciler, target_of
 from reconciler.journal import DatabaseJournal
 from serving.tiny import ADAPTER_PATH, TINY_MODEL_PATH, make_tiny_share
 from state.db import make_engine, sqlite_url, upgrade_database
-from state.models import InferenceDeploymentCreate
+from state.keys import KeyStore
+from state.models import InferenceDeploymentCreate, InferenceKeyCreate
 from state.resource import DeploymentSpec, DeploymentStatus
 from state.store import DeploymentStore
 from tests.conftest import azure_manifest
-from tests.infra.azure_world import NAME, drive
+from tests.fakes import eventually
+from tests.infra.azure_world import NAME, RG, SUB, drive
 
 
 def test_an_azure_deployment_serves_a_chat_completion_at_its_endpoint(tmp_path: Path):
@@ -45,17 +51,43 @@ def test_an_azure_deployment_serves_a_chat_completion_at_its_endpoint(tmp_path: 
 
         endpoint = DeploymentStatus.model_validate(store.get(NAME).status).endpoint
         tls = ssl.create_default_context(cafile=str(sim.ca_bundle))
-        response = httpx.post(
-            f"{endpoint}/v1/chat/completions",
-            verify=tls,
-            timeout=60,
-            json={"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8},
-        )
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert body["choices"][0]["message"]["role"] == "assistant"
-        assert body["usage"]["completion_tokens"] >= 1
-        assert response.headers["x-adapter-version"]
+        # Inference keys are on by default on the azure target: no key, no completion.
+        hello = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+        refused = httpx.post(f"{endpoint}/v1/chat/completions", verify=tls, timeout=60, json=hello)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        apps = ContainerAppsAPIClient(StaticTokenCredential(), SUB, base_url=sim.url, connection_verify=str(sim.ca_bundle))
+        revision = apps.container_apps.get(RG, NAME).latest_revision_name
+
+        keys = KeyStore(store)
+        _, web = keys.create(NAME, InferenceKeyCreate(name="web"), actor="test")
+        _, evaluator = keys.create(NAME, InferenceKeyCreate(name="eval", rpm=2), actor="test")
+
+        def sdk(key: str) -> openai.OpenAI:
+            return openai.OpenAI(base_url=f"{endpoint}/v1", api_key=key, max_retries=0, http_client=httpx.Client(verify=tls, timeout=60))
+
+        def answers(key: str) -> bool:
+            reconciler.reconcile(NAME)  # the controller's wake-up: the keys file onto the share
+            try:
+                sdk(key).models.list()
+            except openai.AuthenticationError:
+                return False
+            return True
+
+        eventually(lambda: answers(web), timeout=30, what="the new key to be taken by the replica")
+        completion = sdk(web).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hello"}], max_tokens=8)
+        assert completion.choices[0].message.role == "assistant" and completion.usage.completion_tokens >= 1
+        # Past its requests a minute a key is refused (429, Retry-After) while another is served.
+        for _ in range(2):
+            sdk(evaluator).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        with pytest.raises(openai.RateLimitError) as limited:
+            sdk(evaluator).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert int(limited.value.response.headers["retry-after"]) >= 1
+        assert sdk(web).models.list().data
+        # Revoked: refused within 10 s, by the same revision (no restart, no new revision).
+        keys.revoke(NAME, "web", actor="test")
+        eventually(lambda: not answers(web), timeout=10, what="the revoked key to be refused")
+        assert apps.container_apps.get(RG, NAME).latest_revision_name == revision
+
         # The replica got the admin token from the app's secret, and nothing else opens reload.
         token = provider.admin_token(target_of(store.get(NAME)))
         assert httpx.post(f"{endpoint}/admin/adapter/reload", verify=tls).status_code == 401

@@ -1,0 +1,67 @@
+"""The deployment's inference keys onto its share: ``keys.json`` beside the adapter pointer,
+which every replica of the serving app follows (a key made or revoked takes effect there within
+seconds, with no restart and no new revision). Written when what it should say changed, not on
+every pass."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from contextlib import closing
+
+from infra.provider import AdapterHost, Target, keys_path, usage_folder
+from reconciler.writer import ReadStore
+from state.keys import document
+from state.models import KeyUsage
+
+
+class KeySync:
+    def __init__(self, store: ReadStore) -> None:
+        self.store = store
+        self._written: dict[str, str] = {}  # deployment uid -> digest of what is on its share
+        self._lock = threading.Lock()
+
+    def sync(self, target: Target, host: AdapterHost) -> bool:
+        """Write the keys file if the spec asks for keys and it says something new; whether it
+        was written."""
+        if not target.spec.api_keys:
+            return False
+        text = json.dumps(document(self.store.inference_keys(target.uid)), sort_keys=True).encode()
+        digest = hashlib.sha256(text).hexdigest()
+        with self._lock:
+            if self._written.get(target.uid) == digest:
+                return False
+        with closing(host.share(target)) as share:
+            share.write(keys_path(target.name, target.uid), text)
+        with self._lock:
+            self._written[target.uid] = digest
+        return True
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._written.pop(uid, None)
+
+
+def read_usage(target: Target, host: AdapterHost) -> dict[str, KeyUsage]:
+    """What the deployment's replicas served under each key, summed over the files they write
+    on the share (one a replica process, counted since it started)."""
+    totals: dict[str, KeyUsage] = {}
+    folder = usage_folder(target.name, target.uid)
+    with closing(host.share(target)) as share:
+        entries = share.list(folder) or []
+        for entry in entries:
+            if entry.is_dir or entry.name.startswith(".") or not entry.name.endswith(".json"):
+                continue
+            try:
+                document = json.loads(share.read(f"{folder}/{entry.name}"))
+                counted = document["keys"].items()
+            except (ValueError, KeyError, AttributeError):
+                continue  # being replaced, or not ours: the next look reads it
+            for name, counts in counted:
+                total = totals.setdefault(name, KeyUsage())
+                total.requests += int(counts.get("requests", 0))
+                total.prompt_tokens += int(counts.get("promptTokens", 0))
+                total.completion_tokens += int(counts.get("completionTokens", 0))
+                total.refused += int(counts.get("refused", 0))
+    return totals
