@@ -106,8 +106,8 @@ def test_past_its_requests_a_minute_a_key_gets_429_with_openais_headers_while_an
         files = list(usage_folder.glob("*.json"))
         return json.loads(files[0].read_text())["keys"] if files else None
 
-    usage = eventually(lambda: (u := written()) and u.get("web", {}).get("requests") == 2 and u, what="the usage file")
-    assert usage["eval"]["requests"] == 3 and usage["eval"]["refused"] == 2
+    usage = eventually(lambda: (u := written()) and u.get("eval", {}).get("refused") == 2 and u, what="the usage file")
+    assert usage["eval"]["requests"] == 3 and usage["web"]["requests"] == 2
     assert usage["eval"]["promptTokens"] > 0 and usage["eval"]["completionTokens"] > 0
 
 
