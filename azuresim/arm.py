@@ -759,8 +759,12 @@ class ArmSimulator:
             properties.setdefault("workloadProfileName", "Consumption")
         ingress = properties.get("configuration", {}).get("ingress")
         if isinstance(ingress, dict):
-            # Where the runner's replicas answer, when it runs them: no DNS for ACA here.
-            if self.runner is not None:
+            # Where the runner's replicas answer, when it runs them: no DNS for ACA here. An
+            # internal app has its internal name, reachable only from inside the environment
+            # (ingress-overview): from here, as from anywhere outside, not at all.
+            if not ingress.get("external", False):
+                ingress["fqdn"] = f"{resource['name']}.internal.{domain}"
+            elif self.runner is not None:
                 ingress["fqdn"] = f"127.0.0.1:{self.runner.port_for(resource['id'])}"
             elif self.standin_ingress is not None:
                 ingress["fqdn"] = self.standin_ingress()

@@ -12,6 +12,7 @@ PATCH merged in, beside what existed before (``Write``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ SCALE_PAGE = f"{LEARN}/container-apps/scale-app#scale-definition"
 REGISTRY_PAGE = f"{LEARN}/container-apps/containers#managed-identity-with-azure-container-registry"
 MUTABILITY_SPEC = "x-ms-mutability in the Microsoft.App 2026-07-01 REST specification; ARM's PropertyChangeNotAllowed"
 SHARED_KEY_PAGE = f"{LEARN}/storage/common/shared-key-authorization-prevent"
+IP_RESTRICTIONS_PAGE = f"{LEARN}/container-apps/ip-restrictions"
 
 APPS = "microsoft.app/containerapps"
 ENVIRONMENTS = "microsoft.app/managedenvironments"
@@ -323,6 +325,41 @@ def _scale(write: Write) -> ArmError | None:
     return None
 
 
+# --------------------------------------------------------------------- ingress
+
+
+def _ip_restrictions(write: Write) -> ArmError | None:
+    """ipSecurityRestrictions (ip-restrictions): each rule named, an IPv4 range in CIDR
+    notation, Allow or Deny, and all rules of one action. The codes are the simulator's (Azure's
+    are unpublished); the rules are the page's and the REST specification's (required: name,
+    ipAddressRange, action)."""
+    rules = ((write.properties.get("configuration") or {}).get("ingress") or {}).get("ipSecurityRestrictions") or []
+    names: set[str] = set()
+    for rule in rules:
+        name, cidr, action = rule.get("name"), rule.get("ipAddressRange"), rule.get("action")
+        if not name or not cidr or not action:
+            return _refuse(
+                "ContainerAppInvalidIpSecurityRestriction", "Each IP security restriction needs a name, an ipAddressRange and an action."
+            )
+        if name in names:
+            return _refuse("ContainerAppInvalidIpSecurityRestriction", f"The IP security restriction name '{name}' is used more than once.")
+        names.add(name)
+        try:
+            if "/" not in cidr:
+                raise ValueError(cidr)
+            ipaddress.IPv4Network(cidr, strict=False)
+        except ValueError:
+            return _refuse(
+                "ContainerAppInvalidIpSecurityRestriction",
+                f"The ipAddressRange '{cidr}' of rule '{name}' is not an IPv4 address range in CIDR notation.",
+            )
+        if action not in ("Allow", "Deny"):
+            return _refuse("ContainerAppInvalidIpSecurityRestriction", f"The action '{action}' of rule '{name}' must be Allow or Deny.")
+    if len({rule.get("action") for rule in rules}) > 1:
+        return _refuse("ContainerAppInvalidIpSecurityRestriction", "IP security restrictions must all be Allow or all be Deny, not both.")
+    return None
+
+
 # ------------------------------------------------------------------- workload profiles
 
 
@@ -514,6 +551,7 @@ RULES: tuple[Rule, ...] = (
     Rule("container resources", frozenset({APPS}), ALLOCATIONS_PAGE, _resources),
     Rule("probe ranges", frozenset({APPS}), f"{PROBES_SPEC}; {PROBES_PAGE}", _probes),
     Rule("scale ranges", frozenset({APPS}), SCALE_PAGE, _scale),
+    Rule("IP security restrictions", frozenset({APPS}), IP_RESTRICTIONS_PAGE, _ip_restrictions),
     Rule("registry identities", frozenset({APPS}), REGISTRY_PAGE, _registries),
 )
 

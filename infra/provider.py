@@ -56,6 +56,11 @@ def keys_path(deployment: str, uid: str) -> str:
     return f"{deployment_folder(deployment, uid)}/keys.json"
 
 
+def replicas_folder(deployment: str, uid: str) -> str:
+    """Where each serving replica reports how it is doing (one file a replica process)."""
+    return f"{deployment_folder(deployment, uid)}/replicas"
+
+
 def usage_folder(deployment: str, uid: str) -> str:
     """Where each replica writes what it served under each key (one file a replica)."""
     return f"{deployment_folder(deployment, uid)}/usage"
@@ -164,7 +169,12 @@ class AdapterHost(Protocol):
     def share(self, target: Target) -> AdapterShare: ...
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
-        """``GET /v1/adapter`` of the serving app (one replica's answer)."""
+        """What the serving app serves (``/v1/adapter``'s answer; one replica's)."""
+        ...
+
+    def adapter_statuses(self, target: Target, endpoint: str, probes: int) -> list[dict]:
+        """What the replicas serve: enough answers to hear from each (``probes`` asks through
+        ingress, which picks a replica for each; or each replica's report on the share)."""
         ...
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:

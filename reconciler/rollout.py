@@ -362,9 +362,9 @@ class AdapterRollout:
     # --------------------------------------------------------------------------- activate
 
     def _served(self, host: AdapterHost, target: Target, endpoint: str) -> list[dict]:
-        """Several answers of GET /v1/adapter: enough to reach each replica behind ingress."""
+        """What the replicas serve: an answer from each (the provider knows how to reach them)."""
         probes = max(2, min(10, 2 * target.spec.scale.max_replicas))
-        return [host.adapter_status(target, endpoint) for _ in range(probes)]
+        return host.adapter_statuses(target, endpoint, probes)
 
     def _activate(
         self,

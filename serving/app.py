@@ -13,9 +13,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.engine import Engine
-from serving.keys import KeyLimits, KeyRing, Refused, UsageWriter
+from serving.keys import KeyLimits, KeyRing, Refused
 from serving.protocol import ErrorBody, ErrorDetail
-from serving.router import OpenAIError, error_response, fingerprint, router
+from serving.reports import ShareReport
+from serving.router import OpenAIError, adapter_info_of, error_response, fingerprint, readiness, router
 from serving.settings import ServingSettings
 from serving.watcher import AdapterWatcher
 
@@ -150,23 +151,33 @@ def create_app(settings: ServingSettings) -> FastAPI:
     keys_file = settings.keys_file
     ring = KeyRing(keys_file, refresh_seconds=settings.keys_refresh_seconds) if keys_file is not None else None
     limits = KeyLimits(engine.metrics.registry) if ring is not None else None
-    usage = (
-        UsageWriter(limits, keys_file.parent / "usage", interval=settings.usage_interval_seconds)
-        if limits is not None and keys_file is not None
-        else None
-    )
+    reports: list[ShareReport] = []
+    if limits is not None and keys_file is not None:  # what each key used, kept across restarts
+        reports.append(
+            ShareReport(
+                keys_file.parent / "usage", lambda: {"keys": limits.usage()}, interval=settings.report_interval_seconds, only_on_change=True
+            )
+        )
+    pointer = settings.pointer_file
+    if pointer is not None:  # how this replica is doing, for loraplane where it cannot ask over HTTP
+
+        def status() -> dict:
+            ready, detail = readiness(engine)
+            return {"ready": ready, "detail": detail, "adapter": adapter_info_of(engine).model_dump()}
+
+        reports.append(ShareReport(pointer.parent / "replicas", status, interval=settings.report_interval_seconds, remove_on_stop=True))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         engine.start()
         watcher.start()
-        if usage is not None:
-            usage.start()
+        for report in reports:
+            report.start()
         try:
             yield
         finally:
-            if usage is not None:
-                usage.stop()
+            for report in reports:
+                report.stop()
             watcher.stop()
             engine.stop()
 

@@ -12,7 +12,8 @@ sends. Tokens are charged when a generation ends (prompt and completion), so a k
 by one request and then waits until the bucket is positive again.
 
 What each key used is counted on /metrics and written, summed since this process started, to
-``usage/<replica>.json`` beside the keys file, where loraplane adds the replicas up.
+``usage/<replica>-<start>.json`` beside the keys file (serving.reports), where loraplane adds
+the replicas up.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import json
 import logging
 import math
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -260,61 +260,3 @@ class KeyLimits:
                 }
                 for name, c in self._counts.items()
             }
-
-
-def replica_name() -> str:
-    """Container Apps names each replica (CONTAINER_APP_REPLICA_NAME); elsewhere, host and pid."""
-    return os.environ.get("CONTAINER_APP_REPLICA_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-
-
-class UsageWriter:
-    """Every ``interval`` seconds, when it moved, what each key used in this process, to
-    ``folder/<replica>.json`` (replaced whole: a reader never sees half of it)."""
-
-    def __init__(self, limits: KeyLimits, folder: Path, *, interval: float = 5.0, replica: str | None = None) -> None:
-        self.limits, self.folder, self.interval = limits, folder, interval
-        self.replica = replica or replica_name()
-        self.started_at = datetime.now(UTC)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._written: dict[str, dict[str, int]] | None = None
-
-    def write(self) -> None:
-        usage = self.limits.usage()
-        if usage == self._written:
-            return
-        document = {
-            "replica": self.replica,
-            "startedAt": self.started_at.isoformat(),
-            "updatedAt": datetime.now(UTC).isoformat(),
-            "keys": usage,
-        }
-        self.folder.mkdir(parents=True, exist_ok=True)
-        # Named by the process's start too: a restarted replica keeps its name, and its new
-        # counts (from zero) must not replace what the one before served.
-        name = f"{self.replica}-{int(self.started_at.timestamp())}"
-        target = self.folder / f"{name}.json"
-        scratch = self.folder / f".{name}.json.tmp"
-        scratch.write_text(json.dumps(document))
-        os.replace(scratch, target)
-        self._written = usage
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.write()
-            except OSError as exc:
-                log.warning("could not write the keys' usage to %s: %s", self.folder, exc)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="key-usage", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        try:
-            self.write()  # what was served since the last write is not lost
-        except OSError as exc:
-            log.warning("could not write the keys' usage to %s: %s", self.folder, exc)

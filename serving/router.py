@@ -138,7 +138,11 @@ def admin_adapter_info(request: Request) -> AdapterInfo:
 
 
 def _adapter_info(request: Request) -> AdapterInfo:
-    registry = engine_of(request).registry
+    return adapter_info_of(engine_of(request))
+
+
+def adapter_info_of(engine: Engine) -> AdapterInfo:
+    registry = engine.registry
     active = registry.active
     return AdapterInfo(
         version=active.version if active else None,

@@ -29,7 +29,9 @@ class ServingSettings(BaseSettings):
     # file lets nobody in (serving.keys).
     api_keys_file: str | None = None
     keys_refresh_seconds: float = Field(default=1.0, gt=0)
-    usage_interval_seconds: float = Field(default=5.0, gt=0)
+    # How often this replica writes its status (with a pointer) and its keys' usage (with keys)
+    # to the share, beside the pointer (serving.reports).
+    report_interval_seconds: float = Field(default=5.0, gt=0)
     host: str = "0.0.0.0"
     port: int = Field(default=7860, ge=1, le=65535)
     # HTTPS straight from the app, for where no ingress terminates TLS in front of it (the

@@ -18,6 +18,11 @@ WORKLOAD_PROFILES_PAGE = "https://learn.microsoft.com/azure/container-apps/workl
 SERVERLESS_GPU_PAGE = "https://learn.microsoft.com/azure/container-apps/gpu-serverless-overview#supported-regions"
 CONTAINERS_PAGE = "https://learn.microsoft.com/azure/container-apps/containers#allocations"
 SCALE_PAGE = "https://learn.microsoft.com/azure/container-apps/scale-app#scale-definition"
+# ipSecurityRestrictions: IPv4 ranges in CIDR notation, and all rules of one action.
+IP_RESTRICTIONS_PAGE = "https://learn.microsoft.com/azure/container-apps/ip-restrictions"
+# External: the environment's inbound address; internal: only from within the environment (and
+# its virtual network), with an FQDN of the form APP.internal.UNIQUE_ID.REGION.azurecontainerapps.io.
+INGRESS_PAGE = "https://learn.microsoft.com/azure/container-apps/ingress-overview#external-and-internal-ingress"
 
 # Serverless GPUs: gpu-serverless-overview lists A100 in West US 3, West US, Australia East and
 # Sweden Central, T4 in West US 3, Australia East, Sweden Central and (new environments only)

@@ -9,6 +9,7 @@ refused at the API with a message naming the field, not minutes later by ARM.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
@@ -350,6 +351,22 @@ class RegistrySpec(CamelModel):
     identity: RegistryIdentity = "system"
 
 
+def _ipv4_range(value: str) -> str:
+    try:
+        if "/" not in value:
+            raise ValueError("no prefix length")
+        ipaddress.IPv4Network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(
+            f"{value!r} is not an IPv4 address range in CIDR notation: write it as 203.0.113.0/24, or 198.51.100.7/32 "
+            f"for one address (Container Apps takes IPv4 ranges only: {azure_limits.IP_RESTRICTIONS_PAGE})"
+        ) from exc
+    return value
+
+
+IPv4Range = Annotated[str, AfterValidator(_ipv4_range)]
+
+
 class AzureSpec(CamelModel):
     subscription_id: SubscriptionId
     resource_group: ResourceGroupName
@@ -367,6 +384,18 @@ class AzureSpec(CamelModel):
     registry: RegistrySpec | None = None
     resources: ContainerResourcesSpec | None = None
     policy: Literal["manage", "observe", "detachOnDelete"] = "manage"
+    # Who may reach the app (INGRESS_PAGE): external (the AI Toolkit's, and the default), or
+    # internal, only from within the environment's network.
+    ingress: Literal["external", "internal"] = "external"
+    # Only these IPv4 ranges may reach the app (ipSecurityRestrictions, Allow rules); absent,
+    # the app's restrictions are left as they are; empty, there are none.
+    ip_allow_list: list[IPv4Range] | None = Field(default=None, max_length=100)
+
+    def endpoint_reachable(self) -> bool:
+        """Whether loraplane can be expected to reach the app's endpoint: not with internal
+        ingress, nor past an allow list (which need not hold loraplane's own address). Then it
+        reads the replicas' status from the share instead."""
+        return self.ingress == "external" and not self.ip_allow_list
 
     @model_validator(mode="after")
     def _fits_azure(self, info: ValidationInfo) -> AzureSpec:

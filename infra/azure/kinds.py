@@ -484,6 +484,17 @@ class EnvironmentStorage(Kind):
         raise ValueError("an environment storage's operations finish within their requests")
 
 
+def ip_restrictions(allow: list[str] | None) -> list[aca.IpSecurityRestrictionRule] | None:
+    """spec.azure.ipAllowList as Allow rules (Container Apps takes rules of one action only:
+    https://learn.microsoft.com/azure/container-apps/ip-restrictions). None: not managed."""
+    if allow is None:
+        return None
+    return [
+        aca.IpSecurityRestrictionRule(name=f"allow-{index}", ip_address_range=cidr, action="Allow", description="spec.azure.ipAllowList")
+        for index, cidr in enumerate(allow, start=1)
+    ]
+
+
 class ContainerApp(Kind):
     """The serving app: the deployment's workload profile, sized for it, the share mounted at
     /mount, ingress on 7860, the admin token as a secret; a prebuilt image from the team's
@@ -536,7 +547,12 @@ class ContainerApp(Kind):
                 workload_profile_name=context.profile.name,
                 configuration=aca.Configuration(
                     active_revisions_mode="Single",
-                    ingress=aca.Ingress(external=True, target_port=SERVING_PORT, transport="auto"),
+                    ingress=aca.Ingress(
+                        external=azure.ingress == "external",
+                        target_port=SERVING_PORT,
+                        transport="auto",
+                        ip_security_restrictions=ip_restrictions(azure.ip_allow_list),
+                    ),
                     secrets=[aca.Secret(name=ADMIN_TOKEN_SECRET)],  # its value is set at apply time
                     registries=registries,
                 ),
@@ -553,6 +569,7 @@ class ContainerApp(Kind):
             ("properties", "workloadProfileName"),
             ("properties", "configuration", "ingress", "targetPort"),
             ("properties", "configuration", "ingress", "external"),
+            *((("properties", "configuration", "ingress", "ipSecurityRestrictions"),) if azure.ip_allow_list is not None else ()),
             ("properties", "configuration", "registries"),
             ("properties", "template"),
         )
@@ -574,6 +591,10 @@ class ContainerApp(Kind):
             # again, and the change costs one write.
             body["properties"]["configuration"].pop("secrets", None)
             return Written(clients.apps.container_apps.begin_update(azure.resource_group, name, body))
+        kept = value_at(current or {}, ("properties", "configuration", "ingress", "ipSecurityRestrictions"))
+        if azure.ip_allow_list is None and kept:
+            # A PUT replaces the whole app: restrictions the spec does not manage stay as they are.
+            body["properties"]["configuration"]["ingress"]["ipSecurityRestrictions"] = kept
         values = secrets.app_secrets(exists=current is not None)
         body["properties"]["configuration"]["secrets"] = [{"name": n, "value": v} for n, v in values.items()]
         return Written(clients.apps.container_apps.begin_create_or_update(azure.resource_group, name, body), sent=tuple(values.values()))

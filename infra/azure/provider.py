@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -53,7 +54,17 @@ from infra.azure.share import ShareFiles
 from infra.azure.wheel import ServingWheel, build_serving_wheel
 from infra.endpoints import EndpointClient
 from infra.errors import PermanentError, TemporaryError
-from infra.provider import Action, Observation, ObservedResource, Refusal, ResourceJournal, ResourceRecord, Target, deployment_folder
+from infra.provider import (
+    Action,
+    Observation,
+    ObservedResource,
+    Refusal,
+    ResourceJournal,
+    ResourceRecord,
+    Target,
+    deployment_folder,
+    replicas_folder,
+)
 from state.resource import AzureSpec, DeploymentSpec
 
 __all__ = ["PUBLIC_CLOUD", "AzureConfig", "AzureObserved", "AzureProvider"]
@@ -61,7 +72,9 @@ __all__ = ["PUBLIC_CLOUD", "AzureConfig", "AzureObserved", "AzureProvider"]
 log = logging.getLogger("loraplane.infra.azure")
 
 ADMIN_TOKEN_SECONDS = 60.0  # how long a serving app's admin token read from its secrets is reused (in memory)
-SHARE_KEY_SECONDS = 600.0  # how long a fetched storage key is reused (in memory) before a refetch
+SHARE_KEY_SECONDS = 600.0
+# A replica's report on the share older than this is of a replica gone (they write every 5 s).
+REPLICA_FRESH_SECONDS = 60.0  # how long a fetched storage key is reused (in memory) before a refetch
 OPERATION_WORDS = {"create": "creating", "update": "updating", "delete": "deleting"}
 
 
@@ -262,7 +275,7 @@ class AzureProvider:
             wheels_in_use=in_use,
         )
         plan = changes(target, facts)
-        endpoint, ready, detail = self._probe(app)
+        endpoint, ready, detail = self._probe(target, app)
         if plan.problem is not None:
             detail, ready = plan.problem.message, False
         elif azure.policy == "observe" and plan.changes:
@@ -346,7 +359,7 @@ class AzureProvider:
             found |= wheels_named((app.get("properties") or {}).get("template"))
         return frozenset(found)
 
-    def _probe(self, app: dict[str, Any] | None) -> tuple[str | None, bool, str]:
+    def _probe(self, target: Target, app: dict[str, Any] | None) -> tuple[str | None, bool, str]:
         if app is None:
             return None, False, "the container app does not exist yet"
         properties = app.get("properties") or {}
@@ -357,6 +370,8 @@ class AzureProvider:
             return endpoint, False, f"waiting for revision {latest} to become ready"
         if endpoint is None:
             return None, False, "the container app has no ingress address yet"
+        if not _azure(target).endpoint_reachable():
+            return (endpoint, *self._replicas_ready(target, endpoint))
         try:
             response = self.endpoints.get(f"{endpoint}/readyz")
         except httpx.HTTPError as exc:
@@ -535,10 +550,57 @@ class AzureProvider:
         return token
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
-        return self.endpoints.adapter_status(endpoint, self.admin_token(target))
+        return self.adapter_statuses(target, endpoint, 1)[0]
+
+    def adapter_statuses(self, target: Target, endpoint: str, probes: int) -> list[dict]:
+        if _azure(target).endpoint_reachable():
+            token = self.admin_token(target)
+            return [self.endpoints.adapter_status(endpoint, token) for _ in range(probes)]
+        reports = self._replica_reports(target)
+        if not reports:
+            raise TemporaryError(
+                f"no replica of {endpoint} has reported on the share in the last {REPLICA_FRESH_SECONDS:.0f}s", reason="EndpointUnavailable"
+            )
+        return [report.get("adapter") or {} for report in reports]
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
+        if not _azure(target).endpoint_reachable():
+            # Out of loraplane's reach: the replicas follow the pointer on the share themselves.
+            return {"status": "following", "message": "the replicas follow the pointer on the share"}
         return self.endpoints.reload_adapter(endpoint, self.admin_token(target))
+
+    def _replica_reports(self, target: Target) -> list[dict[str, Any]]:
+        """What each replica wrote about itself on the share in the last REPLICA_FRESH_SECONDS
+        (serving.reports): how loraplane hears from replicas it cannot reach."""
+        folder = replicas_folder(target.name, target.uid)
+        now = datetime.now(UTC)
+        reports = []
+        with self.share(target) as share:
+            for entry in share.list(folder) or []:
+                if entry.is_dir or entry.name.startswith(".") or not entry.name.endswith(".json"):
+                    continue
+                try:
+                    report = json.loads(share.read(f"{folder}/{entry.name}"))
+                    written = datetime.fromisoformat(report["updatedAt"])
+                except (ValueError, KeyError, TypeError, AzureError):
+                    continue  # being replaced: the next look reads it
+                if (now - written).total_seconds() <= REPLICA_FRESH_SECONDS:
+                    reports.append(report)
+        return reports
+
+    def _replicas_ready(self, target: Target, endpoint: str) -> tuple[bool, str]:
+        azure = _azure(target)
+        why = "internal ingress" if azure.ingress == "internal" else "an IP allow list"
+        reports = self._replica_reports(target)
+        ready = [r for r in reports if r.get("ready")]
+        if ready:
+            return True, (
+                f"serving at {endpoint} ({len(ready)} of {len(reports)} replica(s) ready, as they report on the share: "
+                f"loraplane does not call an app behind {why})"
+            )
+        if reports:
+            return False, f"the serving app is not ready: {str(reports[0].get('detail') or '')[:300]}"
+        return False, f"waiting for a replica to report on the share (the app is behind {why}, out of loraplane's reach)"
 
     def share(self, target: Target) -> ShareFiles:
         """The deployment's file share, through its data plane. The account's endpoint and

@@ -357,6 +357,9 @@ class LocalProvider:
     def adapter_status(self, target: Target, endpoint: str) -> dict:
         return self.endpoints.adapter_status(endpoint, self.folder(target.name).admin_token())
 
+    def adapter_statuses(self, target: Target, endpoint: str, probes: int) -> list[dict]:
+        return [self.adapter_status(target, endpoint) for _ in range(probes)]
+
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         return self.endpoints.reload_adapter(endpoint, self.folder(target.name).admin_token())
 

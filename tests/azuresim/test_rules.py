@@ -253,6 +253,30 @@ def registries(arm: Arm) -> None:
     assert shown["identity"]["principalId"] and shown["identity"]["userAssignedIdentities"][user]["principalId"]
 
 
+def ip_restrictions(arm: Arm) -> None:
+    def restricted(*rules: dict[str, Any], external: bool = True) -> dict[str, Any]:
+        body = app()
+        body["properties"]["configuration"]["ingress"] = {"external": external, "targetPort": 7860, "ipSecurityRestrictions": list(rules)}
+        return body
+
+    allow = {"name": "office", "ipAddressRange": "203.0.113.0/24", "action": "Allow"}
+    code = "ContainerAppInvalidIpSecurityRestriction"
+    refused(arm.put(APP, restricted(allow, {**allow, "name": "vpn", "action": "Deny"})), code, "all be Allow or all be Deny")
+    refused(arm.put(APP, restricted({**allow, "ipAddressRange": "2001:db8::/32"})), code, "not an IPv4 address range")
+    refused(arm.put(APP, restricted({**allow, "ipAddressRange": "203.0.113.7"})), code, "CIDR")
+    refused(arm.put(APP, restricted(allow, allow)), code, "more than once")
+    refused(
+        arm.put(APP, restricted({"name": "office", "ipAddressRange": "203.0.113.0/24"})),
+        code,
+        "needs a name, an ipAddressRange and an action",
+    )
+    shown = arm.ok(APP, restricted(allow, {**allow, "name": "vpn", "ipAddressRange": "198.51.100.7/32"}, external=False))
+    # Internal ingress: the app's own name under the environment's domain, with .internal.
+    # (ingress-overview): reachable from inside the environment only.
+    fqdn = shown["properties"]["configuration"]["ingress"]["fqdn"]
+    assert fqdn.startswith("app.internal.") and fqdn.endswith(".azurecontainerapps.io")
+
+
 # Each rule of the table, and the case that shows it.
 CASES: dict[str, Callable[[Arm], None]] = {
     "names": names,
@@ -265,6 +289,7 @@ CASES: dict[str, Callable[[Arm], None]] = {
     "probe ranges": probes,
     "scale ranges": scale,
     "registry identities": registries,
+    "IP security restrictions": ip_restrictions,
 }
 
 

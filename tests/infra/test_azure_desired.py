@@ -10,6 +10,7 @@ from azure.mgmt.appcontainers import ContainerAppsAPIClient
 from azure.mgmt.loganalytics import LogAnalyticsManagementClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.storage import StorageManagementClient
+from pydantic import ValidationError
 
 from azuresim.server import AzureSimulator
 from infra.azure.credentials import StaticTokenCredential
@@ -183,3 +184,36 @@ def test_what_azure_echoes_back_is_not_drift_and_a_real_change_is(sim):
     changed = by_kind(target(scale={"minReplicas": 1, "maxReplicas": 4}))
     drift = {kind: drifted_fields(changed[kind], observed[kind]) for kind in changed}
     assert {kind: fields for kind, fields in drift.items() if fields} == {"ContainerApp": ["properties.template"]}
+
+
+def test_ingress_and_the_ip_allow_list_become_the_apps_ingress_and_its_allow_rules():
+    azure = azure_manifest()["spec"]["azure"]
+    internal = by_kind(target(azure={**azure, "ingress": "internal", "ipAllowList": ["10.0.0.0/8", "203.0.113.7/32"]}))["ContainerApp"]
+    ingress = internal.body["properties"]["configuration"]["ingress"]
+    assert ingress["external"] is False
+    assert ingress["ipSecurityRestrictions"] == [
+        {"name": "allow-1", "ipAddressRange": "10.0.0.0/8", "action": "Allow", "description": "spec.azure.ipAllowList"},
+        {"name": "allow-2", "ipAddressRange": "203.0.113.7/32", "action": "Allow", "description": "spec.azure.ipAllowList"},
+    ]
+    assert ("properties", "configuration", "ingress", "ipSecurityRestrictions") in internal.drift_paths
+    # Absent, the app's restrictions are not loraplane's to change: neither sent nor compared.
+    toolkit = by_kind(target())["ContainerApp"]
+    assert "ipSecurityRestrictions" not in toolkit.body["properties"]["configuration"]["ingress"]
+    assert ("properties", "configuration", "ingress", "ipSecurityRestrictions") not in toolkit.drift_paths
+    # An empty list is managed too: no restrictions.
+    assert (
+        by_kind(target(azure={**azure, "ipAllowList": []}))["ContainerApp"].body["properties"]["configuration"]["ingress"][
+            "ipSecurityRestrictions"
+        ]
+        == []
+    )
+
+
+def test_an_allow_list_entry_must_be_an_ipv4_range_in_cidr_notation():
+    azure = azure_manifest()["spec"]["azure"]
+    for wrong in ("203.0.113.7", "2001:db8::/32", "10.0.0.0/33", "office"):
+        with pytest.raises(ValidationError) as refused:
+            target(azure={**azure, "ipAllowList": [wrong]})
+        assert "IPv4 address range in CIDR notation" in str(refused.value) and "ip-restrictions" in str(refused.value)
+    with pytest.raises(ValidationError):
+        target(azure={**azure, "ingress": "private"})

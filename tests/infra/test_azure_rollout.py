@@ -107,3 +107,63 @@ def test_azure_adapters_roll_out_by_hot_reload_and_by_new_revision(tmp_path: Pat
 
 def provider_target(store: DeploymentStore) -> Target:
     return target_of(store.get(NAME))
+
+
+# Replicas report on the share every half second here (5 s by default), and look at the pointer as often.
+QUICK_REPORTS = (
+    *SERVING_WITHOUT_UI[:2],
+    "LORAPLANE_REPORT_INTERVAL_SECONDS=0.5",
+    "LORAPLANE_WATCH_INTERVAL_SECONDS=0.5",
+    *SERVING_WITHOUT_UI[2:],
+)
+
+
+def test_an_internal_app_behind_an_allow_list_is_judged_and_rolled_out_from_what_its_replicas_report_on_the_share(tmp_path: Path):
+    """Internal ingress: the endpoint is the app's internal name, which loraplane (outside the
+    environment) cannot reach, nor could it past an allow list without its own address. It
+    reads each replica's report on the share instead: Ready from them, and a hot-reloaded
+    adapter verified by them, with no call to the app."""
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade_database(engine)
+    store = DeploymentStore(engine)
+    sim = AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.1, run_containers=True, container_command=QUICK_REPORTS).start()
+    provider = AzureProvider(
+        AzureConfig(arm_url=sim.url, ca_bundle=sim.ca_bundle, credential="static", polling_seconds=0.05), DatabaseJournal(store)
+    )
+    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.2)
+    try:
+        manifest = azure_manifest(NAME, ingress="internal", ipAllowList=["10.0.0.0/8"])
+        manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
+        manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": 1}
+        row = store.create(InferenceDeploymentCreate.model_validate(manifest))
+        spec = DeploymentSpec.model_validate(row.spec)
+        folder = sim.share_folder(spec.azure.storage_account, spec.azure.file_share)
+        make_tiny_share(folder)
+
+        def serving() -> str | None:
+            reconciler.reconcile(NAME)
+            current = DeploymentStatus.model_validate(store.get(NAME).status)
+            synced = any(c.type == "AdapterSynced" and c.status == "True" for c in current.conditions)
+            return current.adapter.serving_version if current.phase == "Ready" and synced else None
+
+        first = eventually(serving, timeout=180, interval=0.3, what="Ready, serving the first adapter")
+        status = DeploymentStatus.model_validate(store.get(NAME).status)
+        assert status.endpoint is not None and ".internal." in status.endpoint
+        assert "as they report on the share" in next(c.message for c in status.conditions if c.type == "Ready")
+        app = provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME)
+        assert app.configuration.ingress.external is False
+        assert [(r.ip_address_range, r.action) for r in app.configuration.ingress.ip_security_restrictions] == [("10.0.0.0/8", "Allow")]
+
+        with provider.share(provider_target(store)) as share:
+            upload_adapter(share, folder / SECOND_ADAPTER_PATH)
+        second = eventually(lambda: (v := serving()) not in (None, first) and v, timeout=60, interval=0.3, what="the second adapter")
+        rollout = DeploymentStatus.model_validate(store.get(NAME).status).adapter.last_rollout
+        assert rollout is not None and rollout.result == "Succeeded" and rollout.version == second
+        assert (
+            provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME).latest_revision_name
+            == app.latest_revision_name
+        )
+    finally:
+        provider.close()
+        sim.stop()
+        engine.dispose()

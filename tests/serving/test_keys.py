@@ -81,7 +81,7 @@ def test_a_missing_keys_file_lets_nobody_in(serve_app, tiny_share: Path):
 
 def test_past_its_requests_a_minute_a_key_gets_429_with_openais_headers_while_another_is_served(serve_app, tiny_share: Path):
     write_keys(tiny_share, entry("eval", "lpk_eval", rpm=3), entry("web", "lpk_web"))
-    app = serve_app(tiny_share, api_keys_file=KEYS_FILE, usage_interval_seconds=0.2)
+    app = serve_app(tiny_share, api_keys_file=KEYS_FILE, report_interval_seconds=0.2)
     evaluator = {"Authorization": "Bearer lpk_eval"}
     with app.client() as client:
         served = [client.post(CHAT, json=HELLO, headers=evaluator) for _ in range(3)]
