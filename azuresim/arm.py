@@ -261,7 +261,7 @@ class ArmSimulator:
         elif type_name == STORAGE_ACCOUNTS:
             shutil.rmtree(self.files.root / resource["name"], ignore_errors=True)
         elif type_name == CONTAINER_APPS and self.runner is not None:
-            self.runner.stop(resource["id"])
+            self.runner.remove(resource["id"])
 
     def grant_acr_pull(self, server: str, principal: str) -> None:
         """AcrPull on ``server`` for ``principal``: 'system:<app id>' or a user-assigned

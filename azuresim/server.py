@@ -88,9 +88,9 @@ class AzureSimulator:
         self.share_root = share_root or workdir / "shares"
         self.share_root.mkdir(parents=True, exist_ok=True)
         authority = trustme.CA()
-        self.runner = ContainerRunner(workdir, authority, container_command) if run_containers else None
         limits = arm_limits if isinstance(arm_limits, ArmLimits) else ArmLimits() if arm_limits else None
         self.state = SimState(lro_delay_seconds=lro_delay_seconds, limits=limits)
+        self.runner = ContainerRunner(workdir, authority, container_command, restrictions=self._restrictions) if run_containers else None
         self.arm = ArmSimulator(
             self.state, self.share_root, self.runner, standin_ingress=(lambda: f"{self.host}:{self.port}") if standin_replicas else None
         )
@@ -132,6 +132,10 @@ class AzureSimulator:
 
     def share_folder(self, account: str, share: str) -> Path:
         return self.arm.files.share_folder(account, share)
+
+    def _restrictions(self, app_id: str) -> list[dict]:
+        app = self.state.get(app_id) or {}
+        return ((app.get("properties") or {}).get("configuration") or {}).get("ingress", {}).get("ipSecurityRestrictions") or []
 
     def stop(self) -> None:
         if self.runner is not None:

@@ -57,6 +57,7 @@ def test_an_azure_deployment_serves_a_chat_completion_at_its_endpoint(tmp_path: 
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         apps = ContainerAppsAPIClient(StaticTokenCredential(), SUB, base_url=sim.url, connection_verify=str(sim.ca_bundle))
         revision = apps.container_apps.get(RG, NAME).latest_revision_name
+        app_id = apps.container_apps.get(RG, NAME).id
 
         keys = KeyStore(store)
         _, web = keys.create(NAME, InferenceKeyCreate(name="web"), actor="test")
@@ -88,6 +89,21 @@ def test_an_azure_deployment_serves_a_chat_completion_at_its_endpoint(tmp_path: 
         eventually(lambda: not answers(web), timeout=10, what="the revoked key to be refused")
         assert apps.container_apps.get(RG, NAME).latest_revision_name == revision
 
+        # An allow list without this machine's address: its ingress turns us away (the app is
+        # unchanged: same revision), and loraplane, which cannot ask it any more, reads the
+        # replica's report on the share and still finds it Ready.
+        changed = store.get(NAME).spec
+        changed["azure"]["ipAllowList"] = ["10.0.0.0/8"]
+        store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(changed))
+        drive(reconciler, lambda: sim.runner.refused(app_id) > 0 or not _reachable(endpoint, tls), timeout=60)
+        assert not _reachable(endpoint, tls) and sim.runner.refused(app_id) > 0
+        drive(reconciler, lambda: "as they report on the share" in _ready_message(store), timeout=60)
+        assert DeploymentStatus.model_validate(store.get(NAME).status).phase == "Ready"
+        assert apps.container_apps.get(RG, NAME).latest_revision_name == revision
+        changed["azure"]["ipAllowList"] = ["127.0.0.0/8"]
+        store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(changed))
+        drive(reconciler, lambda: _reachable(endpoint, tls), timeout=60)
+
         # The replica got the admin token from the app's secret, and nothing else opens reload.
         token = provider.admin_token(target_of(store.get(NAME)))
         assert httpx.post(f"{endpoint}/admin/adapter/reload", verify=tls).status_code == 401
@@ -97,3 +113,15 @@ def test_an_azure_deployment_serves_a_chat_completion_at_its_endpoint(tmp_path: 
         provider.close()
         sim.stop()
         engine.dispose()
+
+
+def _reachable(endpoint: str, tls: ssl.SSLContext) -> bool:
+    try:
+        return httpx.get(f"{endpoint}/healthz", verify=tls, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _ready_message(store: DeploymentStore) -> str:
+    status = DeploymentStatus.model_validate(store.get(NAME).status)
+    return next((c.message for c in status.conditions if c.type == "Ready"), "")
