@@ -138,7 +138,29 @@ async function detailPage() {
         el("td", {}, v.version === (status.adapter || {}).servingVersion ? "serving" : ""),
         el("td", { class: "muted" }, v.detectedAt.slice(0, 19).replace("T", " ")), el("td", { class: "muted" }, v.message))));
   };
+  // Who uses the GPU: each key's limits and what it used, summed over the replicas (refreshed
+  // every 15 s: the replicas report to the share every few seconds, which no watch sees).
+  const showKeys = async () => {
+    const note = document.getElementById("keys-note");
+    // Not through api(): a viewer's 403 here is no reason to ask for another token.
+    const response = await fetch("/v1/deployments/" + encodeURIComponent(name) + "/keys", { headers: headers() });
+    if (!response.ok) {
+      fill("keys", []);
+      note.textContent = response.status === 403 ? "Keys are shown to the deployer role or above." : (await response.json()).detail;
+      return;
+    }
+    const keys = await response.json();
+    note.textContent = keys.usageNote || (keys.items.length ? "" : "No inference keys (loraplane keys create --deployment " + name + " --name WHO).");
+    const used = (k, f) => (k.usage ? String(f(k.usage)) : "?");
+    fill("keys", keys.items.map((k) =>
+      el("tr", {}, el("td", { class: "mono" }, k.name), el("td", {}, String(k.rpm || "-")), el("td", {}, String(k.tpm || "-")),
+        el("td", { class: "muted" }, k.expiresAt ? k.expiresAt.slice(0, 19).replace("T", " ") : "never"),
+        el("td", {}, used(k, (u) => u.requests)), el("td", {}, used(k, (u) => u.promptTokens + u.completionTokens)),
+        el("td", {}, used(k, (u) => u.refused)))));
+  };
   await show(await api("/v1/deployments/" + encodeURIComponent(name)));
+  await showKeys();
+  setInterval(() => showKeys().catch(() => {}), 15000);
   watch("/v1/deployments/" + encodeURIComponent(name), (type, object) => {
     if (type === "DELETED") document.getElementById("live").textContent = "deleted";
     else show(object);

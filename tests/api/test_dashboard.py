@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from state.models import InferenceDeploymentCreate
+from state.keys import KeyStore
+from state.models import InferenceDeploymentCreate, InferenceKeyCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
 from tests.conftest import free_port, local_manifest
@@ -149,7 +150,15 @@ def test_the_dashboard_lists_deployments_and_follows_them_live(store, api, brows
     browser.screenshot(ARTIFACTS / "dashboard.png")
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
 
+    # Who uses the GPU: each key with its limits and usage (this API has no target to read the
+    # replicas' reports from: it says so, and shows "?" rather than a zero it does not know).
+    KeyStore(store).create("support-bot", InferenceKeyCreate(name="support-web", rpm=600), actor="test")
     browser.open(f"{api.url}/ui/deployments/support-bot")
+    keys = browser.until(
+        "const rows = [...document.querySelectorAll('#keys tr')].map(r => [...r.cells].map(c => c.textContent)); return rows.length ? rows : null"
+    )
+    assert keys == [["support-web", "600", "-", "never", "?", "?", "?"]]
+    assert "could not be read" in browser.run("return document.getElementById('keys-note').textContent")
     conditions = browser.until("return [...document.querySelectorAll('#conditions tr')].map(r => r.cells[0].textContent)")
     assert conditions == ["Ready"]
     events = browser.until("return [...document.querySelectorAll('#events tr')].map(r => r.cells[2].textContent)")

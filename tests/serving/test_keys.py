@@ -146,3 +146,13 @@ def test_a_keys_tokens_a_minute_refill_continuously_and_a_generation_may_overdra
     clock.advance(21)
     assert limits.admit(key)["x-ratelimit-remaining-tokens"] == "1"
     assert limits.usage()["eval"] == {"requests": 2, "promptTokens": 50, "completionTokens": 30, "refused": 1}
+
+
+def test_the_chat_asks_for_a_key_once_at_its_sign_in(serve_app, tiny_share: Path):
+    write_keys(tiny_share, entry("web", "lpk_web-secret"))
+    app = serve_app(tiny_share, api_keys_file=KEYS_FILE, ui=True)
+    with httpx.Client(base_url=app.url, timeout=60) as browser:
+        assert browser.get("/config").status_code == 401  # the chat's own API, before signing in
+        assert browser.post("/login", data={"username": "me", "password": "lpk_mistyped"}).status_code == 400
+        assert browser.post("/login", data={"username": "me", "password": "lpk_web-secret"}).json() == {"success": True}
+        assert browser.get("/config").status_code == 200  # signed in: the chat answers from now on
