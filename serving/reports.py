@@ -5,6 +5,7 @@ list) and from every replica rather than the one ingress picks (usage per key)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,18 @@ log = logging.getLogger("loraplane.serving.reports")
 def replica_name() -> str:
     """Container Apps names each replica (CONTAINER_APP_REPLICA_NAME); elsewhere, host and pid."""
     return os.environ.get("CONTAINER_APP_REPLICA_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _private_folders(folder: Path) -> None:
+    """``folder`` and any missing parent, each for this user only (0700), as loraplane makes its
+    own folders on the share: a replica may report before loraplane first writes there."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for level in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another replica made it meanwhile
+            os.mkdir(level, 0o700)
 
 
 class ShareReport:
@@ -54,7 +67,7 @@ class ShareReport:
         if self.only_on_change and body == self._written:
             return
         stamped = {"replica": self.replica, "startedAt": self.started_at.isoformat(), "updatedAt": datetime.now(UTC).isoformat(), **body}
-        self.folder.mkdir(parents=True, exist_ok=True)
+        _private_folders(self.folder)
         scratch = self.path.with_name(f".{self.path.name}.tmp")
         scratch.write_text(json.dumps(stamped))
         os.replace(scratch, self.path)

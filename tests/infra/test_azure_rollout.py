@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from azuresim.server import AzureSimulator
@@ -26,6 +28,25 @@ from tests.reconciler.test_rollout_local import SERVING_WITHOUT_UI
 NAME = "support-bot"
 
 
+@contextmanager
+def world(tmp_path: Path, command: tuple[str, ...]) -> Iterator[tuple[DeploymentStore, AzureSimulator, AzureProvider, Reconciler]]:
+    """A store, the simulator running the real serving app with ``command``, and a reconciler
+    of the azure target over them; all stopped afterwards."""
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade_database(engine)
+    store = DeploymentStore(engine)
+    sim = AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.1, run_containers=True, container_command=command).start()
+    provider = AzureProvider(
+        AzureConfig(arm_url=sim.url, ca_bundle=sim.ca_bundle, credential="static", polling_seconds=0.05), DatabaseJournal(store)
+    )
+    try:
+        yield store, sim, provider, Reconciler(store, {"azure": provider}, poll_seconds=0.2)
+    finally:
+        provider.close()
+        sim.stop()
+        engine.dispose()
+
+
 def upload_adapter(share: ShareFiles, source: Path) -> None:
     """Through the data plane, config last: a job's upload in progress looks incomplete."""
     for file in sorted(source.iterdir(), key=lambda f: f.name == "adapter_config.json"):
@@ -33,15 +54,13 @@ def upload_adapter(share: ShareFiles, source: Path) -> None:
 
 
 def test_azure_adapters_roll_out_by_hot_reload_and_by_new_revision(tmp_path: Path):
-    engine = make_engine(sqlite_url(tmp_path))
-    upgrade_database(engine)
-    store = DeploymentStore(engine)
-    sim = AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.1, run_containers=True, container_command=SERVING_WITHOUT_UI).start()
-    provider = AzureProvider(
-        AzureConfig(arm_url=sim.url, ca_bundle=sim.ca_bundle, credential="static", polling_seconds=0.05),
-        DatabaseJournal(store),
-    )
-    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.2)
+    with world(tmp_path, SERVING_WITHOUT_UI) as (store, sim, provider, reconciler):
+        roll_out_both_ways(tmp_path, store, sim, provider, reconciler)
+
+
+def roll_out_both_ways(
+    tmp_path: Path, store: DeploymentStore, sim: AzureSimulator, provider: AzureProvider, reconciler: Reconciler
+) -> None:
     stop = threading.Event()
 
     def reconcile_until_stopped() -> None:  # as the controller's worker would, often
@@ -100,9 +119,6 @@ def test_azure_adapters_roll_out_by_hot_reload_and_by_new_revision(tmp_path: Pat
     finally:
         stop.set()
         worker.join(timeout=60)
-        provider.close()
-        sim.stop()
-        engine.dispose()
 
 
 def provider_target(store: DeploymentStore) -> Target:
@@ -123,47 +139,39 @@ def test_an_internal_app_behind_an_allow_list_is_judged_and_rolled_out_from_what
     environment) cannot reach, nor could it past an allow list without its own address. It
     reads each replica's report on the share instead: Ready from them, and a hot-reloaded
     adapter verified by them, with no call to the app."""
-    engine = make_engine(sqlite_url(tmp_path))
-    upgrade_database(engine)
-    store = DeploymentStore(engine)
-    sim = AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.1, run_containers=True, container_command=QUICK_REPORTS).start()
-    provider = AzureProvider(
-        AzureConfig(arm_url=sim.url, ca_bundle=sim.ca_bundle, credential="static", polling_seconds=0.05), DatabaseJournal(store)
+    with world(tmp_path, QUICK_REPORTS) as (store, sim, provider, reconciler):
+        serve_internally(store, sim, provider, reconciler)
+
+
+def serve_internally(store: DeploymentStore, sim: AzureSimulator, provider: AzureProvider, reconciler: Reconciler) -> None:
+    manifest = azure_manifest(NAME, ingress="internal", ipAllowList=["10.0.0.0/8"])
+    manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
+    manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": 1}
+    row = store.create(InferenceDeploymentCreate.model_validate(manifest))
+    spec = DeploymentSpec.model_validate(row.spec)
+    folder = sim.share_folder(spec.azure.storage_account, spec.azure.file_share)
+    make_tiny_share(folder)
+
+    def serving() -> str | None:
+        reconciler.reconcile(NAME)
+        current = DeploymentStatus.model_validate(store.get(NAME).status)
+        synced = any(c.type == "AdapterSynced" and c.status == "True" for c in current.conditions)
+        return current.adapter.serving_version if current.phase == "Ready" and synced else None
+
+    first = eventually(serving, timeout=180, interval=0.3, what="Ready, serving the first adapter")
+    status = DeploymentStatus.model_validate(store.get(NAME).status)
+    assert status.endpoint is not None and ".internal." in status.endpoint
+    assert "as they report on the share" in next(c.message for c in status.conditions if c.type == "Ready")
+    app = provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME)
+    assert app.configuration.ingress.external is False
+    assert [(r.ip_address_range, r.action) for r in app.configuration.ingress.ip_security_restrictions] == [("10.0.0.0/8", "Allow")]
+
+    with provider.share(provider_target(store)) as share:
+        upload_adapter(share, folder / SECOND_ADAPTER_PATH)
+    second = eventually(lambda: (v := serving()) not in (None, first) and v, timeout=60, interval=0.3, what="the second adapter")
+    rollout = DeploymentStatus.model_validate(store.get(NAME).status).adapter.last_rollout
+    assert rollout is not None and rollout.result == "Succeeded" and rollout.version == second
+    assert (
+        provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME).latest_revision_name
+        == app.latest_revision_name
     )
-    reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.2)
-    try:
-        manifest = azure_manifest(NAME, ingress="internal", ipAllowList=["10.0.0.0/8"])
-        manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
-        manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": 1}
-        row = store.create(InferenceDeploymentCreate.model_validate(manifest))
-        spec = DeploymentSpec.model_validate(row.spec)
-        folder = sim.share_folder(spec.azure.storage_account, spec.azure.file_share)
-        make_tiny_share(folder)
-
-        def serving() -> str | None:
-            reconciler.reconcile(NAME)
-            current = DeploymentStatus.model_validate(store.get(NAME).status)
-            synced = any(c.type == "AdapterSynced" and c.status == "True" for c in current.conditions)
-            return current.adapter.serving_version if current.phase == "Ready" and synced else None
-
-        first = eventually(serving, timeout=180, interval=0.3, what="Ready, serving the first adapter")
-        status = DeploymentStatus.model_validate(store.get(NAME).status)
-        assert status.endpoint is not None and ".internal." in status.endpoint
-        assert "as they report on the share" in next(c.message for c in status.conditions if c.type == "Ready")
-        app = provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME)
-        assert app.configuration.ingress.external is False
-        assert [(r.ip_address_range, r.action) for r in app.configuration.ingress.ip_security_restrictions] == [("10.0.0.0/8", "Allow")]
-
-        with provider.share(provider_target(store)) as share:
-            upload_adapter(share, folder / SECOND_ADAPTER_PATH)
-        second = eventually(lambda: (v := serving()) not in (None, first) and v, timeout=60, interval=0.3, what="the second adapter")
-        rollout = DeploymentStatus.model_validate(store.get(NAME).status).adapter.last_rollout
-        assert rollout is not None and rollout.result == "Succeeded" and rollout.version == second
-        assert (
-            provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME).latest_revision_name
-            == app.latest_revision_name
-        )
-    finally:
-        provider.close()
-        sim.stop()
-        engine.dispose()

@@ -7,13 +7,18 @@ from the app's secret."""
 from __future__ import annotations
 
 import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import uvicorn
 from azure.mgmt.appcontainers import ContainerAppsAPIClient
 
+from api.app import create_app
 from azuresim.server import AzureSimulator
 from infra.azure.credentials import StaticTokenCredential
 from infra.azure.provider import AzureConfig, AzureProvider
@@ -21,11 +26,11 @@ from reconciler.core import Reconciler, target_of
 from reconciler.journal import DatabaseJournal
 from serving.tiny import ADAPTER_PATH, TINY_MODEL_PATH, make_tiny_share
 from state.db import make_engine, sqlite_url, upgrade_database
-from state.keys import KeyStore
-from state.models import InferenceDeploymentCreate, InferenceKeyCreate
+from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentSpec, DeploymentStatus
 from state.store import DeploymentStore
-from tests.conftest import azure_manifest
+from tests.api.test_cli import run_cli
+from tests.conftest import azure_manifest, free_port
 from tests.fakes import eventually
 from tests.infra.azure_world import NAME, RG, SUB, drive
 
@@ -59,9 +64,13 @@ def test_an_azure_deployment_serves_a_chat_completion_at_its_endpoint(tmp_path: 
         revision = apps.container_apps.get(RG, NAME).latest_revision_name
         app_id = apps.container_apps.get(RG, NAME).id
 
-        keys = KeyStore(store)
-        _, web = keys.create(NAME, InferenceKeyCreate(name="web"), actor="test")
-        _, evaluator = keys.create(NAME, InferenceKeyCreate(name="eval", rpm=2), actor="test")
+        # Made as a team makes them: `loraplane keys create` against the API over this database.
+        with api_over(store, reconciler) as url:
+            made = run_cli(None, "keys", "create", "--deployment", NAME, "--name", "web", url=url)
+            assert made.returncode == 0, made.stderr
+            web = made.stdout.strip()
+            assert f'base_url="{endpoint}/v1"' in made.stderr
+            evaluator = run_cli(None, "keys", "create", "-d", NAME, "--name", "eval", "--rpm", "2", url=url).stdout.strip()
 
         def sdk(key: str) -> openai.OpenAI:
             return openai.OpenAI(base_url=f"{endpoint}/v1", api_key=key, max_retries=0, http_client=httpx.Client(verify=tls, timeout=60))
@@ -84,8 +93,18 @@ def test_an_azure_deployment_serves_a_chat_completion_at_its_endpoint(tmp_path: 
             sdk(evaluator).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
         assert int(limited.value.response.headers["retry-after"]) >= 1
         assert sdk(web).models.list().data
-        # Revoked: refused within 10 s, by the same revision (no restart, no new revision).
-        keys.revoke(NAME, "web", actor="test")
+        with api_over(store, reconciler) as url:
+            # What each key used, as the replica reported it on the Azure share, summed.
+            def eval_row() -> list[str] | None:
+                rows = [line.split() for line in run_cli(None, "keys", "list", "-d", NAME, url=url).stdout.splitlines()[1:]]
+                row = next((r for r in rows if r[0] == "eval"), None)
+                return row if row is not None and row[4:7:2] == ["2", "1"] else None
+
+            # NAME RPM TPM EXPIRES REQUESTS TOKENS REFUSED: as the replica reported on the Azure share.
+            row = eventually(eval_row, timeout=30, what="eval's two requests and one refusal in keys list")
+            assert row[1] == "2" and int(row[5]) > 0
+            # Revoked: refused within 10 s, by the same revision (no restart, no new revision).
+            assert run_cli(None, "keys", "revoke", "-d", NAME, "web", url=url).returncode == 0
         eventually(lambda: not answers(web), timeout=10, what="the revoked key to be refused")
         assert apps.container_apps.get(RG, NAME).latest_revision_name == revision
 
@@ -125,3 +144,19 @@ def _reachable(endpoint: str, tls: ssl.SSLContext) -> bool:
 def _ready_message(store: DeploymentStore) -> str:
     status = DeploymentStatus.model_validate(store.get(NAME).status)
     return next((c.message for c in status.conditions if c.type == "Ready"), "")
+
+
+@contextmanager
+def api_over(store: DeploymentStore, reconciler: Reconciler) -> Iterator[str]:
+    """loraplane's API over ``store`` and ``reconciler``'s targets (no authentication, no
+    reconcile loop), on a free port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(store, reconciler), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    eventually(lambda: server.started, timeout=30, what="the API to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

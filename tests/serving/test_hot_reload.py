@@ -193,7 +193,7 @@ def write_pointer(pointer: Path, document: dict) -> None:
 
 def test_the_pointer_file_decides_which_version_is_served(serve_app, tiny_share):
     pointer = tiny_share / ".loraplane/support-bot/current.json"
-    pointer.parent.mkdir(parents=True)
+    pointer.parent.mkdir(parents=True, exist_ok=True)  # the app's own report may be there already
     write_pointer(pointer, {"version": "v1", "path": ADAPTER_PATH})
     app = serve_app(tiny_share, adapter_pointer=".loraplane/support-bot/current.json")
     assert version_of(app.url) == "v1"
@@ -210,7 +210,7 @@ def test_the_pointer_file_decides_which_version_is_served(serve_app, tiny_share)
 
 def test_a_pointer_caught_half_written_is_not_refused(serve_app, tiny_share):
     pointer = tiny_share / ".loraplane/support-bot/current.json"
-    pointer.parent.mkdir(parents=True)
+    pointer.parent.mkdir(parents=True, exist_ok=True)  # the app's own report may be there already
     write_pointer(pointer, {"version": "v1", "path": ADAPTER_PATH})
     app = serve_app(tiny_share, adapter_pointer=".loraplane/support-bot/current.json", watch_interval_seconds=60)
     watcher = app.app.state.watcher
@@ -254,6 +254,6 @@ def test_before_the_first_pointer_the_adapter_folder_is_served(serve_app, tiny_s
     served_from_folder = version_of(app.url)
     assert served_from_folder and ask(app.url).status_code == 200
     pointer = tiny_share / ".loraplane/support-bot/current.json"
-    pointer.parent.mkdir(parents=True)
+    pointer.parent.mkdir(parents=True, exist_ok=True)  # the app's own report may be there already
     write_pointer(pointer, {"version": "v2", "path": SECOND_ADAPTER_PATH})
     eventually(lambda: version_of(app.url) == "v2", what="the pointer's version")
