@@ -32,10 +32,12 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || \
 	  echo "could not install chromium and chromium-driver: the dashboard tests will be skipped" >&2
 
-# The linters and the type checker first (seconds), then pytest. pytest's exit code 5 means it
-# collected no tests: an empty suite is a failure, not a pass.
+# The linters and the type checker first (seconds), then pytest, in PYTEST_WORKERS processes
+# (pytest-xdist; 0 runs it in this one). pytest's exit code 5 means it collected no tests: an
+# empty suite is a failure, not a pass.
+PYTEST_WORKERS ?= 2
 test: lint browser
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: an empty suite is a failure" >&2; exit 1; fi; \
 	exit $$rc
 
