@@ -135,11 +135,6 @@ class KeyRing:
             raise Refused(401, f"the key {key.name!r} expired at {key.expires_at.isoformat()}", "invalid_api_key", "invalid_request_error")
         return key
 
-    def names(self) -> set[str]:
-        with self._lock:
-            self._refresh()
-            return {key.name for key in self._keys.values()}
-
 
 @dataclass
 class _Bucket:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, field_validator
 from pydantic import Field as PydanticField
 from pydantic.alias_generators import to_camel
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, String, Text, TypeDecorator
@@ -354,11 +354,19 @@ class InferenceKeyBase(CamelModel):
     name: str = PydanticField(pattern=KEY_NAME, description="who holds it, e.g. support-web or eval-ci")
     rpm: int | None = PydanticField(default=None, ge=1, le=1_000_000, description="requests a minute; none: no limit")
     tpm: int | None = PydanticField(default=None, ge=1, le=1_000_000_000, description="tokens (prompt and completion) a minute")
-    expires_at: datetime | None = PydanticField(default=None, description="refused from then on; none: never")
+    expires_at: datetime | None = PydanticField(default=None, description="refused from then on (UTC if no zone is given); none: never")
 
 
 class InferenceKeyCreate(InferenceKeyBase):
-    pass
+    @field_validator("expires_at")
+    @classmethod
+    def _in_the_future(cls, moment: datetime | None) -> datetime | None:
+        if moment is None:
+            return None
+        moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        if moment <= datetime.now(UTC):
+            raise ValueError(f"{moment.isoformat()} has passed: a key must expire in the future (or leave it out for never)")
+        return moment
 
 
 class InferenceKey(SQLModel, table=True):

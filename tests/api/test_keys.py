@@ -103,3 +103,21 @@ def test_keys_made_used_limited_counted_and_revoked_through_the_cli(real_service
     assert actions == ["key.revoke", "key.create", "key.create"]
     share_text = "".join(p.read_text() for p in tiny_share.glob(".loraplane/support-bot/*/keys.json"))
     assert hash_token(evaluator) in share_text and evaluator not in share_text
+
+
+def test_a_keys_name_limits_and_expiry_are_checked_and_a_zoneless_expiry_is_utc(client):
+    assert client.post("/v1/deployments", json=local_manifest()).status_code == 201
+    made = client.post("/v1/deployments/support-bot/keys", json={"name": "ci", "rpm": 60, "expiresAt": "2099-01-01T00:00:00"})
+    assert made.status_code == 201 and made.headers["location"] == "/v1/deployments/support-bot/keys/ci"
+    assert made.json()["expiresAt"].startswith("2099-01-01T00:00:00") and made.json()["expiresAt"].endswith(("Z", "+00:00"))
+    assert made.json()["key"].startswith("lpk_") and "key" not in client.get("/v1/deployments/support-bot/keys").json()["items"][0]
+    for wrong, field in (
+        ({"name": "ci2", "expiresAt": "2001-01-01T00:00:00Z"}, "expiresAt"),
+        ({"name": "Not A Name"}, "name"),
+        ({"name": "ci3", "rpm": 0}, "rpm"),
+    ):
+        refused = client.post("/v1/deployments/support-bot/keys", json=wrong)
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == field, refused.text
+    assert client.post("/v1/deployments/support-bot/keys", json={"name": "ci"}).status_code == 409
+    assert client.post("/v1/deployments/nobody/keys", json={"name": "ci"}).status_code == 404
+    assert client.delete("/v1/deployments/support-bot/keys/nobody").status_code == 404
