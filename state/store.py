@@ -132,7 +132,7 @@ class DeploymentStore:
         self._listeners.append(listener)
 
     def notify(self, name: str) -> None:
-        """Tell the listeners (the reconciler) that what ``name`` should be changed."""
+        """Tell the listeners (the reconciler) that what ``name`` should be has changed."""
         self._notify(name)
 
     def _notify(self, name: str) -> None:

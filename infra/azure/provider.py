@@ -72,9 +72,9 @@ __all__ = ["PUBLIC_CLOUD", "AzureConfig", "AzureObserved", "AzureProvider"]
 log = logging.getLogger("loraplane.infra.azure")
 
 ADMIN_TOKEN_SECONDS = 60.0  # how long a serving app's admin token read from its secrets is reused (in memory)
-SHARE_KEY_SECONDS = 600.0
+SHARE_KEY_SECONDS = 600.0  # how long a fetched storage key is reused (in memory) before a refetch
 # A replica's report on the share older than this is of a replica gone (they write every 5 s).
-REPLICA_FRESH_SECONDS = 60.0  # how long a fetched storage key is reused (in memory) before a refetch
+REPLICA_FRESH_SECONDS = 60.0
 OPERATION_WORDS = {"create": "creating", "update": "updating", "delete": "deleting"}
 
 
@@ -537,7 +537,7 @@ class AzureProvider:
         key = f"{azure.subscription_id}/{azure.resource_group}/{azure.app}".lower()
         with self._admin_tokens_lock:
             known = self._admin_tokens.get(key)
-            if known is not None and known[1] > time.monotonic():
+            if known is not None and known[1] > self.monotonic():
                 return known[0]
         clients = self.clients(azure.subscription_id)
         try:
@@ -546,7 +546,7 @@ class AzureProvider:
             raise classify_azure_error(exc, doing=f"reading the secrets of {azure.app}") from exc
         token = next((s.get("value") for s in listed if s.get("name") == ADMIN_TOKEN_SECRET), None)
         with self._admin_tokens_lock:
-            self._admin_tokens[key] = (token, time.monotonic() + ADMIN_TOKEN_SECONDS)
+            self._admin_tokens[key] = (token, self.monotonic() + ADMIN_TOKEN_SECONDS)
         return token
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
