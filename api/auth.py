@@ -98,7 +98,9 @@ class Authenticator:
 
 def _bearer_secret(authorization: str | None) -> str | None:
     scheme, _, secret = (authorization or "").partition(" ")
-    return secret.strip() or None if scheme.lower() == "bearer" else None
+    if scheme.lower() != "bearer":
+        return None
+    return secret.strip() or None
 
 
 def require(role: Role) -> Callable[[Request], Awaitable[Identity]]:

@@ -15,9 +15,11 @@ started and stopped with the reconcile loop. ``Target`` providers implement all 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+from infra.errors import ProviderError
 from state.resource import DeploymentSpec
 
 Verb = Literal["create", "update", "restart", "delete"]
@@ -180,6 +182,22 @@ class AdapterHost(Protocol):
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         """Ask the serving app to look at the pointer now (with its admin token)."""
         ...
+
+
+def read_reports(share: AdapterShare, folder: str) -> list[dict[str, Any]]:
+    """The JSON files the replicas wrote in ``folder`` of the share (serving.reports), parsed;
+    one being replaced, or not a report, is skipped: the next look reads it."""
+    reports = []
+    for entry in share.list(folder) or []:
+        if entry.is_dir or entry.name.startswith(".") or not entry.name.endswith(".json"):
+            continue
+        try:
+            report = json.loads(share.read(f"{folder}/{entry.name}"))
+        except (ValueError, OSError, ProviderError):
+            continue
+        if isinstance(report, dict):
+            reports.append(report)
+    return reports
 
 
 class LogSource(Protocol):

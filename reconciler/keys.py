@@ -10,7 +10,7 @@ import json
 import threading
 from contextlib import closing
 
-from infra.provider import AdapterHost, Target, keys_path, usage_folder
+from infra.provider import AdapterHost, Target, keys_path, read_reports, usage_folder
 from reconciler.writer import ReadStore
 from state.keys import document
 from state.models import KeyUsage
@@ -47,21 +47,16 @@ def read_usage(target: Target, host: AdapterHost) -> dict[str, KeyUsage]:
     """What the deployment's replicas served under each key, summed over the files they write
     on the share (one a replica process, counted since it started)."""
     totals: dict[str, KeyUsage] = {}
-    folder = usage_folder(target.name, target.uid)
     with closing(host.share(target)) as share:
-        entries = share.list(folder) or []
-        for entry in entries:
-            if entry.is_dir or entry.name.startswith(".") or not entry.name.endswith(".json"):
-                continue
-            try:
-                document = json.loads(share.read(f"{folder}/{entry.name}"))
-                counted = document["keys"].items()
-            except (ValueError, KeyError, AttributeError):
-                continue  # being replaced, or not ours: the next look reads it
-            for name, counts in counted:
-                total = totals.setdefault(name, KeyUsage())
-                total.requests += int(counts.get("requests", 0))
-                total.prompt_tokens += int(counts.get("promptTokens", 0))
-                total.completion_tokens += int(counts.get("completionTokens", 0))
-                total.refused += int(counts.get("refused", 0))
+        reports = read_reports(share, usage_folder(target.name, target.uid))
+    for report in reports:
+        counted = report.get("keys")
+        if not isinstance(counted, dict):
+            continue
+        for name, counts in counted.items():
+            total = totals.setdefault(name, KeyUsage())
+            total.requests += int(counts.get("requests", 0))
+            total.prompt_tokens += int(counts.get("promptTokens", 0))
+            total.completion_tokens += int(counts.get("completionTokens", 0))
+            total.refused += int(counts.get("refused", 0))
     return totals

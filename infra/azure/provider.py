@@ -63,6 +63,7 @@ from infra.provider import (
     ResourceRecord,
     Target,
     deployment_folder,
+    read_reports,
     replicas_folder,
 )
 from state.resource import AzureSpec, DeploymentSpec
@@ -572,21 +573,18 @@ class AzureProvider:
     def _replica_reports(self, target: Target) -> list[dict[str, Any]]:
         """What each replica wrote about itself on the share in the last REPLICA_FRESH_SECONDS
         (serving.reports): how loraplane hears from replicas it cannot reach."""
-        folder = replicas_folder(target.name, target.uid)
         now = datetime.now(UTC)
-        reports = []
         with self.share(target) as share:
-            for entry in share.list(folder) or []:
-                if entry.is_dir or entry.name.startswith(".") or not entry.name.endswith(".json"):
-                    continue
-                try:
-                    report = json.loads(share.read(f"{folder}/{entry.name}"))
-                    written = datetime.fromisoformat(report["updatedAt"])
-                except (ValueError, KeyError, TypeError, AzureError):
-                    continue  # being replaced: the next look reads it
-                if (now - written).total_seconds() <= REPLICA_FRESH_SECONDS:
-                    reports.append(report)
-        return reports
+            reports = read_reports(share, replicas_folder(target.name, target.uid))
+        fresh = []
+        for report in reports:
+            try:
+                written = datetime.fromisoformat(report["updatedAt"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if (now - written).total_seconds() <= REPLICA_FRESH_SECONDS:
+                fresh.append(report)
+        return fresh
 
     def _replicas_ready(self, target: Target, endpoint: str) -> tuple[bool, str]:
         azure = _azure(target)
