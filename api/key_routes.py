@@ -49,7 +49,7 @@ def list_keys(name: Name, request: Request, caller: Deployer) -> InferenceKeyLis
     row = store_of(request).get(name)
     keys = keys_of(request).list(name)
     usage, note = reconciler_of(request).key_usage(row) if keys else ({}, None)
-    items = [key.to_public(None if usage is None else usage.get(key.name, KeyUsage())) for key in keys]
+    items = [key.to_public(None if usage is None else usage.get(key.key_hash[:16], KeyUsage())) for key in keys]
     return InferenceKeyList(items=items, usage_note=note)
 
 

@@ -45,7 +45,8 @@ class KeySync:
 
 def read_usage(target: Target, host: AdapterHost) -> dict[str, KeyUsage]:
     """What the deployment's replicas served under each key, summed over the files they write
-    on the share (one a replica process, counted since it started)."""
+    on the share (one a replica process, counted since it started), by the first 16 digits of
+    the key's hash: a key revoked and made again under its name starts from nothing."""
     totals: dict[str, KeyUsage] = {}
     with closing(host.share(target)) as share:
         reports = read_reports(share, usage_folder(target.name, target.uid))
@@ -53,8 +54,8 @@ def read_usage(target: Target, host: AdapterHost) -> dict[str, KeyUsage]:
         counted = report.get("keys")
         if not isinstance(counted, dict):
             continue
-        for name, counts in counted.items():
-            total = totals.setdefault(name, KeyUsage())
+        for digest, counts in counted.items():
+            total = totals.setdefault(digest, KeyUsage())
             total.requests += int(counts.get("requests", 0))
             total.prompt_tokens += int(counts.get("promptTokens", 0))
             total.completion_tokens += int(counts.get("completionTokens", 0))

@@ -162,6 +162,7 @@ def _duration(seconds: float) -> str:
 
 @dataclass
 class _Counts:
+    name: str
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -201,7 +202,7 @@ class KeyLimits:
         """Let one request of ``key`` in (the headers to answer with), or Refused (429)."""
         now = self.clock()
         with self._lock:
-            counts = self._counts.setdefault(key.name, _Counts())
+            counts = self._counts.setdefault(key.sha256, _Counts(key.name))
             headers: dict[str, str] = {}
             requests = self._bucket(self._requests, key.name, key.rpm, now) if key.rpm else None
             tokens = self._bucket(self._tokens, key.name, key.tpm, now) if key.tpm else None
@@ -236,7 +237,7 @@ class KeyLimits:
     def charge(self, key: Key, prompt_tokens: int, completion_tokens: int) -> None:
         """A generation of ``key`` ended: its tokens count against the key's tokens a minute."""
         with self._lock:
-            counts = self._counts.setdefault(key.name, _Counts())
+            counts = self._counts.setdefault(key.sha256, _Counts(key.name))
             counts.prompt_tokens += prompt_tokens
             counts.completion_tokens += completion_tokens
             if key.tpm:
@@ -244,14 +245,17 @@ class KeyLimits:
         self.tokens_total.labels(key.name, "prompt").inc(prompt_tokens)
         self.tokens_total.labels(key.name, "completion").inc(completion_tokens)
 
-    def usage(self) -> dict[str, dict[str, int]]:
+    def usage(self) -> dict[str, dict[str, int | str]]:
+        """What each key used, by the first 16 digits of its hash (a key revoked and made again
+        under the same name is another key), with its name."""
         with self._lock:
             return {
-                name: {
+                digest[:16]: {
+                    "name": c.name,
                     "requests": c.requests,
                     "promptTokens": c.prompt_tokens,
                     "completionTokens": c.completion_tokens,
                     "refused": c.refused,
                 }
-                for name, c in self._counts.items()
+                for digest, c in self._counts.items()
             }

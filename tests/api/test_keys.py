@@ -82,6 +82,9 @@ def test_keys_made_used_limited_counted_and_revoked_through_the_cli(real_service
     assert revoked.returncode == 0, revoked.stderr
     eventually(lambda: not answers(web), timeout=10, what="the revoked key to be refused")
     assert_one_line_error(run_cli(real_service, "keys", "revoke", "-d", "support-bot", "web"), "has no key named 'web'")
+    # Made again under the same name, it is another key: it starts from nothing.
+    assert run_cli(real_service, "keys", "create", "-d", "support-bot", "--name", "web").returncode == 0
+    assert listed()[1][:1] + listed()[1][4:7] == ["web", "0", "0", "0"]
     assert_one_line_error(run_cli(real_service, "keys", "create", "-d", "support-bot", "--name", "eval"), "has a key named 'eval'")
     assert_one_line_error(run_cli(real_service, "keys", "create", "-d", "support-bot", "--name", "x2", "--expires", "soon"), "--expires")
 
@@ -100,7 +103,7 @@ def test_keys_made_used_limited_counted_and_revoked_through_the_cli(real_service
     logs = real_service.log.read_text() + run_cli(real_service, "logs", "support-bot", "--tail", "500").stdout
     assert evaluator not in logs and web not in logs
     actions = [item["action"] for item in httpx.get(f"{real_service.url}/v1/audit").json()["items"] if "/key/" in item["resource"]]
-    assert actions == ["key.revoke", "key.create", "key.create"]
+    assert actions == ["key.create", "key.revoke", "key.create", "key.create"]
     share_text = "".join(p.read_text() for p in tiny_share.glob(".loraplane/support-bot/*/keys.json"))
     assert hash_token(evaluator) in share_text and evaluator not in share_text
 

@@ -102,9 +102,9 @@ def test_past_its_requests_a_minute_a_key_gets_429_with_openais_headers_while_an
         )
     usage_folder = tiny_share / KEYS_FILE.replace("keys.json", "usage")
 
-    def written() -> dict | None:
+    def written() -> dict | None:  # by key name here; the file has them by hash, with the name
         files = list(usage_folder.glob("*.json"))
-        return json.loads(files[0].read_text())["keys"] if files else None
+        return {u["name"]: u for u in json.loads(files[0].read_text())["keys"].values()} if files else None
 
     usage = eventually(lambda: (u := written()) and u.get("eval", {}).get("refused") == 2 and u, what="the usage file")
     assert usage["eval"]["requests"] == 3 and usage["web"]["requests"] == 2
@@ -145,7 +145,7 @@ def test_a_keys_tokens_a_minute_refill_continuously_and_a_generation_may_overdra
     assert refused.value.status == 429 and refused.value.headers["retry-after"] == "21"  # 21 tokens at one a second
     clock.advance(21)
     assert limits.admit(key)["x-ratelimit-remaining-tokens"] == "1"
-    assert limits.usage()["eval"] == {"requests": 2, "promptTokens": 50, "completionTokens": 30, "refused": 1}
+    assert limits.usage() == {"x" * 16: {"name": "eval", "requests": 2, "promptTokens": 50, "completionTokens": 30, "refused": 1}}
 
 
 def test_the_chat_asks_for_a_key_once_at_its_sign_in(serve_app, tiny_share: Path):
