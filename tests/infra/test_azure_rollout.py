@@ -47,6 +47,19 @@ def world(tmp_path: Path, command: tuple[str, ...]) -> Iterator[tuple[Deployment
         engine.dispose()
 
 
+def create_on_share(store: DeploymentStore, sim: AzureSimulator, **azure: object) -> tuple[str, DeploymentSpec, Path]:
+    """The deployment on the tiny model (adapters settle in a second), and its share holding the
+    model and the first adapters: its uid, spec and share folder."""
+    manifest = azure_manifest(NAME, **azure)
+    manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
+    manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": 1}
+    row = store.create(InferenceDeploymentCreate.model_validate(manifest))
+    spec = DeploymentSpec.model_validate(row.spec)
+    folder = sim.share_folder(spec.azure.storage_account, spec.azure.file_share)
+    make_tiny_share(folder)
+    return row.uid, spec, folder
+
+
 def upload_adapter(share: ShareFiles, source: Path) -> None:
     """Through the data plane, config last: a job's upload in progress looks incomplete."""
     for file in sorted(source.iterdir(), key=lambda f: f.name == "adapter_config.json"):
@@ -70,13 +83,7 @@ def roll_out_both_ways(
 
     worker = threading.Thread(target=reconcile_until_stopped, daemon=True)
     try:
-        manifest = azure_manifest(NAME)
-        manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
-        manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": 1}
-        row = store.create(InferenceDeploymentCreate.model_validate(manifest))
-        spec = DeploymentSpec.model_validate(row.spec)
-        folder = sim.share_folder(spec.azure.storage_account, spec.azure.file_share)
-        make_tiny_share(folder)
+        uid, spec, folder = create_on_share(store, sim)
         write_random_adapter(folder / TINY_MODEL_PATH, tmp_path / "third", seed=3)
         worker.start()
 
@@ -90,7 +97,7 @@ def roll_out_both_ways(
 
         first = eventually(serving, timeout=180, what="the first adapter")
         endpoint = status().endpoint
-        ours = f".loraplane/{NAME}/{row.uid[:8]}"
+        ours = f".loraplane/{NAME}/{uid[:8]}"
         pointer = json.loads((folder / f"{ours}/current.json").read_text())
         assert pointer == {"version": first, "path": f"{ours}/adapters/{first}"}
         revision = provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME).latest_revision_name
@@ -144,13 +151,7 @@ def test_an_internal_app_behind_an_allow_list_is_judged_and_rolled_out_from_what
 
 
 def serve_internally(store: DeploymentStore, sim: AzureSimulator, provider: AzureProvider, reconciler: Reconciler) -> None:
-    manifest = azure_manifest(NAME, ingress="internal", ipAllowList=["10.0.0.0/8"])
-    manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
-    manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": 1}
-    row = store.create(InferenceDeploymentCreate.model_validate(manifest))
-    spec = DeploymentSpec.model_validate(row.spec)
-    folder = sim.share_folder(spec.azure.storage_account, spec.azure.file_share)
-    make_tiny_share(folder)
+    _, spec, folder = create_on_share(store, sim, ingress="internal", ipAllowList=["10.0.0.0/8"])
 
     def serving() -> str | None:
         reconciler.reconcile(NAME)
