@@ -48,11 +48,13 @@ def calls(sim: AzureSimulator) -> dict[str, dict[str, int]]:
 
 def writes(sim: AzureSimulator) -> dict[str, dict[str, int]]:
     """ARM writes only: the data plane of the share (files, directories) is not ARM."""
-    return {
+    found = {
         method: {kind: n for kind, n in kinds.items() if not kind.startswith("Microsoft.Storage/fileShares/")}
         for method, kinds in calls(sim).items()
         if method in WRITES
     }
+    # A method with data-plane calls only (the keys file written to the share, say) is none.
+    return {method: kinds for method, kinds in found.items() if kinds}
 
 
 def reset_calls(sim: AzureSimulator) -> None:
