@@ -161,17 +161,11 @@ class Reconciler:
         except Fenced:
             raise  # not the leader any more: nothing to write, nothing to retry here
         except Exception as exc:  # classified in one place; nothing escapes to the loop
-            error = classify(exc)
-            if error.reason == "UnexpectedError":
-                log.exception("reconciling %s failed unexpectedly", name)
-            else:
-                log.warning("reconciling %s: %s: %s", name, error.reason, error.message)
+            error = self._classified(exc, f"reconciling {name}")
             if error.permanent and applying:
                 with self._lock:
                     self._stalled[name] = row.generation
-            status = statuses.failed(previous, row.generation, observation, error, self.clock())
-            self._commit(row, status, events=self._failure_events(previous, status, error))
-            return Outcome("permanent") if error.permanent else Outcome("temporary", error.delay)
+            return self._failed(row, previous, statuses.failed(previous, row.generation, observation, error, self.clock()), error)
 
     def _converged(
         self,
@@ -193,11 +187,8 @@ class Reconciler:
             except Fenced:
                 raise
             except Exception as exc:
-                error = classify(exc)
-                log.warning("writing the inference keys of %s: %s: %s", row.name, error.reason, error.message)
-                failed = statuses.failed(previous, row.generation, observation, error, self.clock())
-                self._commit(row, failed, events=self._failure_events(previous, failed, error))
-                return Outcome("permanent") if error.permanent else Outcome("temporary", error.delay)
+                error = self._classified(exc, f"writing the inference keys of {row.name}")
+                return self._failed(row, previous, statuses.failed(previous, row.generation, observation, error, self.clock()), error)
         if not observation.ready:  # adapters wait for an endpoint (and a share) to exist
             stuck = self.rollout.watch_in_flight(row, target, provider, observation, previous, versions)
             if stuck is None:
@@ -214,18 +205,29 @@ class Reconciler:
         except Exception as exc:
             # The rollout cannot go on; what serves is still what the app says it serves, not
             # what the last status said.
-            error = classify(exc)
-            if error.reason == "UnexpectedError":
-                log.exception("rolling out the adapter of %s failed unexpectedly", row.name)
-            else:
-                log.warning("rolling out the adapter of %s: %s: %s", row.name, error.reason, error.message)
+            error = self._classified(exc, f"rolling out the adapter of {row.name}")
             status = statuses.failed(previous, row.generation, observation, error, self.clock())
             status.adapter.serving_version = self._reported_version(provider, target, observation, status.adapter.serving_version)
-            self._commit(row, status, events=self._failure_events(previous, status, error))
-            return Outcome("permanent") if error.permanent else Outcome("temporary", error.delay)
+            return self._failed(row, previous, status, error)
         statuses.with_rollout(status, report, self.clock())
         self._commit(row, status, events=report.events, versions=report.versions)
         return Outcome("converged", report.requeue_after)
+
+    @staticmethod
+    def _classified(exc: Exception, doing: str) -> Classified:
+        """The failure, classified in one place and logged: with its traceback when it is
+        nothing we know."""
+        error = classify(exc)
+        if error.reason == "UnexpectedError":
+            log.exception("%s failed unexpectedly", doing)
+        else:
+            log.warning("%s: %s: %s", doing, error.reason, error.message)
+        return error
+
+    def _failed(self, row: InferenceDeployment, previous: DeploymentStatus, status: DeploymentStatus, error: Classified) -> Outcome:
+        """A failed pass's status committed (with the events it is news for), and when to retry."""
+        self._commit(row, status, events=self._failure_events(previous, status, error))
+        return Outcome("permanent") if error.permanent else Outcome("temporary", error.delay)
 
     @staticmethod
     def _reported_version(provider: TargetProvider[Any], target: Target, observation: Observation, fallback: str | None) -> str | None:
