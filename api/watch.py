@@ -211,7 +211,8 @@ class WatchHub:
             if text is not None:
                 self._texts.move_to_end(key)
                 return text
-        text = _event(kind, self.views.of(row).model_dump(mode="json", by_alias=True, exclude_none=True))
+        # The object's JSON as GET and list answer it, made once per version (api.views).
+        text = f'event: {kind}\ndata: {{"type":"{kind}","object":{self.views.json_of(row).decode()}}}\n\n'
         with self._texts_lock:
             self._texts[key] = text
             while len(self._texts) > TEXTS_KEPT:
