@@ -67,6 +67,12 @@ class Authenticator:
                 return None
             return identity
 
+    async def find(self, authorization: str | None) -> Identity:
+        """``identify`` for the event loop: the cached holder at once, else a lookup in the
+        thread pool."""
+        known = self.cached(authorization)
+        return known if known is not None else await run_in_threadpool(self.identify, authorization)
+
     def forget(self, token_name: str) -> None:
         with self._lock:
             for key in [key for key, (identity, _) in self._known.items() if identity.name == token_name]:
@@ -114,9 +120,7 @@ def require(role: Role) -> Callable[[Request], Awaitable[Identity]]:
         # prefix looks the token up here.
         identity: Identity | None = getattr(request.state, "identity", None)
         if identity is None:
-            authorization = request.headers.get("authorization")
-            identity = authenticator.cached(authorization) or await run_in_threadpool(authenticator.identify, authorization)
-        assert identity is not None
+            identity = await authenticator.find(request.headers.get("authorization"))
         if RANK[identity.role] < RANK[role]:
             raise ApiError(
                 403,

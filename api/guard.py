@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Authenticator
@@ -44,8 +43,7 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             if self.authenticator is not None and path.startswith(PROTECTED_PREFIX):
-                authorization = headers.get("authorization")
-                identity = self.authenticator.cached(authorization) or await run_in_threadpool(self.authenticator.identify, authorization)
+                identity = await self.authenticator.find(headers.get("authorization"))
                 scope.setdefault("state", {})["identity"] = identity
             declared = headers.get("content-length")
             if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:
