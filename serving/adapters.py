@@ -138,10 +138,12 @@ class AdapterRegistry:
         self.last_error: str | None = None
         self.signature: tuple | None = None  # what the watcher last acted on
 
-    def acquire(self) -> Loaded | None:
+    def acquire(self, count: int = 1) -> Loaded | None:
+        """The active version, held ``count`` times (one per job: a request with several
+        prompts gets one version for all of them, released job by job)."""
         with self._lock:
             if self.active is not None:
-                self.active.in_flight += 1
+                self.active.in_flight += count
             return self.active
 
     def release(self, loaded: Loaded) -> Loaded | None:

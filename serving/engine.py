@@ -2,12 +2,14 @@
 
 One worker thread owns the model. It loads it, then runs, in turn, queued model changes
 (loading or unloading an adapter) and batches of generation jobs. A batch holds jobs admitted
-on the same adapter version (up to ``max_batch_size``), decoded together by ``generate`` with
-per-row sampling, stopping and streaming, so concurrent clients share the forward passes.
+on the same adapter version (up to ``max_batch_size``), decoded together by one prefill pass and
+then one pass per token, with per-row sampling, stopping, scoring and streaming, so concurrent
+clients share the forward passes.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
@@ -20,7 +22,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from serving.adapter_check import check_safetensors_header, read_safetensors_head
 from serving.adapters import (
@@ -34,7 +36,31 @@ from serving.settings import ServingSettings
 
 log = logging.getLogger("loraplane.serving")
 
-Emit = Callable[[str, Any], None]  # ("delta", text) | ("done", (finish_reason, usage)) | ("error", message)
+# ("prompt", [TokenScore | None]) | ("delta", Piece) | ("done", (finish_reason, usage)) | ("error", message)
+Emit = Callable[[str, Any], None]
+
+# How many tokens before a scored one travel with it: enough to decode an alternative token in
+# context (a byte-level piece, a leading space) without decoding the whole text again.
+CONTEXT_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """A token's logprob under the model, and the ``top`` most likely tokens in its place."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, logprob), most likely first
+    before: tuple[int, ...]  # the tokens just before it
+
+
+@dataclass(frozen=True)
+class Piece:
+    """New text of a generation, with the scored tokens it completes (when logprobs were
+    asked for): each token's share of the text and its score."""
+
+    text: str
+    tokens: list[tuple[str, TokenScore]]
 
 
 class EngineMetrics:
@@ -48,6 +74,8 @@ class EngineMetrics:
         )
         self.tokens = Counter("loraplane_serving_generated_tokens", "Tokens generated", registry=self.registry)
         self.requests = Counter("loraplane_serving_generations", "Generations finished, by how", ["finish"], registry=self.registry)
+        self.forward_passes = Counter("loraplane_serving_forward_passes", "Forward passes of the model", registry=self.registry)
+        self.waiting = Gauge("loraplane_serving_waiting_jobs", "Jobs admitted and not yet in a batch", registry=self.registry)
 
 
 @dataclass
@@ -61,9 +89,14 @@ class Job:
     adapter: Loaded | None
     emit: Emit
     min_tokens: int = 0
+    logprobs: int | None = None  # score each generated token, with this many alternatives
+    prompt_logprobs: int | None = None  # score the prompt's tokens, with this many alternatives
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the decoded text already emitted
+    scores: list[TokenScore] = field(default_factory=list)  # of the generated tokens
+    ends: list[int] = field(default_factory=list)  # where each generated token's text ends
+    flushed: int = 0  # scores already emitted
     done: bool = False  # no more tokens for this job
     closed: bool = False  # its end was emitted and its adapter released
 
@@ -77,6 +110,9 @@ class Engine:
         self.peft: Any = None  # the PeftModel once an adapter was loaded
         self.device = "cpu"
         self.context_length = 4096
+        self.vocab_size = 0
+        self._cache_name = "past_key_values"
+        self._trims_logits = False
         self.model_name = settings.model_dir.name
         self.load_error: str | None = None
         self._jobs: deque[Job] = deque()
@@ -100,9 +136,11 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, *jobs: Job) -> None:
+        """Queue jobs together: a request's prompts reach the batcher at once."""
         with self._cond:
-            self._jobs.append(job)
+            self._jobs.extend(jobs)
+            self.metrics.waiting.set(len(self._jobs))
             self._cond.notify()
 
     def call(self, fn: Callable[[], Any]) -> Future:
@@ -148,6 +186,15 @@ class Engine:
         model.eval()
         self.tokenizer, self.base = tokenizer, model
         self.context_length = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
+        # Ids a prompt may hold: known to the tokenizer and inside the embedding (which may be
+        # padded past the vocabulary, or a tokenizer may know more tokens than the model).
+        # transformers 5.2x renamed the KV cache from ``past_key_values`` to ``cache`` (the old
+        # name warns); models on older releases, or with their own code, know only the old one.
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_name = "cache" if "cache" in parameters else "past_key_values"
+        self._trims_logits = "logits_to_keep" in parameters
+        embedding: Any = model.get_input_embeddings()
+        self.vocab_size = min(len(tokenizer), int(embedding.num_embeddings))
         self.model_name = str(getattr(model.config, "_name_or_path", "") or model_dir.name)
         log.info("loaded %s on %s as %s", model_dir, self.device, dtype_name)
 
@@ -274,7 +321,7 @@ class Engine:
                 if not self._tasks:
                     return
                 task = self._tasks.popleft()
-            # generate runs under inference_mode; weights loaded under it would be inference
+            # Decoding runs under inference_mode; weights loaded under it would be inference
             # tensors that PEFT cannot use later, so step out of it for the change.
             with torch.inference_mode(False), torch.no_grad():
                 _run_task(*task)
@@ -296,17 +343,18 @@ class Engine:
         batch = [job for job in self._jobs if job.adapter is first.adapter][:limit]
         for job in batch:
             self._jobs.remove(job)
+        self.metrics.waiting.set(len(self._jobs))
         return batch
 
     def _fail_pending(self, message: str) -> None:
         while self._jobs:
             self._finish(self._jobs.popleft(), None, error=message)
+        self.metrics.waiting.set(0)
         while self._tasks:
             self._tasks.popleft()[1].set_exception(RuntimeError(message))
 
     def _generate(self, batch: list[Job]) -> None:
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         for job in batch:
             if job.cancelled.is_set():  # the client left while it waited
@@ -322,28 +370,52 @@ class Engine:
                 context = self.peft.disable_adapter()
             else:
                 self.peft.set_adapter(adapter.peft_name)
+        with context, torch.inference_mode():
+            self._decode(model, batch)
+        for job in batch:
+            self._finish(job, "length")  # a no-op for jobs already closed
+
+    def _decode(self, model: Any, batch: list[Job]) -> None:
+        """Our own loop rather than ``generate``: one prefill pass over the left-padded prompts
+        (which also scores the prompt tokens of the rows that ask, so scoring a prompt costs
+        that one pass), then one pass per generated token for the whole batch."""
+        import torch
+
         pad = self.tokenizer.pad_token_id
         width = max(len(job.prompt_ids) for job in batch)
         input_ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in batch], device=self.device)
         attention = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in batch], device=self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        # Logits only where they are read: the last position, or the whole prompt of the
+        # longest row that wants its prompt scored (rows are left-padded, so that covers all).
+        keep = max([1] + [len(job.prompt_ids) for job in batch if job.prompt_logprobs is not None])
+        cache_name = self._cache_name
+        trim = {"logits_to_keep": keep} if self._trims_logits else {}  # else every position's logits come back
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **trim)
+        keep = out.logits.shape[1]
+        self.metrics.forward_passes.inc()
+        for row, job in enumerate(batch):
+            if job.prompt_logprobs is not None:
+                first = keep - len(job.prompt_ids)  # the row's first token, in the kept positions
+                job.emit("prompt", _prompt_scores(out.logits[row, first:], job.prompt_ids, job.prompt_logprobs))
         rows = _Rows(self, batch)
-        config = GenerationConfig(
-            max_new_tokens=max(job.max_new_tokens for job in batch),
-            do_sample=False,  # the row sampler below has already chosen each token
-            pad_token_id=pad,
-            eos_token_id=self._eos_ids(),
-        )
-        with context, torch.inference_mode():
-            model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                generation_config=config,
-                logits_processor=LogitsProcessorList([rows.sample]),
-                stopping_criteria=StoppingCriteriaList([rows.stopped]),
-                streamer=rows,
-            )
         for job in batch:
-            self._finish(job, "length")  # a no-op for jobs already closed
+            if job.max_new_tokens == 0:  # scored, nothing to generate
+                self._finish(job, "length")
+        # A copy: a view would keep the whole prefill's logits alive through the decode.
+        logits, cache = out.logits[:, -1, :].clone(), getattr(out, cache_name)
+        del out
+        while True:
+            tokens = rows.step(logits)
+            if all(job.done for job in batch):
+                return
+            self.between_steps(batch[0].adapter)
+            attention = torch.cat([attention, attention.new_ones((len(batch), 1))], dim=1)
+            positions = positions[:, -1:] + 1
+            step_ids = torch.tensor(tokens, device=self.device)[:, None]
+            out = model(input_ids=step_ids, attention_mask=attention, position_ids=positions, use_cache=True, **{cache_name: cache})
+            self.metrics.forward_passes.inc()
+            logits, cache = out.logits[:, -1, :], getattr(out, cache_name)
 
     def _eos_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -375,8 +447,8 @@ class Engine:
 
     # ------------------------------------------------------------------------- prompts
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         if getattr(self.tokenizer, "chat_template", None):
@@ -388,14 +460,14 @@ class Engine:
 
 
 class _Rows:
-    """Per-row sampling, stopping and streaming for one ``generate`` call."""
+    """Per-row sampling, stopping, scoring and streaming for one batch."""
 
     def __init__(self, engine: Engine, jobs: list[Job]) -> None:
         import torch
 
         self.engine, self.jobs = engine, jobs
         self.eos = set(engine._eos_ids())
-        self.prompt_seen = False
+        self.pad = engine.tokenizer.pad_token_id
         self.generators = []
         for job in jobs:
             generator = torch.Generator(device=engine.device)
@@ -403,79 +475,115 @@ class _Rows:
             self.generators.append(generator)
         self.longest_stop = max((len(s) for job in jobs for s in job.stop), default=0)
 
-    def sample(self, input_ids, scores):
+    def step(self, logits) -> list[int]:
+        """Choose each row's next token from its logits, emit what it completes, and return
+        the tokens to feed the next pass (a finished row gets padding, which no one reads)."""
         import torch
 
-        chosen = torch.full_like(scores, float("-inf"))
+        fed = []
         for row, job in enumerate(self.jobs):
-            logits = scores[row].float()
             if job.done:
-                chosen[row, int(torch.argmax(logits))] = 0
+                fed.append(self.pad)
                 continue
+            if job.cancelled.is_set():
+                self.engine._finish(job, None)
+                fed.append(self.pad)
+                continue
+            raw = logits[row].float()
+            scores = raw
             if len(job.generated) < job.min_tokens:
-                logits[list(self.eos)] = float("-inf")
+                scores = raw.clone()
+                scores[list(self.eos)] = float("-inf")
             if job.temperature == 0:
-                token = int(torch.argmax(logits))
+                token = int(torch.argmax(scores))
             else:
-                probs = torch.softmax(logits / job.temperature, dim=-1)
+                probs = torch.softmax(scores / job.temperature, dim=-1)
                 if job.top_p < 1.0:
                     ordered, order = torch.sort(probs, descending=True)
                     keep = torch.cumsum(ordered, dim=-1) - ordered < job.top_p
                     probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
                 token = int(torch.multinomial(probs, 1, generator=self.generators[row]))
-            chosen[row, token] = 0
-        return chosen
+            fed.append(token)
+            if job.logprobs is not None:  # the model's own distribution, before sampling's changes
+                before = (job.prompt_ids + job.generated)[-CONTEXT_TOKENS:]
+                job.scores.append(_score(torch.log_softmax(raw, dim=-1), token, job.logprobs, before))
+            self._advance(job, token)
+        return fed
 
-    def stopped(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.tensor([job.done or job.cancelled.is_set() for job in self.jobs], device=input_ids.device)
-
-    # The streamer protocol: the first call carries the prompt, then one token per row per step.
-    def put(self, value) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
+    def _advance(self, job: Job, token: int) -> None:
+        if token in self.eos:
+            # Its score still counts (harnesses read the last token's logprob), though the
+            # text leaves it out.
+            eos_score = job.scores.pop() if job.logprobs is not None else None
+            self._flush(job, self._text(job), final=True)
+            if eos_score is not None:
+                name = self.engine.tokenizer.decode([token], skip_special_tokens=False)
+                job.emit("delta", Piece("", [(name, eos_score)]))
+            self.engine._finish(job, "stop")
             return
-        self.engine.between_steps(self.jobs[0].adapter)
-        tokens = value.tolist()
-        for row, job in enumerate(self.jobs):
-            if job.done:
-                continue
-            if job.cancelled.is_set():
-                self.engine._finish(job, None)
-                continue
-            token = int(tokens[row])
-            if token in self.eos:
-                self._flush(job, self._text(job))
-                self.engine._finish(job, "stop")
-                continue
-            job.generated.append(token)
-            text = self._text(job)
-            cut = _first_stop(text, job.stop, max(0, job.sent - self.longest_stop))
-            if cut is not None:
-                self._flush(job, text[:cut])
-                self.engine._finish(job, "stop")
-            elif len(job.generated) >= job.max_new_tokens:
-                self._flush(job, text)
-                self.engine._finish(job, "length")
-            else:
-                # Hold back what may be half a character or the start of a stop sequence.
-                safe = len(text.rstrip("\ufffd"))
-                if job.stop:
-                    safe = min(safe, max(job.sent, len(text) - self.longest_stop + 1))
-                self._flush(job, text[:safe])
-
-    def end(self) -> None:
-        pass
+        job.generated.append(token)
+        text = self._text(job)
+        previous = job.ends[-1] if job.ends else 0
+        job.ends.append(max(previous, len(text.rstrip("\ufffd"))))
+        cut = _first_stop(text, job.stop, max(0, job.sent - self.longest_stop))
+        if cut is not None:
+            self._flush(job, text[:cut], final=True)
+            self.engine._finish(job, "stop")
+        elif len(job.generated) >= job.max_new_tokens:
+            self._flush(job, text, final=True)
+            self.engine._finish(job, "length")
+        else:
+            # Hold back what may be half a character or the start of a stop sequence.
+            safe = len(text.rstrip("\ufffd"))
+            if job.stop:
+                safe = min(safe, max(job.sent, len(text) - self.longest_stop + 1))
+            self._flush(job, text[:safe])
 
     def _text(self, job: Job) -> str:
         return self.engine.tokenizer.decode(job.generated, skip_special_tokens=True)
 
     @staticmethod
-    def _flush(job: Job, text: str) -> None:
-        if len(text) > job.sent:
-            job.emit("delta", text[job.sent :])
-            job.sent = len(text)
+    def _flush(job: Job, text: str, *, final: bool = False) -> None:
+        """Emit the text past what was sent, with the scored tokens it completes: those that
+        end within it, or, at the end, all that start within it."""
+        tokens: list[tuple[str, TokenScore]] = []
+        if job.logprobs is not None:
+            while job.flushed < len(job.scores):
+                i = job.flushed
+                start = job.ends[i - 1] if i else 0
+                if not (job.ends[i] <= len(text) or (final and start < len(text))):
+                    break
+                tokens.append((text[start : min(job.ends[i], len(text))], job.scores[i]))
+                job.flushed += 1
+        if len(text) > job.sent or tokens:
+            job.emit("delta", Piece(text[job.sent :], tokens))
+            job.sent = max(job.sent, len(text))
+
+
+def _score(logprobs, token: int, top: int, before: list[int]) -> TokenScore:
+    best = logprobs.topk(top) if top else None
+    alternatives = tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else ()
+    return TokenScore(token, float(logprobs[token]), alternatives, tuple(before))
+
+
+def _prompt_scores(logits, prompt_ids: list[int], top: int) -> list[TokenScore | None]:
+    """Each prompt token's logprob given the ones before it; the first has none. ``logits``
+    holds the prompt's positions; the softmax is taken in float32, for all of them at once."""
+    import torch
+
+    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+    targets = torch.tensor(prompt_ids[1:], device=logprobs.device)
+    chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+    best_ids: list[list[int]] = [[] for _ in chosen]
+    best_values: list[list[float]] = [[] for _ in chosen]
+    if top and chosen:
+        best = logprobs.topk(top, dim=-1)
+        best_ids, best_values = best.indices.tolist(), best.values.tolist()
+    scores: list[TokenScore | None] = [None]
+    for i, token in enumerate(prompt_ids[1:]):
+        before = tuple(prompt_ids[max(0, i + 1 - CONTEXT_TOKENS) : i + 1])
+        scores.append(TokenScore(token, chosen[i], tuple(zip(best_ids[i], best_values[i], strict=True)), before))
+    return scores
 
 
 def _run_task(fn: Callable[[], Any], future: Future) -> None:

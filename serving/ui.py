@@ -71,7 +71,7 @@ def chat_stream(
         while True:
             kind, payload = events.get()
             if kind == "delta":
-                text += payload
+                text += payload.text
                 yield text, label
             elif kind == "done":
                 yield text, label
