@@ -97,11 +97,13 @@ class BodyLimit:
         await JSONResponse(body.model_dump(), status_code=413)(scope, receive, send)
 
 
-# What an inference key guards: the OpenAI routes, the metrics and the API's documentation. The
-# probes answer anyone (the platform's health checks carry no key); /admin/* has its own token;
-# the chat UI asks for a key at its own login.
+# What an inference key guards: the OpenAI routes, the tokenizer routes beside them, the metrics
+# and the API's documentation. The probes answer anyone (the platform's health checks carry no
+# key); /admin/* has its own token; the chat UI asks for a key at its own login.
 KEY_GUARDED_PREFIXES = ("/v1/",)
-KEY_GUARDED_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+KEY_GUARDED_PATHS = frozenset(
+    {"/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/tokenize", "/detokenize", "/tokenizer_info"}
+)
 
 
 class InferenceKeys:

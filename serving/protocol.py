@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 def valid_text(value: str) -> str:
@@ -25,8 +25,8 @@ class StreamOptions(BaseModel):
 
 
 class _Request(BaseModel):
-    # OpenAI clients send fields we do not use (user, n=1, logprobs=false …): accept and ignore
-    # them rather than fail a client that works against OpenAI.
+    # OpenAI clients send fields we do not use (user, n=1, presence_penalty=0 …): accept and
+    # ignore them rather than fail a client that works against OpenAI.
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
@@ -60,7 +60,10 @@ class _Request(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def token_budget(self, default: int) -> int:
-        return self.max_completion_tokens or self.max_tokens or default
+        for asked in (self.max_completion_tokens, self.max_tokens):
+            if asked is not None:  # 0 is an answer: score the prompt, generate nothing
+                return asked
+        return default
 
 
 class ChatMessage(BaseModel):
@@ -94,24 +97,74 @@ class ChatMessage(BaseModel):
         return "".join(parts)
 
 
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
+
+
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true as well")
+        return value
+
+
+PROMPT_FORMS = "a string, a list of strings, a list of token ids, or a list of lists of token ids"
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str]
+    # All four forms OpenAI's completions API takes; a list of them is a batch of prompts.
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=None, ge=0)
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("exactly one prompt is supported per request")
-        for text in [value] if isinstance(value, str) else value:
-            valid_text(text)
+    def _prompt_forms(cls, value: Any) -> Any:
+        """The four forms, with a message that says which part of which prompt is wrong
+        (the union's own errors list every form it tried)."""
+        if isinstance(value, str):
+            return valid_text(value)
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"must be {PROMPT_FORMS}, and not empty")
+        if all(isinstance(item, str) for item in value):
+            for index, text in enumerate(value):
+                try:
+                    valid_text(text)
+                except ValueError as exc:
+                    raise ValueError(f"prompt {index} {exc}") from None
+            return value
+        if all(isinstance(item, list) for item in value):
+            for index, ids in enumerate(value):
+                if not ids:
+                    raise ValueError(f"prompt {index} is an empty list of token ids")
+                _check_token_ids(ids, f"prompt {index}")
+            return value
+        if any(isinstance(item, (str, list)) for item in value):
+            raise ValueError(f"mixes forms: it must be {PROMPT_FORMS}")
+        _check_token_ids(value, "the prompt")
         return value
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per choice: a text or a list of token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]  # one prompt: a text or a list of ids
+        return list(self.prompt)  # type: ignore[arg-type]  # a list of texts or of id lists
+
+
+def _check_token_ids(ids: list[Any], what: str) -> None:
+    for position, token in enumerate(ids):
+        if not _is_token_id(token):
+            raise ValueError(f"{what} holds {token!r} at position {position}: token ids are integers from 0 up")
 
 
 class Usage(BaseModel):
@@ -136,11 +189,37 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """Chat completions' logprobs: one entry per generated token."""
+
+    content: list[TokenLogprob] | None
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape: parallel lists, one entry per token (prompt tokens too,
+    with echo; the first prompt token has no logprob)."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -162,7 +241,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -179,7 +258,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -215,6 +294,54 @@ class AdapterInfo(BaseModel):
     base_only: bool
     last_error: str | None
     draining: list[str]
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize, which evaluation harnesses use: a text or chat messages."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    # vLLM adds special tokens by default; here the default is what /v1/completions does
+    # with a text prompt, so the count is what a completion of that text is charged.
+    add_special_tokens: bool = False
+    return_token_strs: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _valid_prompt(cls, value: str | None) -> str | None:
+        return valid_text(value) if value is not None else None
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class TokenizerInfo(BaseModel):
+    tokenizer_class: str
+    model_max_length: int
+    vocab_size: int
+    eos_token: str | None
+    bos_token: str | None
+    pad_token: str | None
+    unk_token: str | None
+    chat_template: str | None
 
 
 class ErrorDetail(BaseModel):

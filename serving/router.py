@@ -1,10 +1,13 @@
-"""HTTP only: OpenAI-compatible routes, health, the adapter and its reload endpoint."""
+"""HTTP only: OpenAI-compatible routes, the tokenizer routes, health, the adapter and its reload
+endpoint."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,8 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from serving.adapters import Loaded
-from serving.engine import Engine, Job
+from serving.engine import Engine, Job, Piece
 from serving.keys import Key, KeyLimits
+from serving.logprobs import LegacyLogprobs, TokenTexts, chat_logprobs, merge
 from serving.protocol import (
     AdapterInfo,
     AssistantMessage,
@@ -22,16 +26,24 @@ from serving.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChoiceLogprobs,
     ChunkChoice,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     Delta,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorBody,
     ErrorDetail,
     FinishReason,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenizerInfo,
+    TokenLogprob,
     Usage,
     new_id,
     now,
@@ -179,48 +191,128 @@ async def reload_adapter(request: Request) -> JSONResponse:
 
 
 class _Bridge:
-    """Carries a job's events from the engine's thread to this request's event loop."""
+    """Carries the events of a request's jobs from the engine's thread to this request's event
+    loop, each tagged with its job's choice index."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
 
-    def emit(self, kind: str, payload: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+    def emitter(self, index: int) -> Callable[[str, Any], None]:
+        def emit(kind: str, payload: Any) -> None:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, kind, payload))
+
+        return emit
 
 
-def _admit(request: Request, body: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int]) -> tuple[Job, _Bridge, str]:
+@dataclass
+class _Prompt:
+    ids: list[int]
+    echo: str | None = None  # returned before the completion (echo: true)
+
+
+@dataclass
+class _Update:
+    """What one event adds to one choice: text, its logprobs, or its end."""
+
+    index: int
+    text: str = ""
+    logprobs: CompletionLogprobs | list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+
+
+class _Shaper:
+    """Turns a request's engine events into updates of its choices, in the request's shape:
+    legacy logprobs for completions (and the echoed prompt), the chat shape for chat."""
+
+    def __init__(self, engine: Engine, body: ChatCompletionRequest | CompletionRequest, prompts: list[_Prompt]) -> None:
+        self.prompts = prompts
+        self.texts = TokenTexts(engine.tokenizer)
+        self.chat_top: int | None = None
+        self.legacy: list[LegacyLogprobs] | None = None
+        # How many alternatives the engine scores per generated token (None: no scores), and
+        # per prompt token (None: the prompt is not scored).
+        self.top: int | None = None
+        self.prompt_top: int | None = None
+        if isinstance(body, ChatCompletionRequest):
+            if body.logprobs:
+                self.chat_top = self.top = body.top_logprobs or 0
+        elif body.logprobs is not None:
+            self.legacy = [LegacyLogprobs(self.texts) for _ in prompts]
+            self.top = body.logprobs
+            self.prompt_top = body.logprobs if body.echo else None
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+    def start(self) -> list[_Update]:
+        """The echoed prompts that wait for no scores: sent at once."""
+        if self.prompt_top is not None:
+            return []
+        return [_Update(i, text=p.echo) for i, p in enumerate(self.prompts) if p.echo is not None]
+
+    def update(self, index: int, kind: str, payload: Any) -> _Update:
+        if kind == "prompt":  # the prompt's scores (echo with logprobs), before any text
+            assert self.legacy is not None
+            prompt, legacy = self.prompts[index], self.legacy[index]
+            logprobs = legacy.prompt(prompt.ids, payload)
+            legacy.offset = len(prompt.echo or "")  # the completion's offsets follow the echoed text
+            return _Update(index, text=prompt.echo or "", logprobs=logprobs)
+        if kind == "delta":
+            piece: Piece = payload
+            scored: CompletionLogprobs | list[TokenLogprob] | None = None
+            if self.legacy is not None:
+                scored = self.legacy[index].piece(piece)
+            elif self.chat_top is not None:
+                scored = chat_logprobs(self.texts, piece, self.chat_top)
+            return _Update(index, text=piece.text, logprobs=scored)
+        if kind == "done":
+            reason, usage = payload
+            for name in self.usage:
+                self.usage[name] += usage[name]
+            return _Update(index, finish_reason=reason)
+        raise OpenAIError(500, payload, type_="server_error")
+
+
+def _admit(
+    request: Request, body: ChatCompletionRequest | CompletionRequest, prompts: list[_Prompt]
+) -> tuple[list[Job], _Bridge, _Shaper, str]:
     engine, settings = engine_of(request), settings_of(request)
     budget = min(body.token_budget(settings.max_tokens_default), settings.max_tokens_limit)
-    if len(prompt_ids) + budget > engine.context_length:
-        raise OpenAIError(
-            400,
-            f"the prompt is {len(prompt_ids)} tokens and max_tokens is {budget}: together they exceed "
-            f"the model's context of {engine.context_length} tokens; shorten the prompt or lower max_tokens",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
+    for index, prompt in enumerate(prompts):
+        if len(prompt.ids) + budget > engine.context_length:
+            which = "the prompt" if len(prompts) == 1 else f"prompt {index}"
+            raise OpenAIError(
+                400,
+                f"{which} is {len(prompt.ids)} tokens and max_tokens is {budget}: together they exceed "
+                f"the model's context of {engine.context_length} tokens; shorten the prompt or lower max_tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
     adapter: Loaded | None
     if body.model in (None, adapter_model_id(settings)):
-        adapter = engine.registry.acquire()
+        adapter = engine.registry.acquire(len(prompts))  # one version for all the request's prompts
     else:
         adapter = None  # the base model, asked for by name
     version = adapter.version if adapter is not None else "base"
-    bridge = _Bridge()
-    job = Job(
-        prompt_ids=prompt_ids,
-        max_new_tokens=budget,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_sequences,
-        seed=body.seed,
-        adapter=adapter,
-        emit=bridge.emit,
-        min_tokens=min(body.min_tokens, budget),
-    )
+    bridge, shaper = _Bridge(), _Shaper(engine, body, prompts)
+    jobs = [
+        Job(
+            prompt_ids=prompt.ids,
+            max_new_tokens=budget,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop_sequences,
+            seed=body.seed,
+            adapter=adapter,
+            emit=bridge.emitter(index),
+            min_tokens=min(body.min_tokens, budget),
+            logprobs=shaper.top,
+            prompt_logprobs=shaper.prompt_top,
+        )
+        for index, prompt in enumerate(prompts)
+    ]
     request.state.adapter_version = version
-    engine.submit(job)
-    return job, bridge, version
+    engine.submit(*jobs)
+    return jobs, bridge, shaper, version
 
 
 def _check_prompt_size(request: Request, size: int, param: str) -> None:
@@ -244,8 +336,8 @@ def _check_ready_and_model(request: Request, model: str | None) -> None:
 
 
 def _charger(request: Request) -> Callable[[dict[str, int]], None]:
-    """What to do with a generation's usage: count it against the request's inference key, if
-    it came with one (api keys on)."""
+    """What to do with a request's usage: count it against its inference key, if it came with
+    one (api keys on)."""
     key: Key | None = getattr(request.state, "inference_key", None)
     limits: KeyLimits | None = getattr(request.app.state, "key_limits", None)
     if key is None or limits is None:
@@ -253,108 +345,111 @@ def _charger(request: Request) -> Callable[[dict[str, int]], None]:
     return lambda usage: limits.charge(key, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
 
-async def _collect(bridge: _Bridge, job: Job, charge: Callable[[dict[str, int]], None]) -> tuple[str, FinishReason, dict[str, int]]:
-    parts: list[str] = []
+async def _updates(bridge: _Bridge, jobs: list[Job], shaper: _Shaper, keepalive: float | None = None) -> AsyncGenerator[_Update | None]:
+    """The request's updates until every choice has ended; None when ``keepalive`` seconds
+    pass without one. An engine error raises OpenAIError."""
     try:
-        while True:
-            kind, payload = await bridge.queue.get()
-            if kind == "delta":
-                parts.append(payload)
-            elif kind == "done":
-                reason, usage = payload
-                charge(usage)
-                return "".join(parts), reason, usage
-            else:
-                raise OpenAIError(500, payload, type_="server_error")
-    finally:
-        job.cancelled.set()  # harmless when done; stops generating when the client has gone
-
-
-async def _sse(
-    bridge: _Bridge, job: Job, settings: ServingSettings, make_chunk, include_usage: bool, charge: Callable[[dict[str, int]], None]
-) -> AsyncIterator[str]:
-    try:
-        first = make_chunk(role=True)
-        if first is not None:
-            yield f"data: {first}\n\n"
-        while True:
+        for update in shaper.start():
+            yield update
+        running = len(jobs)
+        while running:
             try:
-                kind, payload = await asyncio.wait_for(bridge.queue.get(), settings.keepalive_seconds)
+                index, kind, payload = await asyncio.wait_for(bridge.queue.get(), keepalive)
             except TimeoutError:
-                # A comment line keeps proxies (ACA's ingress closes idle ones at 240 s) open.
-                yield ": keep-alive\n\n"
+                yield None
                 continue
-            if kind == "delta":
-                yield f"data: {make_chunk(content=payload)}\n\n"
-            elif kind == "done":
-                reason, usage = payload
-                charge(usage)
-                yield f"data: {make_chunk(finish_reason=reason)}\n\n"
-                if include_usage:
-                    yield f"data: {make_chunk(usage=usage)}\n\n"
-                yield "data: [DONE]\n\n"
-                return
-            else:
-                error = ErrorBody(error=ErrorDetail(message=payload, type="server_error"))
-                yield f"data: {error.model_dump_json()}\n\n"
-                yield "data: [DONE]\n\n"
-                return
+            update = shaper.update(index, kind, payload)
+            running -= update.finish_reason is not None
+            yield update
     finally:
-        job.cancelled.set()
+        for job in jobs:
+            job.cancelled.set()  # harmless when done; stops generating when the client has gone
 
 
-async def _respond(request: Request, body: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int]):
-    """Admit the job, then answer as one JSON document or as an SSE stream, in the chat or the
+class _Choice:
+    """One choice, gathered for a whole (not streamed) answer."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.legacy: list[CompletionLogprobs] = []
+        self.chat: list[TokenLogprob] = []
+        self.reason: FinishReason = "length"
+
+    def add(self, update: _Update) -> None:
+        self.text.append(update.text)
+        if isinstance(update.logprobs, CompletionLogprobs):
+            self.legacy.append(update.logprobs)
+        elif update.logprobs is not None:
+            self.chat += update.logprobs
+        if update.finish_reason is not None:
+            self.reason = update.finish_reason
+
+
+async def _respond(request: Request, body: ChatCompletionRequest | CompletionRequest, prompts: list[_Prompt]):
+    """Admit the jobs, then answer as one JSON document or as an SSE stream, in the chat or the
     text-completion shape depending on the request."""
     settings = settings_of(request)
-    job, bridge, version = _admit(request, body, prompt_ids)
+    jobs, bridge, shaper, version = _admit(request, body, prompts)
     chat = isinstance(body, ChatCompletionRequest)
     ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
     model_name, system_fingerprint = body.model or adapter_model_id(settings), fingerprint(version)
     headers = {"x-adapter-version": version}
+    charge = _charger(request)
     if body.stream:
-
-        def chunk(
-            role: bool = False, content: str | None = None, finish_reason: FinishReason | None = None, usage: dict | None = None
-        ) -> str | None:
-            usage_model = Usage(**usage) if usage else None
-            document: ChatCompletionChunk | Completion
-            if chat:
-                delta = Delta(role="assistant", content="") if role else Delta(content=content)
-                document = ChatCompletionChunk(
-                    id=ident,
-                    created=created,
-                    model=model_name,
-                    system_fingerprint=system_fingerprint,
-                    choices=[] if usage else [ChunkChoice(delta=delta, finish_reason=finish_reason)],
-                    usage=usage_model,
-                )
-            elif role:
-                return None  # text completions have no role chunk
-            else:
-                document = Completion(
-                    id=ident,
-                    created=created,
-                    model=model_name,
-                    system_fingerprint=system_fingerprint,
-                    choices=[] if usage else [CompletionChoice(text=content or "", finish_reason=finish_reason)],
-                    usage=usage_model,
-                )
-            return document.model_dump_json(exclude_none=usage is None)
-
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = _sse(bridge, job, settings, chunk, include_usage, _charger(request))
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-    text, reason, usage = await _collect(bridge, job, _charger(request))
+
+        def document(choices: list, usage: Usage | None = None) -> str:
+            kind = ChatCompletionChunk if chat else Completion
+            chunk = kind(id=ident, created=created, model=model_name, system_fingerprint=system_fingerprint, choices=choices, usage=usage)
+            return chunk.model_dump_json(exclude_none=usage is None)
+
+        def chunk_choice(update: _Update) -> ChunkChoice | CompletionChoice:
+            if chat:
+                scored = ChoiceLogprobs(content=update.logprobs) if isinstance(update.logprobs, list) else None
+                content = None if update.finish_reason else update.text
+                return ChunkChoice(index=update.index, delta=Delta(content=content), finish_reason=update.finish_reason, logprobs=scored)
+            legacy = update.logprobs if isinstance(update.logprobs, CompletionLogprobs) else None
+            return CompletionChoice(index=update.index, text=update.text, finish_reason=update.finish_reason, logprobs=legacy)
+
+        async def stream() -> AsyncIterator[str]:
+            if chat:
+                yield f"data: {document([ChunkChoice(delta=Delta(role='assistant', content=''))])}\n\n"
+            try:
+                async with aclosing(_updates(bridge, jobs, shaper, settings.keepalive_seconds)) as updates:
+                    async for update in updates:
+                        if update is None:
+                            # A comment line keeps proxies (ACA's ingress closes idle ones at 240 s) open.
+                            yield ": keep-alive\n\n"
+                        elif update.text or update.logprobs or update.finish_reason:
+                            yield f"data: {document([chunk_choice(update)])}\n\n"
+            except OpenAIError as exc:
+                yield f"data: {exc.body.model_dump_json()}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            charge(shaper.usage)
+            if include_usage:
+                yield f"data: {document([], Usage(**shaper.usage))}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+    choices = [_Choice() for _ in prompts]
+    async with aclosing(_updates(bridge, jobs, shaper)) as updates:
+        async for update in updates:
+            if update is not None:
+                choices[update.index].add(update)
+    charge(shaper.usage)
     answer: ChatCompletion | Completion
     if chat:
+        (choice,) = choices
+        scored = ChoiceLogprobs(content=choice.chat) if shaper.chat_top is not None else None
+        message = AssistantMessage(content="".join(choice.text))
         answer = ChatCompletion(
             id=ident,
             created=created,
             model=model_name,
             system_fingerprint=system_fingerprint,
-            choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],
-            usage=Usage(**usage),
+            choices=[ChatChoice(message=message, finish_reason=choice.reason, logprobs=scored)],
+            usage=Usage(**shaper.usage),
         )
     else:
         answer = Completion(
@@ -362,8 +457,16 @@ async def _respond(request: Request, body: ChatCompletionRequest | CompletionReq
             created=created,
             model=model_name,
             system_fingerprint=system_fingerprint,
-            choices=[CompletionChoice(text=text, finish_reason=reason)],
-            usage=Usage(**usage),
+            choices=[
+                CompletionChoice(
+                    index=index,
+                    text="".join(choice.text),
+                    finish_reason=choice.reason,
+                    logprobs=merge(choice.legacy) if shaper.legacy is not None else None,
+                )
+                for index, choice in enumerate(choices)
+            ],
+            usage=Usage(**shaper.usage),
         )
     return JSONResponse(answer.model_dump(), headers=headers)
 
@@ -377,14 +480,100 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         raise OpenAIError(400, str(exc), param="messages") from exc
     _check_prompt_size(request, sum(len(m["content"].encode()) for m in messages), "messages")
     prompt_ids = await run_in_threadpool(engine_of(request).chat_prompt, messages)
-    return await _respond(request, body, prompt_ids)
+    return await _respond(request, body, [_Prompt(prompt_ids)])
 
 
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request):
     _check_ready_and_model(request, body.model)
-    _check_prompt_size(request, len(body.prompt_text().encode()), "prompt")
-    prompt_ids = await run_in_threadpool(engine_of(request).encode, body.prompt_text())
-    if not prompt_ids:
-        raise OpenAIError(400, "the prompt is empty", param="prompt")
-    return await _respond(request, body, prompt_ids)
+    engine, settings = engine_of(request), settings_of(request)
+    given = body.prompts()
+    if len(given) > settings.max_prompts_per_request:
+        raise OpenAIError(
+            400,
+            f"the request holds {len(given)} prompts, more than the {settings.max_prompts_per_request} this server takes "
+            "in one request (LORAPLANE_MAX_PROMPTS_PER_REQUEST); send them in several",
+            param="prompt",
+        )
+    _check_prompt_size(request, sum(len(p.encode()) for p in given if isinstance(p, str)), "prompt")
+    prompts = await run_in_threadpool(_prompts_of, engine, given, body.echo)
+    return await _respond(request, body, prompts)
+
+
+def _prompts_of(engine: Engine, given: list[str | list[int]], echo: bool) -> list[_Prompt]:
+    """Texts tokenized, token ids checked against the vocabulary; each with its echo."""
+    prompts = []
+    for index, prompt in enumerate(given):
+        which = "the prompt" if len(given) == 1 else f"prompt {index}"
+        if isinstance(prompt, str):
+            ids = engine.encode(prompt)
+            if not ids:
+                raise OpenAIError(400, f"{which} is empty", param="prompt")
+            prompts.append(_Prompt(ids, prompt if echo else None))
+            continue
+        bad = next(((position, token) for position, token in enumerate(prompt) if token >= engine.vocab_size), None)
+        if bad is not None:
+            raise OpenAIError(
+                400,
+                f"{which} holds token id {bad[1]} at position {bad[0]}, outside the model's vocabulary (ids 0 to {engine.vocab_size - 1})",
+                param="prompt",
+            )
+        prompts.append(_Prompt(prompt, engine.tokenizer.decode(prompt, skip_special_tokens=False) if echo else None))
+    return prompts
+
+
+# --------------------------------------------------------------------------- tokenizer
+# vLLM's tokenizer routes, which evaluation harnesses use to count and cut prompts in the
+# model's own tokens (lm-eval's local-completions looks for them first).
+
+
+def _tokenizer_of(request: Request) -> Any:
+    engine = engine_of(request)
+    if engine.tokenizer is None:
+        raise OpenAIError(503, f"not ready: {readiness(engine)[1]}", type_="server_error", code="not_ready")
+    return engine.tokenizer
+
+
+@router.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    _tokenizer_of(request)
+    engine = engine_of(request)
+    if (body.prompt is None) == (body.messages is None):
+        raise OpenAIError(400, "give either prompt (a text) or messages (a chat), one of them", param="prompt")
+    if body.prompt is not None:
+        _check_prompt_size(request, len(body.prompt.encode()), "prompt")
+        ids = await run_in_threadpool(engine.encode, body.prompt, add_special_tokens=body.add_special_tokens)
+    else:
+        try:
+            messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages or []]
+        except ValueError as exc:
+            raise OpenAIError(400, str(exc), param="messages") from exc
+        _check_prompt_size(request, sum(len(m["content"].encode()) for m in messages), "messages")
+        ids = await run_in_threadpool(engine.chat_prompt, messages)
+    strings = TokenTexts(engine.tokenizer).prompt(ids) if body.return_token_strs else None
+    return TokenizeResponse(count=len(ids), max_model_len=engine.context_length, tokens=ids, token_strs=strings)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    tokenizer, engine = _tokenizer_of(request), engine_of(request)
+    bad = next((token for token in body.tokens if not 0 <= token < engine.vocab_size), None)
+    if bad is not None:
+        raise OpenAIError(400, f"token id {bad} is outside the model's vocabulary (ids 0 to {engine.vocab_size - 1})", param="tokens")
+    return DetokenizeResponse(prompt=tokenizer.decode(body.tokens, skip_special_tokens=False))
+
+
+@router.get("/tokenizer_info", response_model=TokenizerInfo)
+def tokenizer_info(request: Request) -> TokenizerInfo:
+    tokenizer, engine = _tokenizer_of(request), engine_of(request)
+    template = getattr(tokenizer, "chat_template", None)
+    return TokenizerInfo(
+        tokenizer_class=type(tokenizer).__name__,
+        model_max_length=engine.context_length,
+        vocab_size=engine.vocab_size,
+        eos_token=tokenizer.eos_token,
+        bos_token=tokenizer.bos_token,
+        pad_token=tokenizer.pad_token,
+        unk_token=tokenizer.unk_token,
+        chat_template=template if isinstance(template, str) else None,
+    )

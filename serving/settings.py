@@ -54,6 +54,9 @@ class ServingSettings(BaseSettings):
     # text (400 past it, before it is tokenized: a tokenizer on 10 MB costs seconds of CPU).
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_prompt_bytes: int = Field(default=512 * 1024, ge=1)
+    # Prompts in one completions request (a list is a batch, one choice each): harnesses send
+    # a few; a cap keeps one request from filling the queue ahead of everyone else.
+    max_prompts_per_request: int = Field(default=128, ge=1)
     ui: bool = True
     deployment: str | None = None  # the loraplane deployment this app serves, for names
 

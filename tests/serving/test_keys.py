@@ -39,11 +39,13 @@ def test_without_a_valid_key_every_route_but_the_probes_is_401_in_openais_shape(
     write_keys(tiny_share, entry("web", "lpk_web-secret"))
     app = serve_app(tiny_share, api_keys_file=KEYS_FILE, admin_token="the-admin-token")
     with app.client() as client:
-        for path in ("/v1/models", "/v1/adapter", "/metrics", "/docs", "/openapi.json"):
+        for path in ("/v1/models", "/v1/adapter", "/metrics", "/docs", "/openapi.json", "/tokenizer_info"):
             refused = client.get(path)
             assert refused.status_code == 401, path
             assert refused.json()["error"]["code"] == "invalid_api_key"
         assert client.post(CHAT, json=HELLO).status_code == 401
+        assert client.post("/tokenize", json={"prompt": "Hello"}).status_code == 401
+        assert client.post("/detokenize", json={"tokens": [1]}).status_code == 401
         wrong = client.post(CHAT, json=HELLO, headers={"Authorization": "Bearer lpk_mistyped"})
         assert wrong.status_code == 401 and "revoked or mistyped" in wrong.json()["error"]["message"]
         # The admin token opens the admin endpoints and nothing else: it is never an inference key.
