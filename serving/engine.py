@@ -186,13 +186,13 @@ class Engine:
         model.eval()
         self.tokenizer, self.base = tokenizer, model
         self.context_length = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
-        # Ids a prompt may hold: known to the tokenizer and inside the embedding (which may be
-        # padded past the vocabulary, or a tokenizer may know more tokens than the model).
         # transformers 5.2x renamed the KV cache from ``past_key_values`` to ``cache`` (the old
         # name warns); models on older releases, or with their own code, know only the old one.
         parameters = inspect.signature(model.forward).parameters
         self._cache_name = "cache" if "cache" in parameters else "past_key_values"
         self._trims_logits = "logits_to_keep" in parameters
+        # Ids a prompt may hold: known to the tokenizer and inside the embedding (which may be
+        # padded past the vocabulary, or a tokenizer may know more tokens than the model).
         embedding: Any = model.get_input_embeddings()
         self.vocab_size = min(len(tokenizer), int(embedding.num_embeddings))
         self.model_name = str(getattr(model.config, "_name_or_path", "") or model_dir.name)
@@ -548,13 +548,16 @@ class _Rows:
         end within it, or, at the end, all that start within it."""
         tokens: list[tuple[str, TokenScore]] = []
         if job.logprobs is not None:
+            start = last_start = job.ends[job.flushed - 1] if job.flushed else 0
             while job.flushed < len(job.scores):
-                i = job.flushed
-                start = job.ends[i - 1] if i else 0
-                if not (job.ends[i] <= len(text) or (final and start < len(text))):
+                end = job.ends[job.flushed]
+                if not (end <= len(text) or (final and start < len(text))):
                     break
-                tokens.append((text[start : min(job.ends[i], len(text))], job.scores[i]))
+                tokens.append((text[start : min(end, len(text))], job.scores[job.flushed]))
                 job.flushed += 1
+                last_start, start = start, end
+            if final and tokens:  # the last token takes what is left (a trailing \ufffd, say)
+                tokens[-1] = (text[last_start:], tokens[-1][1])
         if len(text) > job.sent or tokens:
             job.emit("delta", Piece(text[job.sent :], tokens))
             job.sent = max(job.sent, len(text))

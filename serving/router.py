@@ -358,7 +358,10 @@ async def _updates(bridge: _Bridge, jobs: list[Job], shaper: _Shaper, keepalive:
             except TimeoutError:
                 yield None
                 continue
-            update = shaper.update(index, kind, payload)
+            if kind == "prompt":  # a whole prompt's token texts: decoded off the event loop
+                update = await run_in_threadpool(shaper.update, index, kind, payload)
+            else:
+                update = shaper.update(index, kind, payload)
             running -= update.finish_reason is not None
             yield update
     finally:
