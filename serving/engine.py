@@ -1,10 +1,10 @@
 """The model, its adapters, and batched generation.
 
 One worker thread owns the model. It loads it, then runs, in turn, queued model changes
-(loading or unloading an adapter) and batches of generation jobs. A batch holds jobs admitted
-on the same adapter version (up to ``max_batch_size``), decoded together by one prefill pass and
-then one pass per token, with per-row sampling, stopping, scoring and streaming, so concurrent
-clients share the forward passes.
+(loading or unloading an adapter) and decode steps. Scheduling is iteration-level: at each
+step, finished rows leave the batch, waiting jobs (up to ``max_batch_size`` rows in all) are
+prefilled and join, and every row decodes one token, each on the adapter version it was
+admitted with (``serving.decode``), so a model change waits one step, not one batch.
 """
 
 from __future__ import annotations
@@ -12,14 +12,11 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -32,35 +29,10 @@ from serving.adapters import (
     Loaded,
     peft_name,
 )
+from serving.decode import Batch, Job, Rows, prompt_scores
 from serving.settings import ServingSettings
 
 log = logging.getLogger("loraplane.serving")
-
-# ("prompt", [TokenScore | None]) | ("delta", Piece) | ("done", (finish_reason, usage)) | ("error", message)
-Emit = Callable[[str, Any], None]
-
-# How many tokens before a scored one travel with it: enough to decode an alternative token in
-# context (a byte-level piece, a leading space) without decoding the whole text again.
-CONTEXT_TOKENS = 4
-
-
-@dataclass(frozen=True)
-class TokenScore:
-    """A token's logprob under the model, and the ``top`` most likely tokens in its place."""
-
-    token: int
-    logprob: float
-    top: tuple[tuple[int, float], ...]  # (token id, logprob), most likely first
-    before: tuple[int, ...]  # the tokens just before it
-
-
-@dataclass(frozen=True)
-class Piece:
-    """New text of a generation, with the scored tokens it completes (when logprobs were
-    asked for): each token's share of the text and its score."""
-
-    text: str
-    tokens: list[tuple[str, TokenScore]]
 
 
 class EngineMetrics:
@@ -68,7 +40,7 @@ class EngineMetrics:
         self.registry = CollectorRegistry()
         self.batch_size = Histogram(
             "loraplane_serving_batch_size",
-            "Jobs decoded together in one batch",
+            "Rows in one forward pass (a prefill's newcomers, or a decode step's batch)",
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
             registry=self.registry,
         )
@@ -76,29 +48,17 @@ class EngineMetrics:
         self.requests = Counter("loraplane_serving_generations", "Generations finished, by how", ["finish"], registry=self.registry)
         self.forward_passes = Counter("loraplane_serving_forward_passes", "Forward passes of the model", registry=self.registry)
         self.waiting = Gauge("loraplane_serving_waiting_jobs", "Jobs admitted and not yet in a batch", registry=self.registry)
+        self.queue_seconds = Histogram(
+            "loraplane_serving_queue_seconds",
+            "Time from admission to prefill",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.refused = Counter("loraplane_serving_queue_full", "Requests refused with 429: the queue was full", registry=self.registry)
 
 
-@dataclass
-class Job:
-    prompt_ids: list[int]
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    stop: list[str]
-    seed: int | None
-    adapter: Loaded | None
-    emit: Emit
-    min_tokens: int = 0
-    logprobs: int | None = None  # score each generated token, with this many alternatives
-    prompt_logprobs: int | None = None  # score the prompt's tokens, with this many alternatives
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    generated: list[int] = field(default_factory=list)
-    sent: int = 0  # characters of the decoded text already emitted
-    scores: list[TokenScore] = field(default_factory=list)  # of the generated tokens
-    ends: list[int] = field(default_factory=list)  # where each generated token's text ends
-    flushed: int = 0  # scores already emitted
-    done: bool = False  # no more tokens for this job
-    closed: bool = False  # its end was emitted and its adapter released
+class QueueFull(Exception):
+    """The queue holds ``max_queued_jobs`` already: the request should come back later."""
 
 
 class Engine:
@@ -116,6 +76,7 @@ class Engine:
         self.model_name = settings.model_dir.name
         self.load_error: str | None = None
         self._jobs: deque[Job] = deque()
+        self._batch = Batch()  # the rows decoding now: only the worker thread touches it
         self._tasks: deque[tuple[Callable[[], Any], Future]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -137,8 +98,12 @@ class Engine:
             self._thread.join(timeout=30)
 
     def submit(self, *jobs: Job) -> None:
-        """Queue jobs together: a request's prompts reach the batcher at once."""
+        """Queue jobs together: a request's prompts reach the batcher at once. Raises
+        QueueFull past ``max_queued_jobs`` (a request is always taken by an empty queue)."""
         with self._cond:
+            if self._jobs and len(self._jobs) + len(jobs) > self.settings.max_queued_jobs:
+                self.metrics.refused.inc()
+                raise QueueFull(f"{len(self._jobs)} jobs are waiting, the most this server queues (LORAPLANE_MAX_QUEUED_JOBS)")
             self._jobs.extend(jobs)
             self.metrics.waiting.set(len(self._jobs))
             self._cond.notify()
@@ -288,134 +253,156 @@ class Engine:
                 with self._cond:
                     self._cond.wait(self.settings.watch_interval_seconds)
         self.loaded.set()
+        if self.base is None:  # stopped before the model ever loaded
+            with self._cond:
+                self._fail_pending("the server is shutting down")
+            return
+        rows = Rows(self.tokenizer, set(self._eos_ids()), self.device, self._finish)
         while True:
             with self._cond:
-                while not self._stopping and not self._tasks and not self._jobs:
+                while not self._stopping and not self._tasks and not self._jobs and not self._batch:
                     self._cond.wait()
                 if self._stopping:
                     self._fail_pending("the server is shutting down")
                     return
+                # Model changes first: between two decode steps is the only time the model changes.
                 task = self._tasks.popleft() if self._tasks else None
-                batch = [] if task else self._take_batch()
+                newcomers = [] if task else self._take_newcomers()
             if task is not None:
                 _run_task(*task)
                 continue
             try:
-                self.metrics.batch_size.observe(len(batch))
-                self._generate(batch)
+                self._step(rows, newcomers)
             except Exception as exc:
                 log.exception("generation failed")
-                for job in batch:
+                for job in [*self._batch.jobs, *newcomers]:
                     self._finish(job, None, error=f"generation failed: {type(exc).__name__}: {exc}")
+                self._batch = Batch()
 
-    def between_steps(self, batch_adapter: Loaded | None) -> None:
-        """Called between decode steps: run queued model changes now, rather than after a
-        long batch, so a new adapter serves new requests while old ones finish. Only when
-        the batch runs on an adapter: wrapping the base model mid-batch is not safe."""
-        if self.peft is None or batch_adapter is None or batch_adapter.peft_name is None:
-            return
-        import torch
-
-        while True:
-            with self._cond:
-                if not self._tasks:
-                    return
-                task = self._tasks.popleft()
-            # Decoding runs under inference_mode; weights loaded under it would be inference
-            # tensors that PEFT cannot use later, so step out of it for the change.
-            with torch.inference_mode(False), torch.no_grad():
-                _run_task(*task)
-                self.peft.set_adapter(batch_adapter.peft_name)  # the batch keeps its adapter
-
-    def _take_batch(self) -> list[Job]:
-        """Called with the lock held: the oldest job and up to max_batch_size - 1 more on its
-        adapter, waiting a moment for company when the batch is not full."""
-        limit = self.settings.max_batch_size
+    def _take_newcomers(self) -> list[Job]:
+        """Called with the lock held: the jobs that join the batch at this step, oldest first,
+        as many as it has room for (static batching: only once it has emptied). With the
+        batch empty, wait a moment for company when the queue is short."""
+        limit = self.settings.max_batch_size - len(self._batch)
+        if limit <= 0 or (self.settings.batching == "static" and self._batch):
+            return []
         wait = self.settings.batch_wait_ms / 1000
-        if wait > 0 and len(self._jobs) < limit:
+        if not self._batch and wait > 0 and len(self._jobs) < limit:
             deadline = time.monotonic() + wait
-            while len(self._jobs) < limit and not self._stopping:
+            while len(self._jobs) < limit and not self._stopping and not self._tasks:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-        first = self._jobs[0]
-        batch = [job for job in self._jobs if job.adapter is first.adapter][:limit]
-        for job in batch:
-            self._jobs.remove(job)
+        newcomers = [self._jobs.popleft() for _ in range(min(limit, len(self._jobs)))]
+        now = time.monotonic()
+        for job in newcomers:
+            self.metrics.queue_seconds.observe(now - job.queued_at)
         self.metrics.waiting.set(len(self._jobs))
-        return batch
+        return newcomers
 
     def _fail_pending(self, message: str) -> None:
         while self._jobs:
             self._finish(self._jobs.popleft(), None, error=message)
         self.metrics.waiting.set(0)
+        for job in self._batch.jobs:
+            self._finish(job, None, error=message)
+        self._batch = Batch()
         while self._tasks:
             self._tasks.popleft()[1].set_exception(RuntimeError(message))
 
-    def _generate(self, batch: list[Job]) -> None:
+    def _step(self, rows: Rows, newcomers: list[Job]) -> None:
+        """One iteration: finished and cancelled rows leave, newcomers are prefilled (their
+        first token chosen) and join, then every row decodes one token."""
         import torch
 
-        for job in batch:
-            if job.cancelled.is_set():  # the client left while it waited
+        with torch.inference_mode():
+            self._leave()
+            for job in newcomers:
+                if job.cancelled.is_set():  # the client left while it waited
+                    self._finish(job, None)
+            newcomers = [job for job in newcomers if not job.done]
+            if newcomers:
+                self._prefill(rows, newcomers)
+            if self._batch:
+                self._decode(rows)
+                self._leave()
+
+    def _leave(self) -> None:
+        for job in self._batch.jobs:
+            if job.cancelled.is_set():
                 self._finish(job, None)
-        batch = [job for job in batch if not job.done]
-        if not batch:
-            return
-        adapter = batch[0].adapter
-        context = nullcontext()
-        model = self.peft if self.peft is not None else self.base
-        if self.peft is not None:
-            if adapter is None or adapter.peft_name is None:
-                context = self.peft.disable_adapter()
-            else:
-                self.peft.set_adapter(adapter.peft_name)
-        with context, torch.inference_mode():
-            self._decode(model, batch)
-        for job in batch:
-            self._finish(job, "length")  # a no-op for jobs already closed
+        self._batch.keep([i for i, job in enumerate(self._batch.jobs) if not job.done])
 
-    def _decode(self, model: Any, batch: list[Job]) -> None:
-        """Our own loop rather than ``generate``: one prefill pass over the left-padded prompts
-        (which also scores the prompt tokens of the rows that ask, so scoring a prompt costs
-        that one pass), then one pass per generated token for the whole batch."""
+    def _prefill(self, rows: Rows, jobs: list[Job]) -> None:
+        """One pass over the newcomers' left-padded prompts: it scores the prompt tokens of the
+        rows that ask (so scoring a prompt costs this pass and no other) and chooses each
+        one's first token; the rows still going join the batch."""
         import torch
+        from transformers import DynamicCache
 
         pad = self.tokenizer.pad_token_id
-        width = max(len(job.prompt_ids) for job in batch)
-        input_ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in batch], device=self.device)
-        attention = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in batch], device=self.device)
+        width = max(len(job.prompt_ids) for job in jobs)
+        input_ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in jobs], device=self.device)
+        attention = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in jobs], device=self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         # Logits only where they are read: the last position, or the whole prompt of the
         # longest row that wants its prompt scored (rows are left-padded, so that covers all).
-        keep = max([1] + [len(job.prompt_ids) for job in batch if job.prompt_logprobs is not None])
-        cache_name = self._cache_name
-        trim = {"logits_to_keep": keep} if self._trims_logits else {}  # else every position's logits come back
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **trim)
+        keep = max([1] + [len(job.prompt_ids) for job in jobs if job.prompt_logprobs is not None])
+        extra: dict[str, Any] = {"logits_to_keep": keep} if self._trims_logits else {}
+        # A cache of plain layers (not the model's sliding-window ones), which rows can join.
+        extra[self._cache_name] = DynamicCache()
+        out = self._forward(jobs, input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **extra)
         keep = out.logits.shape[1]
-        self.metrics.forward_passes.inc()
-        for row, job in enumerate(batch):
+        for row, job in enumerate(jobs):
+            rows.start(job)
             if job.prompt_logprobs is not None:
                 first = keep - len(job.prompt_ids)  # the row's first token, in the kept positions
-                job.emit("prompt", _prompt_scores(out.logits[row, first:], job.prompt_ids, job.prompt_logprobs))
-        rows = _Rows(self, batch)
-        for job in batch:
+                job.emit("prompt", prompt_scores(out.logits[row, first:], job.prompt_ids, job.prompt_logprobs))
             if job.max_new_tokens == 0:  # scored, nothing to generate
                 self._finish(job, "length")
-        # A copy: a view would keep the whole prefill's logits alive through the decode.
-        logits, cache = out.logits[:, -1, :].clone(), getattr(out, cache_name)
-        del out
-        while True:
-            tokens = rows.step(logits)
-            if all(job.done for job in batch):
-                return
-            self.between_steps(batch[0].adapter)
-            attention = torch.cat([attention, attention.new_ones((len(batch), 1))], dim=1)
-            positions = positions[:, -1:] + 1
-            step_ids = torch.tensor(tokens, device=self.device)[:, None]
-            out = model(input_ids=step_ids, attention_mask=attention, position_ids=positions, use_cache=True, **{cache_name: cache})
-            self.metrics.forward_passes.inc()
-            logits, cache = out.logits[:, -1, :], getattr(out, cache_name)
+            else:
+                rows.choose(job, out.logits[row, -1])
+        going = [row for row, job in enumerate(jobs) if not job.done]
+        if going:
+            cache = getattr(out, self._cache_name)
+            if len(going) < len(jobs):
+                cache.batch_select_indices(torch.tensor(going, device=self.device))
+            self._batch.join([jobs[row] for row in going], cache, attention[going])
+
+    def _decode(self, rows: Rows) -> None:
+        """One pass for the whole batch: each row feeds the token it chose last and chooses
+        the next."""
+        import torch
+
+        batch = self._batch
+        step_ids = torch.tensor([[job.next_token] for job in batch.jobs], device=self.device)
+        positions = torch.tensor([[job.position] for job in batch.jobs], device=self.device)
+        batch.attention = torch.cat([batch.attention, batch.attention.new_ones((len(batch), 1))], dim=1)
+        extra = {self._cache_name: batch.cache}
+        out = self._forward(batch.jobs, input_ids=step_ids, attention_mask=batch.attention, position_ids=positions, use_cache=True, **extra)
+        batch.cache = getattr(out, self._cache_name)
+        for row, job in enumerate(batch.jobs):
+            job.position += 1
+            rows.choose(job, out.logits[row, -1])
+
+    def _forward(self, jobs: list[Job], **inputs: Any) -> Any:
+        """The model on these rows, each on its own adapter: one adapter (or none) for all of
+        them is the plain path; a mix goes through PEFT's per-row ``adapter_names``."""
+        self.metrics.forward_passes.inc()
+        self.metrics.batch_size.observe(len(jobs))
+        if self.peft is None:
+            return self.base(**inputs)
+        names = {job.peft_name for job in jobs}
+        if len(names) > 1:
+            return self.peft(**inputs, adapter_names=[job.peft_name or "__base__" for job in jobs])
+        (name,) = names
+        if name is None:
+            with self.peft.disable_adapter():
+                return self.peft(**inputs)
+        if self.peft.active_adapter != name:
+            self.peft.set_adapter(name)
+        return self.peft(**inputs)
 
     def _eos_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -423,16 +410,20 @@ class Engine:
         ids |= set(configured) if isinstance(configured, list) else {configured}
         return sorted(i for i in ids if i is not None)
 
+    def release(self, job: Job) -> None:
+        """Let go of the adapter version a job held (unloading it once drained)."""
+        if job.adapter is not None:
+            drained = self.registry.release(job.adapter)
+            if drained is not None:
+                self.call(lambda: self._unload(drained))
+
     def _finish(self, job: Job, reason: str | None, *, error: str | None = None) -> None:
         """Close a job once: emit its end, release its adapter (unloading a drained one)."""
         job.done = True
         if job.closed:
             return
         job.closed = True
-        if job.adapter is not None:
-            drained = self.registry.release(job.adapter)
-            if drained is not None:
-                self.call(lambda: self._unload(drained))
+        self.release(job)
         self.metrics.tokens.inc(len(job.generated))
         self.metrics.requests.labels("error" if error else (reason or "cancelled")).inc()
         if error is not None:
@@ -459,146 +450,11 @@ class Engine:
         return self.encode(text)
 
 
-class _Rows:
-    """Per-row sampling, stopping, scoring and streaming for one batch."""
-
-    def __init__(self, engine: Engine, jobs: list[Job]) -> None:
-        import torch
-
-        self.engine, self.jobs = engine, jobs
-        self.eos = set(engine._eos_ids())
-        self.pad = engine.tokenizer.pad_token_id
-        self.generators = []
-        for job in jobs:
-            generator = torch.Generator(device=engine.device)
-            generator.manual_seed(job.seed if job.seed is not None else random.getrandbits(63))
-            self.generators.append(generator)
-        self.longest_stop = max((len(s) for job in jobs for s in job.stop), default=0)
-
-    def step(self, logits) -> list[int]:
-        """Choose each row's next token from its logits, emit what it completes, and return
-        the tokens to feed the next pass (a finished row gets padding, which no one reads)."""
-        import torch
-
-        fed = []
-        for row, job in enumerate(self.jobs):
-            if job.done:
-                fed.append(self.pad)
-                continue
-            if job.cancelled.is_set():
-                self.engine._finish(job, None)
-                fed.append(self.pad)
-                continue
-            raw = logits[row].float()
-            scores = raw
-            if len(job.generated) < job.min_tokens:
-                scores = raw.clone()
-                scores[list(self.eos)] = float("-inf")
-            if job.temperature == 0:
-                token = int(torch.argmax(scores))
-            else:
-                probs = torch.softmax(scores / job.temperature, dim=-1)
-                if job.top_p < 1.0:
-                    ordered, order = torch.sort(probs, descending=True)
-                    keep = torch.cumsum(ordered, dim=-1) - ordered < job.top_p
-                    probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
-                token = int(torch.multinomial(probs, 1, generator=self.generators[row]))
-            fed.append(token)
-            if job.logprobs is not None:  # the model's own distribution, before sampling's changes
-                before = (job.prompt_ids + job.generated)[-CONTEXT_TOKENS:]
-                job.scores.append(_score(torch.log_softmax(raw, dim=-1), token, job.logprobs, before))
-            self._advance(job, token)
-        return fed
-
-    def _advance(self, job: Job, token: int) -> None:
-        if token in self.eos:
-            # Its score still counts (harnesses read the last token's logprob), though the
-            # text leaves it out.
-            eos_score = job.scores.pop() if job.logprobs is not None else None
-            self._flush(job, self._text(job), final=True)
-            if eos_score is not None:
-                name = self.engine.tokenizer.decode([token], skip_special_tokens=False)
-                job.emit("delta", Piece("", [(name, eos_score)]))
-            self.engine._finish(job, "stop")
-            return
-        job.generated.append(token)
-        text = self._text(job)
-        previous = job.ends[-1] if job.ends else 0
-        job.ends.append(max(previous, len(text.rstrip("\ufffd"))))
-        cut = _first_stop(text, job.stop, max(0, job.sent - self.longest_stop))
-        if cut is not None:
-            self._flush(job, text[:cut], final=True)
-            self.engine._finish(job, "stop")
-        elif len(job.generated) >= job.max_new_tokens:
-            self._flush(job, text, final=True)
-            self.engine._finish(job, "length")
-        else:
-            # Hold back what may be half a character or the start of a stop sequence.
-            safe = len(text.rstrip("\ufffd"))
-            if job.stop:
-                safe = min(safe, max(job.sent, len(text) - self.longest_stop + 1))
-            self._flush(job, text[:safe])
-
-    def _text(self, job: Job) -> str:
-        return self.engine.tokenizer.decode(job.generated, skip_special_tokens=True)
-
-    @staticmethod
-    def _flush(job: Job, text: str, *, final: bool = False) -> None:
-        """Emit the text past what was sent, with the scored tokens it completes: those that
-        end within it, or, at the end, all that start within it."""
-        tokens: list[tuple[str, TokenScore]] = []
-        if job.logprobs is not None:
-            start = last_start = job.ends[job.flushed - 1] if job.flushed else 0
-            while job.flushed < len(job.scores):
-                end = job.ends[job.flushed]
-                if not (end <= len(text) or (final and start < len(text))):
-                    break
-                tokens.append((text[start : min(end, len(text))], job.scores[job.flushed]))
-                job.flushed += 1
-                last_start, start = start, end
-            if final and tokens:  # the last token takes what is left (a trailing \ufffd, say)
-                tokens[-1] = (text[last_start:], tokens[-1][1])
-        if len(text) > job.sent or tokens:
-            job.emit("delta", Piece(text[job.sent :], tokens))
-            job.sent = max(job.sent, len(text))
-
-
-def _score(logprobs, token: int, top: int, before: list[int]) -> TokenScore:
-    best = logprobs.topk(top) if top else None
-    alternatives = tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else ()
-    return TokenScore(token, float(logprobs[token]), alternatives, tuple(before))
-
-
-def _prompt_scores(logits, prompt_ids: list[int], top: int) -> list[TokenScore | None]:
-    """Each prompt token's logprob given the ones before it; the first has none. ``logits``
-    holds the prompt's positions; the softmax is taken in float32, for all of them at once."""
-    import torch
-
-    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-    targets = torch.tensor(prompt_ids[1:], device=logprobs.device)
-    chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
-    best_ids: list[list[int]] = [[] for _ in chosen]
-    best_values: list[list[float]] = [[] for _ in chosen]
-    if top and chosen:
-        best = logprobs.topk(top, dim=-1)
-        best_ids, best_values = best.indices.tolist(), best.values.tolist()
-    scores: list[TokenScore | None] = [None]
-    for i, token in enumerate(prompt_ids[1:]):
-        before = tuple(prompt_ids[max(0, i + 1 - CONTEXT_TOKENS) : i + 1])
-        scores.append(TokenScore(token, chosen[i], tuple(zip(best_ids[i], best_values[i], strict=True)), before))
-    return scores
-
-
 def _run_task(fn: Callable[[], Any], future: Future) -> None:
     try:
         future.set_result(fn())
     except BaseException as exc:  # handed to whoever waits on the future
         future.set_exception(exc)
-
-
-def _first_stop(text: str, stops: list[str], start: int) -> int | None:
-    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-    return min(hits) if hits else None
 
 
 def _four_bit_config(dtype_name: str, device: str) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.engine import CONTEXT_TOKENS, Piece, TokenScore
+from serving.decode import CONTEXT_TOKENS, Piece, TokenScore
 from serving.protocol import CompletionLogprobs, TokenLogprob, TopLogprob
 
 

@@ -25,9 +25,10 @@ class StreamOptions(BaseModel):
 
 
 class _Request(BaseModel):
-    # OpenAI clients send fields we do not use (user, n=1, presence_penalty=0 …): accept and
-    # ignore them rather than fail a client that works against OpenAI.
-    model_config = ConfigDict(extra="ignore")
+    # Fields we do not know are accepted (clients send vendor extensions, as vLLM accepts them)
+    # and named in one log line (``unknown_fields``); fields we know but cannot honour are a
+    # 400 that names them, rather than an answer that quietly ignores them.
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
@@ -38,9 +39,42 @@ class _Request(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = 1
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
     # vLLM's extension: no end-of-sequence before this many tokens.
     min_tokens: int = Field(default=0, ge=0)
+    # OpenAI's, with nothing to do here: accepted as they are.
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(f"is {value}: this server gives one choice per request (n=1); send the request {value} times instead")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"has the key {token!r}: keys are token ids (as strings of digits)")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"gives token {token} the bias {bias}: biases run from -100 to 100")
+        return value
+
+    @property
+    def token_bias(self) -> dict[int, float]:
+        return {int(token): bias for token, bias in (self.logit_bias or {}).items()}
+
+    @property
+    def unknown_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
 
     @field_validator("stop")
     @classmethod
@@ -59,11 +93,14 @@ class _Request(BaseModel):
         """``stop`` as the list the validator made of it (none: an empty list)."""
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
-    def token_budget(self, default: int) -> int:
+    @property
+    def asked_tokens(self) -> int | None:
+        """The completion's length the request asks for, if it asks (0 is an answer: score
+        the prompt, generate nothing)."""
         for asked in (self.max_completion_tokens, self.max_tokens):
-            if asked is not None:  # 0 is an answer: score the prompt, generate nothing
+            if asked is not None:
                 return asked
-        return default
+        return None
 
 
 class ChatMessage(BaseModel):
@@ -104,6 +141,34 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    # Known, and not something a text model behind this server can do: named in a 400.
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("this server does not call tools or functions: leave them out")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: Any) -> Any:
+        if value not in (None, "none", "auto"):
+            raise ValueError("this server does not call tools or functions: leave it out")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") != "text":
+            raise ValueError(f"{value.get('type')!r} is not supported: this server answers in plain text (type 'text')")
+        return value
 
     @field_validator("top_logprobs")
     @classmethod
@@ -126,6 +191,23 @@ class CompletionRequest(_Request):
     max_tokens: int | None = Field(default=None, ge=0)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    # Known, and not done here: named in a 400.
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("inserting text before a suffix is not supported: leave suffix out")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _no_best_of(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError(f"is {value}: this server generates one completion per prompt (best_of=1)")
+        return value
 
     @field_validator("prompt", mode="before")
     @classmethod

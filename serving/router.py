@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from serving.adapters import Loaded
-from serving.engine import Engine, Job, Piece
+from serving.decode import Job, Piece
+from serving.engine import Engine, QueueFull
 from serving.keys import Key, KeyLimits
 from serving.logprobs import LegacyLogprobs, TokenTexts, chat_logprobs, merge
 from serving.protocol import (
@@ -52,18 +54,27 @@ from serving.settings import ServingSettings
 from serving.watcher import AdapterWatcher
 
 router = APIRouter()
+log = logging.getLogger("loraplane.serving")
 
 
 class OpenAIError(Exception):
     def __init__(
-        self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.body = status, ErrorBody(error=ErrorDetail(message=message, type=type_, param=param, code=code))
+        self.headers = headers or {}
 
 
 def error_response(exc: OpenAIError, version: str) -> JSONResponse:
-    return JSONResponse(exc.body.model_dump(), status_code=exc.status, headers={"x-adapter-version": version})
+    return JSONResponse(exc.body.model_dump(), status_code=exc.status, headers={**exc.headers, "x-adapter-version": version})
 
 
 def engine_of(request: Request) -> Engine:
@@ -134,6 +145,21 @@ def list_models(request: Request) -> ModelList:
             )
         )
     return ModelList(data=cards)
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+def get_model(model_id: str, request: Request) -> ModelCard:
+    for card in list_models(request).data:
+        if card.id == model_id:
+            return card
+    served = ", ".join(card.id for card in list_models(request).data)
+    raise OpenAIError(
+        404,
+        f"the model {model_id!r} is not served here; use one of: {served}",
+        type_="not_found_error",
+        param="model",
+        code="model_not_found",
+    )
 
 
 @router.get("/v1/adapter", response_model=AdapterInfo)
@@ -272,21 +298,47 @@ class _Shaper:
         raise OpenAIError(500, payload, type_="server_error")
 
 
+def _budget(body: ChatCompletionRequest | CompletionRequest, settings: ServingSettings, context: int, prompt: int, which: str) -> int:
+    """The completion's length: what the request asks for, if the context has room for it;
+    else the default, cut to the room the prompt leaves."""
+    room = context - prompt
+    asked = body.asked_tokens
+    if asked is not None and asked > settings.max_tokens_limit:
+        raise OpenAIError(
+            400,
+            f"max_tokens is {asked}, more than the {settings.max_tokens_limit} this server generates in one completion "
+            "(LORAPLANE_MAX_TOKENS_LIMIT)",
+            param="max_tokens",
+        )
+    if room < (1 if asked is None else asked):
+        wanted = f"max_tokens is {asked}" if asked is not None else "no token is left to generate"
+        left = f"; at most {room} tokens are left for the completion" if room > 0 else ""
+        raise OpenAIError(
+            400,
+            f"{which} is {prompt} tokens and {wanted}: the model's context of {context} tokens has no room for that{left}; "
+            "shorten the prompt or lower max_tokens",
+            param="max_tokens" if asked is not None and room >= 0 else "prompt",
+            code="context_length_exceeded",
+        )
+    return asked if asked is not None else min(settings.max_tokens_default, settings.max_tokens_limit, room)
+
+
 def _admit(
     request: Request, body: ChatCompletionRequest | CompletionRequest, prompts: list[_Prompt]
 ) -> tuple[list[Job], _Bridge, _Shaper, str]:
     engine, settings = engine_of(request), settings_of(request)
-    budget = min(body.token_budget(settings.max_tokens_default), settings.max_tokens_limit)
-    for index, prompt in enumerate(prompts):
-        if len(prompt.ids) + budget > engine.context_length:
-            which = "the prompt" if len(prompts) == 1 else f"prompt {index}"
-            raise OpenAIError(
-                400,
-                f"{which} is {len(prompt.ids)} tokens and max_tokens is {budget}: together they exceed "
-                f"the model's context of {engine.context_length} tokens; shorten the prompt or lower max_tokens",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
+    budgets = [
+        _budget(body, settings, engine.context_length, len(prompt.ids), "the prompt" if len(prompts) == 1 else f"prompt {index}")
+        for index, prompt in enumerate(prompts)
+    ]
+    bias = body.token_bias
+    bad = next((token for token in bias if token >= engine.vocab_size), None)
+    if bad is not None:
+        raise OpenAIError(
+            400, f"logit_bias names token {bad}, outside the model's vocabulary (ids 0 to {engine.vocab_size - 1})", param="logit_bias"
+        )
+    if body.unknown_fields:
+        log.info("ignoring fields this server does not know: %s", ", ".join(body.unknown_fields))
     adapter: Loaded | None
     if body.model in (None, adapter_model_id(settings)):
         adapter = engine.registry.acquire(len(prompts))  # one version for all the request's prompts
@@ -307,11 +359,21 @@ def _admit(
             min_tokens=min(body.min_tokens, budget),
             logprobs=shaper.top,
             prompt_logprobs=shaper.prompt_top,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            logit_bias=bias,
         )
-        for index, prompt in enumerate(prompts)
+        for index, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True))
     ]
     request.state.adapter_version = version
-    engine.submit(*jobs)
+    try:
+        engine.submit(*jobs)
+    except QueueFull as exc:
+        for job in jobs:
+            engine.release(job)
+        raise OpenAIError(
+            429, f"the server is busy: {exc}; try again shortly", type_="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}
+        ) from exc
     return jobs, bridge, shaper, version
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,11 @@ class ServingSettings(BaseSettings):
     load_in_4bit: bool = False
     max_batch_size: int = Field(default=8, ge=1, le=256)
     batch_wait_ms: float = Field(default=5.0, ge=0)
+    # continuous: a waiting job joins the running batch at the next step; static: only once
+    # the batch has emptied (the old way, kept to measure against: bench/serving.py).
+    batching: Literal["continuous", "static"] = "continuous"
+    # Jobs (one per prompt) waiting for a place in the batch; past it, 429 and Retry-After.
+    max_queued_jobs: int = Field(default=256, ge=1)
     max_tokens_default: int = Field(default=256, ge=1)
     max_tokens_limit: int = Field(default=4096, ge=1)
     keepalive_seconds: float = Field(default=15.0, gt=0)

@@ -13,7 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from serving.engine import Engine, Job
+from serving.decode import Job
+from serving.engine import Engine
 from serving.settings import ServingSettings
 
 ADAPTER, BASE = "the adapter", "the base model"

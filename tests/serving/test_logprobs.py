@@ -46,6 +46,11 @@ def metric(app, name: str) -> float:
     return float(next(line.split()[1] for line in page.splitlines() if line.startswith(name + " ")))
 
 
+def pairs(app) -> float:
+    """Forward passes over exactly two rows."""
+    return metric(app, 'loraplane_serving_batch_size_bucket{le="2.0"}') - metric(app, 'loraplane_serving_batch_size_bucket{le="1.0"}')
+
+
 def ids_of(reference: Reference, text: str) -> list[int]:
     return reference.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -224,7 +229,7 @@ def test_a_scoring_request_rides_in_a_batch_with_a_generation(app, reference):
     engine.call(release.wait)  # hold the worker so both requests queue up before either runs
     try:
         before = metric(app, "loraplane_serving_forward_passes_total")
-        batches_of_one = metric(app, 'loraplane_serving_batch_size_bucket{le="1.0"}')
+        passes_of_two = pairs(app)
         with ThreadPoolExecutor(2) as pool:
             generation = pool.submit(complete, app, prompt="Tell me a story", max_tokens=4, temperature=0)
             eventually(lambda: metric(app, "loraplane_serving_waiting_jobs") == 1, what="the generation to queue")
@@ -234,7 +239,7 @@ def test_a_scoring_request_rides_in_a_batch_with_a_generation(app, reference):
             generated, scored = generation.result(timeout=60), scoring.result(timeout=60)
     finally:
         release.set()
-    assert metric(app, 'loraplane_serving_batch_size_bucket{le="1.0"}') == batches_of_one  # one batch of two
+    assert pairs(app) == passes_of_two + 1  # one prefill for the two of them
     tokens = generated["usage"]["completion_tokens"]
     ended_early = generated["choices"][0]["finish_reason"] == "stop"
     # The generation's passes (a prefill, then one per further token), and none more for the score.
