@@ -61,6 +61,7 @@ class Job:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    stream: bool = True  # its text is sent as it grows; else only the whole of it, at the end
     cancelled: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)
@@ -78,6 +79,12 @@ class Job:
     @property
     def peft_name(self) -> str | None:
         return self.adapter.peft_name if self.adapter is not None else None
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing to do per token but count: not streamed, no stop sequence to look for, no
+        scores (whose text shares are cut as the text grows). Decoding waits for the end."""
+        return not self.stream and not self.stop and self.logprobs is None
 
     @property
     def longest_stop(self) -> int:
@@ -167,13 +174,22 @@ class Rows:
         job.generator.manual_seed(job.seed if job.seed is not None else random.getrandbits(63))
         job.position = len(job.prompt_ids)
 
-    def choose(self, job: Job, logits: Any) -> None:
-        """Pick the job's next token from its logits, score it if asked, and act on it."""
+    def choose(self, job: Job, logits: Any, best: int) -> None:
+        """Pick the job's next token from its logits (``best``: their argmax, found for the
+        whole batch at once), score it if asked, and act on it."""
         import torch
 
+        early = len(job.generated) < job.min_tokens
+        adjusted = bool(job.logit_bias or job.counts or early)
+        # The common greedy row needs nothing more: with no bias or penalty, the argmax stands,
+        # and min_tokens changes it only where the argmax is an end token.
+        if job.temperature == 0 and job.logprobs is None and not (job.logit_bias or job.counts) and not (early and best in self.eos):
+            job.next_token = best
+            self._advance(job, best)
+            return
         raw = logits.float()
         scores = raw
-        if job.logit_bias or job.counts or len(job.generated) < job.min_tokens:
+        if adjusted:
             scores = raw.clone()
             if job.logit_bias:
                 ids = torch.tensor(list(job.logit_bias), device=scores.device)
@@ -213,6 +229,11 @@ class Rows:
         job.generated.append(token)
         if job.presence_penalty or job.frequency_penalty:
             job.counts[token] = job.counts.get(token, 0) + 1
+        if job.quiet:
+            if len(job.generated) >= job.max_new_tokens:
+                self._flush(job, self._text(job), final=True)
+                self.finish(job, "length")
+            return
         text = self._text(job)
         previous = job.ends[-1] if job.ends else 0
         job.ends.append(max(previous, len(text.rstrip("\ufffd"))))

@@ -332,6 +332,8 @@ class Engine:
         for job in self._batch.jobs:
             if job.cancelled.is_set():
                 self._finish(job, None)
+        if self.settings.batching == "static" and not all(job.done for job in self._batch.jobs):
+            return  # as generate did: a finished row stays, fed what it had, until all have finished
         self._batch.keep([i for i, job in enumerate(self._batch.jobs) if not job.done])
 
     def _prefill(self, rows: Rows, jobs: list[Job]) -> None:
@@ -354,6 +356,7 @@ class Engine:
         extra[self._cache_name] = DynamicCache()
         out = self._forward(jobs, input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **extra)
         keep = out.logits.shape[1]
+        best = out.logits[:, -1].argmax(dim=-1).tolist()
         for row, job in enumerate(jobs):
             rows.start(job)
             if job.prompt_logprobs is not None:
@@ -362,7 +365,7 @@ class Engine:
             if job.max_new_tokens == 0:  # scored, nothing to generate
                 self._finish(job, "length")
             else:
-                rows.choose(job, out.logits[row, -1])
+                rows.choose(job, out.logits[row, -1], best[row])
         going = [row for row, job in enumerate(jobs) if not job.done]
         if going:
             cache = getattr(out, self._cache_name)
@@ -382,9 +385,11 @@ class Engine:
         extra = {self._cache_name: batch.cache}
         out = self._forward(batch.jobs, input_ids=step_ids, attention_mask=batch.attention, position_ids=positions, use_cache=True, **extra)
         batch.cache = getattr(out, self._cache_name)
+        best = out.logits[:, -1].argmax(dim=-1).tolist()
         for row, job in enumerate(batch.jobs):
             job.position += 1
-            rows.choose(job, out.logits[row, -1])
+            if not job.done:
+                rows.choose(job, out.logits[row, -1], best[row])
 
     def _forward(self, jobs: list[Job], **inputs: Any) -> Any:
         """The model on these rows, each on its own adapter: one adapter (or none) for all of

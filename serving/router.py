@@ -362,6 +362,7 @@ def _admit(
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
             logit_bias=bias,
+            stream=body.stream,
         )
         for index, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True))
     ]
@@ -544,7 +545,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     except ValueError as exc:
         raise OpenAIError(400, str(exc), param="messages") from exc
     _check_prompt_size(request, sum(len(m["content"].encode()) for m in messages), "messages")
-    prompt_ids = await run_in_threadpool(engine_of(request).chat_prompt, messages)
+    size = sum(len(m["content"]) for m in messages)
+    prompt_ids = await _tokenizing(size, engine_of(request).chat_prompt, messages)
     return await _respond(request, body, [_Prompt(prompt_ids)])
 
 
@@ -561,8 +563,21 @@ async def completions(body: CompletionRequest, request: Request):
             param="prompt",
         )
     _check_prompt_size(request, sum(len(p.encode()) for p in given if isinstance(p, str)), "prompt")
-    prompts = await run_in_threadpool(_prompts_of, engine, given, body.echo)
+    size = sum(len(p) for p in given if isinstance(p, str)) + sum(len(p) for p in given if isinstance(p, list))
+    prompts = await _tokenizing(size, _prompts_of, engine, given, body.echo)
     return await _respond(request, body, prompts)
+
+
+INLINE_TOKENIZING = 4096  # characters (or token ids) tokenized on the event loop: quicker than a hop
+
+
+async def _tokenizing(size: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """A short prompt is tokenized here, at once (tens of microseconds): handing it to the
+    thread pool costs a thread hop, and the GIL, more than that; a long one goes there so the
+    event loop keeps answering."""
+    if size <= INLINE_TOKENIZING:
+        return fn(*args)
+    return await run_in_threadpool(fn, *args)
 
 
 def _prompts_of(engine: Engine, given: list[str | list[int]], echo: bool) -> list[_Prompt]:

@@ -222,3 +222,27 @@ def test_the_context_message_names_the_numbers_that_do_not_fit(app, reference):
     near_full = ids_of(reference, "word " * 2000)[:1020]
     answer = complete(app, prompt=near_full, min_tokens=4)
     assert answer["usage"]["completion_tokens"] == 4 and answer["choices"][0]["finish_reason"] == "length"
+
+
+def test_static_batching_makes_a_newcomer_wait_for_the_batch_to_end(serve_app, tiny_share):
+    """LORAPLANE_BATCHING=static, kept to measure against: a request that arrives while a batch
+    decodes waits in the queue until the whole batch has finished."""
+    app = serve_app(tiny_share, batching="static", batch_wait_ms=0)
+    chunks: list[str] = []
+
+    def long() -> None:
+        body = {"prompt": "Hi", "max_tokens": 200, "min_tokens": 200, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{app.url}/v1/completions", json=body, timeout=120) as response:
+            chunks.extend(line for line in response.iter_lines() if line.startswith("data: {"))
+
+    runner = threading.Thread(target=long)
+    runner.start()
+    eventually(lambda: chunks, what="the long generation to start")
+    with ThreadPoolExecutor(1) as pool:
+        short = pool.submit(httpx.post, f"{app.url}/v1/completions", json={"prompt": "Yes", "max_tokens": 2}, timeout=120)
+        eventually(lambda: metric(app, "loraplane_serving_waiting_jobs") == 1, what="the short request to queue")
+        seen = len(chunks)
+        eventually(lambda: len(chunks) >= seen + 10, what="the long generation to go on")
+        assert metric(app, "loraplane_serving_waiting_jobs") == 1  # still waiting: not admitted beside it
+        assert short.result(timeout=120).status_code == 200
+    runner.join(timeout=120)
