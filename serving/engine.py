@@ -398,9 +398,13 @@ class Engine:
         self.metrics.batch_size.observe(len(jobs))
         if self.peft is None:
             return self.base(**inputs)
-        names = {job.peft_name for job in jobs}
+        # A finished row (static batching keeps them) no longer holds its adapter, which may be
+        # gone: it rides on a running row's, as nobody reads what it computes.
+        running = next((job.peft_name for job in jobs if not job.done), jobs[0].peft_name)
+        row_names = [running if job.done else job.peft_name for job in jobs]
+        names = set(row_names)
         if len(names) > 1:
-            return self.peft(**inputs, adapter_names=[job.peft_name or "__base__" for job in jobs])
+            return self.peft(**inputs, adapter_names=[name or "__base__" for name in row_names])
         (name,) = names
         if name is None:
             with self.peft.disable_adapter():

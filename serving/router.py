@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -28,6 +29,7 @@ from serving.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatMessage,
     ChoiceLogprobs,
     ChunkChoice,
     Completion,
@@ -540,14 +542,18 @@ async def _respond(request: Request, body: ChatCompletionRequest | CompletionReq
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     _check_ready_and_model(request, body.model)
+    prompt_ids = await _chat_prompt(request, body.messages)
+    return await _respond(request, body, [_Prompt(prompt_ids)])
+
+
+async def _chat_prompt(request: Request, given: list[ChatMessage]) -> list[int]:
+    """The messages as the tokenizer's chat template renders them, in token ids."""
     try:
-        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in given]
     except ValueError as exc:
         raise OpenAIError(400, str(exc), param="messages") from exc
     _check_prompt_size(request, sum(len(m["content"].encode()) for m in messages), "messages")
-    size = sum(len(m["content"]) for m in messages)
-    prompt_ids = await _tokenizing(size, engine_of(request).chat_prompt, messages)
-    return await _respond(request, body, [_Prompt(prompt_ids)])
+    return await _tokenizing(sum(len(m["content"]) for m in messages), engine_of(request).chat_prompt, messages)
 
 
 @router.post("/v1/completions", response_model=Completion)
@@ -622,14 +628,10 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
         raise OpenAIError(400, "give either prompt (a text) or messages (a chat), one of them", param="prompt")
     if body.prompt is not None:
         _check_prompt_size(request, len(body.prompt.encode()), "prompt")
-        ids = await run_in_threadpool(engine.encode, body.prompt, add_special_tokens=body.add_special_tokens)
+        encode = partial(engine.encode, add_special_tokens=body.add_special_tokens)
+        ids = await _tokenizing(len(body.prompt), encode, body.prompt)
     else:
-        try:
-            messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages or []]
-        except ValueError as exc:
-            raise OpenAIError(400, str(exc), param="messages") from exc
-        _check_prompt_size(request, sum(len(m["content"].encode()) for m in messages), "messages")
-        ids = await run_in_threadpool(engine.chat_prompt, messages)
+        ids = await _chat_prompt(request, body.messages or [])
     strings = TokenTexts(engine.tokenizer).prompt(ids) if body.return_token_strs else None
     return TokenizeResponse(count=len(ids), max_model_len=engine.context_length, tokens=ids, token_strs=strings)
 
