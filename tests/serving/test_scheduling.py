@@ -246,3 +246,18 @@ def test_static_batching_makes_a_newcomer_wait_for_the_batch_to_end(serve_app, t
         assert metric(app, "loraplane_serving_waiting_jobs") == 1  # still waiting: not admitted beside it
         assert short.result(timeout=120).status_code == 200
     runner.join(timeout=120)
+
+
+def test_a_client_that_leaves_frees_its_row_at_once(app):
+    """The stream is closed after a few chunks: the row is dropped at the next step, long before
+    its 400 tokens, and a request after it is answered."""
+    body = {"prompt": "Hi", "max_tokens": 400, "min_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{app.url}/v1/completions", json=body, timeout=60) as response:
+        received = 0
+        for line in response.iter_lines():
+            received += line.startswith("data: {")
+            if received == 3:
+                break  # leaving the block closes the connection
+    eventually(lambda: metric(app, 'loraplane_serving_generations_total{finish="cancelled"}') == 1, what="the row to be dropped")
+    assert metric(app, "loraplane_serving_generated_tokens_total") < 400
+    assert complete(app, prompt="Yes", max_tokens=2)["choices"][0]["finish_reason"] in ("stop", "length")
