@@ -67,6 +67,11 @@ class Job:
     generated: list[int] = field(default_factory=list)
     counts: dict[int, int] = field(default_factory=dict)  # of the generated tokens, for penalties
     sent: int = 0  # characters of the decoded text already emitted
+    # Incremental decoding (as vLLM does it): the text of generated[:read_offset], and where
+    # the few tokens before read_offset start, decoded again with each new one for context.
+    stable: str = ""
+    prefix_offset: int = 0
+    read_offset: int = 0
     scores: list[TokenScore] = field(default_factory=list)  # of the generated tokens
     ends: list[int] = field(default_factory=list)  # where each generated token's text ends
     flushed: int = 0  # scores already emitted
@@ -253,7 +258,22 @@ class Rows:
             self._flush(job, text[:safe])
 
     def _text(self, job: Job) -> str:
-        return self.tokenizer.decode(job.generated, skip_special_tokens=True)
+        """The generated text so far, decoding only the tokens since the last whole character
+        (with a few before them for context), not all of them at every step."""
+        prefix = self.tokenizer.decode(job.generated[job.prefix_offset : job.read_offset], skip_special_tokens=True)
+        current = self.tokenizer.decode(job.generated[job.prefix_offset :], skip_special_tokens=True)
+        if not current.startswith(prefix):  # a tokenizer that reads differently in context
+            whole = self.tokenizer.decode(job.generated, skip_special_tokens=True)
+            if not whole.endswith("\ufffd"):  # start again from here, a few tokens of context kept
+                job.stable = whole
+                job.prefix_offset, job.read_offset = max(0, len(job.generated) - CONTEXT_TOKENS), len(job.generated)
+            return whole
+        new = current[len(prefix) :]
+        if new and not new.endswith("\ufffd"):  # whole characters: they stay as they are
+            job.stable += new
+            job.prefix_offset, job.read_offset = job.read_offset, len(job.generated)
+            return job.stable
+        return job.stable + new
 
     @staticmethod
     def _flush(job: Job, text: str, *, final: bool = False) -> None:
