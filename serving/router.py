@@ -569,8 +569,7 @@ async def completions(body: CompletionRequest, request: Request):
             param="prompt",
         )
     _check_prompt_size(request, sum(len(p.encode()) for p in given if isinstance(p, str)), "prompt")
-    size = sum(len(p) for p in given if isinstance(p, str)) + sum(len(p) for p in given if isinstance(p, list))
-    prompts = await _tokenizing(size, _prompts_of, engine, given, body.echo)
+    prompts = await _tokenizing(sum(len(p) for p in given), _prompts_of, engine, given, body.echo)
     return await _respond(request, body, prompts)
 
 
