@@ -184,17 +184,17 @@ class Rows:
         whole batch at once), score it if asked, and act on it."""
         import torch
 
+        steered = bool(job.logit_bias or job.counts)  # a bias, or penalties on what came before
         early = len(job.generated) < job.min_tokens
-        adjusted = bool(job.logit_bias or job.counts or early)
-        # The common greedy row needs nothing more: with no bias or penalty, the argmax stands,
-        # and min_tokens changes it only where the argmax is an end token.
-        if job.temperature == 0 and job.logprobs is None and not (job.logit_bias or job.counts) and not (early and best in self.eos):
+        # The common greedy row needs nothing more: unsteered, the argmax stands, and min_tokens
+        # changes it only where the argmax is an end token.
+        if job.temperature == 0 and job.logprobs is None and not steered and not (early and best in self.eos):
             job.next_token = best
             self._advance(job, best)
             return
         raw = logits.float()
         scores = raw
-        if adjusted:
+        if steered or early:
             scores = raw.clone()
             if job.logit_bias:
                 ids = torch.tensor(list(job.logit_bias), device=scores.device)

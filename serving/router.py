@@ -151,10 +151,11 @@ def list_models(request: Request) -> ModelList:
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)
 def get_model(model_id: str, request: Request) -> ModelCard:
-    for card in list_models(request).data:
+    cards = list_models(request).data
+    for card in cards:
         if card.id == model_id:
             return card
-    served = ", ".join(card.id for card in list_models(request).data)
+    served = ", ".join(card.id for card in cards)
     raise OpenAIError(
         404,
         f"the model {model_id!r} is not served here; use one of: {served}",
@@ -334,11 +335,9 @@ def _admit(
         for index, prompt in enumerate(prompts)
     ]
     bias = body.token_bias
-    bad = next((token for token in bias if token >= engine.vocab_size), None)
-    if bad is not None:
-        raise OpenAIError(
-            400, f"logit_bias names token {bad}, outside the model's vocabulary (ids 0 to {engine.vocab_size - 1})", param="logit_bias"
-        )
+    unknown = _unknown_token(engine, list(bias))
+    if unknown is not None:
+        raise OpenAIError(400, f"logit_bias names token {unknown[1]}, outside {_vocabulary(engine)}", param="logit_bias")
     if body.unknown_fields:
         log.info("ignoring fields this server does not know: %s", ", ".join(body.unknown_fields))
     adapter: Loaded | None
@@ -585,6 +584,16 @@ async def _tokenizing(size: int, fn: Callable[..., Any], *args: Any) -> Any:
     return await run_in_threadpool(fn, *args)
 
 
+def _unknown_token(engine: Engine, ids: list[int]) -> tuple[int, int] | None:
+    """The first id the model does not know, with its position: every route that takes token
+    ids (prompts, logit_bias, /detokenize) checks them here."""
+    return next(((position, token) for position, token in enumerate(ids) if not 0 <= token < engine.vocab_size), None)
+
+
+def _vocabulary(engine: Engine) -> str:
+    return f"the model's vocabulary (ids 0 to {engine.vocab_size - 1})"
+
+
 def _prompts_of(engine: Engine, given: list[str | list[int]], echo: bool) -> list[_Prompt]:
     """Texts tokenized, token ids checked against the vocabulary; each with its echo."""
     prompts = []
@@ -596,13 +605,10 @@ def _prompts_of(engine: Engine, given: list[str | list[int]], echo: bool) -> lis
                 raise OpenAIError(400, f"{which} is empty", param="prompt")
             prompts.append(_Prompt(ids, prompt if echo else None))
             continue
-        bad = next(((position, token) for position, token in enumerate(prompt) if token >= engine.vocab_size), None)
-        if bad is not None:
-            raise OpenAIError(
-                400,
-                f"{which} holds token id {bad[1]} at position {bad[0]}, outside the model's vocabulary (ids 0 to {engine.vocab_size - 1})",
-                param="prompt",
-            )
+        unknown = _unknown_token(engine, prompt)
+        if unknown is not None:
+            position, token = unknown
+            raise OpenAIError(400, f"{which} holds token id {token} at position {position}, outside {_vocabulary(engine)}", param="prompt")
         prompts.append(_Prompt(prompt, engine.tokenizer.decode(prompt, skip_special_tokens=False) if echo else None))
     return prompts
 
@@ -638,9 +644,9 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
 @router.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     tokenizer, engine = _tokenizer_of(request), engine_of(request)
-    bad = next((token for token in body.tokens if not 0 <= token < engine.vocab_size), None)
-    if bad is not None:
-        raise OpenAIError(400, f"token id {bad} is outside the model's vocabulary (ids 0 to {engine.vocab_size - 1})", param="tokens")
+    unknown = _unknown_token(engine, body.tokens)
+    if unknown is not None:
+        raise OpenAIError(400, f"token id {unknown[1]} is outside {_vocabulary(engine)}", param="tokens")
     return DetokenizeResponse(prompt=tokenizer.decode(body.tokens, skip_special_tokens=False))
 
 
