@@ -28,14 +28,16 @@ class Reference:
         table = self.logprobs(ids)
         return [float(table[i - 1, token]) for i, token in enumerate(ids) if i > 0]
 
-    def greedy(self, ids: list[int], steps: int) -> tuple[list[int], list[float]]:
+    def greedy(self, ids: list[int], steps: int, *, end: bool = True) -> tuple[list[int], list[float]]:
         """The most likely continuation, one full forward pass per token (no cache), and its
-        tokens' logprobs."""
+        tokens' logprobs. ``end=False``: never the end token, as min_tokens asks (its logprobs
+        stay the model's own)."""
         tokens: list[int] = []
         logprobs: list[float] = []
         for _ in range(steps):
             row = self.logprobs(ids + tokens)[-1]
-            token = int(torch.argmax(row))
+            choosable = row if end else row.clone().index_fill_(0, torch.tensor([self.tokenizer.eos_token_id]), float("-inf"))
+            token = int(torch.argmax(choosable))
             tokens.append(token)
             logprobs.append(float(row[token]))
             if token == self.tokenizer.eos_token_id:

@@ -51,7 +51,7 @@ def metric(app, name: str) -> float:
 def assert_greedy(reference: Reference, prompt: list[int], text: str, token_logprobs: list[float], tokens: int) -> None:
     """The text is the model's greedy continuation (min_tokens keeps the end token out), with
     its logprobs."""
-    expected, logprobs = greedy_without_end(reference, prompt, tokens)
+    expected, logprobs = reference.greedy(prompt, tokens, end=False)
     assert text == reference.tokenizer.decode(expected, skip_special_tokens=True)
     assert token_logprobs == pytest.approx(logprobs, abs=TOLERANCE)
 
@@ -88,19 +88,6 @@ def test_a_request_joins_a_running_batch_and_is_answered_while_it_goes_on(app, r
     assert_greedy(reference, long_prompt, "".join(choice["text"] for choice in choices), streamed, 120)
 
 
-def greedy_without_end(reference: Reference, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
-    tokens: list[int] = []
-    logprobs: list[float] = []
-    for _ in range(steps):
-        row = reference.logprobs(prompt + tokens)[-1]
-        choosable = row.clone()
-        choosable[reference.tokenizer.eos_token_id] = float("-inf")
-        token = int(torch.argmax(choosable))
-        tokens.append(token)
-        logprobs.append(float(row[token]))
-    return tokens, logprobs
-
-
 def test_rows_on_the_adapter_and_on_the_base_model_share_passes(app, reference, tiny_share):
     base = Reference(tiny_share / TINY_MODEL_PATH, None)
     prompt = ids_of(reference, "Tell me about the sea")
@@ -121,7 +108,7 @@ def test_rows_on_the_adapter_and_on_the_base_model_share_passes(app, reference, 
     for expected, answer in ((reference, adapter_answer), (base, base_answer)):
         logprobs = answer["choices"][0]["logprobs"]["token_logprobs"]
         assert logprobs[1 : len(prompt)] == pytest.approx(expected.prompt_logprobs(prompt), abs=TOLERANCE)
-        tokens, direct = greedy_without_end(expected, prompt, 6)
+        tokens, direct = expected.greedy(prompt, 6, end=False)
         assert logprobs[len(prompt) :] == pytest.approx(direct, abs=TOLERANCE)
     assert adapter_answer["choices"][0]["text"] != base_answer["choices"][0]["text"]
 
