@@ -283,4 +283,5 @@ def test_a_new_share_root_stages_the_serving_version_again(store, tiny_share, tm
     eventually(serving_from_the_new_share, timeout=120, what="the first version to serve from the new share")
     assert (staged / "adapter_model.safetensors").is_file()
     assert {v["state"] for v in versions(client).values()} == {"Active"}
-    assert status_of(store).phase == "Ready"
+    # The app answers before the reconciler's next pass has seen it ready: wait for that pass.
+    eventually(lambda: status_of(store).phase == "Ready", timeout=60, what="the deployment to be Ready again")
