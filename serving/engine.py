@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -55,6 +56,16 @@ class EngineMetrics:
             registry=self.registry,
         )
         self.refused = Counter("loraplane_serving_queue_full", "Requests refused with 429: the queue was full", registry=self.registry)
+        self.adapter_loads = Counter(
+            "loraplane_serving_adapter_reloads",
+            "Adapters loaded again on a request, after being unloaded to make room",
+            registry=self.registry,
+        )
+        self.adapter_unloads = Counter(
+            "loraplane_serving_adapter_evictions",
+            "Idle adapters unloaded to stay within LORAPLANE_MAX_RESIDENT_ADAPTERS",
+            registry=self.registry,
+        )
 
 
 class QueueFull(Exception):
@@ -163,47 +174,91 @@ class Engine:
         self.model_name = str(getattr(model.config, "_name_or_path", "") or model_dir.name)
         log.info("loaded %s on %s as %s", model_dir, self.device, dtype_name)
 
-    def load_adapter(self, candidate: Candidate) -> Loaded:
-        """On the worker thread: check the weights against the model, load beside the current
-        adapter, and make it what new requests get. Raises AdapterError, leaving the old one."""
+    def load_adapter(self, candidate: Candidate, adapter: str) -> Loaded:
+        """On the worker thread: check the weights against the model, load them beside the
+        adapters already loaded, and make them what new requests for ``adapter`` get. Raises
+        AdapterError, leaving what served before."""
         self._check_against_model(candidate)
-        name = peft_name(candidate.version)
+        name = peft_name(adapter, candidate.version)
+        if self.registry.holding(name) is None:
+            self._load_weights(candidate.path, name)
+        loaded = Loaded(candidate.version, candidate.fingerprint, candidate.path, name, adapter)
+        self.unload(self.registry.activate(loaded))
+        self._trim(keep=loaded)
+        log.info("serving adapter %s version %s from %s", adapter, candidate.version, candidate.path)
+        return loaded
+
+    def make_resident(self, loaded: Loaded) -> None:
+        """On the worker thread: load again, from its staged copy, a version unloaded to make
+        room (LORAPLANE_MAX_RESIDENT_ADAPTERS), then unload the least recently used if that is
+        one too many."""
+        if loaded.resident or loaded.peft_name is None:
+            return
+        self._load_weights(loaded.path, loaded.peft_name)
+        loaded.resident = True
+        self.metrics.adapter_loads.inc()
+        self._trim(keep=loaded)
+        log.info("loaded adapter %s version %s again from %s", loaded.adapter, loaded.version, loaded.path)
+
+    def _load_weights(self, folder: Path, name: str) -> None:
         if self.peft is not None and name in self.peft.peft_config:
-            self.peft.delete_adapter(name)  # the same version reloaded after a failure
+            self._delete(name)  # left by a load that failed half-way
         try:
             if self.peft is None:
                 from peft import PeftModel
 
-                self.peft = PeftModel.from_pretrained(self.base, str(candidate.path), adapter_name=name, is_trainable=False)
+                self.peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=name, is_trainable=False)
                 self.peft.eval()
             else:
-                self.peft.load_adapter(str(candidate.path), adapter_name=name, is_trainable=False)
+                self.peft.load_adapter(str(folder), adapter_name=name, is_trainable=False)
         except Exception as exc:
             if self.peft is not None and name in self.peft.peft_config and len(self.peft.peft_config) > 1:
-                self.peft.delete_adapter(name)
-            raise AdapterError(f"the weights of {candidate.path} do not load into the model: {exc}") from exc
-        # PEFT will not delete its active adapter: make the new one active, so the old one can go.
-        self.peft.set_adapter(name)
-        loaded = Loaded(candidate.version, candidate.fingerprint, candidate.path, name)
-        self._unload(self.registry.activate(loaded))
-        log.info("serving adapter %s from %s", candidate.version, candidate.path)
-        return loaded
+                self._delete(name)
+            raise AdapterError(f"the weights of {folder} do not load into the model: {exc}") from exc
 
     def serve_base_only(self) -> None:
-        self._unload(self.registry.activate(Loaded("base", "", self.settings.model_dir, None)))
+        adapter = self.registry.default or self.settings.deployment or "adapter"
+        self.unload(self.registry.activate(Loaded("base", "", self.settings.model_dir, None, adapter)))
 
-    def _unload(self, drained: Loaded | None) -> None:
-        if drained is None or not drained.peft_name or self.peft is None:
+    def unload(self, drained: Loaded | None) -> None:
+        """A version nothing holds any more leaves the model (unless another entry holds the
+        same weights: the version was rolled back to)."""
+        if drained is None or not drained.peft_name or not drained.resident:
             return
-        if drained.peft_name not in self.peft.peft_config:
+        if self.registry.holding(drained.peft_name) not in (None, drained):
             return
-        if drained.peft_name == self.peft.active_adapter:
-            current = self.registry.active
-            if current is None or not current.peft_name:
-                return  # serving the base model now; PEFT needs some adapter to stay active
-            self.peft.set_adapter(current.peft_name)
-        self.peft.delete_adapter(drained.peft_name)
-        log.info("unloaded drained adapter %s", drained.version)
+        if self._delete(drained.peft_name):
+            drained.resident = False
+            log.info("unloaded drained adapter %s version %s", drained.adapter, drained.version)
+
+    def unload_all(self, drained: list[Loaded]) -> None:
+        for version in drained:
+            self.unload(version)
+
+    def _trim(self, keep: Loaded | None = None) -> None:
+        """Unload the least recently used idle adapters while more are resident than
+        LORAPLANE_MAX_RESIDENT_ADAPTERS allows. One in use stays: then the cap is passed for
+        as long as it is (a request is never refused for it)."""
+        while len(self.registry.residents()) > self.settings.max_resident_adapters:
+            victim = self.registry.least_recently_used(keep)
+            if victim is None or victim.peft_name is None or not self._delete(victim.peft_name):
+                return
+            victim.resident = False
+            self.metrics.adapter_unloads.inc()
+            log.info("unloaded adapter %s version %s to make room; it loads again on its next request", victim.adapter, victim.version)
+
+    def _delete(self, name: str) -> bool:
+        """Take adapter ``name`` out of the model. PEFT will not delete its active adapter, and
+        needs one to stay: another one is made active first; the last one stays."""
+        if self.peft is None or name not in self.peft.peft_config:
+            return True
+        if name == self.peft.active_adapter:
+            other = next((n for n in self.peft.peft_config if n != name), None)
+            if other is None:
+                return False
+            self.peft.set_adapter(other)
+        self.peft.delete_adapter(name)
+        return True
 
     def _check_against_model(self, candidate: Candidate) -> None:
         """Target modules exist and the LoRA shapes fit them, before touching the model."""
@@ -321,12 +376,24 @@ class Engine:
             for job in newcomers:
                 if job.cancelled.is_set():  # the client left while it waited
                     self._finish(job, None)
+            for job in newcomers:
+                self._bring_in(job)
             newcomers = [job for job in newcomers if not job.done]
             if newcomers:
                 self._prefill(rows, newcomers)
             if self._batch:
                 self._decode(rows)
                 self._leave()
+
+    def _bring_in(self, job: Job) -> None:
+        """A job for an adapter unloaded to make room: load it again first (its request holds
+        it, so it cannot be unloaded again before the job ends)."""
+        if job.done or job.adapter is None or job.adapter.resident:
+            return
+        try:
+            self.make_resident(job.adapter)
+        except AdapterError as exc:
+            self._finish(job, None, error=f"the adapter {job.adapter.adapter} cannot be loaded again: {exc}")
 
     def _leave(self) -> None:
         for job in self._batch.jobs:
@@ -424,7 +491,9 @@ class Engine:
         if job.adapter is not None:
             drained = self.registry.release(job.adapter)
             if drained is not None:
-                self.call(lambda: self._unload(drained))
+                self.call(lambda: self.unload(drained))
+            elif len(self.registry.residents()) > self.settings.max_resident_adapters:
+                self.call(self._trim)  # over the cap while it was in use
 
     def _finish(self, job: Job, reason: str | None, *, error: str | None = None) -> None:
         """Close a job once: emit its end, release its adapter (unloading a drained one)."""

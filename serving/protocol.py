@@ -368,7 +368,23 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class AdapterState(BaseModel):
+    """One adapter, by the name clients ask for it by (the ``model`` of a request)."""
+
+    name: str
+    version: str | None  # what new requests for it get
+    fingerprint: str | None
+    path: str | None
+    loaded_at: str | None
+    resident: bool  # its weights are in the model now (else they load on its next request)
+    last_error: str | None
+    draining: list[str]
+
+
 class AdapterInfo(BaseModel):
+    """The default adapter's fields (the first listed: what a request naming no model gets),
+    and every adapter's in ``adapters``."""
+
     version: str | None
     fingerprint: str | None
     path: str | None
@@ -376,6 +392,7 @@ class AdapterInfo(BaseModel):
     base_only: bool
     last_error: str | None
     draining: list[str]
+    adapters: list[AdapterState] = []
 
 
 class TokenizeRequest(BaseModel):

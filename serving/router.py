@@ -24,6 +24,7 @@ from serving.keys import Key, KeyLimits
 from serving.logprobs import LegacyLogprobs, TokenTexts, chat_logprobs, merge
 from serving.protocol import (
     AdapterInfo,
+    AdapterState,
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
@@ -91,18 +92,19 @@ def base_model_id(settings: ServingSettings) -> str:
     return "/".join(settings.model_path.strip("/").split("/")[-2:])
 
 
-def adapter_model_id(settings: ServingSettings) -> str:
-    return settings.deployment or "adapter"
-
-
 def readiness(engine: Engine) -> tuple[bool, str]:
     if engine.load_error:
         return False, engine.load_error
     if engine.base is None:
         return False, f"loading the model from {engine.settings.model_dir}"
-    if engine.registry.active is None:
-        return False, engine.registry.last_error or f"waiting for an adapter at {engine.settings.adapter_dir}"
-    return True, f"serving adapter {engine.registry.active.version}"
+    slots = engine.registry.slots()
+    serving = [s for s in slots if s.active is not None]
+    if not serving:
+        first = slots[0] if slots else None
+        return False, (first.last_error if first else None) or f"waiting for an adapter at {engine.settings.adapter_dir}"
+    if len(slots) == 1 and slots[0].active is not None:
+        return True, f"serving adapter {slots[0].active.version}"
+    return True, "serving adapters " + ", ".join(f"{s.name} {s.active.version}" for s in serving if s.active is not None)
 
 
 def fingerprint(version: str) -> str:
@@ -133,19 +135,21 @@ def metrics(request: Request) -> Response:
 
 @router.get("/v1/models", response_model=ModelList)
 def list_models(request: Request) -> ModelList:
-    settings, active = settings_of(request), engine_of(request).registry.active
+    settings, registry = settings_of(request), engine_of(request).registry
     base = base_model_id(settings)
     cards = [ModelCard(id=base, created=now(), root=str(settings.model_dir))]
-    if active is not None and active.peft_name is not None:
-        cards.append(
-            ModelCard(
-                id=adapter_model_id(settings),
-                created=int(active.loaded_at.timestamp()),
-                root=str(active.path),
-                parent=base,
-                adapter_version=active.version,
+    for slot in registry.slots():
+        active = slot.active
+        if active is not None and active.peft_name is not None:
+            cards.append(
+                ModelCard(
+                    id=slot.name,
+                    created=int(active.loaded_at.timestamp()),
+                    root=str(active.path),
+                    parent=base,
+                    adapter_version=active.version,
+                )
             )
-        )
     return ModelList(data=cards)
 
 
@@ -183,16 +187,30 @@ def _adapter_info(request: Request) -> AdapterInfo:
 
 
 def adapter_info_of(engine: Engine) -> AdapterInfo:
-    registry = engine.registry
-    active = registry.active
+    states = [
+        AdapterState(
+            name=slot.name,
+            version=slot.active.version if slot.active else None,
+            fingerprint=slot.active.fingerprint if slot.active else None,
+            path=str(slot.active.path) if slot.active else None,
+            loaded_at=slot.active.loaded_at.isoformat() if slot.active else None,
+            resident=slot.active is not None and slot.active.resident,
+            last_error=slot.last_error,
+            draining=sorted(slot.draining),
+        )
+        for slot in engine.registry.slots()
+    ]
+    first = states[0] if states else None
+    active = engine.registry.active
     return AdapterInfo(
-        version=active.version if active else None,
-        fingerprint=active.fingerprint if active else None,
-        path=str(active.path) if active else None,
-        loaded_at=active.loaded_at.isoformat() if active else None,
+        version=first.version if first else None,
+        fingerprint=first.fingerprint if first else None,
+        path=first.path if first else None,
+        loaded_at=first.loaded_at if first else None,
         base_only=active is not None and active.peft_name is None,
-        last_error=registry.last_error,
-        draining=sorted(registry.draining),
+        last_error=first.last_error if first else None,
+        draining=first.draining if first else [],
+        adapters=states,
     )
 
 
@@ -212,7 +230,12 @@ async def reload_adapter(request: Request) -> JSONResponse:
     _check_admin(request)
     watcher: AdapterWatcher = request.app.state.watcher
     result = await run_in_threadpool(watcher.poll, force=True)
-    body = {"status": result.status, "version": result.version, "message": result.message}
+    body = {
+        "status": result.status,
+        "version": result.version,
+        "message": result.message,
+        "adapters": {name: {"status": r.status, "version": r.version, "message": r.message} for name, r in result.adapters.items()},
+    }
     return JSONResponse(body, status_code=422 if result.status == "refused" else 200)
 
 
@@ -340,11 +363,18 @@ def _admit(
         raise OpenAIError(400, f"logit_bias names token {unknown[1]}, outside {_vocabulary(engine)}", param="logit_bias")
     if body.unknown_fields:
         log.info("ignoring fields this server does not know: %s", ", ".join(body.unknown_fields))
-    adapter: Loaded | None
-    if body.model in (None, adapter_model_id(settings)):
-        adapter = engine.registry.acquire(len(prompts))  # one version for all the request's prompts
-    else:
-        adapter = None  # the base model, asked for by name
+    adapter: Loaded | None = None  # the base model, asked for by name
+    if body.model != base_model_id(settings):
+        adapter = engine.registry.acquire(body.model, len(prompts))  # one version for all the request's prompts
+        if adapter is None:
+            slot = engine.registry.slot(body.model or engine.registry.default or "")
+            why = slot.last_error if slot is not None and slot.last_error else "it has no version to serve yet"
+            raise OpenAIError(
+                503,
+                f"the adapter {body.model or (slot.name if slot else '')!r} cannot serve: {why}",
+                type_="server_error",
+                code="not_ready",
+            )
     version = adapter.version if adapter is not None else "base"
     bridge, shaper = _Bridge(), _Shaper(engine, body, prompts)
     jobs = [
@@ -392,7 +422,7 @@ def _check_ready_and_model(request: Request, model: str | None) -> None:
     if not ready:
         raise OpenAIError(503, f"not ready: {detail}", type_="server_error", code="not_ready")
     settings = settings_of(request)
-    served = {adapter_model_id(settings), base_model_id(settings)}
+    served = {*engine_of(request).registry.names(), base_model_id(settings)}
     if model is not None and model not in served:
         raise OpenAIError(
             404, f"the model {model!r} is not served here; use one of: {', '.join(sorted(served))}", param="model", code="model_not_found"
@@ -459,7 +489,7 @@ async def _respond(request: Request, body: ChatCompletionRequest | CompletionReq
     jobs, bridge, shaper, version = _admit(request, body, prompts)
     chat = isinstance(body, ChatCompletionRequest)
     ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
-    model_name, system_fingerprint = body.model or adapter_model_id(settings), fingerprint(version)
+    model_name, system_fingerprint = body.model or engine_of(request).registry.default or base_model_id(settings), fingerprint(version)
     headers = {"x-adapter-version": version}
     charge = _charger(request)
     if body.stream:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class ServingSettings(BaseSettings):
@@ -23,6 +26,12 @@ class ServingSettings(BaseSettings):
     # The restart strategy's explicit version: this process serves exactly the version staged
     # beside the pointer (``<pointer folder>/adapters/<version>``), whatever the pointer says.
     adapter_version: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    # The same for a deployment of several adapters, as JSON: {"NAME": "VERSION", ...}; each
+    # adapter named serves exactly that version, the others follow the pointer.
+    adapter_versions: dict[str, str] = Field(default_factory=dict)
+    # How many adapters' weights are in the model at once; past it, the least recently used
+    # idle one is unloaded, and loaded again from its staged copy on its next request.
+    max_resident_adapters: int = Field(default=8, ge=1)
     allow_base_only: bool = False
     admin_token: str | None = Field(default=None, repr=False)
     # A JSON file under the share root with the inference keys' hashes and limits (written by
@@ -66,6 +75,31 @@ class ServingSettings(BaseSettings):
     ui: bool = True
     deployment: str | None = None  # the loraplane deployment this app serves, for names
 
+    @field_validator("adapter_versions")
+    @classmethod
+    def _versions_are_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, version in value.items():
+            if not ID.fullmatch(name) or not ID.fullmatch(version):
+                raise ValueError(f"{name!r}: {version!r} is not an adapter name and a version id")
+        return value
+
+    @property
+    def default_adapter(self) -> str:
+        """The name clients ask for the adapter by, when the pointer names none (one adapter)."""
+        return self.deployment or "adapter"
+
+    def pinned_versions(self) -> dict[str, str]:
+        """The restart strategy's versions, by adapter: what this process serves, whatever the
+        pointer says."""
+        pinned = dict(self.adapter_versions)
+        if self.adapter_version is not None:
+            pinned.setdefault(self.default_adapter, self.adapter_version)
+        return pinned
+
+    def staged_dir(self, version: str) -> Path | None:
+        """Where loraplane stages ``version``: beside the pointer (None without one)."""
+        return self.pointer_file.parent / "adapters" / version if self.pointer_file is not None else None
+
     @property
     def model_dir(self) -> Path:
         return self.share_root / self.model_path
@@ -81,10 +115,3 @@ class ServingSettings(BaseSettings):
     @property
     def keys_file(self) -> Path | None:
         return self.share_root / self.api_keys_file if self.api_keys_file else None
-
-    @property
-    def version_dir(self) -> Path | None:
-        """The staged folder of ``adapter_version`` (None when no version is named)."""
-        if self.adapter_version is None or self.pointer_file is None:
-            return None
-        return self.pointer_file.parent / "adapters" / self.adapter_version

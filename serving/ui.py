@@ -29,7 +29,8 @@ def serving_label(engine: Engine) -> str:
         return f"**Adapter:** `{active.version}`"
     if engine.base is None:
         return "**Adapter:** the model is loading"
-    return f"**Adapter:** none loaded ({engine.registry.last_error or 'waiting for one'})"
+    first = next(iter(engine.registry.slots()), None)
+    return f"**Adapter:** none loaded ({(first.last_error if first else None) or 'waiting for one'})"
 
 
 def chat_stream(

@@ -1,20 +1,23 @@
-"""Hot reload: poll the adapter folder, or the reconciler's pointer file once one exists, and
-swap in what is new.
+"""Hot reload: poll the reconciler's pointer file (or, without one, the adapter folder) and swap
+in what is new, adapter by adapter.
 
-SMB shares have no inotify, so this polls. A changed adapter folder is acted on only once its
-files have stayed the same for one poll (a copy in progress is not an adapter). The reload
-endpoint runs the same path at once. A refused adapter is not tried again until its files
-(or the pointer) change.
+SMB shares have no inotify, so this polls. The pointer names each adapter's version and its
+staged folder; an adapter whose version changed is loaded beside the others, and its old
+version drains; the others are not touched. Without a pointer, the one adapter folder is
+served, acted on only once its files have stayed the same for one poll (a copy in progress is
+not an adapter). The reload endpoint runs the same path at once. A refused version is not
+tried again until the pointer (or the folder) changes.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from serving.adapters import AdapterError, inspect_adapter, read_pointer, stat_signature
+from serving.adapters import AdapterError, PointedVersion, inspect_adapter, read_pointer, stat_signature
 from serving.engine import Engine
 from serving.settings import ServingSettings
 
@@ -22,17 +25,40 @@ log = logging.getLogger("loraplane.serving")
 
 
 @dataclass(frozen=True)
-class ReloadResult:
+class AdapterResult:
     status: Literal["loaded", "unchanged", "refused", "waiting"]
     version: str | None
     message: str
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """A poll's outcome: each adapter's, and one summary (refused when any was)."""
+
+    status: Literal["loaded", "unchanged", "refused", "waiting"]
+    version: str | None  # the default adapter's
+    message: str
+    adapters: dict[str, AdapterResult] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, adapters: dict[str, AdapterResult], default: str | None) -> ReloadResult:
+        results = list(adapters.values())
+        status = next((s for s in ("refused", "loaded", "waiting") if any(r.status == s for r in results)), "unchanged")
+        first = adapters.get(default) if default is not None else None
+        message = (
+            "; ".join(f"{name}: {r.message}" for name, r in adapters.items())
+            if len(adapters) > 1
+            else (results[0].message if results else "")
+        )
+        return cls(status, first.version if first else None, message, adapters)  # type: ignore[arg-type]
 
 
 class AdapterWatcher:
     def __init__(self, settings: ServingSettings, engine: Engine) -> None:
         self.settings, self.engine = settings, engine
         self.registry = engine.registry
-        self._last_seen: tuple | None = None  # the folder as the previous poll saw it
+        self._last_seen: tuple | None = None  # the pointer (or folder) as the previous poll saw it
+        self._tried: dict[str, tuple[str | None, tuple | None]] = {}  # adapter -> (version, signature) refused
         self._lock = threading.Lock()  # one poll at a time (the timer and the endpoint)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -65,64 +91,83 @@ class AdapterWatcher:
         with self._lock:
             if self.engine.base is None:
                 return ReloadResult("waiting", None, "the base model is not loaded yet")
-            if self.settings.version_dir is not None:
-                return self._follow_version(force)
-            if self.settings.pointer_file is not None:
-                return self._follow_pointer(force)
-            return self._follow_folder(force)
+            pinned = self.settings.pinned_versions()
+            pointer = self.settings.pointer_file
+            if pointer is not None and pointer.is_file():
+                results = self._follow_pointer(pointer, pinned, force)
+            elif pinned:
+                self._keep(list(pinned))
+                results = {}
+            else:
+                # No rollout has written the pointer yet: serve the adapter folder meanwhile,
+                # as an app without a reconciler would; from the first pointer on, it decides.
+                name = self.settings.default_adapter
+                self._keep([name])
+                results = {name: self._follow_folder(name, force)}
+            for name, version in pinned.items():
+                results[name] = self._serve_pinned(name, version, force)
+            return ReloadResult.of(results, self.registry.default)
 
-    def _follow_version(self, force: bool) -> ReloadResult:
+    def _keep(self, names: list[str]) -> None:
+        drained = self.registry.ensure(names)
+        if drained:
+            self.engine.call(lambda: self.engine.unload_all(drained))
+
+    def _serve_pinned(self, name: str, version: str, force: bool) -> AdapterResult:
         """The restart strategy: the process was started to serve one version, and serves it."""
-        version, folder = self.settings.adapter_version, self.settings.version_dir
-        assert version is not None and folder is not None
-        active = self.registry.active
-        if active is not None and active.version == version:
-            return ReloadResult("unchanged", version, f"already serving {version}")
+        folder = self.settings.staged_dir(version)
+        slot = self.registry.slot(name)
+        if slot is not None and slot.active is not None and slot.active.version == version:
+            return AdapterResult("unchanged", version, f"already serving {version}")
+        if folder is None:
+            return self._nothing_to_serve(name, f"adapter version {version} is named, but LORAPLANE_ADAPTER_POINTER is not set")
         signature = stat_signature(folder)
         if signature is None:
-            return self._nothing_to_serve(f"adapter version {version} is not staged at {folder}")
-        if not force and signature == self.registry.signature:
-            return ReloadResult("unchanged", active.version if active else None, "refused before; waiting for a change")
-        return self._load(folder, version, signature)
+            return self._nothing_to_serve(name, f"adapter version {version} is not staged at {folder}")
+        if not force and self._tried.get(name) == (version, signature):
+            return AdapterResult("unchanged", None, "refused before; waiting for a change")
+        return self._load(name, folder, version, signature)
 
-    def _follow_pointer(self, force: bool) -> ReloadResult:
-        pointer = self.settings.pointer_file
-        assert pointer is not None
-        active = self.registry.active
-        if not pointer.is_file():
-            # No rollout has written it yet: serve the adapter folder meanwhile, as an app
-            # without a reconciler would; from the first pointer on, the pointer decides.
-            return self._follow_folder(force)
+    def _follow_pointer(self, pointer: Path, pinned: dict[str, str], force: bool) -> dict[str, AdapterResult]:
         signature = stat_signature(pointer.parent)
         previous, self._last_seen = self._last_seen, signature
         try:
-            version, folder = read_pointer(pointer, self.settings.share_root)
+            pointed = read_pointer(pointer, self.settings.share_root, self.settings.default_adapter)
         except AdapterError as exc:
+            names = self.registry.names() or [self.settings.default_adapter]
             if signature != previous and not force:
                 # Perhaps caught mid-write: judge it once it has stayed the same for a poll.
-                return ReloadResult("waiting", active.version if active else None, str(exc))
-            return self._refuse(str(exc), signature)
-        if active is not None and active.version == version:
-            return ReloadResult("unchanged", version, f"already serving {version}")
-        if not force and signature == self.registry.signature:
-            return ReloadResult("unchanged", active.version if active else None, "refused before; waiting for a change")
-        return self._load(folder, version, signature)
+                return {n: AdapterResult("waiting", self._version(n), str(exc)) for n in names}
+            return {n: self._refuse(n, None, str(exc), signature) for n in names}
+        self._keep([*pointed, *(n for n in pinned if n not in pointed)])
+        return {name: self._follow(name, entry, signature, force) for name, entry in pointed.items() if name not in pinned}
 
-    def _follow_folder(self, force: bool) -> ReloadResult:
+    def _follow(self, name: str, entry: PointedVersion, signature: tuple | None, force: bool) -> AdapterResult:
+        if self._version(name) == entry.version:
+            return AdapterResult("unchanged", entry.version, f"already serving {entry.version}")
+        if not force and self._tried.get(name) == (entry.version, signature):
+            return AdapterResult("unchanged", self._version(name), "refused before; waiting for a change")
+        return self._load(name, entry.folder, entry.version, signature)
+
+    def _follow_folder(self, name: str, force: bool) -> AdapterResult:
         folder = self.settings.adapter_dir
         signature = stat_signature(folder)
         previous, self._last_seen = self._last_seen, signature
-        active = self.registry.active
         if signature is None:
-            return self._nothing_to_serve(f"no adapter at {folder}")
-        if signature == self.registry.signature and not force:
-            return ReloadResult("unchanged", active.version if active else None, "no change")
+            return self._nothing_to_serve(name, f"no adapter at {folder}")
+        if not force and self._tried.get(name) == (None, signature):
+            return AdapterResult("unchanged", self._version(name), "no change")
         if not force and signature != previous:
-            return ReloadResult("waiting", None, "the adapter files are changing; waiting for them to settle")
-        return self._load(folder, None, signature)
+            return AdapterResult("waiting", None, "the adapter files are changing; waiting for them to settle")
+        return self._load(name, folder, None, signature)
 
-    def _load(self, folder, version: str | None, signature: tuple | None) -> ReloadResult:
-        active = self.registry.active
+    def _version(self, name: str) -> str | None:
+        slot = self.registry.slot(name)
+        return slot.active.version if slot is not None and slot.active is not None else None
+
+    def _load(self, name: str, folder: Path, version: str | None, signature: tuple | None) -> AdapterResult:
+        slot = self.registry.slot(name)
+        active = slot.active if slot is not None else None
         try:
             candidate = inspect_adapter(
                 folder,
@@ -132,26 +177,26 @@ class AdapterWatcher:
                 share_root=self.settings.share_root,
             )
             if active is not None and version is None and candidate.fingerprint == active.fingerprint:
-                self.registry.signature = signature
-                return ReloadResult("unchanged", active.version, f"already serving {active.version}")
-            loaded = self.engine.call(lambda: self.engine.load_adapter(candidate)).result()
+                self._tried[name] = (version, signature)
+                return AdapterResult("unchanged", active.version, f"already serving {active.version}")
+            loaded = self.engine.call(lambda: self.engine.load_adapter(candidate, name)).result()
         except AdapterError as exc:
-            return self._refuse(str(exc), signature)
-        self.registry.signature = signature
-        return ReloadResult("loaded", loaded.version, f"now serving {loaded.version}")
+            return self._refuse(name, version, str(exc), signature)
+        self._tried[name] = (version, signature)
+        return AdapterResult("loaded", loaded.version, f"now serving {loaded.version}")
 
-    def _refuse(self, message: str, signature: tuple | None) -> ReloadResult:
-        self.registry.signature = signature  # not tried again until the files change
-        self.registry.fail(message)
-        active = self.registry.active
-        log.warning("adapter refused: %s", message)
-        kept = f"; still serving {active.version}" if active else ""
-        return ReloadResult("refused", active.version if active else None, message + kept)
+    def _refuse(self, name: str, version: str | None, message: str, signature: tuple | None) -> AdapterResult:
+        self._tried[name] = (version, signature)  # not tried again until the files change
+        self.registry.fail(name, message)
+        serving = self._version(name)
+        log.warning("adapter %s refused: %s", name, message)
+        kept = f"; still serving {serving}" if serving else ""
+        return AdapterResult("refused", serving, message + kept)
 
-    def _nothing_to_serve(self, message: str) -> ReloadResult:
-        if self.registry.active is None:
-            if self.settings.allow_base_only:
+    def _nothing_to_serve(self, name: str, message: str) -> AdapterResult:
+        if self._version(name) is None:
+            if self.settings.allow_base_only and name == self.settings.default_adapter:
                 self.engine.call(self.engine.serve_base_only).result()
-                return ReloadResult("loaded", "base", f"{message}: serving the base model (LORAPLANE_ALLOW_BASE_ONLY=1)")
-            self.registry.fail(message)
-        return ReloadResult("waiting", self.registry.active.version if self.registry.active else None, message)
+                return AdapterResult("loaded", "base", f"{message}: serving the base model (LORAPLANE_ALLOW_BASE_ONLY=1)")
+            self.registry.fail(name, message)
+        return AdapterResult("waiting", self._version(name), message)

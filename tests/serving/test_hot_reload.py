@@ -36,8 +36,9 @@ def replace_adapter(folder: Path, source: Path) -> None:
 class Load:
     """Clients asking in a loop until stopped; every answer is kept."""
 
-    def __init__(self, url: str, clients: int) -> None:
+    def __init__(self, url: str, clients: int, model: str | None = None) -> None:
         self.url = url
+        self.body = {**PROMPT, "model": model} if model is not None else PROMPT
         self.results: list[tuple[float, int, str, str]] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -48,7 +49,7 @@ class Load:
         with httpx.Client(timeout=60) as http:
             while not self._stop.is_set():
                 try:
-                    response = http.post(f"{self.url}/v1/chat/completions", json=PROMPT)
+                    response = http.post(f"{self.url}/v1/chat/completions", json=self.body)
                     record = (
                         time.monotonic(),
                         response.status_code,

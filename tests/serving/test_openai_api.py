@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import httpx
@@ -221,17 +222,23 @@ def test_base_only_when_allowed(serve_app, tiny_share):
 
 def test_a_waiting_stream_sends_keep_alive_comments(serve_app, tiny_share):
     app = serve_app(tiny_share, keepalive_seconds=0.1)
-    busy = app.engine.call(lambda: time.sleep(1.0))  # the engine is busy: the stream must wait
+    # The engine is busy until the client has seen three keep-alives: the stream must wait.
+    seen_three = threading.Event()
+    busy = app.engine.call(lambda: seen_three.wait(60))
+    lines: list[str] = []
     with httpx.stream(
         "POST",
         f"{app.url}/v1/chat/completions",
         json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
         timeout=60,
     ) as response:
-        lines = [line for line in response.iter_lines() if line]
-    busy.result()
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+            if lines.count(": keep-alive") >= 3:
+                seen_three.set()
+    assert busy.result() is True, "the stream never sent three keep-alives while the engine was busy"
     keepalives = [i for i, line in enumerate(lines) if line == ": keep-alive"]
-    assert len(keepalives) >= 3
     first_token = next(i for i, line in enumerate(lines) if '"content":"' in line and '"content":""' not in line)
-    assert keepalives[0] < first_token  # sent while waiting, before any token
+    assert keepalives[2] < first_token  # sent while waiting, before any token
     assert lines[-1] == "data: [DONE]"
