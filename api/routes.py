@@ -45,7 +45,7 @@ from state.models import (
     InferenceDeploymentPublic,
     InferenceDeploymentUpdate,
 )
-from state.resource import DNS_LABEL, DeploymentSpec
+from state.resource import AS_STORED, DNS_LABEL, DeploymentSpec
 from state.selectors import parse_selector
 from state.store import DeploymentStore, check_change
 
@@ -480,6 +480,13 @@ def deployment_logs(
 # -------------------------------------------------------------------------------- adapters
 
 VersionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="an adapter version id")]
+AdapterPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="an adapter's name (the model id)")]
+
+
+def _adapter_named(row_name: str, spec: DeploymentSpec, adapter: str) -> None:
+    names = [entry.name for entry in spec.adapter_entries(row_name)]
+    if adapter not in names:
+        raise NotFound(f"deployment {row_name!r} has no adapter {adapter!r}; its adapters are: {', '.join(names)}")
 
 
 @router.get(
@@ -487,12 +494,19 @@ VersionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", 
     response_model=AdapterVersionList,
     response_model_exclude_none=True,
     responses=problem_responses(404, 422),
-    summary="Adapter version history, newest first: staged, active, superseded, rejected, failed",
+    summary="Adapter version history, newest first, of every adapter or of one: staged, active, superseded, rejected, failed",
 )
-def list_adapters(name: Name, request: Request, caller: Viewer) -> AdapterVersionList:
+def list_adapters(
+    name: Name,
+    request: Request,
+    caller: Viewer,
+    adapter: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="only this adapter's versions")] = None,
+) -> AdapterVersionList:
     store = store_of(request)
     row = store.get(name)
-    return AdapterVersionList(items=[v.to_public() for v in store.adapter_versions(row.uid)])
+    if adapter is not None:
+        _adapter_named(row.name, DeploymentSpec.model_validate(row.spec, context=AS_STORED), adapter)
+    return AdapterVersionList(items=[v.to_public() for v in store.adapter_versions(row.uid, adapter)])
 
 
 @router.post(
@@ -501,19 +515,46 @@ def list_adapters(name: Name, request: Request, caller: Viewer) -> AdapterVersio
     response_model=InferenceDeploymentPublic,
     response_model_exclude_none=True,
     responses=problem_responses(404, 409, 422),
-    summary="Pin an adapter version (spec.adapter.pin): roll forward or back to it",
+    summary="Pin an adapter version (its adapter's pin): roll forward or back to it",
 )
 def activate_adapter(name: Name, version: VersionPath, request: Request, response: Response, caller: Deployer) -> InferenceDeploymentPublic:
+    return _pin(request, response, caller, name, None, version)
+
+
+@router.post(
+    "/deployments/{name}/adapters/{adapter}/versions/{version}/activate",
+    status_code=202,
+    response_model=InferenceDeploymentPublic,
+    response_model_exclude_none=True,
+    responses=problem_responses(404, 409, 422),
+    summary="Pin a version of one adapter (spec.adapters[].pin): roll that adapter forward or back to it",
+)
+def activate_adapter_version(
+    name: Name, adapter: AdapterPath, version: VersionPath, request: Request, response: Response, caller: Deployer
+) -> InferenceDeploymentPublic:
+    return _pin(request, response, caller, name, adapter, version)
+
+
+def _pin(request: Request, response: Response, caller: Identity, name: str, adapter: str | None, version: str) -> InferenceDeploymentPublic:
     store = store_of(request)
     for _attempt in range(5):
         row = store.get(name)
+        spec = DeploymentSpec.model_validate(row.spec)
+        if adapter is not None:
+            _adapter_named(row.name, spec, adapter)
         found = store.adapter_version(row.uid, version)
-        if found is None:
-            raise NotFound(f"deployment {name!r} has no adapter version {version!r}; list them with GET /v1/deployments/{name}/adapters")
+        if found is None or (adapter is not None and found.adapter != adapter):
+            whose = f"adapter {adapter!r} of deployment {name!r}" if adapter is not None else f"deployment {name!r}"
+            raise NotFound(f"{whose} has no adapter version {version!r}; list them with GET /v1/deployments/{name}/adapters")
         if found.state == "Rejected":
             raise Conflict(f"adapter version {version!r} was rejected and cannot serve: {found.message}")
-        spec = DeploymentSpec.model_validate(row.spec)
-        spec.adapter.pin = version
+        if spec.adapters is None:
+            spec.adapter.pin = version
+        else:
+            entry = next((e for e in spec.adapters if e.name == found.adapter), None)
+            if entry is None:
+                raise Conflict(f"adapter version {version!r} is of adapter {found.adapter!r}, which is no longer in spec.adapters")
+            entry.pin = version
         try:
             row, _ = store.replace(
                 name, labels=row.labels, spec=spec, expected_version=row.resource_version, actor=caller.name, action="activate"

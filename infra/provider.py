@@ -29,14 +29,28 @@ P = TypeVar("P")
 @dataclass(frozen=True)
 class Target:
     """One deployment as a provider sees it: who it is, what it should be, and the adapter
-    version its serving app must run with (under the restart strategy a new version is a new
-    process or revision; under hotReload it is None and the pointer on the share decides)."""
+    versions its serving app must run with (under the restart strategy a new version is a new
+    process or revision; under hotReload the pointer on the share decides)."""
 
     name: str
     uid: str
     generation: int
     spec: DeploymentSpec
-    adapter_version: str | None = None
+    adapter_version: str | None = None  # spec.adapter's, under the restart strategy
+    # spec.adapters': the version of each adapter rolled out by restart
+    adapter_versions: dict[str, str] = field(default_factory=dict)
+
+    def restart_env(self) -> dict[str, str]:
+        """The serving app's environment that names the versions it must serve (the restart
+        strategy) and whether it follows the pointer at all."""
+        env: dict[str, str] = {}
+        if all(entry.strategy == "restart" for entry in self.spec.adapter_entries(self.name)):
+            env["LORAPLANE_WATCH"] = "false"  # a new adapter is a new process (revision), never a swap
+        if self.adapter_version:
+            env["LORAPLANE_ADAPTER_VERSION"] = self.adapter_version
+        if self.adapter_versions:
+            env["LORAPLANE_ADAPTER_VERSIONS"] = json.dumps(dict(sorted(self.adapter_versions.items())))
+        return env
 
 
 def deployment_folder(deployment: str, uid: str) -> str:

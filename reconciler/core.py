@@ -45,14 +45,21 @@ class Outcome:
 def target_of(row: InferenceDeployment, versions: Sequence[AdapterVersion] = ()) -> Target:
     """The deployment as a provider sees it. Under the restart strategy the adapter version the
     app must run with is an explicit input, from the version rows (the one being rolled out,
-    else the one serving); under hotReload the pointer on the share decides, and it is None.
+    else the one serving), for each adapter rolled out so; under hotReload the pointer on the
+    share decides.
 
     A deployment being deleted is read as stored, without Azure's rules (``AS_STORED``): one
     stored before a rule was tightened can still be torn down, since it can no longer change."""
     context = AS_STORED if row.deletion_timestamp is not None else None
     spec = DeploymentSpec.model_validate(row.spec, context=context)
-    version = restart_version(versions) if spec.adapter.strategy == "restart" else None
-    return Target(name=row.name, uid=row.uid, generation=row.generation, spec=spec, adapter_version=version)
+    restarting = {
+        entry.name: version
+        for entry in spec.adapter_entries(row.name)
+        if entry.strategy == "restart" and (version := restart_version([v for v in versions if v.adapter == entry.name])) is not None
+    }
+    if spec.adapters is None:  # spec.adapter: the one version in LORAPLANE_ADAPTER_VERSION, as always
+        return Target(name=row.name, uid=row.uid, generation=row.generation, spec=spec, adapter_version=restarting.get(row.name))
+    return Target(name=row.name, uid=row.uid, generation=row.generation, spec=spec, adapter_versions=restarting)
 
 
 class Reconciler:
@@ -139,6 +146,7 @@ class Reconciler:
         applying = False
         try:
             provider = self.provider_for(target)
+            target, versions = self._stage_ahead(row, target, provider, previous, versions)
             observation = provider.observe(target)
             actions = provider.plan(target, observation)
             if not actions:
@@ -167,6 +175,36 @@ class Reconciler:
                     self._stalled[name] = row.generation
             return self._failed(row, previous, statuses.failed(previous, row.generation, observation, error, self.clock()), error)
 
+    def _stage_ahead(
+        self,
+        row: InferenceDeployment,
+        target: Target,
+        provider: TargetProvider[Any],
+        previous: DeploymentStatus,
+        versions: list[AdapterVersion],
+    ) -> tuple[Target, list[AdapterVersion]]:
+        """Before the infrastructure is planned: a new adapter's first version staged and in
+        the pointer before the app starts, once the share is there, committed at once, so that
+        the app's environment names it from the start (the restart strategy). Best effort: the
+        share may not exist yet (it is created with the rest); the pass that finds the app
+        waiting for its pointer stages it then, and says what stops it."""
+        observing = target.spec.azure is not None and target.spec.azure.policy == "observe"
+        pointed = {a.name for a in previous.adapters if a.desired_version} or ({target.name} if previous.adapter.desired_version else set())
+        if observing or all(entry.name in pointed for entry in target.spec.adapter_entries(target.name)):
+            return target, versions  # every adapter was pointed at before: the rollout's business now
+        try:
+            events, changes = self.rollout.stage_ahead(row, target, provider, previous, versions)
+        except Fenced:
+            raise
+        except Exception as exc:
+            log.debug("%s: nothing staged ahead yet: %s", row.name, exc)
+            return target, versions
+        if not events and not changes:
+            return target, versions
+        self._commit(row, previous, events=events, versions=changes)
+        versions = self.store.adapter_versions(row.uid)
+        return target_of(row, versions), versions
+
     def _converged(
         self,
         row: InferenceDeployment,
@@ -190,12 +228,22 @@ class Reconciler:
                 error = self._classified(exc, f"writing the inference keys of {row.name}")
                 return self._failed(row, previous, statuses.failed(previous, row.generation, observation, error, self.clock()), error)
         if not observation.ready:  # adapters wait for an endpoint (and a share) to exist
+            events: list[NewEvent] = []
+            changes: list[VersionChange] = []
+            if not observation.stopped and not observing:
+                try:  # the app may be waiting for its first pointer (a new share, a new adapter)
+                    events, changes = self.rollout.stage_ahead(row, target, provider, previous, versions)
+                except Fenced:
+                    raise
+                except Exception as exc:
+                    error = self._classified(exc, f"staging the adapters of {row.name}")
+                    return self._failed(row, previous, statuses.failed(previous, row.generation, observation, error, self.clock()), error)
             stuck = self.rollout.watch_in_flight(row, target, provider, observation, previous, versions)
             if stuck is None:
-                self._commit(row, status)
+                self._commit(row, status, events=events, versions=changes)
             else:  # a restart onto a version the app cannot start with
                 statuses.with_rollout(status, stuck, self.clock())
-                self._commit(row, status, events=stuck.events, versions=stuck.versions)
+                self._commit(row, status, events=[*events, *stuck.events], versions=[*changes, *stuck.versions])
             # Coming up: look again soon. Stopped as asked: the resync timer is enough.
             return Outcome("converged", None if observation.stopped else self.poll_seconds)
         try:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from infra.provider import Target
 from reconciler.core import Reconciler
 from reconciler.errors import classify
+from state.errors import NotFound
+from state.resource import AS_STORED, DeploymentSpec
 
 
 class _Wire(BaseModel):
@@ -30,10 +32,19 @@ class Blocker(_Wire):
     permanent: bool
 
 
+class AdapterChange(_Wire):
+    """What the serving app would load, unload, or have rolled out to it, adapter by adapter."""
+
+    verb: Literal["load", "unload", "rollOut"]
+    adapter: str
+    reason: str
+
+
 class Plan(_Wire):
     deployment: str
     target: str
     actions: list[PlannedAction] = Field(default_factory=list)
+    adapters: list[AdapterChange] = Field(default_factory=list)
     # Why the reconciler could not act, when it could not (e.g. the model folder is missing).
     blocked: Blocker | None = None
     summary: dict[str, int] = Field(default_factory=dict)
@@ -62,6 +73,38 @@ def dry_run(reconciler: Reconciler, target: Target, *, deleting: bool = False) -
     except Exception as exc:  # a dry run reports why it is blocked; it never fails the request
         error = classify(exc)
         plan.blocked = Blocker(reason=error.reason, message=error.message, permanent=error.permanent)
+    plan.adapters = adapter_changes(reconciler, target)
     for action in plan.actions:
         plan.summary[action.verb] = plan.summary.get(action.verb, 0) + 1
     return plan
+
+
+def adapter_changes(reconciler: Reconciler, target: Target) -> list[AdapterChange]:
+    """The spec's adapters against the stored deployment's: new ones load (their first
+    version, once staged), removed ones unload, one whose folder or pin changed rolls out."""
+    try:
+        stored = reconciler.store.get(target.name)
+        before = {e.name: e for e in DeploymentSpec.model_validate(stored.spec, context=AS_STORED).adapter_entries(target.name)}
+    except (NotFound, ValidationError):
+        before = {}
+    after = {e.name: e for e in target.spec.adapter_entries(target.name)}
+    restarts = " (restart strategy: the app restarts, and every adapter of the deployment with it)" if len(after) > 1 else ""
+    changes = [
+        AdapterChange(verb="load", adapter=name, reason=f"a new adapter: its first version from {entry.path} once it has settled")
+        for name, entry in after.items()
+        if name not in before
+    ]
+    changes += [AdapterChange(verb="unload", adapter=name, reason="no longer in the spec") for name in before if name not in after]
+    for name, entry in after.items():
+        old = before.get(name)
+        if old is None:
+            continue
+        why = []
+        if old.path != entry.path:
+            why.append(f"its folder is now {entry.path}")
+        if old.pin != entry.pin:
+            why.append(f"pinned to {entry.pin}" if entry.pin else "the pin is dropped: the newest good version serves")
+        if why:
+            suffix = restarts if entry.strategy == "restart" else ""
+            changes.append(AdapterChange(verb="rollOut", adapter=name, reason="; ".join(why) + suffix))
+    return changes

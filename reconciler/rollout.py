@@ -47,7 +47,7 @@ from infra.errors import ProviderError
 from infra.provider import AdapterHost, AdapterShare, Observation, ShareEntry, Target, pointer_path, staged_path
 from serving.adapter_check import CONFIG, MAX_HEADER_BYTES, WEIGHTS, check_config, check_safetensors_header, header_length
 from state.models import AdapterFile, AdapterVersion, InferenceDeployment, NewEvent, utcnow
-from state.resource import AdapterStatus, DeploymentStatus, RolloutRecord
+from state.resource import AdapterStatus, DeploymentStatus, NamedAdapterSpec, NamedAdapterStatus, RolloutRecord
 from state.store import ActivateVersion, AddVersion, MarkVersion, VersionChange
 
 log = logging.getLogger("loraplane.reconciler.rollout")
@@ -82,9 +82,9 @@ class RolloutMetrics:
 
 
 @dataclass
-class RolloutReport:
-    """What a pass found, for the status (AdapterSynced, and Degraded when a rollout failed), and
-    what it wants written with it: events and adapter-version changes."""
+class AdapterReport:
+    """What a pass found for one adapter, and what it wants written with it: events and
+    adapter-version changes."""
 
     adapter: AdapterStatus
     synced: bool
@@ -96,11 +96,95 @@ class RolloutReport:
     versions: list[VersionChange] = field(default_factory=list)
 
 
+@dataclass
+class RolloutReport:
+    """What a pass found for every adapter of the deployment, for the status (AdapterSynced,
+    and Degraded when a rollout failed), and what it wants written with it."""
+
+    adapters: list[NamedAdapterStatus]
+    synced: bool
+    reason: str
+    message: str
+    failed: bool = False
+    requeue_after: float | None = None
+    events: list[NewEvent] = field(default_factory=list)
+    versions: list[VersionChange] = field(default_factory=list)
+
+    @property
+    def adapter(self) -> AdapterStatus:
+        """The first adapter's: what a request that names no model gets."""
+        first = self.adapters[0]
+        return AdapterStatus(desired_version=first.desired_version, serving_version=first.serving_version, last_rollout=first.last_rollout)
+
+    @classmethod
+    def of(cls, reports: dict[str, AdapterReport]) -> RolloutReport:
+        """One report for the deployment: synced when every adapter is, failed when any is;
+        with several adapters, the reason is the first one's that is behind, and each message
+        says which adapter it is about."""
+        many = len(reports) > 1
+        statuses = [NamedAdapterStatus(name=name, **r.adapter.model_dump()) for name, r in reports.items()]
+        behind = [(name, r) for name, r in reports.items() if r.failed or not r.synced]
+        failed = [(name, r) for name, r in behind if r.failed]
+        lead = (failed or behind or list(reports.items()))[0]
+        if many and behind:
+            message = "; ".join(f"adapter {name}: {r.message}" for name, r in (failed or behind))
+        elif many:
+            message = "serving " + ", ".join(f"{name} {r.adapter.serving_version}" for name, r in reports.items())
+        else:
+            message = lead[1].message
+        waits = [r.requeue_after for r in reports.values() if r.requeue_after is not None]
+        return cls(
+            adapters=statuses,
+            synced=not behind,
+            reason=lead[1].reason,
+            message=message,
+            failed=bool(failed),
+            requeue_after=min(waits) if waits else None,
+            events=[
+                (kind, reason, f"adapter {name}: {text}" if many else text)
+                for name, r in reports.items()
+                for kind, reason, text in r.events
+            ],
+            versions=[change for r in reports.values() for change in r.versions],
+        )
+
+
+class Pointer:
+    """The pointer every replica follows, as this pass knows it: each adapter's version and
+    staged folder, written whole (one atomic replace) whenever one of them changes. A
+    deployment of ``spec.adapter`` gets the one-adapter form older serving apps read too."""
+
+    def __init__(self, share: AdapterShare, row: InferenceDeployment, target: Target) -> None:
+        self.share, self.path = share, pointer_path(row.name, row.uid)
+        self.names = [e.name for e in target.spec.adapter_entries(target.name)]
+        self.legacy = target.spec.adapters is None
+        self.entries: dict[str, dict[str, str]] = {}
+        folder, _, file_name = self.path.rpartition("/")
+        try:
+            listed = any(e.name == file_name for e in share.list(folder) or [])
+            document = json.loads(share.read(self.path)) if listed else {}
+        except ValueError:
+            document = {}  # replaced whole by the next write
+        found = document.get("adapters", {self.names[0]: document} if "version" in document else {}) if isinstance(document, dict) else {}
+        self.entries = {n: e for n, e in found.items() if n in self.names and isinstance(e, dict)}
+        self.stale = set(found) - set(self.names)  # adapters no longer in the spec
+
+    def point(self, name: str, version: str, path: str) -> None:
+        self.entries[name] = {"version": version, "path": path}
+        self.write()
+
+    def write(self) -> None:
+        ordered = {n: self.entries[n] for n in self.names if n in self.entries}
+        body = ordered[self.names[0]] if self.legacy and self.names[0] in ordered else {"adapters": ordered}
+        self.share.write(self.path, json.dumps(body).encode())
+        self.stale = set()
+
+
 class VersionBook:
     """A pass's view of the deployment's version rows (newest first): read once, changed in
     memory as the pass decides, the changes kept for the one commit at the end."""
 
-    def __init__(self, rows: Sequence[AdapterVersion], report: RolloutReport, clock: Callable[[], datetime]) -> None:
+    def __init__(self, rows: Sequence[AdapterVersion], report: AdapterReport, clock: Callable[[], datetime]) -> None:
         self.rows = [AdapterVersion.model_validate(r.model_dump()) for r in rows]
         self.report, self.clock = report, clock
 
@@ -141,14 +225,14 @@ def fingerprint(files: list[ShareEntry]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def incomplete(files: list[ShareEntry], marker: str | None) -> str | None:
+def incomplete(files: list[ShareEntry], marker: str | None, marker_field: str = "spec.adapter.marker") -> str | None:
     names = {f.name for f in files}
     if CONFIG not in names:
         return f"no {CONFIG} yet"
     if not any(w in names for w in WEIGHTS):
         return "no adapter_model.safetensors (or .bin) yet"
     if marker and marker not in names:
-        return f"no {marker} marker yet (spec.adapter.marker)"
+        return f"no {marker} marker yet ({marker_field})"
     return None
 
 
@@ -168,14 +252,25 @@ def validate_on_share(share: AdapterShare, folder: str, files: list[ShareEntry],
     return None if weights.size > 0 else "adapter_model.bin is empty"
 
 
-def desired_version(versions: list[AdapterVersion], pin: str | None) -> tuple[AdapterVersion | None, str | None]:
+def version_id(adapter: str, deployment: str, found: str) -> str:
+    """A version's id: its fingerprint's first 12 hex digits for the adapter named after the
+    deployment (spec.adapter's, as ids always were), else mixed with the adapter's name, so
+    that two adapters of one deployment holding the same files are two versions."""
+    if adapter == deployment:
+        return found[:12]
+    return hashlib.sha256(f"{adapter}\n{found}".encode()).hexdigest()[:12]
+
+
+def desired_version(
+    versions: list[AdapterVersion], pin: str | None, field_name: str = "spec.adapter.pin"
+) -> tuple[AdapterVersion | None, str | None]:
     """The version that should serve: the pinned one, else the newest that may serve."""
     if pin:
         row = next((v for v in versions if v.version == pin), None)
         if row is None:
-            return None, f"spec.adapter.pin names version {pin!r}, which is not among this deployment's adapters"
+            return None, f"{field_name} names version {pin!r}, which is not among this adapter's versions"
         if row.state == "Rejected":
-            return None, f"spec.adapter.pin names version {pin!r}, which was rejected: {row.message}"
+            return None, f"{field_name} names version {pin!r}, which was rejected: {row.message}"
         return row, None
     return next((v for v in versions if v.state in SERVABLE), None), None
 
@@ -190,7 +285,58 @@ def restart_version(versions: Sequence[AdapterVersion]) -> str | None:
     return None
 
 
+def previous_status(previous: DeploymentStatus, name: str, first: bool) -> AdapterStatus:
+    """An adapter's status from the last pass: its entry, or for the first adapter the status
+    written before there were entries."""
+    entry = next((a for a in previous.adapters if a.name == name), None)
+    if entry is not None:
+        return AdapterStatus(desired_version=entry.desired_version, serving_version=entry.serving_version, last_rollout=entry.last_rollout)
+    return previous.adapter.model_copy(deep=True) if first and not previous.adapters else AdapterStatus()
+
+
+def served_by(answer: dict, name: str, default: str) -> dict:
+    """One replica's answer about adapter ``name``: its entry in ``adapters``; a serving app
+    that lists none serves one adapter, the deployment's."""
+    listed = answer.get("adapters")
+    if isinstance(listed, list):
+        return next((a for a in listed if isinstance(a, dict) and a.get("name") == name), {})
+    return answer if name == default else {}
+
+
+def reload_answer(answer: dict, name: str) -> dict:
+    """The reload endpoint's answer about adapter ``name`` (its own, or the whole one's)."""
+    adapters = answer.get("adapters")
+    if isinstance(adapters, dict) and isinstance(adapters.get(name), dict):
+        return adapters[name]
+    return answer
+
+
 # ------------------------------------------------------------------------------ the steps
+
+
+@dataclass
+class _Pass:
+    """One adapter's turn in a deployment's pass: who it is and what it works with."""
+
+    row: InferenceDeployment
+    target: Target
+    host: AdapterHost
+    share: AdapterShare
+    pointer: Pointer
+    entry: NamedAdapterSpec
+    many: bool  # the deployment serves several adapters (a restart restarts them all)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def pin_field(self) -> str:
+        return f"spec.adapters[{self.name}].pin" if self.target.spec.adapters is not None else "spec.adapter.pin"
+
+    @property
+    def marker_field(self) -> str:
+        return f"spec.adapters[{self.name}].marker" if self.target.spec.adapters is not None else "spec.adapter.marker"
 
 
 class AdapterRollout:
@@ -210,15 +356,21 @@ class AdapterRollout:
         self.poll_seconds = poll_seconds
         # Shared by the workers (each deployment is in one pass at a time, but the dicts are one).
         self._lock = threading.Lock()
-        self._settling: dict[str, tuple[str, float]] = {}  # uid -> (fingerprint, first seen)
+        self._settling: dict[tuple[str, str], tuple[str, float]] = {}  # (uid, adapter) -> (fingerprint, first seen)
         self._settled_at: dict[tuple[str, str], float] = {}  # (uid, version) -> when it settled
 
     def forget(self, uid: str) -> None:
         """The deployment is gone: nothing of it is kept."""
         with self._lock:
-            self._settling.pop(uid, None)
+            for key in [k for k in self._settling if k[0] == uid]:
+                del self._settling[key]
             for key in [k for k in self._settled_at if k[0] == uid]:
                 del self._settled_at[key]
+
+    def _passes(self, row: InferenceDeployment, target: Target, host: AdapterHost, share: AdapterShare) -> list[_Pass]:
+        entries = target.spec.adapter_entries(target.name)
+        pointer = Pointer(share, row, target)
+        return [_Pass(row, target, host, share, pointer, entry, len(entries) > 1) for entry in entries]
 
     def step(
         self,
@@ -229,21 +381,59 @@ class AdapterRollout:
         previous: DeploymentStatus,
         versions: Sequence[AdapterVersion],
     ) -> RolloutReport:
-        report = RolloutReport(previous.adapter.model_copy(deep=True), False, "Waiting", "")
-        book = VersionBook(versions, report, self.clock)
+        """Each adapter's turn, one after the other, each on its own versions: one adapter's
+        bad version is that adapter's news only."""
+        assert observation.endpoint is not None  # the reconciler steps only once it is ready
+        reports: dict[str, AdapterReport] = {}
         with closing(host.share(target)) as share:
-            waiting = self._detect(row, target, share, book)
-            desired, problem = desired_version(book.rows, target.spec.adapter.pin)
-            if problem is not None:
-                report.reason, report.message, report.failed = "PinnedVersionUnknown", problem, True
-                return report
-            if desired is None:
-                report.reason = "NoAdapter"
-                report.message = waiting or f"no complete adapter at {target.spec.adapter.path} yet"
-                return report
-            report.adapter.desired_version = desired.version
-            assert observation.endpoint is not None  # the reconciler steps only once it is ready
-            return self._activate(row, target, host, share, observation.endpoint, desired, book)
+            passes = self._passes(row, target, host, share)
+            for index, turn in enumerate(passes):
+                report = AdapterReport(previous_status(previous, turn.name, index == 0), False, "Waiting", "")
+                book = VersionBook([v for v in versions if v.adapter == turn.name], report, self.clock)
+                reports[turn.name] = self._step_one(turn, observation.endpoint, book)
+            if passes and passes[0].pointer.stale:
+                passes[0].pointer.write()  # an adapter left the spec: the replicas stop serving it
+        return RolloutReport.of(reports)
+
+    def stage_ahead(
+        self, row: InferenceDeployment, target: Target, host: AdapterHost, previous: DeploymentStatus, versions: Sequence[AdapterVersion]
+    ) -> tuple[list[NewEvent], list[VersionChange]]:
+        """Before the app serves anything: each adapter the pointer does not name yet gets its
+        first version staged and named in the pointer (a restart-strategy one is marked
+        Activating, so that the app starts with it), so the app never serves a version the
+        history does not know. The passes that follow verify it as any rollout."""
+        events: list[NewEvent] = []
+        changes: list[VersionChange] = []
+        with closing(host.share(target)) as share:
+            for index, turn in enumerate(self._passes(row, target, host, share)):
+                if turn.name in turn.pointer.entries:
+                    continue
+                report = AdapterReport(previous_status(previous, turn.name, index == 0), False, "Waiting", "")
+                book = VersionBook([v for v in versions if v.adapter == turn.name], report, self.clock)
+                self._detect(turn, book)
+                desired, problem = desired_version(book.rows, turn.entry.pin, turn.pin_field)
+                if problem is None and desired is not None and desired.path is not None and self._restage_if_lost(turn, desired) is None:
+                    turn.pointer.point(turn.name, desired.version, desired.path)
+                    if turn.entry.strategy == "restart" and desired.state == "Staged":
+                        book.mark(desired.version, "Activating")
+                prefix = f"adapter {turn.name}: " if turn.many else ""
+                events += [(kind, reason, prefix + text) for kind, reason, text in report.events]
+                changes += report.versions
+        return events, changes
+
+    def _step_one(self, turn: _Pass, endpoint: str, book: VersionBook) -> AdapterReport:
+        report = book.report
+        waiting = self._detect(turn, book)
+        desired, problem = desired_version(book.rows, turn.entry.pin, turn.pin_field)
+        if problem is not None:
+            report.reason, report.message, report.failed = "PinnedVersionUnknown", problem, True
+            return report
+        if desired is None:
+            report.reason = "NoAdapter"
+            report.message = waiting or f"no complete adapter at {turn.entry.path} yet"
+            return report
+        report.adapter.desired_version = desired.version
+        return self._activate(turn, endpoint, desired, book)
 
     def watch_in_flight(
         self,
@@ -257,66 +447,93 @@ class AdapterRollout:
         """While the endpoint is not ready: a restart rollout may be why (the new version
         keeps the app from starting). Roll back when the app says it refused the version, or
         when the deadline passes; else None (nothing to say yet)."""
-        rollout = previous.adapter.last_rollout
-        if rollout is None or rollout.result != "InProgress" or rollout.version is None or rollout.started_at is None:
+        entries = target.spec.adapter_entries(target.name)
+        statuses = {e.name: previous_status(previous, e.name, i == 0) for i, e in enumerate(entries)}
+        stuck = {
+            name: status
+            for name, status in statuses.items()
+            if status.last_rollout is not None
+            and status.last_rollout.result == "InProgress"
+            and status.last_rollout.version is not None
+            and status.last_rollout.started_at is not None
+        }
+        if not stuck:
             return None
-        refusal = None
+        answer: dict = {}
         if observation.endpoint is not None:
             try:
                 answer = host.adapter_status(target, observation.endpoint)
             except ProviderError:
                 answer = {}
-            error = answer.get("last_error")
-            if error and rollout.version in str(error):
-                refusal = str(error)
-        elapsed = (self.clock() - rollout.started_at).total_seconds()
-        if refusal is None and elapsed < self.verify_seconds[rollout.strategy or "restart"]:
-            return None
-        report = RolloutReport(previous.adapter.model_copy(deep=True), False, "RollingOut", "")
-        book = VersionBook(versions, report, self.clock)
-        failed = book.find(rollout.version)
-        if failed is None:
-            return None
-        error = refusal or f"the app did not become ready with it within {self.verify_seconds[rollout.strategy or 'restart']:.0f}s"
+        reports: dict[str, AdapterReport] = {}
+        rolled_back = False
         with closing(host.share(target)) as share:
-            return self._roll_back(row, target, host, share, None, failed, book, rollout, error)
+            for turn in self._passes(row, target, host, share):
+                status = statuses[turn.name]
+                report = AdapterReport(status.model_copy(deep=True), status.serving_version is not None, "Serving", "")
+                report.message = f"serving adapter {status.serving_version}" if status.serving_version else "waiting for the app"
+                reports[turn.name] = report
+                rollout = status.last_rollout
+                if turn.name not in stuck or rollout is None or rollout.version is None or rollout.started_at is None:
+                    continue
+                error = served_by(answer, turn.name, target.name).get("last_error")
+                refusal = str(error) if error and rollout.version in str(error) else None
+                strategy = rollout.strategy or "restart"
+                elapsed = (self.clock() - rollout.started_at).total_seconds()
+                if refusal is None and elapsed < self.verify_seconds[strategy]:
+                    report.synced, report.reason, report.message = False, "RollingOut", f"rolling out adapter {rollout.version}"
+                    continue
+                book = VersionBook(
+                    [v for v in versions if v.adapter == turn.name],
+                    AdapterReport(status.model_copy(deep=True), False, "RollingOut", ""),
+                    self.clock,
+                )
+                failed = book.find(rollout.version)
+                if failed is None:
+                    continue
+                error_text = refusal or f"the app did not become ready with it within {self.verify_seconds[strategy]:.0f}s"
+                reports[turn.name] = self._roll_back(turn, None, failed, book, rollout, error_text)
+                rolled_back = True
+        return RolloutReport.of(reports) if rolled_back else None
 
     # ----------------------------------------------------------------------------- detect
 
-    def _detect(self, row: InferenceDeployment, target: Target, share: AdapterShare, book: VersionBook) -> str | None:
+    def _detect(self, turn: _Pass, book: VersionBook) -> str | None:
         """Find a new complete, settled adapter and stage it (or reject it). Returns what is
         being waited for, if anything."""
-        spec, report = target.spec.adapter, book.report
+        row, share, spec, report = turn.row, turn.share, turn.entry, book.report
+        key = (row.uid, turn.name)
         entries = share.list(spec.path)
         if entries is None:
-            self._stop_settling(row.uid)
+            self._stop_settling(key)
             return f"no adapter folder at {spec.path}"
         listed = [e for e in entries if not e.is_dir]
-        why = incomplete(listed, spec.marker)
+        why = incomplete(listed, spec.marker, turn.marker_field)
         if why is not None:
-            self._stop_settling(row.uid)
+            self._stop_settling(key)
             return f"the adapter at {spec.path} is not complete: {why}"
         files = adapter_files(listed)
         found = fingerprint(files)
         if any(v.fingerprint == found for v in book.rows):
-            self._stop_settling(row.uid)
+            self._stop_settling(key)
             return None  # seen before: staged, serving, or rejected until its files change
         now = self.monotonic()
         with self._lock:
-            seen = self._settling.get(row.uid)
+            seen = self._settling.get(key)
             if seen is None or seen[0] != found:
-                seen = self._settling[row.uid] = (found, now)
+                seen = self._settling[key] = (found, now)
         remaining = spec.settle_seconds - (now - seen[1])
         if remaining > 0:
             report.requeue_after = remaining
             return f"a new adapter at {spec.path} is settling (unchanged for {spec.settle_seconds}s before it is used)"
-        self._stop_settling(row.uid)
-        version = found[:12]
-        reason = self._validate(share, target, files)
+        self._stop_settling(key)
+        version = version_id(turn.name, row.name, found)
+        reason = validate_on_share(share, spec.path, files, turn.target.spec.model.path)
         record = AdapterVersion(
             deployment_uid=row.uid,
             version=version,
             deployment_name=row.name,
+            adapter=turn.name,
             state="Rejected",
             fingerprint=found,
             source_path=spec.path,
@@ -327,7 +544,7 @@ class AdapterRollout:
             record.message = reason
             book.add(record)
             report.events.append(("Warning", "AdapterRejected", f"adapter {version} from {spec.path} was rejected: {reason}"))
-            log.warning("%s: adapter %s rejected: %s", row.name, version, reason)
+            log.warning("%s: adapter %s version %s rejected: %s", row.name, turn.name, version, reason)
             return None
         destination = staged_path(row.name, row.uid, version)
         for f in files:
@@ -352,38 +569,27 @@ class AdapterRollout:
         )
         return None
 
-    def _stop_settling(self, uid: str) -> None:
+    def _stop_settling(self, key: tuple[str, str]) -> None:
         with self._lock:
-            self._settling.pop(uid, None)
-
-    def _validate(self, share: AdapterShare, target: Target, files: list[ShareEntry]) -> str | None:
-        return validate_on_share(share, target.spec.adapter.path, files, target.spec.model.path)
+            self._settling.pop(key, None)
 
     # --------------------------------------------------------------------------- activate
 
-    def _served(self, host: AdapterHost, target: Target, endpoint: str) -> list[dict]:
-        """What the replicas serve: an answer from each (the provider knows how to reach them)."""
-        probes = max(2, min(10, 2 * target.spec.scale.max_replicas))
-        return host.adapter_statuses(target, endpoint, probes)
+    def _served(self, turn: _Pass, endpoint: str) -> list[dict]:
+        """What the replicas serve of this adapter: an answer from each (the provider knows
+        how to reach them)."""
+        probes = max(2, min(10, 2 * turn.target.spec.scale.max_replicas))
+        return [served_by(answer, turn.name, turn.target.name) for answer in turn.host.adapter_statuses(turn.target, endpoint, probes)]
 
-    def _activate(
-        self,
-        row: InferenceDeployment,
-        target: Target,
-        host: AdapterHost,
-        share: AdapterShare,
-        endpoint: str,
-        desired: AdapterVersion,
-        book: VersionBook,
-    ) -> RolloutReport:
+    def _activate(self, turn: _Pass, endpoint: str, desired: AdapterVersion, book: VersionBook) -> AdapterReport:
         report = book.report
-        strategy = target.spec.adapter.strategy
+        strategy = turn.entry.strategy
         rollout = report.adapter.last_rollout
         in_flight = rollout is not None and rollout.result == "InProgress" and rollout.version == desired.version
         # Ask the replicas what they serve when the answer can end the pass: a rollout in
         # flight, or the version already verified (a steady pass checks it still serves). A
         # version never verified is a rollout to start: asking first would only delay it.
-        served = self._served(host, target, endpoint) if in_flight or desired.state == "Active" else []
+        served = self._served(turn, endpoint) if in_flight or desired.state == "Active" else []
         if not in_flight and served and all(s.get("version") == desired.version for s in served):
             if desired.state != "Active":
                 book.activate(desired.version)
@@ -399,14 +605,14 @@ class AdapterRollout:
         if not in_flight:
             previous = report.adapter.serving_version
             assert desired.path is not None
-            lost = self._restage_if_lost(share, target, desired)
+            lost = self._restage_if_lost(turn, desired)
             if lost is not None:
                 if (desired.state, desired.message) != ("Failed", lost):  # news once, not every pass
                     report.events.append(("Warning", "AdapterVersionLost", f"adapter version {desired.version}: {lost}"))
                 book.mark(desired.version, "Failed", lost)
                 report.reason, report.message, report.requeue_after = "Waiting", lost, self.poll_seconds
                 return report
-            share.write(pointer_path(row.name, row.uid), json.dumps({"version": desired.version, "path": desired.path}).encode())
+            turn.pointer.point(turn.name, desired.version, desired.path)
             rollout = RolloutRecord(
                 version=desired.version,
                 strategy=strategy,
@@ -415,8 +621,11 @@ class AdapterRollout:
                 message=f"from {previous or 'no adapter'} to {desired.version}",
             )
             report.adapter.last_rollout = rollout
+            restarts_all = (
+                " (the app restarts: every adapter of the deployment restarts with it)" if strategy == "restart" and turn.many else ""
+            )
             report.events.append(
-                ("Normal", "AdapterRolloutStarted", f"rolling out adapter {desired.version} ({strategy}), {rollout.message}")
+                ("Normal", "AdapterRolloutStarted", f"rolling out adapter {desired.version} ({strategy}), {rollout.message}{restarts_all}")
             )
             for other in book.rows:
                 if other.state == "Activating" and other.version != desired.version:
@@ -432,14 +641,14 @@ class AdapterRollout:
                     self.poll_seconds,
                 )
                 return report
-            answer = host.reload_adapter(target, endpoint)
+            answer = reload_answer(turn.host.reload_adapter(turn.target, endpoint), turn.name)
             if answer.get("status") == "refused":
                 refusal = str(answer.get("message") or "the serving app refused it")
             else:
-                served = self._served(host, target, endpoint)
+                served = self._served(turn, endpoint)
         assert rollout is not None and rollout.started_at is not None
         if refusal is None and all(s.get("version") == desired.version for s in served):
-            return self._succeeded(row, target, desired, rollout, book)
+            return self._succeeded(turn, desired, rollout, book)
         if refusal is None:
             errors = [s.get("last_error") for s in served if s.get("last_error") and desired.version in str(s.get("last_error"))]
             refusal = errors[0] if errors else None
@@ -450,18 +659,19 @@ class AdapterRollout:
             report.message = f"rolling out adapter {desired.version}: replicas report {', '.join(seen)}"
             return report
         error = refusal or f"not every replica reported it within {self.verify_seconds[strategy]:.0f}s"
-        return self._roll_back(row, target, host, share, endpoint, desired, book, rollout, error)
+        return self._roll_back(turn, endpoint, desired, book, rollout, error)
 
     @staticmethod
-    def _restage_if_lost(share: AdapterShare, target: Target, desired: AdapterVersion) -> str | None:
+    def _restage_if_lost(turn: _Pass, desired: AdapterVersion) -> str | None:
         """Before a version is pointed at: its staged copy is on this share, or it is staged
         again from the adapter folder while that still holds exactly it. Else why it cannot be
         served (the share root or the share changed since it was staged)."""
         assert desired.path is not None
+        share = turn.share
         staged = [e for e in share.list(desired.path) or [] if not e.is_dir]
         if incomplete(staged, None) is None:
             return None
-        source = target.spec.adapter.path
+        source = turn.entry.path
         files = adapter_files([e for e in share.list(source) or [] if not e.is_dir])
         if not files or fingerprint(files) != desired.fingerprint:
             return (
@@ -472,10 +682,9 @@ class AdapterRollout:
             share.copy(f"{source}/{f.name}", f"{desired.path}/{f.name}")
         return None
 
-    def _succeeded(
-        self, row: InferenceDeployment, target: Target, desired: AdapterVersion, rollout: RolloutRecord, book: VersionBook
-    ) -> RolloutReport:
+    def _succeeded(self, turn: _Pass, desired: AdapterVersion, rollout: RolloutRecord, book: VersionBook) -> AdapterReport:
         report = book.report
+        strategy = turn.entry.strategy
         finished = self.clock()
         assert rollout.started_at is not None
         duration = (finished - rollout.started_at).total_seconds()
@@ -486,41 +695,35 @@ class AdapterRollout:
         )
         report.synced, report.reason, report.message = True, "Serving", f"serving adapter {desired.version}"
         report.events.append(
-            (
-                "Normal",
-                "AdapterActivated",
-                f"adapter {desired.version} serves on every replica probed ({target.spec.adapter.strategy}, {duration:.1f}s)",
-            )
+            ("Normal", "AdapterActivated", f"adapter {desired.version} serves on every replica probed ({strategy}, {duration:.1f}s)")
         )
         with self._lock:
-            settled = self._settled_at.pop((row.uid, desired.version), None)
+            settled = self._settled_at.pop((turn.row.uid, desired.version), None)
         if self.metrics is not None:
-            self.metrics.duration.labels(target.spec.adapter.strategy, "Succeeded").observe(duration)
+            self.metrics.duration.labels(strategy, "Succeeded").observe(duration)
             if settled is not None:
-                self.metrics.settled_to_serving.labels(target.spec.adapter.strategy).observe(self.monotonic() - settled)
+                self.metrics.settled_to_serving.labels(strategy).observe(self.monotonic() - settled)
         return report
 
     def _roll_back(
         self,
-        row: InferenceDeployment,
-        target: Target,
-        host: AdapterHost,
-        share: AdapterShare,
+        turn: _Pass,
         endpoint: str | None,
         failed: AdapterVersion,
         book: VersionBook,
         rollout: RolloutRecord,
         error: str,
-    ) -> RolloutReport:
+    ) -> AdapterReport:
         report = book.report
+        strategy = turn.entry.strategy
         good = next((v for v in book.rows if v.state == "Active" and v.version != failed.version), None)
         book.mark(failed.version, "Failed", error)
         with self._lock:
-            self._settled_at.pop((row.uid, failed.version), None)
+            self._settled_at.pop((turn.row.uid, failed.version), None)
         if good is not None and good.path is not None:
-            share.write(pointer_path(row.name, row.uid), json.dumps({"version": good.version, "path": good.path}).encode())
-            if target.spec.adapter.strategy == "hotReload" and endpoint is not None:
-                host.reload_adapter(target, endpoint)
+            turn.pointer.point(turn.name, good.version, good.path)
+            if strategy == "hotReload" and endpoint is not None:
+                turn.host.reload_adapter(turn.target, endpoint)
         back = f"rolled back to {good.version}" if good is not None else "nothing to roll back to"
         message = f"adapter version {failed.version} failed: {error}; {back}"
         finished = self.clock()
@@ -534,7 +737,7 @@ class AdapterRollout:
         report.failed, report.reason, report.message = True, "AdapterRolloutFailed", message
         report.requeue_after = self.poll_seconds
         report.events.append(("Warning", "AdapterRolloutFailed", message))
-        log.warning("%s: %s", row.name, message)
+        log.warning("%s: adapter %s: %s", turn.row.name, turn.name, message)
         if self.metrics is not None:
-            self.metrics.duration.labels(target.spec.adapter.strategy, "RolledBack").observe(duration)
+            self.metrics.duration.labels(strategy, "RolledBack").observe(duration)
         return report

@@ -105,6 +105,7 @@ def with_rollout(status: DeploymentStatus, report: RolloutReport, now: datetime)
     """The adapter's part of a converged status: AdapterSynced, and Degraded (phase too) when
     the newest adapter failed and an older one serves, or a pin names no usable version."""
     status.adapter = report.adapter
+    status.adapters = report.adapters
     synced = report.synced and not report.failed
     set_condition(status, "AdapterSynced", "True" if synced else "False", report.reason, report.message, now)
     if report.failed:

@@ -83,7 +83,7 @@ class AdapterWatcher:
                 first = False
             except Exception:  # the watcher must outlive any one bad poll
                 log.exception("adapter poll failed")
-            if not self.settings.watch and not first:
+            if not self.settings.watch and not first and self.registry.active is not None:
                 return  # what serves was decided at start; the reload endpoint can still act
             self._stop.wait(self.settings.watch_interval_seconds)
 
@@ -98,9 +98,16 @@ class AdapterWatcher:
             elif pinned:
                 self._keep(list(pinned))
                 results = {}
+            elif pointer is not None:
+                # loraplane stages each adapter's first version before the app serves it: until
+                # the pointer names one, nothing is served that the history would not know.
+                name = self.settings.default_adapter
+                self._keep(self.registry.names() or [name])
+                results = {
+                    name: self._nothing_to_serve(name, f"waiting for loraplane to stage the first adapter version (no {pointer} yet)")
+                }
             else:
-                # No rollout has written the pointer yet: serve the adapter folder meanwhile,
-                # as an app without a reconciler would; from the first pointer on, it decides.
+                # No reconciler: serve the adapter folder, as it is.
                 name = self.settings.default_adapter
                 self._keep([name])
                 results = {name: self._follow_folder(name, force)}

@@ -247,6 +247,7 @@ class AdapterFile(CamelModel):
 
 
 class AdapterVersionBase(CamelModel):
+    adapter: str  # the adapter's name (spec.adapters[].name; the deployment's, for spec.adapter)
     version: str
     state: AdapterState
     fingerprint: str
@@ -265,6 +266,9 @@ class AdapterVersion(SQLModel, table=True):
     deployment_uid: str = Field(sa_column=Column(String(36), primary_key=True))
     version: str = Field(sa_column=Column(String(64), primary_key=True))
     deployment_name: str = Field(sa_column=Column(String(63), nullable=False))
+    # Which of the deployment's adapters it is a version of. Version ids are unique within a
+    # deployment (``reconciler.rollout.version_id``), so the key stays (deployment, version).
+    adapter: str = Field(default="", sa_column=Column(String(64), nullable=False, server_default=""))
     state: str = Field(sa_column=Column(String(16), nullable=False))
     fingerprint: str = Field(sa_column=Column(String(64), nullable=False))
     source_path: str = Field(sa_column=Column(String(1024), nullable=False))
@@ -277,6 +281,7 @@ class AdapterVersion(SQLModel, table=True):
 
     def to_public(self) -> AdapterVersionPublic:
         return AdapterVersionPublic(
+            adapter=self.adapter,
             version=self.version,
             state=self.state,  # type: ignore[arg-type]
             fingerprint=self.fingerprint,

@@ -244,6 +244,26 @@ class AdapterSpec(CamelModel):
     marker: MarkerFileName | None = None
 
 
+# The model id clients ask for an adapter by: the request's ``model`` (a base model's id has a
+# '/', so the two never meet).
+AdapterName = Annotated[
+    str,
+    _rule(
+        r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+        "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (for example 'billing'): "
+        "the model id clients ask for",
+    ),
+]
+MAX_ADAPTERS = 64
+
+
+class NamedAdapterSpec(AdapterSpec):
+    """One entry of ``spec.adapters``: an adapter served under its own name, with its own
+    rollouts."""
+
+    name: AdapterName
+
+
 class ScaleSpec(CamelModel):
     min_replicas: int = Field(default=1, ge=0, le=1000)
     max_replicas: int = Field(default=1, ge=0, le=1000)
@@ -449,7 +469,9 @@ class AccessSpec(CamelModel):
 class DeploymentSpec(CamelModel):
     target: Literal["local", "azure"]
     model: ModelSpec
+    # One adapter, served under the deployment's name (the shorthand), or several by name.
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    adapters: list[NamedAdapterSpec] | None = Field(default=None, min_length=1, max_length=MAX_ADAPTERS)
     scale: ScaleSpec = Field(default_factory=ScaleSpec)
     access: AccessSpec = Field(default_factory=AccessSpec)
     local: LocalSpec | None = None
@@ -459,6 +481,36 @@ class DeploymentSpec(CamelModel):
     def api_keys(self) -> bool:
         """Whether the serving app asks for an inference key (the target's default when unset)."""
         return self.access.api_keys if self.access.api_keys is not None else self.target == "azure"
+
+    def wire(self) -> dict[str, Any]:
+        document = super().wire()
+        if self.adapters is not None:
+            document.pop("adapter", None)  # only its default: spec.adapters names them all
+        return document
+
+    def adapter_entries(self, deployment: str) -> list[NamedAdapterSpec]:
+        """Every adapter, by name: ``spec.adapters``, or the one of ``spec.adapter`` named after
+        the deployment (the model id its clients have always asked for)."""
+        if self.adapters is not None:
+            return self.adapters
+        return [NamedAdapterSpec(name=deployment, **self.adapter.model_dump())]
+
+    @model_validator(mode="after")
+    def _one_way_to_name_adapters(self) -> DeploymentSpec:
+        if self.adapters is None:
+            return self
+        if "adapter" in self.model_fields_set:
+            raise field_errors(
+                (("adapter",), "give spec.adapter (one adapter) or spec.adapters (several, by name), not both", self.adapter.wire())
+            )
+        seen: set[str] = set()
+        for index, entry in enumerate(self.adapters):
+            if entry.name in seen:
+                raise field_errors(
+                    (("adapters", index, "name"), f"{entry.name!r} names two adapters: each needs a name of its own", entry.name)
+                )
+            seen.add(entry.name)
+        return self
 
     @model_validator(mode="after")
     def _target_section_present(self, info: ValidationInfo) -> DeploymentSpec:
@@ -639,6 +691,10 @@ class AdapterStatus(CamelModel):
     last_rollout: RolloutRecord | None = None
 
 
+class NamedAdapterStatus(AdapterStatus):
+    name: str
+
+
 class ResourceRef(CamelModel):
     kind: str
     id: str
@@ -654,6 +710,8 @@ class DeploymentStatus(CamelModel):
     observed_generation: int = 0
     conditions: list[Condition] = Field(default_factory=list)
     endpoint: str | None = None
+    # The first adapter's (the one a request naming no model gets); every adapter's in adapters.
     adapter: AdapterStatus = Field(default_factory=AdapterStatus)
+    adapters: list[NamedAdapterStatus] = Field(default_factory=list)
     resources: list[ResourceRef] = Field(default_factory=list)
     message: str | None = None

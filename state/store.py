@@ -61,7 +61,7 @@ class AddVersion:
 
 @dataclass(frozen=True)
 class ActivateVersion:
-    """It serves now: Active; whatever was Active before is Superseded."""
+    """It serves now: Active; whatever version of its adapter was Active before is Superseded."""
 
     version: str
 
@@ -564,13 +564,12 @@ class DeploymentStore:
 
     # ---------------------------------------------------------------------- adapter versions
 
-    def adapter_versions(self, deployment_uid: str) -> builtins.list[AdapterVersion]:
-        """Newest first."""
-        query = (
-            select(AdapterVersion)
-            .where(col(AdapterVersion.deployment_uid) == deployment_uid)
-            .order_by(col(AdapterVersion.detected_at).desc(), col(AdapterVersion.version))
-        )
+    def adapter_versions(self, deployment_uid: str, adapter: str | None = None) -> builtins.list[AdapterVersion]:
+        """Newest first; of one adapter, or of them all."""
+        query = select(AdapterVersion).where(col(AdapterVersion.deployment_uid) == deployment_uid)
+        if adapter is not None:
+            query = query.where(col(AdapterVersion.adapter) == adapter)
+        query = query.order_by(col(AdapterVersion.detected_at).desc(), col(AdapterVersion.version))
         with self._read() as session:
             return list(session.exec(query))
 
@@ -600,7 +599,11 @@ class DeploymentStore:
             session.add(row)
             return
         actives = session.exec(
-            select(AdapterVersion).where(col(AdapterVersion.deployment_uid) == deployment_uid, col(AdapterVersion.state) == "Active")
+            select(AdapterVersion).where(
+                col(AdapterVersion.deployment_uid) == deployment_uid,
+                col(AdapterVersion.adapter) == row.adapter,  # each adapter has its own Active version
+                col(AdapterVersion.state) == "Active",
+            )
         )
         for active in actives:
             if active.version != change.version:

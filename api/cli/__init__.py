@@ -224,9 +224,13 @@ def plan(
         render.plan(out, json_body(client.request("POST", "/v1/plan", json=manifest)))
 
 
+AdapterOption = Annotated[str | None, typer.Option("--adapter", "-a", help="one adapter of the deployment, by name (spec.adapters)")]
+
+
 @app.command()
 def adapters(
     name: Annotated[str, typer.Argument(help="the deployment")],
+    adapter: AdapterOption = None,
     output: Annotated[str | None, typer.Option("-o", "--output", help="json or yaml")] = None,
     follow_latest: Annotated[bool, typer.Option("--follow-latest", help="drop the pin: serve the newest good adapter again")] = False,
 ) -> None:
@@ -234,50 +238,88 @@ def adapters(
     if output not in (None, "json", "yaml"):
         raise CliError(f"unknown output format {output!r}: use json or yaml")
     client = _client()
-    if follow_latest:
-        client.request(
-            "PATCH",
-            f"/v1/deployments/{name}",
-            content=json.dumps({"spec": {"adapter": {"pin": None}}}),
-            headers={"Content-Type": "application/merge-patch+json"},
-        )
-        out.print(f"deployment/{name} follows the newest adapter")
-        return
     response = client.get_deployment(name)
     if response is None:
         raise CliError(f"deployment {name!r} not found")
-    versions = json_body(client.request("GET", f"/v1/deployments/{name}/adapters"))["items"]
+    deployment = json_body(response)
+    if follow_latest:
+        spec = deployment.get("spec") or {}
+        entries = spec.get("adapters")
+        if entries is None:
+            patch: dict = {"spec": {"adapter": {"pin": None}}}
+        else:
+            chosen = _entry_named(name, entries, adapter)
+            # A merge patch replaces a list whole: send every entry, the chosen ones unpinned.
+            patch = {"spec": {"adapters": [{**e, "pin": None} if e in chosen else e for e in entries]}}
+        client.request(
+            "PATCH", f"/v1/deployments/{name}", content=json.dumps(patch), headers={"Content-Type": "application/merge-patch+json"}
+        )
+        which = f"adapter {adapter} of deployment/{name}" if adapter else f"deployment/{name}"
+        out.print(f"{which} follows the newest adapter version")
+        return
+    params = {"adapter": adapter} if adapter else None
+    versions = json_body(client.request("GET", f"/v1/deployments/{name}/adapters", params=params))["items"]
     if output in ("json", "yaml"):
         document = {"items": versions}
         print(render.to_json(document) if output == "json" else render.to_yaml(document), end="\n" if output == "json" else "")
         return
     if not versions:
-        out.print("No adapter versions yet: loraplane stages one once a complete adapter has settled at spec.adapter.path.")
+        out.print("No adapter versions yet: loraplane stages one once a complete adapter has settled in its folder on the share.")
         return
-    out.print(render.adapters_table(versions, json_body(response)))
+    out.print(render.adapters_table(versions, deployment))
+
+
+def _entry_named(name: str, entries: list[dict], adapter: str | None) -> list[dict]:
+    """The spec.adapters entries an --adapter option means: that one, or all when left out."""
+    if adapter is None:
+        return entries
+    chosen = [e for e in entries if e.get("name") == adapter]
+    if not chosen:
+        raise CliError(f"deployment {name!r} has no adapter {adapter!r}: its adapters are {', '.join(e.get('name', '') for e in entries)}")
+    return chosen
 
 
 @app.command()
 def rollback(
     name: Annotated[str, typer.Argument(help="the deployment")],
     version: Annotated[str | None, typer.Argument(help="the version to serve (default: the one before what serves now)")] = None,
+    adapter: AdapterOption = None,
 ) -> None:
     """Serve an earlier adapter version again (this pins it: see adapters --follow-latest)."""
     client = _client()
     response = client.get_deployment(name)
     if response is None:
         raise CliError(f"deployment {name!r} not found")
-    serving = ((json_body(response).get("status") or {}).get("adapter") or {}).get("servingVersion")
+    deployment = json_body(response)
+    status = deployment.get("status") or {}
+    entries = (deployment.get("spec") or {}).get("adapters")
+    if entries is not None and adapter is None:
+        if len(entries) > 1:
+            listed = ", ".join(e.get("name", "") for e in entries)
+            raise CliError(f"deployment {name!r} serves several adapters ({listed}): say which with --adapter")
+        adapter = entries[0].get("name")
+    if adapter is not None:
+        _entry_named(name, entries or [{"name": name}], adapter)
+        serving = next((a.get("servingVersion") for a in status.get("adapters") or [] if a.get("name") == adapter), None)
+    else:
+        serving = (status.get("adapter") or {}).get("servingVersion")
     if version is None:
-        versions = json_body(client.request("GET", f"/v1/deployments/{name}/adapters"))["items"]
+        params = {"adapter": adapter} if adapter else None
+        versions = json_body(client.request("GET", f"/v1/deployments/{name}/adapters", params=params))["items"]
         names = [v["version"] for v in versions]
         older = versions[names.index(serving) + 1 :] if serving in names else versions
         earlier = next((v for v in older if v["state"] in ("Superseded", "Active", "Staged")), None)
         if earlier is None:
             raise CliError(f"deployment {name!r} has no earlier good adapter version to roll back to")
         version = earlier["version"]
-    client.request("POST", f"/v1/deployments/{name}/adapters/{version}/activate", ok=(202,))
-    out.print(f"deployment/{name} pinned to adapter {version}" + (f" (was serving {serving})" if serving else ""))
+    path = (
+        f"/v1/deployments/{name}/adapters/{adapter}/versions/{version}/activate"
+        if adapter
+        else f"/v1/deployments/{name}/adapters/{version}/activate"
+    )
+    client.request("POST", path, ok=(202,))
+    which = f"adapter {adapter} of deployment/{name}" if adapter else f"deployment/{name}"
+    out.print(f"{which} pinned to version {version}" + (f" (was serving {serving})" if serving else ""))
 
 
 token_app = typer.Typer(help="Bearer tokens (admin only): who may use the API, and as what.", no_args_is_help=True, context_settings=HELP)

@@ -92,18 +92,24 @@ def deployments_table(items: list[dict[str, Any]], *, wide: bool = False, fixed_
 
 
 def adapters_table(versions: list[dict[str, Any]], deployment: dict[str, Any]) -> Table:
-    """Versions newest first; the one serving and the one wanted are marked."""
-    adapter = (deployment.get("status") or {}).get("adapter") or {}
-    pin = ((deployment.get("spec") or {}).get("adapter") or {}).get("pin")
-    table = _table("VERSION", "STATE", "SERVING", "DETECTED", "ACTIVATED", "SIZE", "MESSAGE")
+    """Versions newest first, with the adapter each is of; the one serving and the one
+    pinned of each adapter are marked."""
+    status, spec = deployment.get("status") or {}, deployment.get("spec") or {}
+    name = (deployment.get("metadata") or {}).get("name", "")
+    serving = {a.get("name"): a.get("servingVersion") for a in status.get("adapters") or []}
+    serving.setdefault(name, (status.get("adapter") or {}).get("servingVersion"))
+    pins = {e.get("name"): e.get("pin") for e in spec.get("adapters") or []} or {name: (spec.get("adapter") or {}).get("pin")}
+    table = _table("ADAPTER", "VERSION", "STATE", "SERVING", "DETECTED", "ACTIVATED", "SIZE", "MESSAGE")
     for version in versions:
+        adapter = version.get("adapter") or name
         marks = []
-        if version["version"] == adapter.get("servingVersion"):
+        if version["version"] == serving.get(adapter):
             marks.append("serving")
-        if version["version"] == pin:
+        if version["version"] == pins.get(adapter):
             marks.append("pinned")
         size = sum(f.get("size", 0) for f in version.get("files") or [])
         table.add_row(
+            adapter,
             version["version"],
             version["state"],
             ",".join(marks) or "-",
@@ -235,9 +241,13 @@ def plan(console: Console, body: dict[str, Any]) -> None:
     if blocked:
         kind = "blocked" if blocked.get("permanent") else "waiting"
         console.print(printable(f"deployment/{name}: {kind}: {blocked.get('reason')}: {blocked.get('message')}"), markup=False)
-    if not actions and not blocked:
+    changes = body.get("adapters") or []
+    if not actions and not blocked and not changes:
         console.print(f"deployment/{name}: no changes; the world matches the spec")
         return
+    for change in changes:
+        sign = {"load": "+", "unload": "-"}.get(change.get("verb"), "~")
+        console.print(printable(f"{sign} {change.get('verb')} adapter {change.get('adapter')}: {change.get('reason')}"), markup=False)
     for action in actions:
         sign = {"create": "+", "delete": "-"}.get(action.get("verb"), "~")
         console.print(

@@ -104,10 +104,7 @@ def serving_env(target: Target) -> list[aca.EnvironmentVar]:
     }
     if spec.api_keys:
         values["LORAPLANE_API_KEYS_FILE"] = keys_path(target.name, target.uid)
-    if spec.adapter.strategy == "restart":
-        values["LORAPLANE_WATCH"] = "false"  # a new adapter is a new revision, never a swap
-    if target.adapter_version:  # the restart strategy: the version this revision serves
-        values["LORAPLANE_ADAPTER_VERSION"] = target.adapter_version
+    values.update(target.restart_env())  # the restart strategy: the versions this revision serves
     env = [aca.EnvironmentVar(name=name, value=value) for name, value in values.items()]
     env.append(aca.EnvironmentVar(name="LORAPLANE_ADMIN_TOKEN", secret_ref=ADMIN_TOKEN_SECRET))
     return env

@@ -137,10 +137,7 @@ class LocalProvider:
         }
         if spec.api_keys:
             env["LORAPLANE_API_KEYS_FILE"] = keys_path(target.name, target.uid)
-        if spec.adapter.strategy == "restart":
-            env["LORAPLANE_WATCH"] = "false"  # a new adapter is a new process, never a swap
-        if target.adapter_version:  # the restart strategy: a new version is a restart
-            env["LORAPLANE_ADAPTER_VERSION"] = target.adapter_version
+        env.update(target.restart_env())  # the restart strategy: a new version is a restart
         return LaunchConfig(command=self.serving_command, env=tuple(sorted(env.items())))
 
     def folder(self, name: str) -> RunFolder:

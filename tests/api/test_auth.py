@@ -34,6 +34,7 @@ REQUIRED = {
     ("GET", "/v1/deployments/{name}/logs"): "viewer",
     ("GET", "/v1/deployments/{name}/adapters"): "viewer",
     ("POST", "/v1/deployments/{name}/adapters/{version}/activate"): "deployer",
+    ("POST", "/v1/deployments/{name}/adapters/{adapter}/versions/{version}/activate"): "deployer",
     ("POST", "/v1/deployments/{name}/keys"): "deployer",
     ("GET", "/v1/deployments/{name}/keys"): "deployer",
     ("DELETE", "/v1/deployments/{name}/keys/{key}"): "deployer",

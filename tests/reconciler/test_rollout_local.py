@@ -238,24 +238,33 @@ def test_the_restart_strategy_serves_a_new_adapter_from_a_new_process(store, tin
     assert status_of(store).adapter.serving_version == second and answered_version(store) == second
 
 
-def test_an_adapter_linked_from_outside_the_share_is_refused_by_both_sides(store, tiny_share, tmp_path, running):
+def test_an_adapter_linked_from_outside_the_share_is_never_served(store, tiny_share, tmp_path, running):
     """Before: the reconciler said InvalidPath, the app served the linked folder anyway, and
-    the status claimed another version than the app served."""
+    the status claimed another version than the app served. Now the reconciler refuses to
+    stage it, and the app serves nothing it has not staged."""
     reconciler, client = running
     outside = tmp_path / "not-the-share" / "adapter"
     shutil.copytree(tiny_share / ADAPTER_PATH, outside)
     shutil.rmtree(tiny_share / ADAPTER_PATH)
     (tiny_share / ADAPTER_PATH).symlink_to(outside, target_is_directory=True)
     create(store, tiny_share)
-    # The app refuses it, so it is never ready; the status says why, in the app's words.
+    # Nothing is staged, so the app is never ready; the status says why.
     status = eventually(
         lambda: (s := status_of(store)).phase != "Ready" and "outside the share root" in (s.message or "") and s,
         timeout=120,
         what="the status to say the link is refused",
     )
-    app = eventually(lambda: (a := httpx.get(f"{status.endpoint}/v1/adapter", timeout=5).json()).get("last_error") and a, what="the app")
-    assert app["version"] is None and "outside the share root" in app["last_error"]
-    assert status.adapter.serving_version == app["version"]
+
+    def app_says() -> dict | None:
+        try:
+            answer = httpx.get(f"{status.endpoint}/v1/adapter", timeout=5).json()
+        except httpx.HTTPError:
+            return None  # still starting
+        return answer if answer.get("last_error") else None
+
+    app = eventually(app_says, timeout=120, what="the app to say what it waits for")
+    assert app["version"] is None and "waiting for loraplane to stage the first adapter version" in app["last_error"]
+    assert status.adapter.serving_version is None
     assert versions(client) == {}
 
 

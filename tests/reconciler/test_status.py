@@ -81,12 +81,16 @@ def test_ready_is_true_exactly_when_the_phase_is_ready():
     """Before: a deployment whose new spec failed while the old process still answered showed
     PHASE Degraded and READY True in 'loraplane get'."""
     from reconciler.rollout import RolloutReport
-    from state.resource import AdapterStatus
+    from state.resource import NamedAdapterStatus
 
     error = classify(PermanentError("the base model folder /x is missing", reason="ModelNotFound"))
     ready = statuses.converged(DeploymentStatus(), 1, READY, T0)
     rolled_back = RolloutReport(
-        AdapterStatus(serving_version="a"), False, "AdapterRolloutFailed", "b failed; rolled back to a", failed=True
+        [NamedAdapterStatus(name="support-bot", serving_version="a")],
+        False,
+        "AdapterRolloutFailed",
+        "b failed; rolled back to a",
+        failed=True,
     )
     seen = [
         ready,

@@ -252,11 +252,16 @@ def test_concurrent_requests_share_batches(serve_app, tiny_share):
     assert passes < rows
 
 
-def test_before_the_first_pointer_the_adapter_folder_is_served(serve_app, tiny_share):
-    app = serve_app(tiny_share, adapter_pointer=".loraplane/support-bot/current.json")
-    served_from_folder = version_of(app.url)
-    assert served_from_folder and ask(app.url).status_code == 200
+def test_before_the_first_pointer_nothing_is_served(serve_app, tiny_share):
+    """Before: the app served the adapter folder itself, as a version (sha-...) that loraplane's
+    history did not know and could not roll back to."""
+    app = serve_app(tiny_share, adapter_pointer=".loraplane/support-bot/current.json", ready=False)
+    eventually(lambda: app.engine.base is not None, what="the model to load")
+    ready = httpx.get(f"{app.url}/readyz")
+    assert ready.status_code == 503 and "waiting for loraplane to stage the first adapter version" in ready.json()["detail"]
+    assert ask(app.url).status_code == 503 and version_of(app.url) is None
     pointer = tiny_share / ".loraplane/support-bot/current.json"
     pointer.parent.mkdir(parents=True, exist_ok=True)  # the app's own report may be there already
     write_pointer(pointer, {"version": "v2", "path": SECOND_ADAPTER_PATH})
     eventually(lambda: version_of(app.url) == "v2", what="the pointer's version")
+    assert ask(app.url).headers["x-adapter-version"] == "v2"
