@@ -12,6 +12,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from reconciler.adapter_poll import AdapterPoller
 from reconciler.core import Outcome, Reconciler
 from reconciler.workqueue import Backoff, WorkQueue
 from state.errors import Fenced
@@ -61,6 +62,7 @@ class Controller:
         monotonic: Callable[[], float] = time.monotonic,
         shutdown_grace_seconds: float = 30.0,
         stop_children: bool = False,
+        poll_tick_seconds: float = 1.0,
     ) -> None:
         self.reconciler = reconciler
         self.store = reconciler.store
@@ -73,7 +75,12 @@ class Controller:
         # On stop, also stop what providers run (serving processes); by default they keep
         # serving and the next start adopts them.
         self.stop_children = stop_children
-        self.metrics = ReconcilerMetrics(registry or CollectorRegistry(), lambda: self.queue)
+        registry = registry or CollectorRegistry()
+        self.metrics = ReconcilerMetrics(registry, lambda: self.queue)
+        # Adapter folders listed between resyncs (spec.adapters[].pollSeconds): a change wakes
+        # its deployments, as a write through the API does.
+        self.poll_tick_seconds = poll_tick_seconds
+        self.poller = AdapterPoller(reconciler, lambda name: self.queue.add(name), monotonic=monotonic, registry=registry)
         self.scheduler = self._new_scheduler()
         self._workers: list[threading.Thread] = []
         self._last_progress = monotonic()
@@ -109,6 +116,7 @@ class Controller:
             id="sync-timers",
         )
         self.scheduler.add_job(self._heartbeat, IntervalTrigger(seconds=max(0.5, self.resync_seconds / 3)), id="heartbeat")
+        self.scheduler.add_job(self._poll_adapters, IntervalTrigger(seconds=self.poll_tick_seconds), id="adapter-poll")
         self.scheduler.start()
         self.sync_timers()
         for name in self.store.names():  # converge everything at start, as after a crash
@@ -128,6 +136,7 @@ class Controller:
         self._stopped_once = True
         self.scheduler.shutdown(wait=False)
         self.queue.shut_down()
+        self.poller.close()
         deadline = time.monotonic() + self.shutdown_grace_seconds
         for worker in self._workers:
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -170,6 +179,7 @@ class Controller:
         moved = [name for name, version in versions.items() if self._versions.get(name) not in (None, version) and name not in woken]
         new = [name for name in versions if name not in self._versions and name not in woken] if self._versions else []
         self._versions = versions
+        self.poller.refresh(versions)
         for name in (*moved, *new):
             self.queue.add(name)
         names = set(versions)
@@ -190,6 +200,12 @@ class Controller:
         # A key waiting out its backoff keeps waiting: a resync must not turn into a retry storm.
         if not self.queue.has_pending_retry(name):
             self.queue.add(name)
+
+    def _poll_adapters(self) -> None:
+        try:
+            self.poller.poll()
+        except Exception:  # the timer must outlive one bad tick
+            log.exception("polling the adapter folders failed")
 
     def _heartbeat(self) -> None:
         if self.queue.depth() == 0 and self.queue.busy() == 0:

@@ -239,6 +239,8 @@ class ModelSpec(CamelModel):
 class AdapterSpec(CamelModel):
     path: SharePath = DEFAULT_ADAPTER_PATH
     settle_seconds: int = Field(default=10, ge=0, le=3600)
+    # How often the adapter folder is listed for a new version, apart from the resync.
+    poll_seconds: int = Field(default=5, ge=1, le=3600)
     strategy: Literal["hotReload", "restart"] = "hotReload"
     pin: VersionId | None = None
     marker: MarkerFileName | None = None

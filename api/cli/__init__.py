@@ -318,8 +318,8 @@ def rollback(
         else f"/v1/deployments/{name}/adapters/{version}/activate"
     )
     client.request("POST", path, ok=(202,))
-    which = f"adapter {adapter} of deployment/{name}" if adapter else f"deployment/{name}"
-    out.print(f"{which} pinned to version {version}" + (f" (was serving {serving})" if serving else ""))
+    which = f"adapter {adapter} of deployment/{name} pinned to version" if adapter else f"deployment/{name} pinned to adapter"
+    out.print(f"{which} {version}" + (f" (was serving {serving})" if serving else ""))
 
 
 token_app = typer.Typer(help="Bearer tokens (admin only): who may use the API, and as what.", no_args_is_help=True, context_settings=HELP)

@@ -99,7 +99,8 @@ def adapters_table(versions: list[dict[str, Any]], deployment: dict[str, Any]) -
     serving = {a.get("name"): a.get("servingVersion") for a in status.get("adapters") or []}
     serving.setdefault(name, (status.get("adapter") or {}).get("servingVersion"))
     pins = {e.get("name"): e.get("pin") for e in spec.get("adapters") or []} or {name: (spec.get("adapter") or {}).get("pin")}
-    table = _table("ADAPTER", "VERSION", "STATE", "SERVING", "DETECTED", "ACTIVATED", "SIZE", "MESSAGE")
+    many = spec.get("adapters") is not None  # spec.adapter's one adapter needs no column of its own
+    table = _table(*(["ADAPTER"] if many else []), "VERSION", "STATE", "SERVING", "DETECTED", "ACTIVATED", "SIZE", "MESSAGE")
     for version in versions:
         adapter = version.get("adapter") or name
         marks = []
@@ -109,7 +110,7 @@ def adapters_table(versions: list[dict[str, Any]], deployment: dict[str, Any]) -
             marks.append("pinned")
         size = sum(f.get("size", 0) for f in version.get("files") or [])
         table.add_row(
-            adapter,
+            *([adapter] if many else []),
             version["version"],
             version["state"],
             ",".join(marks) or "-",

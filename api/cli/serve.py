@@ -43,6 +43,7 @@ log = logging.getLogger("loraplane")
 
 
 DEMO_NAME = "demo"
+DEMO_SECOND = "second"  # the demo's second adapter
 
 
 class EscapingFormatter(logging.Formatter):
@@ -58,7 +59,7 @@ class EscapingFormatter(logging.Formatter):
 def prepare_demo(settings: ServiceSettings, store: DeploymentStore) -> Path:
     """A tiny model and two adapters in the data dir, and a local deployment serving them."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from serving.tiny import TINY_MODEL_PATH, make_tiny_share
+    from serving.tiny import ADAPTER_PATH, SECOND_ADAPTER_PATH, TINY_MODEL_PATH, make_tiny_share
 
     share = settings.demo_share().resolve()
     if not (share / TINY_MODEL_PATH / "config.json").is_file():
@@ -71,7 +72,11 @@ def prepare_demo(settings: ServiceSettings, store: DeploymentStore) -> Path:
                 "target": "local",
                 "local": {"shareRoot": str(share)},
                 "model": {"path": TINY_MODEL_PATH},
-                "adapter": {"settleSeconds": 2},
+                # Two adapters on one base model, each asked for by name (the request's model).
+                "adapters": [
+                    {"name": DEMO_NAME, "path": ADAPTER_PATH, "settleSeconds": 2, "pollSeconds": 1},
+                    {"name": DEMO_SECOND, "path": SECOND_ADAPTER_PATH, "settleSeconds": 2, "pollSeconds": 1},
+                ],
             },
         }
     )
@@ -83,6 +88,11 @@ def prepare_demo(settings: ServiceSettings, store: DeploymentStore) -> Path:
         if current.deletion_timestamp is None:
             store.replace(DEMO_NAME, labels=body.metadata.labels, spec=body.spec)
     return share
+
+
+def _chat_curl(endpoint: str, model: str) -> str:
+    body = f'{{"model":"{model}","messages":[{{"role":"user","content":"Hello"}}],"max_tokens":32}}'
+    return f"curl -si {endpoint}/v1/chat/completions -H 'content-type: application/json' -d '{body}'"
 
 
 def announce_demo(store: DeploymentStore, share: Path, timeout: float = 600.0) -> None:
@@ -99,14 +109,14 @@ def announce_demo(store: DeploymentStore, share: Path, timeout: float = 600.0) -
         synced = any(c.type == "AdapterSynced" and c.status == "True" for c in status.conditions)
         if status.phase == "Ready" and status.endpoint and synced:
             endpoint = status.endpoint
-            body = '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":32}'
             print(
-                f"\nthe demo deployment '{DEMO_NAME}' is Ready at {endpoint}\n"
-                f"  chat:     curl -si {endpoint}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
+                f"\nthe demo deployment '{DEMO_NAME}' is Ready at {endpoint}, serving two adapters of one base model\n"
+                f"  chat:     {_chat_curl(endpoint, DEMO_NAME)}\n"
+                f"  the other adapter, by name: {_chat_curl(endpoint, DEMO_SECOND)}\n"
                 f"  web chat: {endpoint}/\n"
-                f"  hot reload: the second adapter replaces the first, and x-adapter-version changes:\n"
+                f"  hot reload: the second adapter's files replace the first's, and only {DEMO_NAME}'s x-adapter-version changes:\n"
                 f"            cp {share / SECOND_ADAPTER_PATH}/* {share / ADAPTER_PATH}/\n"
-                f"  history:  loraplane adapters {DEMO_NAME}    (and loraplane rollback {DEMO_NAME})\n",
+                f"  history:  loraplane adapters {DEMO_NAME}    (and loraplane rollback {DEMO_NAME} --adapter {DEMO_NAME})\n",
                 flush=True,
             )
             return

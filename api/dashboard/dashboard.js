@@ -88,8 +88,15 @@ function deploymentRow(item) {
     el("td", { class: "phase phase-" + text(status.phase) }, text(status.phase)),
     el("td", {}, ready ? ready.status : "-"),
     el("td", { class: "mono" }, text(status.endpoint)),
-    el("td", { class: "mono" }, text((status.adapter || {}).servingVersion)),
+    el("td", { class: "mono" }, servingText(status)),
     el("td", { class: "muted" }, text(status.message)));
+}
+
+// What serves: the one adapter's version, or each adapter's by name.
+function servingText(status) {
+  const adapters = status.adapters || [];
+  if (adapters.length > 1) return adapters.map((a) => a.name + " " + text(a.servingVersion)).join(", ");
+  return text((status.adapter || {}).servingVersion);
 }
 
 async function listPage() {
@@ -132,10 +139,18 @@ async function detailPage() {
     fill("events", events.items.map((e) =>
       el("tr", {}, el("td", { class: "muted" }, e.lastTimestamp.slice(0, 19).replace("T", " ")), el("td", {}, e.type),
         el("td", {}, e.reason), el("td", {}, e.count), el("td", {}, e.message))));
+    const each = status.adapters || [];
+    fill("adapter-status", each.map((a) => {
+      const rollout = a.lastRollout || {};
+      return el("tr", {}, el("td", {}, a.name), el("td", { class: "mono" }, text(a.desiredVersion)),
+        el("td", { class: "mono" }, text(a.servingVersion)),
+        el("td", { class: "muted" }, rollout.version ? rollout.version + " " + text(rollout.result) : "-"));
+    }));
+    const servingOf = new Map(each.map((a) => [a.name, a.servingVersion]));
     const adapters = await api("/v1/deployments/" + encodeURIComponent(name) + "/adapters");
     fill("adapters", adapters.items.map((v) =>
-      el("tr", {}, el("td", { class: "mono" }, v.version), el("td", {}, v.state),
-        el("td", {}, v.version === (status.adapter || {}).servingVersion ? "serving" : ""),
+      el("tr", {}, el("td", {}, v.adapter), el("td", { class: "mono" }, v.version), el("td", {}, v.state),
+        el("td", {}, v.version === (servingOf.get(v.adapter) ?? (status.adapter || {}).servingVersion) ? "serving" : ""),
         el("td", { class: "muted" }, v.detectedAt.slice(0, 19).replace("T", " ")), el("td", { class: "muted" }, v.message))));
   };
   // Who uses the GPU: each key's limits and what it used, summed over the replicas (refreshed

@@ -168,6 +168,38 @@ def test_the_dashboard_lists_deployments_and_follows_them_live(store, api, brows
     assert len(headers) >= 20 and all(headers), headers
     browser.screenshot(ARTIFACTS / "dashboard-deployment.png")
 
+    # A deployment of several adapters shows each: what serves, and each adapter's rollout.
+    many = local_manifest("many-bot")
+    many["spec"]["adapters"] = [{"name": "billing", "path": "adapters/billing"}, {"name": "legal", "path": "adapters/legal"}]
+    created = store.create(InferenceDeploymentCreate.model_validate(many))
+    store.update_status(
+        "many-bot",
+        DeploymentStatus.model_validate(
+            {
+                "phase": "Ready",
+                "adapters": [
+                    {"name": "billing", "desiredVersion": "b1", "servingVersion": "b1"},
+                    {
+                        "name": "legal",
+                        "desiredVersion": "l2",
+                        "servingVersion": "l1",
+                        "lastRollout": {"version": "l2", "result": "InProgress"},
+                    },
+                ],
+            }
+        ),
+        uid=created.uid,
+    )
+    browser.open(f"{api.url}/ui")
+    listed = browser.until(ROWS.replace("return ", "const rows = ") + "; return rows.find(r => r[0] === 'many-bot' && r[2] === 'Ready')")
+    assert listed[5] == "billing b1, legal l1"
+    browser.open(f"{api.url}/ui/deployments/many-bot")
+    each = browser.until(
+        "const rows = [...document.querySelectorAll('#adapter-status tr')].map(r => [...r.cells].map(c => c.textContent)); "
+        "return rows.length ? rows : null"
+    )
+    assert each == [["billing", "b1", "b1", "-"], ["legal", "l2", "l1", "l2 InProgress"]]
+
 
 def test_with_authentication_on_the_dashboard_asks_for_a_token(store, browser):
     import threading

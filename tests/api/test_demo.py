@@ -24,26 +24,34 @@ def test_the_demo_serves_a_chat_and_hot_reloads_the_second_adapter(tmp_path):
     service = start_service(data_dir, "--demo", standin=False)
     try:
         announcement = eventually(
-            lambda: re.search(r"is Ready at (\S+)\n.*?\n.*?\n.*?\n\s+(cp [^\n]+)\n", service.log.read_text(), re.S),
+            lambda: re.search(
+                r"is Ready at (\S+), serving two adapters.*?\n  the other adapter, by name: ([^\n]+)\n.*?\n.*?\n\s+(cp [^\n]+)\n",
+                service.log.read_text(),
+                re.S,
+            ),
             timeout=180,
             interval=0.5,
             what="the demo to be announced",
         )
-        endpoint, swap_command = announcement.group(1), announcement.group(2)
+        endpoint, other_curl, swap_command = announcement.group(1), announcement.group(2), announcement.group(3)
         client = openai.OpenAI(base_url=f"{endpoint}/v1", api_key="unused", max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
             model="demo", messages=[{"role": "user", "content": "Hello"}], max_tokens=8, temperature=0
         )
         first = raw.headers["x-adapter-version"]
         assert raw.parse().system_fingerprint == f"lp-{first}"
-        assert {m.id for m in client.models.list().data} == {"loraplane/tiny-llama", "demo"}
+        assert {m.id for m in client.models.list().data} == {"loraplane/tiny-llama", "demo", "second"}
+        # The printed curl for the other adapter answers from it, by name.
+        other = subprocess.run(other_curl, shell=True, check=True, capture_output=True, text=True).stdout
+        other_version = re.search(r"x-adapter-version: (\S+)", other, re.I).group(1)
+        assert other_version not in (first, "base") and '"model":"second"' in other.replace(" ", "")
 
         subprocess.run(swap_command, shell=True, check=True)
 
         def version() -> str | None:
             answer = httpx.post(
                 f"{endpoint}/v1/chat/completions",
-                json={"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4},
+                json={"model": "demo", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4},
                 timeout=30,
             )
             assert answer.status_code == 200
@@ -54,7 +62,14 @@ def test_the_demo_serves_a_chat_and_hot_reloads_the_second_adapter(tmp_path):
         history = run_cli(service, "adapters", "demo")
         assert history.returncode == 0, history.stderr
         rows = [line.split() for line in history.stdout.splitlines()[1:]]
-        assert [row[:3] for row in rows] == [[second, "Active", "serving"], [first, "Superseded", "-"]]
+        assert [row[:4] for row in rows if row[0] == "demo"] == [["demo", second, "Active", "serving"], ["demo", first, "Superseded", "-"]]
+        assert [row[:4] for row in rows if row[0] == "second"] == [["second", other_version, "Active", "serving"]]
+        swapped = httpx.post(
+            f"{endpoint}/v1/chat/completions",
+            json={"model": "second", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4},
+            timeout=30,
+        )
+        assert swapped.headers["x-adapter-version"] == other_version  # the other adapter was left alone
         ui = httpx.get(f"{endpoint}/", timeout=30)
         assert ui.status_code == 200 and "gradio" in ui.text.lower()
         status = httpx.get(f"{service.url}/v1/deployments/demo").json()["status"]

@@ -498,6 +498,26 @@ def test_plan_of_a_manifest_needs_no_stored_deployment(client, share):
     assert_problem(client.post("/v1/plan", json={"metadata": {"name": "x"}}), 422)
 
 
+def test_plan_of_a_manifest_lists_the_adapters_that_would_load_unload_or_roll_out(client, share):
+    adapters = [{"name": "billing", "path": "models/billing"}, {"name": "legal", "path": "models/legal", "strategy": "restart"}]
+    create(client, local_manifest(share_root=str(share), adapters=adapters))
+    changed = [
+        {"name": "legal", "path": "models/legal-v2", "strategy": "restart"},
+        {"name": "travel", "path": "models/travel"},
+    ]
+    plan = client.post("/v1/plan", json=local_manifest(share_root=str(share), adapters=changed)).json()
+    assert plan["adapters"] == [
+        {"verb": "load", "adapter": "travel", "reason": "a new adapter: its first version from models/travel once it has settled"},
+        {"verb": "unload", "adapter": "billing", "reason": "no longer in the spec"},
+        {
+            "verb": "rollOut",
+            "adapter": "legal",
+            "reason": "its folder is now models/legal-v2 (restart strategy: the app restarts, and every adapter of the deployment with it)",
+        },
+    ]
+    assert client.post("/v1/deployments/support-bot/plan").json()["adapters"] == []  # the stored spec against itself
+
+
 def test_plan_errors(client):
     assert_problem(client.post("/v1/deployments/nobody/plan"), 404)
 

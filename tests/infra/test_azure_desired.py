@@ -217,3 +217,22 @@ def test_an_allow_list_entry_must_be_an_ipv4_range_in_cidr_notation():
         assert "IPv4 address range in CIDR notation" in str(refused.value) and "ip-restrictions" in str(refused.value)
     with pytest.raises(ValidationError):
         target(azure={**azure, "ingress": "private"})
+
+
+def test_one_container_app_serves_every_adapter_and_names_the_restart_versions():
+    adapters = [
+        {"name": "billing", "path": "models/billing/adapter"},
+        {"name": "legal", "path": "models/legal/adapter", "strategy": "restart"},
+    ]
+    plain = target(adapters=adapters)
+    restarted = Target(plain.name, plain.uid, plain.generation, plain.spec, adapter_versions={"legal": "3f2a9c01d4e5"})
+    resources = desired_resources(restarted, wheel="loraplane_serving-0.1.0-py3-none-any.whl")
+    assert [r.kind for r in resources].count("ContainerApp") == 1  # one app, one copy of the base model
+    [container] = by_kind(restarted)["ContainerApp"].body["properties"]["template"]["containers"]
+    env = {e["name"]: e.get("value", e.get("secretRef")) for e in container["env"]}
+    # The restart adapter's version is in the revision; billing follows the pointer (watched).
+    assert env["LORAPLANE_ADAPTER_VERSIONS"] == '{"legal": "3f2a9c01d4e5"}'
+    assert "LORAPLANE_WATCH" not in env and "LORAPLANE_ADAPTER_VERSION" not in env
+    every_restart = target(adapters=[{**a, "strategy": "restart"} for a in adapters])
+    [container] = by_kind(every_restart)["ContainerApp"].body["properties"]["template"]["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["LORAPLANE_WATCH"] == "false"

@@ -171,3 +171,27 @@ def test_the_model_is_never_filled_in():
     assert "spec.model" in errors
     errors = errors_of({"metadata": {"name": "bot"}, "spec": {"target": "local", "local": {"shareRoot": "/srv/share"}, "model": {}}})
     assert "spec.model.path" in errors
+
+
+def test_several_adapters_are_listed_by_name_and_the_shorthand_is_one_named_after_the_deployment():
+    one = InferenceDeploymentCreate.model_validate(local_manifest(name="support-bot")).spec
+    assert [(e.name, e.path, e.poll_seconds) for e in one.adapter_entries("support-bot")] == [
+        ("support-bot", "models/qlora/qlora/gpu_model/adapter", 5)
+    ]
+    adapters = [{"name": "billing", "path": "models/billing", "pollSeconds": 2}, {"name": "legal", "path": "models/legal"}]
+    many = InferenceDeploymentCreate.model_validate(local_manifest(adapters=adapters)).spec
+    assert [e.name for e in many.adapter_entries("support-bot")] == ["billing", "legal"]
+    stored = many.wire()
+    assert "adapter" not in stored and [a["name"] for a in stored["adapters"]] == ["billing", "legal"]
+    assert DeploymentSpec.model_validate(stored).wire() == stored  # read back as written
+
+
+def test_adapters_need_names_of_their_own_and_not_the_shorthand_beside_them():
+    twice = errors_of(local_manifest(adapters=[{"name": "billing", "path": "a"}, {"name": "billing", "path": "b"}]))
+    assert "names two adapters" in twice["spec.adapters.1.name"]
+    both = errors_of(local_manifest(adapter={"path": "a"}, adapters=[{"name": "billing", "path": "b"}]))
+    assert "not both" in both["spec.adapter"]
+    bad = errors_of(local_manifest(adapters=[{"name": "a/b", "path": "b"}]))
+    assert "the model id clients ask for" in bad["spec.adapters.0.name"]
+    assert "spec.adapters" in errors_of(local_manifest(adapters=[]))
+    assert "spec.adapters.0.pollSeconds" in errors_of(local_manifest(adapters=[{"name": "a", "pollSeconds": 0}]))

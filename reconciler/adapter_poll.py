@@ -1,0 +1,174 @@
+"""Adapter detection between resyncs: each adapter folder is listed every
+``pollSeconds`` of its adapter, and a folder whose listing changed wakes the deployments that
+serve from it, whose next pass then settles, validates and stages what is new.
+
+Listings are shared: a folder is listed once per interval however many deployments (or
+adapters) name it, through one share client per share, and only its listing is read (names,
+sizes, ETags or mtimes: no file content). A listing that fails (no share yet, the share's
+keys rotating) is skipped until its next turn; the resync still comes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from infra.provider import AdapterShare, Target
+from reconciler.core import Reconciler, target_of
+
+log = logging.getLogger("loraplane.reconciler.poll")
+
+ShareKey = tuple[str, ...]
+
+
+def share_key(target: Target) -> ShareKey:
+    """Which share a deployment's adapters are on: two deployments with the same key share
+    listings and a client."""
+    spec = target.spec
+    if spec.local is not None and spec.target == "local":
+        return ("local", spec.local.share_root)
+    assert spec.azure is not None
+    azure = spec.azure
+    return ("azure", azure.subscription_id.lower(), azure.resource_group.lower(), str(azure.storage_account), str(azure.file_share))
+
+
+@dataclass
+class FolderWatch:
+    """One folder of one share, and who wants to hear when its listing changes."""
+
+    interval: float
+    due: float
+    listing: tuple | None = None  # as last listed; None before the first listing
+    listed: bool = False
+    names: set[str] = field(default_factory=set)
+
+
+class AdapterPoller:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        wake: Callable[[str], None],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.reconciler = reconciler
+        self.wake = wake
+        self.monotonic = monotonic
+        self._lock = threading.Lock()
+        self._targets: dict[str, tuple[tuple[str, int], Target]] = {}
+        self._watches: dict[tuple[ShareKey, str], FolderWatch] = {}
+        self._via: dict[ShareKey, Target] = {}  # a target on each share, to open its client with
+        self._shares: dict[ShareKey, AdapterShare] = {}
+        self.listings = Counter(
+            "loraplane_adapter_folder_listings",
+            "Adapter folders listed between resyncs (each once per pollSeconds, however many deployments name it)",
+            registry=registry or CollectorRegistry(),
+        )
+
+    # ------------------------------------------------------------------------- what to watch
+
+    def refresh(self, desired: Mapping[str, tuple[str, int, bool, str]]) -> None:
+        """Follow the deployments as they are (name -> (uid, generation, deleting, …), what
+        the controller's timers read): a spec read again only when its generation moved."""
+        targets: dict[str, tuple[tuple[str, int], Target]] = {}
+        for name, (uid, generation, deleting, *_rest) in desired.items():
+            if deleting:
+                continue
+            known = self._targets.get(name)
+            if known is not None and known[0] == (uid, generation):
+                targets[name] = known
+                continue
+            try:
+                targets[name] = ((uid, generation), target_of(self.reconciler.store.get(name)))
+            except Exception as exc:  # gone meanwhile, or a spec the reconciler reports on
+                log.debug("not polling the adapters of %s: %s", name, exc)
+        watches: dict[tuple[ShareKey, str], FolderWatch] = {}
+        via: dict[ShareKey, Target] = {}
+        now = self.monotonic()
+        for name, (_, target) in targets.items():
+            key = share_key(target)
+            via.setdefault(key, target)
+            for entry in target.spec.adapter_entries(target.name):
+                folder = (key, entry.path)
+                watch = watches.get(folder)
+                if watch is None:
+                    # The same watch goes on (its last listing is what a change is told from).
+                    watch = self._watches.get(folder) or FolderWatch(interval=float(entry.poll_seconds), due=now)
+                    watch.names, watch.interval = set(), float(entry.poll_seconds)
+                    watches[folder] = watch
+                watch.names.add(name)
+                watch.interval = min(watch.interval, float(entry.poll_seconds))
+                watch.due = min(watch.due, now + watch.interval)
+        with self._lock:
+            self._targets, self._watches, self._via = targets, watches, via
+            gone = [key for key in self._shares if key not in via]
+            closing = [self._shares.pop(key) for key in gone]
+        for share in closing:
+            with suppress(Exception):
+                share.close()
+
+    # ----------------------------------------------------------------------------- listing
+
+    def poll(self) -> int:
+        """List every folder that is due; wake who watches one whose listing changed. Returns
+        how many folders were listed."""
+        now = self.monotonic()
+        with self._lock:
+            due = [(folder, watch) for folder, watch in self._watches.items() if watch.due <= now]
+        listed = 0
+        for (key, path), watch in due:
+            watch.due = now + watch.interval
+            share = self._share(key)
+            if share is None:
+                continue
+            try:
+                entries = share.list(path)
+            except Exception as exc:  # its next turn, or the resync, tries again
+                log.debug("listing %s failed: %s", path, exc)
+                self._drop_share(key)
+                continue
+            listed += 1
+            self.listings.inc()
+            listing = tuple(sorted((e.name, e.size, e.etag, e.md5) for e in entries or [] if not e.is_dir)) if entries is not None else None
+            changed = watch.listed and listing != watch.listing
+            watch.listing, watch.listed = listing, True
+            if changed:
+                for name in sorted(watch.names):
+                    self.wake(name)
+        return listed
+
+    def _share(self, key: ShareKey) -> AdapterShare | None:
+        with self._lock:
+            share, target = self._shares.get(key), self._via.get(key)
+        if share is not None or target is None:
+            return share
+        try:
+            opened: Any = self.reconciler.provider_for(target).share(target)
+        except Exception as exc:
+            log.debug("no share for %s yet: %s", target.name, exc)
+            return None
+        with self._lock:
+            self._shares[key] = opened
+        return opened
+
+    def _drop_share(self, key: ShareKey) -> None:
+        with self._lock:
+            share = self._shares.pop(key, None)
+        if share is not None:
+            with suppress(Exception):
+                share.close()
+
+    def close(self) -> None:
+        with self._lock:
+            shares, self._shares = list(self._shares.values()), {}
+        for share in shares:
+            with suppress(Exception):
+                share.close()
