@@ -122,6 +122,9 @@ class Observation(Generic[P]):
     # Nothing answers, and that is what the spec asks (scaled to zero replicas): settled, not
     # coming up.
     stopped: bool = False
+    # The share the adapters are on exists, so they can be staged (the azure target: once its
+    # file share is there; a local share root always is).
+    share_ready: bool = True
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,12 @@ class Reconciler:
         applying = False
         try:
             provider = self.provider_for(target)
-            target, versions = self._stage_ahead(row, target, provider, previous, versions)
             observation = provider.observe(target)
+            if observation.share_ready:
+                staged = self._stage_ahead(row, target, provider, previous, versions)
+                if staged is not None:  # a first version staged: the app's environment may name it now
+                    target, versions = staged
+                    observation = provider.observe(target)
             actions = provider.plan(target, observation)
             if not actions:
                 with self._lock:
@@ -182,25 +186,25 @@ class Reconciler:
         provider: TargetProvider[Any],
         previous: DeploymentStatus,
         versions: list[AdapterVersion],
-    ) -> tuple[Target, list[AdapterVersion]]:
-        """Before the infrastructure is planned: a new adapter's first version staged and in
-        the pointer before the app starts, once the share is there, committed at once, so that
-        the app's environment names it from the start (the restart strategy). Best effort: the
-        share may not exist yet (it is created with the rest); the pass that finds the app
-        waiting for its pointer stages it then, and says what stops it."""
+    ) -> tuple[Target, list[AdapterVersion]] | None:
+        """Before the infrastructure is planned, once the share exists: a new adapter's first
+        version staged and in the pointer before the app starts, committed at once, so that the
+        app's environment names it from the start (the restart strategy). Best effort: the
+        pass that finds the app waiting for its pointer stages it then, and says what stops
+        it. The target and versions as they are now; None when nothing changed."""
         observing = target.spec.azure is not None and target.spec.azure.policy == "observe"
         pointed = {a.name for a in previous.adapters if a.desired_version} or ({target.name} if previous.adapter.desired_version else set())
         if observing or all(entry.name in pointed for entry in target.spec.adapter_entries(target.name)):
-            return target, versions  # every adapter was pointed at before: the rollout's business now
+            return None  # every adapter was pointed at before: the rollout's business now
         try:
             events, changes = self.rollout.stage_ahead(row, target, provider, previous, versions)
         except Fenced:
             raise
         except Exception as exc:
             log.debug("%s: nothing staged ahead yet: %s", row.name, exc)
-            return target, versions
+            return None
         if not events and not changes:
-            return target, versions
+            return None
         self._commit(row, previous, events=events, versions=changes)
         versions = self.store.adapter_versions(row.uid)
         return target_of(row, versions), versions

@@ -291,6 +291,7 @@ class AzureProvider:
             endpoint=endpoint,
             ready=ready and not serving_changes and not plan.waiting,
             detail=detail,
+            share_ready=observed.get("FileShare") is not None,
         )
 
     def _health(

@@ -344,6 +344,7 @@ def test_patch_merges_into_the_spec(client):
     assert body["spec"]["adapter"] == {
         "path": "models/qlora/qlora/gpu_model/adapter",
         "settleSeconds": 10,
+        "pollSeconds": 5,
         "strategy": "restart",
     }
     assert body["metadata"]["labels"] == {"team": "support", "tier": "prod"}
