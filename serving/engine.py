@@ -31,6 +31,7 @@ from serving.adapters import (
     peft_name,
 )
 from serving.decode import Batch, Job, Rows, prompt_scores
+from serving.mixed_lora import StackedLora
 from serving.settings import ServingSettings
 
 log = logging.getLogger("loraplane.serving")
@@ -79,6 +80,7 @@ class Engine:
         self.tokenizer: Any = None
         self.base: Any = None
         self.peft: Any = None  # the PeftModel once an adapter was loaded
+        self._stacked: StackedLora | None = None  # its adapters stacked, for passes that mix them
         self.device = "cpu"
         self.context_length = 4096
         self.vocab_size = 0
@@ -201,6 +203,7 @@ class Engine:
         log.info("loaded adapter %s version %s again from %s", loaded.adapter, loaded.version, loaded.path)
 
     def _load_weights(self, folder: Path, name: str) -> None:
+        self._adapters_changed()
         if self.peft is not None and name in self.peft.peft_config:
             self._delete(name)  # left by a load that failed half-way
         try:
@@ -252,6 +255,7 @@ class Engine:
         needs one to stay: another one is made active first; the last one stays."""
         if self.peft is None or name not in self.peft.peft_config:
             return True
+        self._adapters_changed()
         if name == self.peft.active_adapter:
             other = next((n for n in self.peft.peft_config if n != name), None)
             if other is None:
@@ -471,14 +475,33 @@ class Engine:
         row_names = [running if job.done else job.peft_name for job in jobs]
         names = set(row_names)
         if len(names) > 1:
+            stacked = self._stacked_lora()
+            if stacked.supports({name for name in names if name}):
+                with stacked.rows(row_names):
+                    return self.peft(**inputs)
             return self.peft(**inputs, adapter_names=[name or "__base__" for name in row_names])
         (name,) = names
         if name is None:
+            stacked = self._stacked_lora()
+            if stacked.supports(set()):  # PEFT's disable_adapter costs more than a small model's pass
+                with stacked.rows(row_names):
+                    return self.peft(**inputs)
             with self.peft.disable_adapter():
                 return self.peft(**inputs)
         if self.peft.active_adapter != name:
             self.peft.set_adapter(name)
         return self.peft(**inputs)
+
+    def _stacked_lora(self) -> StackedLora:
+        """The loaded adapters stacked for mixed passes: made again after any load or delete."""
+        if self._stacked is None:
+            self._stacked = StackedLora(self.peft)
+        return self._stacked
+
+    def _adapters_changed(self) -> None:
+        if self._stacked is not None:
+            self._stacked.close()
+            self._stacked = None
 
     def _eos_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}

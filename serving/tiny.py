@@ -62,7 +62,13 @@ def write_tiny_model(model_dir: Path, *, seed: int = 0, hidden_size: int = 64, l
 
 
 def write_random_adapter(
-    model_dir: Path, adapter_dir: Path, *, seed: int, base_model_name: str = "loraplane/tiny-llama", rank: int = 8
+    model_dir: Path,
+    adapter_dir: Path,
+    *,
+    seed: int,
+    base_model_name: str = "loraplane/tiny-llama",
+    rank: int = 8,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
 ) -> None:
     """A LoRA adapter with random (not zero) weights, so that it visibly changes the output."""
     import torch
@@ -71,7 +77,7 @@ def write_random_adapter(
 
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules), init_lora_weights=False, task_type="CAUSAL_LM")
     model = get_peft_model(base, config)
     with torch.no_grad():  # big enough to dominate a random base model's logits
         for name, parameter in model.named_parameters():
