@@ -174,7 +174,7 @@ def main() -> None:
         )
     )
     path = write_result(
-        "detect",
+        f"detect-poll{args.poll}",
         {
             "rounds": args.rounds,
             "settle_seconds": args.settle,

@@ -40,13 +40,15 @@ def chat_stream(
     history: list[dict[str, Any]],
     *,
     use_adapter: bool = True,
+    adapter_name: str | None = None,
     system_prompt: str = "",
     temperature: float = DEFAULT_TEMPERATURE,
     max_tokens: int | None = None,
 ) -> Iterator[tuple[str, str]]:
     """The reply to ``message`` after ``history`` (OpenAI-style messages), growing token by
-    token, with the label of what writes it (an adapter version, or the base model)."""
-    adapter = engine.registry.acquire() if use_adapter else None
+    token, with the label of what writes it (an adapter version, or the base model).
+    ``adapter_name`` picks one adapter of several (None: the first)."""
+    adapter = engine.registry.acquire(adapter_name) if use_adapter else None
     if engine.base is None or (use_adapter and adapter is None):
         if adapter is not None:
             engine.registry.release(adapter)
@@ -68,7 +70,9 @@ def chat_stream(
         emit=lambda kind, payload: events.put((kind, payload)),
     )
     engine.submit(job)
-    text, label = "", (f"**Adapter:** `{adapter.version}`" if adapter is not None else "**Base model:** no adapter")
+    many = len(engine.registry.names()) > 1
+    named = f"{adapter.adapter} " if adapter is not None and many else ""
+    text, label = "", (f"**Adapter:** {named}`{adapter.version}`" if adapter is not None else "**Base model:** no adapter")
     try:
         while True:
             kind, payload = events.get()
@@ -83,6 +87,13 @@ def chat_stream(
                 return
     finally:
         job.cancelled.set()
+
+
+def model_choices(engine: Engine) -> list[str]:
+    """What the page may answer with: each adapter by name (the one adapter as "the adapter"),
+    or the base model."""
+    names = engine.registry.names()
+    return [*names, BASE] if len(names) > 1 else CHOICES
 
 
 def build_ui(engine: Engine, settings: ServingSettings) -> gr.Blocks:
@@ -100,6 +111,7 @@ def build_ui(engine: Engine, settings: ServingSettings) -> gr.Blocks:
             message,
             history,
             use_adapter=model != BASE,
+            adapter_name=model if model in engine.registry.names() else None,
             system_prompt=system_prompt or "",
             temperature=float(temperature),
             max_tokens=int(max_tokens),
@@ -110,7 +122,8 @@ def build_ui(engine: Engine, settings: ServingSettings) -> gr.Blocks:
         gr.Markdown(f"## loraplane · {settings.deployment or settings.model_dir.name}")
         version = gr.Markdown(serving_label(engine))
         with gr.Row():
-            model = gr.Dropdown(CHOICES, value=ADAPTER, label="Answer with")
+            # Any adapter by name (allow_custom_value): the page may be built before the pointer names them.
+            model = gr.Dropdown(model_choices(engine), value=model_choices(engine)[0], label="Answer with", allow_custom_value=True)
             temperature = gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature (0: always the same answer)")
             max_tokens = gr.Slider(1, settings.max_tokens_limit, value=settings.max_tokens_default, step=1, label="Max tokens")
         system_prompt = gr.Textbox(label="System prompt", placeholder="optional: how the assistant should answer", lines=2)
@@ -124,5 +137,7 @@ def build_ui(engine: Engine, settings: ServingSettings) -> gr.Blocks:
         # The label is the version now, not when the page was built (before the first adapter
         # loaded, it said "none loaded yet" until the first message), and it follows swaps.
         ui.load(lambda: serving_label(engine), None, version, api_name="serving")
+        # The adapters are known once the pointer is read, perhaps after the page was built.
+        ui.load(lambda: gr.update(choices=model_choices(engine), value=model_choices(engine)[0]), None, model, api_visibility="private")
         gr.Timer(5.0).tick(lambda: serving_label(engine), None, version, api_visibility="private")
     return ui

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 from gradio_client import Client
 
+from serving.tiny import ADAPTER_PATH, SECOND_ADAPTER_PATH
 from serving.ui import BASE, chat_stream
 
 
@@ -56,3 +57,15 @@ def test_the_page_names_the_serving_version_and_keeps_a_conversation(serve_app, 
     history, label, _ = client.predict("And then?", history, BASE, "", 0.0, 4, api_name="/respond")
     assert [turn["role"] for turn in history] == ["user", "assistant", "user", "assistant"]
     assert label == "**Base model:** no adapter"
+
+
+def test_with_several_adapters_the_chat_answers_with_the_one_named(serve_app, tiny_share):
+    from tests.serving.test_many_adapters import POINTER, write_pointer
+
+    write_pointer(tiny_share, {"billing": ("b1", ADAPTER_PATH), "legal": ("l1", SECOND_ADAPTER_PATH)})
+    app = serve_app(tiny_share, ui=True, adapter_pointer=POINTER, deployment="support-bot", max_tokens_default=6)
+    steps = list(chat_stream(app.engine, app.settings, "Hi", [], adapter_name="legal", temperature=0.0))
+    assert steps[-1][1] == "**Adapter:** legal `l1`"
+    client = Client(f"{app.url}/", verbose=False, download_files=False)
+    _, label, _ = client.predict("Hi", [], "billing", "", 0.0, 4, api_name="/respond")
+    assert label == "**Adapter:** billing `b1`"
