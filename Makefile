@@ -49,6 +49,8 @@ bench: $(STAMP)
 	$(PY) -m bench.api
 	$(PY) -m bench.serving
 	$(PY) -m bench.watch
+	$(PY) -m bench.adapters
+	$(PY) -m bench.detect
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
