@@ -178,6 +178,9 @@ class AdapterRegistry:
         self._slots: dict[str, AdapterSlot] = {}
         self._orphans: dict[int, Loaded] = {}  # versions of removed adapters, still held
         self._tick = 0
+        # Set once the watcher's first look has tried every adapter it names (loaded or
+        # refused): before, an app that answers for one adapter may not have the others yet.
+        self.looked = False
 
     # ------------------------------------------------------------------------- reading
 

@@ -98,6 +98,8 @@ def readiness(engine: Engine) -> tuple[bool, str]:
     if engine.base is None:
         return False, f"loading the model from {engine.settings.model_dir}"
     slots = engine.registry.slots()
+    if not engine.registry.looked:
+        return False, "loading the adapters"
     serving = [s for s in slots if s.active is not None]
     if not serving:
         first = slots[0] if slots else None

@@ -113,6 +113,7 @@ class AdapterWatcher:
                 results = {name: self._follow_folder(name, force)}
             for name, version in pinned.items():
                 results[name] = self._serve_pinned(name, version, force)
+            self.registry.looked = True
             return ReloadResult.of(results, self.registry.default)
 
     def _keep(self, names: list[str]) -> None:

@@ -176,3 +176,47 @@ def serve_internally(store: DeploymentStore, sim: AzureSimulator, provider: Azur
         provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME).latest_revision_name
         == app.latest_revision_name
     )
+
+
+def test_one_app_serves_two_adapters_each_rolled_out_on_its_own(tmp_path: Path):
+    """spec.adapters on the azure target: one container app serves both (one copy of the base
+    model); the restart adapter's version is in the revision's environment, the hotReload one
+    swaps in place, and each is verified from what the replicas report on the share."""
+    with world(tmp_path, QUICK_REPORTS) as (store, sim, provider, reconciler):
+        manifest = azure_manifest(NAME, ingress="internal", ipAllowList=["10.0.0.0/8"])
+        manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
+        manifest["spec"]["adapters"] = [
+            {"name": "billing", "path": ADAPTER_PATH, "settleSeconds": 1},
+            {"name": "legal", "path": SECOND_ADAPTER_PATH, "settleSeconds": 1, "strategy": "restart"},
+        ]
+        row = store.create(InferenceDeploymentCreate.model_validate(manifest))
+        spec = DeploymentSpec.model_validate(row.spec)
+        folder = sim.share_folder(spec.azure.storage_account, spec.azure.file_share)
+        make_tiny_share(folder)
+
+        def serving() -> dict[str, str | None] | None:
+            reconciler.reconcile(NAME)
+            current = DeploymentStatus.model_validate(store.get(NAME).status)
+            synced = any(c.type == "AdapterSynced" and c.status == "True" for c in current.conditions)
+            return {a.name: a.serving_version for a in current.adapters} if current.phase == "Ready" and synced else None
+
+        first = eventually(serving, timeout=180, interval=0.3, what="both adapters to serve")
+        ours = f".loraplane/{NAME}/{row.uid[:8]}"
+        pointer = json.loads((folder / f"{ours}/current.json").read_text())
+        assert pointer == {"adapters": {name: {"version": v, "path": f"{ours}/adapters/{v}"} for name, v in first.items()}}
+        apps = provider.clients(spec.azure.subscription_id).apps
+        app = apps.container_apps.get("rg-inference", NAME)
+        env = {e.name: e.value for e in app.template.containers[0].env}
+        assert json.loads(env["LORAPLANE_ADAPTER_VERSIONS"]) == {"legal": first["legal"]} and "LORAPLANE_WATCH" not in env
+        messages = [e.message for e in store.list_events(NAME, limit=100)]
+        assert any("adapter legal: rolling out" in m and "every adapter of the deployment restarts with it" in m for m in messages)
+
+        # billing's next version swaps in place: the same revision, legal's version as it was.
+        write_random_adapter(folder / TINY_MODEL_PATH, tmp_path / "next", seed=9)
+        with provider.share(provider_target(store)) as share:
+            upload_adapter(share, tmp_path / "next")
+        second = eventually(
+            lambda: (s := serving()) and s["billing"] != first["billing"] and s, timeout=60, interval=0.3, what="billing's next"
+        )
+        assert second["legal"] == first["legal"]
+        assert apps.container_apps.get("rg-inference", NAME).latest_revision_name == app.latest_revision_name
