@@ -203,17 +203,25 @@ class Engine:
         log.info("loaded adapter %s version %s again from %s", loaded.adapter, loaded.version, loaded.path)
 
     def _load_weights(self, folder: Path, name: str) -> None:
+        import torch
+
         self._adapters_changed()
         if self.peft is not None and name in self.peft.peft_config:
             self._delete(name)  # left by a load that failed half-way
+        # A request brings an evicted adapter in during a pass, under inference mode. Weights
+        # made there are inference tensors, on which a later change of the model outside it
+        # (PEFT sets requires_grad on the adapter it makes active when one is deleted) raises
+        # half-way through a delete and leaves PEFT inconsistent. So every change of the
+        # model's adapters happens outside inference mode, wherever it is called from.
         try:
-            if self.peft is None:
-                from peft import PeftModel
+            with torch.inference_mode(False):
+                if self.peft is None:
+                    from peft import PeftModel
 
-                self.peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=name, is_trainable=False)
-                self.peft.eval()
-            else:
-                self.peft.load_adapter(str(folder), adapter_name=name, is_trainable=False)
+                    self.peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=name, is_trainable=False)
+                    self.peft.eval()
+                else:
+                    self.peft.load_adapter(str(folder), adapter_name=name, is_trainable=False)
         except Exception as exc:
             if self.peft is not None and name in self.peft.peft_config and len(self.peft.peft_config) > 1:
                 self._delete(name)
@@ -255,13 +263,16 @@ class Engine:
         needs one to stay: another one is made active first; the last one stays."""
         if self.peft is None or name not in self.peft.peft_config:
             return True
+        import torch
+
         self._adapters_changed()
-        if name == self.peft.active_adapter:
-            other = next((n for n in self.peft.peft_config if n != name), None)
-            if other is None:
-                return False
-            self.peft.set_adapter(other)
-        self.peft.delete_adapter(name)
+        with torch.inference_mode(False):  # as _load_weights says
+            if name == self.peft.active_adapter:
+                other = next((n for n in self.peft.peft_config if n != name), None)
+                if other is None:
+                    return False
+                self.peft.set_adapter(other)
+            self.peft.delete_adapter(name)
         return True
 
     def _check_against_model(self, candidate: Candidate) -> None:
@@ -465,6 +476,8 @@ class Engine:
     def _forward(self, jobs: list[Job], **inputs: Any) -> Any:
         """The model on these rows, each on its own adapter: one adapter (or none) for all of
         them is the plain path; a mix goes through PEFT's per-row ``adapter_names``."""
+        import torch
+
         self.metrics.forward_passes.inc()
         self.metrics.batch_size.observe(len(jobs))
         if self.peft is None:
@@ -489,7 +502,8 @@ class Engine:
             with self.peft.disable_adapter():
                 return self.peft(**inputs)
         if self.peft.active_adapter != name:
-            self.peft.set_adapter(name)
+            with torch.inference_mode(False):  # as _load_weights says
+                self.peft.set_adapter(name)
         return self.peft(**inputs)
 
     def _stacked_lora(self) -> StackedLora:

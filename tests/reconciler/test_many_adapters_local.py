@@ -60,7 +60,7 @@ class Load:
                     if response.status_code == 200:
                         self.answers.append((name, response.headers["x-adapter-version"]))
                     else:
-                        self.failures.append(f"{name}: {response.status_code}: {response.text[:200]}")
+                        self.failures.append(f"{name}: {response.status_code}: {response.text[:2000]}")
 
     def versions(self, name: str) -> list[str]:
         with self._lock:

@@ -176,6 +176,28 @@ def test_past_the_resident_cap_every_request_is_answered_as_if_all_were_loaded(s
     eventually(lambda: len(app.engine.peft.peft_config) <= 2, what="the cap to hold again once idle")
 
 
+def test_an_adapter_loaded_again_by_a_request_survives_the_next_rollout(serve_app, three_adapters):
+    """A request loads an evicted adapter again in the middle of a pass; a rollout then changes
+    the model between passes. Both kinds of change must leave the model whole."""
+    app = serve_app(three_adapters, adapter_pointer=POINTER, deployment="support-bot", max_resident_adapters=2)
+    assert [a["resident"] for a in adapters_of(app.url).values()] == [False, True, True]
+    expected = text_of(ask(app.url, "billing"))  # loaded again, pushing out legal
+    assert text_of(ask(app.url, "travel"))  # travel is the adapter the model last ran
+    write_pointer(
+        three_adapters,
+        {"billing": ("b1", ADAPTER_PATH), "legal": ("l1", SECOND_ADAPTER_PATH), "travel": ("t2", SECOND_ADAPTER_PATH)},
+    )
+    eventually(lambda: adapters_of(app.url)["travel"]["version"] == "t2", what="travel's new version")
+    assert adapters_of(app.url)["travel"]["last_error"] is None
+    # t1 left the model (a delete that failed half-way would leave it, and PEFT broken).
+    eventually(lambda: sorted(app.engine.peft.peft_config) == ["a_billing__b1", "a_travel__t2"], what="t1 unloaded")
+    for name, version in (("travel", "t2"), ("billing", "b1"), ("legal", "l1")):
+        answer = ask(app.url, name)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-adapter-version"] == version
+    assert text_of(ask(app.url, "billing")) == expected
+
+
 def test_an_adapter_left_out_of_the_pointer_stops_being_served(serve_app, three_adapters):
     app = serve_app(three_adapters, adapter_pointer=POINTER, deployment="support-bot")
     write_pointer(three_adapters, {"billing": ("b1", ADAPTER_PATH), "travel": ("t1", THIRD_ADAPTER_PATH)})
