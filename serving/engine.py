@@ -33,6 +33,7 @@ from serving.adapters import (
 from serving.decode import Batch, Job, Rows, prompt_scores
 from serving.mixed_lora import StackedLora
 from serving.settings import ServingSettings
+from serving.traffic import TrafficStats
 
 log = logging.getLogger("loraplane.serving")
 
@@ -60,6 +61,11 @@ class EngineMetrics:
         self.adapter_loads = Counter(
             "loraplane_serving_adapter_reloads",
             "Adapters loaded again on a request, after being unloaded to make room",
+            registry=self.registry,
+        )
+        self.weight_loads = Counter(
+            "loraplane_serving_adapter_weight_loads",
+            "Adapter versions whose weights were read into the model (one loaded beside the serving version is not read again to serve)",
             registry=self.registry,
         )
         self.adapter_unloads = Counter(
@@ -96,6 +102,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.loaded = threading.Event()
         self.metrics = EngineMetrics()
+        self.traffic = TrafficStats(self.metrics.registry)
 
     # -------------------------------------------------------------------------- lifecycle
 
@@ -178,17 +185,33 @@ class Engine:
 
     def load_adapter(self, candidate: Candidate, adapter: str) -> Loaded:
         """On the worker thread: check the weights against the model, load them beside the
-        adapters already loaded, and make them what new requests for ``adapter`` get. Raises
-        AdapterError, leaving what served before."""
-        self._check_against_model(candidate)
-        name = peft_name(adapter, candidate.version)
-        if self.registry.holding(name) is None:
-            self._load_weights(candidate.path, name)
-        loaded = Loaded(candidate.version, candidate.fingerprint, candidate.path, name, adapter)
+        adapters already loaded, and make them what new requests for ``adapter`` get (the
+        versions loaded beside it stay). Raises AdapterError, leaving what served before."""
+        loaded = self.prepare(candidate, adapter)
         self.unload(self.registry.activate(loaded))
         self._trim(keep=loaded)
         log.info("serving adapter %s version %s from %s", adapter, candidate.version, candidate.path)
         return loaded
+
+    def prepare(self, candidate: Candidate, adapter: str) -> Loaded:
+        """On the worker thread: ``candidate`` as a version of ``adapter`` whose weights are in
+        the model, ready for any role: the one already loaded (made resident again if it was
+        unloaded to make room), else loaded now. Raises AdapterError, changing nothing."""
+        known = self.registry.find(adapter, candidate.version)
+        if known is not None and known.fingerprint == candidate.fingerprint and known.peft_name is not None:
+            self.make_resident(known)
+            return known
+        self._check_against_model(candidate)
+        name = peft_name(adapter, candidate.version)
+        if self.registry.holding(name) is None:
+            self._load_weights(candidate.path, name)
+        return Loaded(candidate.version, candidate.fingerprint, candidate.path, name, adapter)
+
+    def arrange(self, adapter: str, active: Loaded | None, standby: list[Loaded], canary: tuple[str, int] | None) -> None:
+        """On the worker thread: the adapter's versions in their roles (``AdapterRegistry.arrange``);
+        what lost its role and nothing holds leaves the model."""
+        self.unload_all(self.registry.arrange(adapter, active, standby, canary))
+        self._trim(keep=active)
 
     def make_resident(self, loaded: Loaded) -> None:
         """On the worker thread: load again, from its staged copy, a version unloaded to make
@@ -226,6 +249,26 @@ class Engine:
             if self.peft is not None and name in self.peft.peft_config and len(self.peft.peft_config) > 1:
                 self._delete(name)
             raise AdapterError(f"the weights of {folder} do not load into the model: {exc}") from exc
+        self.metrics.weight_loads.inc()
+        broken = self._non_finite(name)
+        if broken is not None:
+            if len(self.peft.peft_config) > 1:
+                self._delete(name)
+            raise AdapterError(f"the weights of {folder} are broken: {broken} holds NaN or infinite values (did training diverge?)")
+
+    def _non_finite(self, name: str) -> str | None:
+        """The first of adapter ``name``'s weights that is not finite, or None. A diverged
+        training run saves NaNs as readily as numbers; its header and shapes look fine."""
+        import torch
+
+        for module_name, module in self.peft.named_modules():
+            for part in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
+                holder = getattr(module, part, None)
+                weight = holder[name] if holder is not None and name in holder else None
+                tensor = getattr(weight, "weight", weight)
+                if isinstance(tensor, torch.Tensor) and not bool(torch.isfinite(tensor).all()):
+                    return f"{module_name}.{part}"
+        return None
 
     def serve_base_only(self) -> None:
         adapter = self.registry.default or self.settings.deployment or "adapter"
@@ -438,9 +481,12 @@ class Engine:
         extra[self._cache_name] = DynamicCache()
         out = self._forward(jobs, input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **extra)
         keep = out.logits.shape[1]
-        best = out.logits[:, -1].argmax(dim=-1).tolist()
+        best, finite = _argmax_and_finite(out.logits[:, -1])
         for row, job in enumerate(jobs):
             rows.start(job)
+            if not finite[row]:
+                self._finish(job, None, error=_non_finite_message(job))
+                continue
             if job.prompt_logprobs is not None:
                 first = keep - len(job.prompt_ids)  # the row's first token, in the kept positions
                 job.emit("prompt", prompt_scores(out.logits[row, first:], job.prompt_ids, job.prompt_logprobs))
@@ -467,11 +513,15 @@ class Engine:
         extra = {self._cache_name: batch.cache}
         out = self._forward(batch.jobs, input_ids=step_ids, attention_mask=batch.attention, position_ids=positions, use_cache=True, **extra)
         batch.cache = getattr(out, self._cache_name)
-        best = out.logits[:, -1].argmax(dim=-1).tolist()
+        best, finite = _argmax_and_finite(out.logits[:, -1])
         for row, job in enumerate(batch.jobs):
             job.position += 1
-            if not job.done:
+            if job.done:
+                continue
+            if finite[row]:
                 rows.choose(job, out.logits[row, -1], best[row])
+            else:
+                self._finish(job, None, error=_non_finite_message(job))
 
     def _forward(self, jobs: list[Job], **inputs: Any) -> Any:
         """The model on these rows, each on its own adapter: one adapter (or none) for all of
@@ -563,6 +613,22 @@ class Engine:
         # A base model without a chat template: a plain transcript.
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
         return self.encode(text)
+
+
+def _argmax_and_finite(logits: Any) -> tuple[list[int], list[bool]]:
+    """Each row's most likely token, and whether its logits are all finite, in one transfer
+    from the device (the step's one synchronisation)."""
+    import torch
+
+    both = torch.stack([logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1).to(torch.long)]).tolist()
+    return both[0], [bool(ok) for ok in both[1]]
+
+
+def _non_finite_message(job: Job) -> str:
+    """A row whose logits are NaN or infinite has no next token: its adapter's weights (or the
+    model's) blow up on this input."""
+    which = f"the adapter {job.adapter.adapter} version {job.adapter.version}" if job.peft_name and job.adapter else "the base model"
+    return f"{which} produced non-finite logits (NaN or infinite) for this prompt: the weights are broken"
 
 
 def _run_task(fn: Callable[[], Any], future: Future) -> None:

@@ -368,6 +368,28 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class LoadedVersion(BaseModel):
+    """A version loaded beside the one serving (a version being gated, the one before it, a
+    canary): asked for as ``NAME@VERSION``, or (the canary) by its share of the requests."""
+
+    version: str
+    resident: bool
+    error: str | None = None  # why it could not be loaded, when it could not
+
+
+class CanaryState(BaseModel):
+    version: str
+    weight: int  # percent of the adapter's requests
+
+
+class VersionFigures(BaseModel):
+    """Users' requests a version answered in this process (gate prompts not counted)."""
+
+    requests: int
+    errors: int
+    seconds: float  # their time summed, admission to last token
+
+
 class AdapterState(BaseModel):
     """One adapter, by the name clients ask for it by (the ``model`` of a request)."""
 
@@ -379,6 +401,9 @@ class AdapterState(BaseModel):
     resident: bool  # its weights are in the model now (else they load on its next request)
     last_error: str | None
     draining: list[str]
+    loaded: list[LoadedVersion] = []
+    canary: CanaryState | None = None
+    traffic: dict[str, VersionFigures] = {}
 
 
 class AdapterInfo(BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from serving.protocol import (
     AdapterInfo,
     AdapterState,
     AssistantMessage,
+    CanaryState,
     ChatChoice,
     ChatCompletion,
     ChatCompletionChunk,
@@ -43,6 +45,7 @@ from serving.protocol import (
     ErrorBody,
     ErrorDetail,
     FinishReason,
+    LoadedVersion,
     ModelCard,
     ModelList,
     TokenizeRequest,
@@ -50,6 +53,7 @@ from serving.protocol import (
     TokenizerInfo,
     TokenLogprob,
     Usage,
+    VersionFigures,
     new_id,
     now,
 )
@@ -199,6 +203,15 @@ def adapter_info_of(engine: Engine) -> AdapterInfo:
             resident=slot.active is not None and slot.active.resident,
             last_error=slot.last_error,
             draining=sorted(slot.draining),
+            loaded=[
+                *(LoadedVersion(version=v.version, resident=v.resident) for v in slot.standby.values()),
+                *(LoadedVersion(version=version, resident=False, error=error) for version, error in slot.refused.items()),
+            ],
+            canary=CanaryState(version=slot.canary, weight=slot.canary_weight) if slot.canary is not None else None,
+            traffic={
+                version: VersionFigures(requests=f.requests, errors=f.errors, seconds=round(f.seconds, 6))
+                for version, f in engine.traffic.of(slot.name).items()
+            },
         )
         for slot in engine.registry.slots()
     ]
@@ -351,9 +364,24 @@ def _budget(body: ChatCompletionRequest | CompletionRequest, settings: ServingSe
     return asked if asked is not None else min(settings.max_tokens_default, settings.max_tokens_limit, room)
 
 
+class _Outcome:
+    """How a user's answer ended, counted for its adapter version (``serving.traffic``) once:
+    ok, or an error of the generation; an answer the client left is not counted."""
+
+    def __init__(self, engine: Engine, adapter: Loaded | None, counted: bool) -> None:
+        self.engine, self.adapter, self.counted = engine, adapter, counted
+        self.version = adapter.version if adapter is not None else "base"
+        self.started = time.monotonic()
+
+    def __call__(self, *, ok: bool) -> None:
+        if self.counted and self.adapter is not None:
+            self.counted = False
+            self.engine.traffic.record(self.adapter.adapter, self.adapter.version, ok=ok, seconds=time.monotonic() - self.started)
+
+
 def _admit(
     request: Request, body: ChatCompletionRequest | CompletionRequest, prompts: list[_Prompt]
-) -> tuple[list[Job], _Bridge, _Shaper, str]:
+) -> tuple[list[Job], _Bridge, _Shaper, _Outcome]:
     engine, settings = engine_of(request), settings_of(request)
     budgets = [
         _budget(body, settings, engine.context_length, len(prompt.ids), "the prompt" if len(prompts) == 1 else f"prompt {index}")
@@ -366,14 +394,31 @@ def _admit(
     if body.unknown_fields:
         log.info("ignoring fields this server does not know: %s", ", ".join(body.unknown_fields))
     adapter: Loaded | None = None  # the base model, asked for by name
+    name, addressed = addressed_model(body.model)
     if body.model != base_model_id(settings):
-        adapter = engine.registry.acquire(body.model, len(prompts))  # one version for all the request's prompts
+        # One version for all the request's prompts; a canary's share of users goes to the
+        # canary, the same user (or session) to the same side on every replica.
+        split = body.user or request.headers.get("x-session-id")
+        adapter = engine.registry.acquire(name, len(prompts), version=addressed, split=split)
+        if adapter is None and addressed is not None:
+            slot = engine.registry.slot(name or "")
+            loaded = sorted({*(slot.standby if slot else {}), *([slot.active.version] if slot and slot.active else [])})
+            why = (slot.refused.get(addressed) if slot else None) or (
+                f"loaded here: {', '.join(loaded)}" if loaded else "none is loaded here"
+            )
+            raise OpenAIError(
+                404,
+                f"version {addressed} of the adapter {name!r} is not loaded here ({why}); ask for {name!r} to get the version it serves",
+                type_="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
         if adapter is None:
-            slot = engine.registry.slot(body.model or engine.registry.default or "")
+            slot = engine.registry.slot(name or engine.registry.default or "")
             why = slot.last_error if slot is not None and slot.last_error else "it has no version to serve yet"
             raise OpenAIError(
                 503,
-                f"the adapter {body.model or (slot.name if slot else '')!r} cannot serve: {why}",
+                f"the adapter {name or (slot.name if slot else '')!r} cannot serve: {why}",
                 type_="server_error",
                 code="not_ready",
             )
@@ -408,7 +453,8 @@ def _admit(
         raise OpenAIError(
             429, f"the server is busy: {exc}; try again shortly", type_="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}
         ) from exc
-    return jobs, bridge, shaper, version
+    counted = adapter is not None and addressed is None  # loraplane's gate prompts are no user's
+    return jobs, bridge, shaper, _Outcome(engine, adapter, counted)
 
 
 def _check_prompt_size(request: Request, size: int, param: str) -> None:
@@ -419,13 +465,26 @@ def _check_prompt_size(request: Request, size: int, param: str) -> None:
         )
 
 
+def addressed_model(model: str | None) -> tuple[str | None, str | None]:
+    """A request's ``model`` as (adapter, version): ``NAME@VERSION`` names one loaded version
+    of an adapter (loraplane's gate prompts ask so); any other model id names no version."""
+    if model is not None and "@" in model:
+        name, _, version = model.partition("@")
+        return name, version
+    return model, None
+
+
 def _check_ready_and_model(request: Request, model: str | None) -> None:
-    ready, detail = readiness(engine_of(request))
-    if not ready:
+    engine = engine_of(request)
+    name, version = addressed_model(model)
+    ready, detail = readiness(engine)
+    # A version loaded beside the serving ones answers when named, before any version serves:
+    # loraplane gates an adapter's first version that way.
+    if not ready and not (version is not None and name is not None and engine.registry.find(name, version) is not None):
         raise OpenAIError(503, f"not ready: {detail}", type_="server_error", code="not_ready")
     settings = settings_of(request)
-    served = {*engine_of(request).registry.names(), base_model_id(settings)}
-    if model is not None and model not in served:
+    served = {*engine.registry.names(), base_model_id(settings)}
+    if name is not None and name not in served:
         raise OpenAIError(
             404, f"the model {model!r} is not served here; use one of: {', '.join(sorted(served))}", param="model", code="model_not_found"
         )
@@ -488,7 +547,8 @@ async def _respond(request: Request, body: ChatCompletionRequest | CompletionReq
     """Admit the jobs, then answer as one JSON document or as an SSE stream, in the chat or the
     text-completion shape depending on the request."""
     settings = settings_of(request)
-    jobs, bridge, shaper, version = _admit(request, body, prompts)
+    jobs, bridge, shaper, outcome = _admit(request, body, prompts)
+    version = outcome.version
     chat = isinstance(body, ChatCompletionRequest)
     ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
     model_name, system_fingerprint = body.model or engine_of(request).registry.default or base_model_id(settings), fingerprint(version)
@@ -522,9 +582,11 @@ async def _respond(request: Request, body: ChatCompletionRequest | CompletionReq
                         elif update.text or update.logprobs or update.finish_reason:
                             yield f"data: {document([chunk_choice(update)])}\n\n"
             except OpenAIError as exc:
+                outcome(ok=False)
                 yield f"data: {exc.body.model_dump_json()}\n\n"
                 yield "data: [DONE]\n\n"
                 return
+            outcome(ok=True)
             charge(shaper.usage)
             if include_usage:
                 yield f"data: {document([], Usage(**shaper.usage))}\n\n"
@@ -532,10 +594,15 @@ async def _respond(request: Request, body: ChatCompletionRequest | CompletionReq
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
     choices = [_Choice() for _ in prompts]
-    async with aclosing(_updates(bridge, jobs, shaper)) as updates:
-        async for update in updates:
-            if update is not None:
-                choices[update.index].add(update)
+    try:
+        async with aclosing(_updates(bridge, jobs, shaper)) as updates:
+            async for update in updates:
+                if update is not None:
+                    choices[update.index].add(update)
+    except OpenAIError:
+        outcome(ok=False)
+        raise
+    outcome(ok=True)
     charge(shaper.usage)
     answer: ChatCompletion | Completion
     if chat:
@@ -585,6 +652,22 @@ async def _chat_prompt(request: Request, given: list[ChatMessage]) -> list[int]:
         raise OpenAIError(400, str(exc), param="messages") from exc
     _check_prompt_size(request, sum(len(m["content"].encode()) for m in messages), "messages")
     return await _tokenizing(sum(len(m["content"]) for m in messages), engine_of(request).chat_prompt, messages)
+
+
+@router.post("/admin/v1/chat/completions", response_model=ChatCompletion)
+async def admin_chat_completions(body: ChatCompletionRequest, request: Request):
+    """The chat route for loraplane, with the admin token: its gate prompts ask a version
+    (``NAME@VERSION``) as a user would, where inference keys guard /v1 and the admin token is
+    never one."""
+    _check_admin(request)
+    return await chat_completions(body, request)
+
+
+@router.post("/admin/v1/completions", response_model=Completion)
+async def admin_completions(body: CompletionRequest, request: Request):
+    """The completions route for loraplane, with the admin token (as the chat one above)."""
+    _check_admin(request)
+    return await completions(body, request)
 
 
 @router.post("/v1/completions", response_model=Completion)

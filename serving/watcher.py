@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from serving.adapters import AdapterError, PointedVersion, inspect_adapter, read_pointer, stat_signature
+from serving.adapters import AdapterError, Loaded, PointedAdapter, PointedVersion, inspect_adapter, read_pointer, stat_signature
 from serving.engine import Engine
 from serving.settings import ServingSettings
 
@@ -59,6 +59,7 @@ class AdapterWatcher:
         self.registry = engine.registry
         self._last_seen: tuple | None = None  # the pointer (or folder) as the previous poll saw it
         self._tried: dict[str, tuple[str | None, tuple | None]] = {}  # adapter -> (version, signature) refused
+        self._pointed: dict[str, PointedAdapter] = {}  # the pointer as this poll read it
         self._lock = threading.Lock()  # one poll at a time (the timer and the endpoint)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,6 +94,7 @@ class AdapterWatcher:
                 return ReloadResult("waiting", None, "the base model is not loaded yet")
             pinned = self.settings.pinned_versions()
             pointer = self.settings.pointer_file
+            self._pointed = {}
             if pointer is not None and pointer.is_file():
                 results = self._follow_pointer(pointer, pinned, force)
             elif pinned:
@@ -112,7 +114,7 @@ class AdapterWatcher:
                 self._keep([name])
                 results = {name: self._follow_folder(name, force)}
             for name, version in pinned.items():
-                results[name] = self._serve_pinned(name, version, force)
+                results[name] = self._serve_pinned(name, version, force, self._pointed.get(name))
             self.registry.looked = True
             return ReloadResult.of(results, self.registry.default)
 
@@ -121,20 +123,17 @@ class AdapterWatcher:
         if drained:
             self.engine.call(lambda: self.engine.unload_all(drained))
 
-    def _serve_pinned(self, name: str, version: str, force: bool) -> AdapterResult:
-        """The restart strategy: the process was started to serve one version, and serves it."""
+    def _serve_pinned(self, name: str, version: str, force: bool, pointed: PointedAdapter | None) -> AdapterResult:
+        """The restart strategy: the process was started to serve one version, and serves it
+        (with the versions the pointer loads beside it: one being gated)."""
         folder = self.settings.staged_dir(version)
-        slot = self.registry.slot(name)
-        if slot is not None and slot.active is not None and slot.active.version == version:
-            return AdapterResult("unchanged", version, f"already serving {version}")
         if folder is None:
             return self._nothing_to_serve(name, f"adapter version {version} is named, but LORAPLANE_ADAPTER_POINTER is not set")
         signature = stat_signature(folder)
         if signature is None:
             return self._nothing_to_serve(name, f"adapter version {version} is not staged at {folder}")
-        if not force and self._tried.get(name) == (version, signature):
-            return AdapterResult("unchanged", None, "refused before; waiting for a change")
-        return self._load(name, folder, version, signature)
+        beside = tuple(v for v in pointed.loaded if v.version != version) if pointed is not None else ()
+        return self._follow(name, PointedAdapter(PointedVersion(version, folder), beside), signature, force)
 
     def _follow_pointer(self, pointer: Path, pinned: dict[str, str], force: bool) -> dict[str, AdapterResult]:
         signature = stat_signature(pointer.parent)
@@ -148,14 +147,67 @@ class AdapterWatcher:
                 return {n: AdapterResult("waiting", self._version(n), str(exc)) for n in names}
             return {n: self._refuse(n, None, str(exc), signature) for n in names}
         self._keep([*pointed, *(n for n in pinned if n not in pointed)])
+        self._pointed = pointed
         return {name: self._follow(name, entry, signature, force) for name, entry in pointed.items() if name not in pinned}
 
-    def _follow(self, name: str, entry: PointedVersion, signature: tuple | None, force: bool) -> AdapterResult:
-        if self._version(name) == entry.version:
-            return AdapterResult("unchanged", entry.version, f"already serving {entry.version}")
-        if not force and self._tried.get(name) == (entry.version, signature):
+    def _follow(self, name: str, entry: PointedAdapter, signature: tuple | None, force: bool) -> AdapterResult:
+        """The adapter's versions as the pointer names them: each loaded (a refused one not
+        tried again until the pointer changes), then all given their roles at once, so that a
+        request never finds a version half-way into its role."""
+        slot = self.registry.slot(name)
+        standby = {v.version: v for v in entry.loaded}
+        if (
+            slot is not None
+            and self._version(name) == entry.version
+            and set(slot.standby) | set(slot.refused) == set(standby)
+            and (slot.canary, slot.canary_weight) == ((entry.canary, entry.canary_weight) if entry.canary else (None, 0))
+        ):
+            return AdapterResult(
+                "unchanged", entry.version, f"already serving {entry.version}" if entry.version else "nothing to serve yet"
+            )
+        if entry.active is not None and not force and self._tried.get(name) == (entry.version, signature):
             return AdapterResult("unchanged", self._version(name), "refused before; waiting for a change")
-        return self._load(name, entry.folder, entry.version, signature)
+        # What serves now stays until the new version is loaded: refused, it keeps serving.
+        active: Loaded | None = slot.active if slot is not None and entry.active is not None else None
+        if entry.active is not None and entry.version != self._version(name):
+            try:
+                active = self._prepare(name, entry.active)
+            except AdapterError as exc:
+                return self._refuse(name, entry.version, str(exc), signature)
+        loaded: list[Loaded] = []
+        refused: dict[str, str] = {}
+        for version in standby.values():
+            try:
+                loaded.append(self._prepare(name, version))
+            except AdapterError as exc:
+                refused[version.version] = str(exc)
+        canary = (entry.canary, entry.canary_weight) if entry.canary is not None and entry.canary not in refused else None
+        self.engine.call(lambda: self.engine.arrange(name, active, loaded, canary)).result()
+        for refused_version, message in refused.items():
+            self.registry.fail(name, message, refused_version)
+            log.warning("adapter %s version %s (to load beside the one serving) refused: %s", name, refused_version, message)
+        self._tried[name] = (entry.version, signature)
+        beside = f"; loaded beside it: {', '.join(v.version for v in loaded)}" if loaded else ""
+        split = f"; canary {canary[0]} at {canary[1]}%" if canary else ""
+        refusals = f"; refused: {'; '.join(f'{v}: {m}' for v, m in refused.items())}" if refused else ""
+        serving = f"now serving {entry.version}" if entry.version else "nothing to serve yet"
+        return AdapterResult("refused" if refused else "loaded", entry.version, serving + beside + split + refusals)
+
+    def _prepare(self, name: str, pointed: PointedVersion) -> Loaded:
+        """A version the pointer names, checked and loaded into the model (on the engine's
+        thread): the one already there when it is."""
+        known = self.registry.find(name, pointed.version)
+        if known is not None and known.path == pointed.folder:
+            self.engine.call(lambda: self.engine.make_resident(known)).result()
+            return known
+        candidate = inspect_adapter(
+            pointed.folder,
+            version=pointed.version,
+            model_dir=self.settings.model_dir,
+            model_name=self.engine.model_name,
+            share_root=self.settings.share_root,
+        )
+        return self.engine.call(lambda: self.engine.prepare(candidate, name)).result()
 
     def _follow_folder(self, name: str, force: bool) -> AdapterResult:
         folder = self.settings.adapter_dir
