@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
@@ -31,9 +31,10 @@ from infra.provider import Target
 from reconciler.core import Reconciler, target_of
 from reconciler.planning import Plan, dry_run
 from state.access import AccessStore
-from state.errors import Conflict, NotFound, PreconditionFailed
+from state.errors import Conflict, InvalidChange, NotFound, PreconditionFailed
 from state.models import (
     AdapterVersionList,
+    AdapterVersionPublic,
     ApiTokenCreate,
     ApiTokenCreated,
     ApiTokenList,
@@ -533,6 +534,46 @@ def activate_adapter_version(
     name: Name, adapter: AdapterPath, version: VersionPath, request: Request, response: Response, caller: Deployer
 ) -> InferenceDeploymentPublic:
     return _pin(request, response, caller, name, adapter, version)
+
+
+CanaryDecision = Annotated[Literal["promote", "abort"], Path(description="promote (serve it to everyone now) or abort (roll it back)")]
+
+
+@router.post(
+    "/deployments/{name}/canary/{decision}",
+    status_code=202,
+    response_model=AdapterVersionPublic,
+    response_model_exclude_none=True,
+    responses=problem_responses(404, 409, 422),
+    summary="End the canary of a deployment's one adapter early: promote it, or abort it (roll it back)",
+)
+def decide_canary(name: Name, decision: CanaryDecision, request: Request, caller: Deployer) -> AdapterVersionPublic:
+    row = store_of(request).get(name)
+    entries = DeploymentSpec.model_validate(row.spec, context=AS_STORED).adapter_entries(row.name)
+    if len(entries) > 1:
+        listed = ", ".join(e.name for e in entries)
+        raise InvalidChange(
+            f"deployment {name!r} serves several adapters ({listed}): say which, POST /v1/deployments/{name}/adapters/ADAPTER/canary/{decision}",
+            ["adapter"],
+            [f"name one of {listed}"],
+        )
+    return store_of(request).decide_canary(name, entries[0].name, decision, actor=caller.name).to_public()
+
+
+@router.post(
+    "/deployments/{name}/adapters/{adapter}/canary/{decision}",
+    status_code=202,
+    response_model=AdapterVersionPublic,
+    response_model_exclude_none=True,
+    responses=problem_responses(404, 409, 422),
+    summary="End one adapter's canary early: promote it, or abort it (roll it back)",
+)
+def decide_adapter_canary(
+    name: Name, adapter: AdapterPath, decision: CanaryDecision, request: Request, caller: Deployer
+) -> AdapterVersionPublic:
+    row = store_of(request).get(name)
+    _adapter_named(row.name, DeploymentSpec.model_validate(row.spec, context=AS_STORED), adapter)
+    return store_of(request).decide_canary(name, adapter, decision, actor=caller.name).to_public()
 
 
 def _pin(request: Request, response: Response, caller: Identity, name: str, adapter: str | None, version: str) -> InferenceDeploymentPublic:

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+from infra.endpoints import AppAnswer
 from infra.errors import ProviderError
 from state.resource import DeploymentSpec
 
@@ -198,6 +199,11 @@ class AdapterHost(Protocol):
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         """Ask the serving app to look at the pointer now (with its admin token)."""
+        ...
+
+    def ask(self, target: Target, endpoint: str, route: str, body: dict, timeout: float) -> AppAnswer:
+        """Ask the serving app at ``endpoint`` as loraplane (a gate's golden prompt): ``route``
+        is ``chat/completions`` or ``completions``. Raises TemporaryError when nothing answers."""
         ...
 
 

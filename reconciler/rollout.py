@@ -39,20 +39,38 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
 from infra.errors import ProviderError
-from infra.provider import AdapterHost, AdapterShare, Observation, ShareEntry, Target, pointer_path, staged_path
+from infra.provider import (
+    AdapterHost,
+    AdapterShare,
+    Observation,
+    ShareEntry,
+    Target,
+    pointer_path,
+    read_reports,
+    replicas_folder,
+    staged_path,
+)
+from reconciler.canary import Counts, counts_of, shown, since
+from reconciler.canary import describe as canary_describe
+from reconciler.canary import judge as judge_canary
+from reconciler.gate import GateInvalid
+from reconciler.gate import prompts_of as gate_prompts
+from reconciler.gate import reason_of as gate_reason
+from reconciler.gate import run as run_gate
 from serving.adapter_check import CONFIG, MAX_HEADER_BYTES, WEIGHTS, check_config, check_safetensors_header, header_length
-from state.models import AdapterFile, AdapterVersion, InferenceDeployment, NewEvent, utcnow
-from state.resource import AdapterStatus, DeploymentStatus, NamedAdapterSpec, NamedAdapterStatus, RolloutRecord
-from state.store import ActivateVersion, AddVersion, MarkVersion, VersionChange
+from state.models import AdapterFile, AdapterVersion, CanaryRecord, GateResult, InferenceDeployment, NewEvent, utcnow
+from state.resource import AdapterStatus, CanaryStatus, DeploymentStatus, NamedAdapterSpec, NamedAdapterStatus, RolloutRecord
+from state.store import ActivateVersion, AddVersion, MarkVersion, RecordCanary, RecordGate, VersionChange
 
 log = logging.getLogger("loraplane.reconciler.rollout")
 
-SERVABLE = ("Staged", "Activating", "Active", "Superseded")
+SERVABLE = ("Staged", "Gating", "Canary", "Activating", "Active", "Superseded")
 # The files a version is made of: what peft loads. A README beside them, the marker, anything
 # else training leaves is not staged (nor read), and does not make a new version.
 STAGED_FILES = frozenset({CONFIG, *WEIGHTS})
@@ -114,7 +132,12 @@ class RolloutReport:
     def adapter(self) -> AdapterStatus:
         """The first adapter's: what a request that names no model gets."""
         first = self.adapters[0]
-        return AdapterStatus(desired_version=first.desired_version, serving_version=first.serving_version, last_rollout=first.last_rollout)
+        return AdapterStatus(
+            desired_version=first.desired_version,
+            serving_version=first.serving_version,
+            last_rollout=first.last_rollout,
+            canary=first.canary,
+        )
 
     @classmethod
     def of(cls, reports: dict[str, AdapterReport]) -> RolloutReport:
@@ -151,14 +174,16 @@ class RolloutReport:
 
 class Pointer:
     """The pointer every replica follows, as this pass knows it: each adapter's version and
-    staged folder, written whole (one atomic replace) whenever one of them changes. A
-    deployment of ``spec.adapter`` gets the one-adapter form older serving apps read too."""
+    staged folder, the versions loaded beside it (one being proved, the one before it for an
+    instant rollback) and its canary, written whole (one atomic replace) whenever one of them
+    changes. A deployment of ``spec.adapter`` gets the one-adapter form older serving apps
+    read too (they ignore what they do not know)."""
 
     def __init__(self, share: AdapterShare, row: InferenceDeployment, target: Target) -> None:
         self.share, self.path = share, pointer_path(row.name, row.uid)
         self.names = [e.name for e in target.spec.adapter_entries(target.name)]
         self.legacy = target.spec.adapters is None
-        self.entries: dict[str, dict[str, str]] = {}
+        self.entries: dict[str, dict[str, Any]] = {}
         folder, _, file_name = self.path.rpartition("/")
         try:
             listed = any(e.name == file_name for e in share.list(folder) or [])
@@ -169,9 +194,59 @@ class Pointer:
         self.entries = {n: e for n, e in found.items() if n in self.names and isinstance(e, dict)}
         self.stale = set(found) - set(self.names)  # adapters no longer in the spec
 
-    def point(self, name: str, version: str, path: str) -> None:
-        self.entries[name] = {"version": version, "path": path}
+    def active(self, name: str) -> str | None:
+        return self.entries.get(name, {}).get("version")
+
+    def beside(self, name: str) -> list[str]:
+        """The versions loaded beside the active one."""
+        return [str(e.get("version")) for e in self.entries.get(name, {}).get("loaded") or [] if isinstance(e, dict)]
+
+    def point(self, name: str, version: str, path: str, *, keep_previous: bool = True) -> None:
+        """``version`` serves ``name`` now; the one it replaces stays loaded beside it (a
+        rollback is then a flip), unless ``keep_previous`` is false (it failed)."""
+        entry = self.entries.get(name, {})
+        previous = entry.get("version")
+        loaded = []
+        if keep_previous and previous is not None and previous != version and entry.get("path"):
+            loaded = [{"version": previous, "path": entry["path"]}]
+        self.entries[name] = {"version": version, "path": path, **({"loaded": loaded} if loaded else {})}
         self.write()
+
+    def load(self, name: str, version: str, path: str) -> bool:
+        """Load ``version`` beside the one serving (for its gate, or as a canary); False when
+        it is there already."""
+        if self.active(name) == version or version in self.beside(name):
+            return False
+        entry = self.entries.setdefault(name, {})
+        entry["loaded"] = [*(entry.get("loaded") or []), {"version": version, "path": path}]
+        self.write()
+        return True
+
+    def unload(self, name: str, version: str) -> bool:
+        """``version`` is no longer loaded beside (nor the canary); the adapter's entry goes
+        when it was its active version (a first version that failed its gate)."""
+        entry = self.entries.get(name)
+        if entry is None:
+            return False
+        if entry.get("version") == version:
+            del self.entries[name]
+            self.write()
+            return True
+        loaded = [e for e in entry.get("loaded") or [] if isinstance(e, dict) and e.get("version") != version]
+        canary = entry.get("canary")
+        if len(loaded) == len(entry.get("loaded") or []) and not (isinstance(canary, dict) and canary.get("version") == version):
+            return False
+        entry["loaded"] = loaded
+        if isinstance(canary, dict) and canary.get("version") == version:
+            del entry["canary"]
+        self.write()
+        return True
+
+    def set_canary(self, name: str, version: str, weight: int) -> None:
+        entry = self.entries.setdefault(name, {})
+        if entry.get("canary") != {"version": version, "weight": weight}:
+            entry["canary"] = {"version": version, "weight": weight}
+            self.write()
 
     def write(self) -> None:
         ordered = {n: self.entries[n] for n in self.names if n in self.entries}
@@ -209,6 +284,20 @@ class VersionBook:
         if row is not None and (row.state, row.message) != (state, message):
             row.state, row.message = state, message
             self.report.versions.append(MarkVersion(version, state, message))
+
+    def record_gate(self, version: str, result: GateResult) -> None:
+        row = self.find(version)
+        if row is not None:
+            row.gate = result.wire()
+            self.report.versions.append(RecordGate(version, row.gate))
+
+    def record_canary(self, version: str, record: CanaryRecord | None, *, decided: bool = False) -> None:
+        row = self.find(version)
+        if row is not None:
+            row.canary = record.wire() if record is not None else None
+            if decided:
+                row.canary_decision = None
+            self.report.versions.append(RecordCanary(version, row.canary, decided))
 
 
 # ------------------------------------------------------------------------------- pure parts
@@ -290,8 +379,20 @@ def previous_status(previous: DeploymentStatus, name: str, first: bool) -> Adapt
     written before there were entries."""
     entry = next((a for a in previous.adapters if a.name == name), None)
     if entry is not None:
-        return AdapterStatus(desired_version=entry.desired_version, serving_version=entry.serving_version, last_rollout=entry.last_rollout)
+        return AdapterStatus(
+            desired_version=entry.desired_version,
+            serving_version=entry.serving_version,
+            last_rollout=entry.last_rollout,
+            canary=entry.canary,
+        )
     return previous.adapter.model_copy(deep=True) if first and not previous.adapters else AdapterStatus()
+
+
+def _read_if_there(share: AdapterShare, path: str) -> bytes | None:
+    folder, _, name = path.rpartition("/")
+    if not any(e.name == name and not e.is_dir for e in share.list(folder) or []):
+        return None
+    return share.read(path)
 
 
 def served_by(answer: dict, name: str, default: str) -> dict:
@@ -358,6 +459,7 @@ class AdapterRollout:
         self._lock = threading.Lock()
         self._settling: dict[tuple[str, str], tuple[str, float]] = {}  # (uid, adapter) -> (fingerprint, first seen)
         self._settled_at: dict[tuple[str, str], float] = {}  # (uid, version) -> when it settled
+        self._loading_since: dict[tuple[str, str], float] = {}  # (uid, version) -> when it was pointed at to load beside
 
     def forget(self, uid: str) -> None:
         """The deployment is gone: nothing of it is kept."""
@@ -366,6 +468,8 @@ class AdapterRollout:
                 del self._settling[key]
             for key in [k for k in self._settled_at if k[0] == uid]:
                 del self._settled_at[key]
+            for key in [k for k in self._loading_since if k[0] == uid]:
+                del self._loading_since[key]
 
     def _passes(self, row: InferenceDeployment, target: Target, host: AdapterHost, share: AdapterShare) -> list[_Pass]:
         entries = target.spec.adapter_entries(target.name)
@@ -433,6 +537,11 @@ class AdapterRollout:
             report.message = waiting or f"no complete adapter at {turn.entry.path} yet"
             return report
         report.adapter.desired_version = desired.version
+        report.adapter.canary = None  # said again below while one is under way
+        self._end_overtaken(turn, endpoint, desired, book)
+        proving = self._prove(turn, endpoint, desired, book)
+        if proving is not None:
+            return proving
         return self._activate(turn, endpoint, desired, book)
 
     def watch_in_flight(
@@ -572,6 +681,261 @@ class AdapterRollout:
     def _stop_settling(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._settling.pop(key, None)
+
+    # ---------------------------------------------------------------------- gate, canary
+
+    def _end_overtaken(self, turn: _Pass, endpoint: str, desired: AdapterVersion, book: VersionBook) -> None:
+        """A version being proved that is no longer the one to serve (a newer one came, or a
+        pin names another) stops being proved: unloaded, Staged again, its canary forgotten."""
+        for other in list(book.rows):
+            if other.state not in ("Gating", "Canary") or other.version == desired.version:
+                continue
+            book.mark(other.version, "Staged", f"overtaken by {desired.version} while it was being proved")
+            if other.canary is not None:
+                book.record_canary(other.version, None, decided=True)
+            if turn.pointer.unload(turn.name, other.version):
+                self._reload(turn, endpoint)
+            book.report.events.append(
+                (
+                    "Normal",
+                    "AdapterRolloutOvertaken",
+                    f"adapter {other.version} stops being proved: {desired.version} is the one to serve now",
+                )
+            )
+
+    def _prove(self, turn: _Pass, endpoint: str, desired: AdapterVersion, book: VersionBook) -> AdapterReport | None:
+        """A version that never served, rolled out with ``rollout.gate`` or ``rollout.canary``,
+        proves itself first: its report while it does (or once it failed); None once it may
+        serve everyone. A pinned version is the team's own choice, and one that served
+        before has proved itself: neither is proved again."""
+        rollout = turn.entry.rollout
+        if rollout is None or desired.activated_at is not None or desired.version == turn.entry.pin:
+            return None
+        stable = next((v for v in book.rows if v.state == "Active" and v.version != desired.version), None)
+        if rollout.gate is not None and desired.gate is None:
+            report = self._gate(turn, endpoint, desired, stable, book)
+            if report is not None:
+                return report
+        canary = rollout.canary
+        if canary is None or stable is None:
+            return None
+        record = desired.canary_record
+        if record is None:
+            return self._start_canary(turn, endpoint, desired, stable, book)
+        if record.result is None:
+            return self._judge_canary(turn, endpoint, desired, record, book)
+        return None  # promoted: being activated
+
+    def _reload(self, turn: _Pass, endpoint: str) -> dict:
+        """The replicas look at the pointer now (hotReload; under restart the running process
+        loads a version beside too, for its gate)."""
+        return reload_answer(turn.host.reload_adapter(turn.target, endpoint), turn.name)
+
+    def _loaded_everywhere(
+        self, turn: _Pass, endpoint: str, version: AdapterVersion, book: VersionBook, doing: str
+    ) -> AdapterReport | None:
+        """``version`` loaded beside the serving one on every replica (as the pointer asks):
+        None once it is; else the report while the replicas load it, or once one refused it
+        (the version Failed, nothing else changed)."""
+        report = book.report
+        assert version.path is not None
+        lost = self._restage_if_lost(turn, version)
+        if lost is not None:
+            book.mark(version.version, "Failed", lost)
+            report.reason, report.message, report.requeue_after = "Waiting", lost, self.poll_seconds
+            return report
+        key = (turn.row.uid, version.version)
+        if turn.pointer.load(turn.name, version.version, version.path):
+            with self._lock:
+                self._loading_since[key] = self.monotonic()
+            self._reload(turn, endpoint)
+        served = self._served(turn, endpoint)
+        refusals = [
+            str(entry.get("error"))
+            for s in served
+            for entry in s.get("loaded") or []
+            if isinstance(entry, dict) and entry.get("version") == version.version and entry.get("error")
+        ]
+        present = [
+            s.get("version") == version.version
+            or any(isinstance(e, dict) and e.get("version") == version.version and not e.get("error") for e in s.get("loaded") or [])
+            for s in served
+        ]
+        with self._lock:
+            since = self._loading_since.setdefault(key, self.monotonic())
+        if not refusals and served and all(present):
+            with self._lock:
+                self._loading_since.pop(key, None)
+            return None
+        waited = self.monotonic() - since
+        limit = self.verify_seconds["hotReload"]
+        if not refusals and waited < limit:
+            report.reason, report.requeue_after = "RollingOut", self.poll_seconds
+            report.message = f"loading adapter {version.version} beside the serving one, for {doing}"
+            return report
+        with self._lock:
+            self._loading_since.pop(key, None)
+        why = refusals[0] if refusals else f"not every replica loaded it within {limit:.0f}s"
+        message = f"adapter version {version.version} failed: the serving app did not load it for {doing}: {why}"
+        book.mark(version.version, "Failed", message)
+        if turn.pointer.unload(turn.name, version.version):
+            self._reload(turn, endpoint)
+        report.failed, report.reason, report.message, report.requeue_after = True, "AdapterRolloutFailed", message, self.poll_seconds
+        report.events.append(("Warning", "AdapterRolloutFailed", message))
+        return report
+
+    def _gate(
+        self, turn: _Pass, endpoint: str, desired: AdapterVersion, stable: AdapterVersion | None, book: VersionBook
+    ) -> AdapterReport | None:
+        """Ask the version its golden prompts, loaded beside the serving one, named: None once it
+        passed (recorded); else its report (loading, or rejected)."""
+        gate = turn.entry.rollout.gate if turn.entry.rollout is not None else None
+        assert gate is not None
+        report = book.report
+        if desired.state != "Gating":
+            book.mark(desired.version, "Gating")
+            report.events.append(
+                ("Normal", "AdapterGateStarted", f"adapter {desired.version} is loaded beside the serving one for its gate")
+            )
+        waiting = self._loaded_everywhere(turn, endpoint, desired, book, "its gate")
+        if waiting is not None:
+            return waiting
+        try:
+            prompts = gate_prompts(gate, lambda path: _read_if_there(turn.share, path))
+        except GateInvalid as exc:
+            report.failed, report.reason, report.message = True, "GateInvalid", f"adapter {desired.version} waits for its gate: {exc}"
+            report.requeue_after = max(self.poll_seconds, 10.0)
+            return report
+        result = run_gate(
+            prompts,
+            lambda route, body: turn.host.ask(turn.target, endpoint, route, body, float(gate.timeout_seconds)),
+            candidate=f"{turn.name}@{desired.version}",
+            baseline=f"{turn.name}@{stable.version}" if stable is not None else None,
+            min_pass_rate=gate.min_pass_rate,
+            timeout=float(gate.timeout_seconds),
+            clock=self.clock,
+        )
+        book.record_gate(desired.version, result)
+        if result.passed:
+            report.events.append(
+                (
+                    "Normal",
+                    "AdapterGatePassed",
+                    f"adapter {desired.version} passed its gate: {result.pass_rate:.0%} of {len(result.prompts)} golden prompts",
+                )
+            )
+            if turn.entry.rollout is None or turn.entry.rollout.canary is None or stable is None:
+                book.mark(desired.version, "Activating")
+            return None
+        reason = gate_reason(result)
+        book.mark(desired.version, "Rejected", reason)
+        if turn.pointer.unload(turn.name, desired.version):
+            self._reload(turn, endpoint)
+        message = f"adapter version {desired.version} was rejected: {reason}" + (f"; {stable.version} keeps serving" if stable else "")
+        report.events.append(("Warning", "AdapterGateFailed", message))
+        log.warning("%s: adapter %s: %s", turn.row.name, turn.name, message)
+        report.failed, report.reason, report.message, report.requeue_after = True, "AdapterGateFailed", message, self.poll_seconds
+        return report
+
+    def _counts(self, turn: _Pass) -> Counts:
+        return counts_of(read_reports(turn.share, replicas_folder(turn.row.name, turn.row.uid)), turn.name)
+
+    def _start_canary(
+        self, turn: _Pass, endpoint: str, desired: AdapterVersion, stable: AdapterVersion, book: VersionBook
+    ) -> AdapterReport:
+        spec = turn.entry.rollout.canary if turn.entry.rollout is not None else None
+        assert spec is not None
+        waiting = self._loaded_everywhere(turn, endpoint, desired, book, "its canary")
+        if waiting is not None:
+            return waiting
+        record = CanaryRecord(
+            started_at=self.clock(),
+            stable_version=stable.version,
+            weight=spec.weight,
+            duration_seconds=spec.duration_seconds,
+            baseline=self._counts(turn),
+        )
+        turn.pointer.set_canary(turn.name, desired.version, spec.weight)
+        self._reload(turn, endpoint)
+        book.mark(desired.version, "Canary")
+        book.record_canary(desired.version, record)
+        book.report.events.append(
+            (
+                "Normal",
+                "AdapterCanaryStarted",
+                f"adapter {desired.version} takes {spec.weight}% of the requests for {spec.duration_seconds}s, against {stable.version}",
+            )
+        )
+        return self._canary_report(turn, desired, record, record.baseline, book)
+
+    def _canary_report(
+        self, turn: _Pass, desired: AdapterVersion, record: CanaryRecord, counts: Counts, book: VersionBook
+    ) -> AdapterReport:
+        report = book.report
+        figures = shown(desired.version, since(counts, record.baseline, desired.version))
+        stable = shown(record.stable_version, since(counts, record.baseline, record.stable_version))
+        ends = record.started_at + timedelta(seconds=record.duration_seconds)
+        report.adapter.canary = CanaryStatus(
+            version=desired.version, weight=record.weight, started_at=record.started_at, ends_at=ends, canary=figures, stable=stable
+        )
+        left = max(0.0, (ends - self.clock()).total_seconds())
+        report.reason = "Canary"
+        report.message = f"canary {desired.version} takes {record.weight}% of the requests, {left:.0f}s left: {canary_describe(figures)}; stable {canary_describe(stable)}"
+        report.requeue_after = max(0.05, min(self.poll_seconds, left))
+        return report
+
+    def _judge_canary(
+        self, turn: _Pass, endpoint: str, desired: AdapterVersion, record: CanaryRecord, book: VersionBook
+    ) -> AdapterReport | None:
+        spec = turn.entry.rollout.canary if turn.entry.rollout is not None else None
+        assert spec is not None
+        counts = self._counts(turn)
+        report = self._canary_report(turn, desired, record, counts, book)
+        assert report.adapter.canary is not None
+        elapsed = (self.clock() - record.started_at).total_seconds()
+        verdict = judge_canary(spec, report.adapter.canary.canary, report.adapter.canary.stable, elapsed, desired.canary_decision)
+        if verdict.action == "wait":
+            return report
+        decided = desired.canary_decision is not None
+        finished = self.clock()
+        if verdict.action == "promote":
+            book.record_canary(
+                desired.version, record.model_copy(update={"result": "Promoted", "message": verdict.reason}), decided=decided
+            )
+            book.mark(desired.version, "Activating")
+            report.events.append(("Normal", "AdapterCanaryPromoted", f"adapter {desired.version} is promoted: {verdict.reason}"))
+            report.adapter.canary = None
+            return None
+        # Rolled back: the stable version takes every request again, at once.
+        aborted = (desired.canary_decision or "").startswith("abort")
+        if turn.pointer.unload(turn.name, desired.version):
+            self._reload(turn, endpoint)
+        message = (
+            f"adapter version {desired.version}'s canary was rolled back: {verdict.reason}; {record.stable_version} serves every request"
+        )
+        book.record_canary(desired.version, record.model_copy(update={"result": "RolledBack", "message": verdict.reason}), decided=decided)
+        book.mark(desired.version, "Failed", message)
+        report.adapter.canary = None
+        report.adapter.last_rollout = RolloutRecord(
+            version=desired.version,
+            strategy=turn.entry.strategy,
+            result="Aborted" if aborted else "RolledBack",
+            started_at=record.started_at,
+            finished_at=finished,
+            duration_seconds=round((finished - record.started_at).total_seconds(), 3),
+            message=message,
+        )
+        report.adapter.desired_version = record.stable_version
+        report.adapter.serving_version = record.stable_version
+        report.requeue_after = self.poll_seconds
+        if aborted:
+            report.synced, report.reason, report.message = True, "CanaryAborted", message
+            report.events.append(("Normal", "AdapterCanaryAborted", message))
+        else:
+            report.failed, report.reason, report.message = True, "AdapterCanaryFailed", message
+            report.events.append(("Warning", "AdapterCanaryFailed", message))
+            log.warning("%s: adapter %s: %s", turn.row.name, turn.name, message)
+        return report
 
     # --------------------------------------------------------------------------- activate
 
@@ -721,7 +1085,7 @@ class AdapterRollout:
         with self._lock:
             self._settled_at.pop((turn.row.uid, failed.version), None)
         if good is not None and good.path is not None:
-            turn.pointer.point(turn.name, good.version, good.path)
+            turn.pointer.point(turn.name, good.version, good.path, keep_previous=False)
             if strategy == "hotReload" and endpoint is not None:
                 turn.host.reload_adapter(turn.target, endpoint)
         back = f"rolled back to {good.version}" if good is not None else "nothing to roll back to"

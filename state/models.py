@@ -234,7 +234,70 @@ class CloudResource(SQLModel, table=True):
 # --------------------------------------------------------------------------------------------
 # AdapterVersion
 
-AdapterState = Literal["Staged", "Activating", "Active", "Rejected", "Failed", "Superseded"]
+# Gating: loaded beside the serving version, answering its golden prompts. Canary: taking its
+# share of the users' requests (spec.adapter(s)[].rollout).
+AdapterState = Literal["Staged", "Gating", "Canary", "Activating", "Active", "Rejected", "Failed", "Superseded"]
+
+
+class GatePromptResult(CamelModel):
+    """How one golden prompt went: what the version answered (cut to a readable length) and
+    each expectation it missed."""
+
+    name: str
+    passed: bool
+    answer: str | None = None
+    latency_ms: int | None = None
+    failures: list[str] = PydanticField(default_factory=list)
+
+
+class GateResult(CamelModel):
+    passed: bool
+    pass_rate: float
+    min_pass_rate: float
+    finished_at: datetime
+    prompts: list[GatePromptResult] = PydanticField(default_factory=list)
+
+
+class TrafficFigures(CamelModel):
+    """Users' requests a version answered, summed over the replicas: how a canary is judged."""
+
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def mean_seconds(self) -> float | None:
+        return self.seconds / self.requests if self.requests else None
+
+    def minus(self, before: TrafficFigures) -> TrafficFigures:
+        return TrafficFigures(
+            requests=max(0, self.requests - before.requests),
+            errors=max(0, self.errors - before.errors),
+            seconds=max(0.0, self.seconds - before.seconds),
+        )
+
+    def plus(self, other: TrafficFigures) -> TrafficFigures:
+        return TrafficFigures(
+            requests=self.requests + other.requests, errors=self.errors + other.errors, seconds=self.seconds + other.seconds
+        )
+
+
+class CanaryRecord(CamelModel):
+    """A version's canary: when it started, against which stable version, at what weight, and
+    the replicas' counts when it started (by report file, then version), from which its own
+    figures and the stable version's are counted."""
+
+    started_at: datetime
+    stable_version: str
+    weight: int
+    duration_seconds: int
+    baseline: dict[str, dict[str, TrafficFigures]] = PydanticField(default_factory=dict)
+    result: Literal["Promoted", "RolledBack"] | None = None
+    message: str | None = None
 
 
 class AdapterFile(CamelModel):
@@ -255,6 +318,8 @@ class AdapterVersionBase(CamelModel):
     path: str | None = None  # its immutable staged copy, under the share root
     files: list[AdapterFile] = PydanticField(default_factory=list)
     message: str | None = None  # why it was rejected or failed
+    gate: GateResult | None = None  # its golden prompts' results, once it was gated
+    canary: CanaryRecord | None = None
 
 
 class AdapterVersion(SQLModel, table=True):
@@ -278,6 +343,19 @@ class AdapterVersion(SQLModel, table=True):
     detected_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     staged_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     activated_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    gate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    canary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # promote or abort, asked through the API for a canary under way (and who asked): written
+    # by the API alone, read and cleared by the reconciler, so neither overwrites the other.
+    canary_decision: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
+
+    @property
+    def gate_result(self) -> GateResult | None:
+        return GateResult.model_validate(self.gate) if self.gate is not None else None
+
+    @property
+    def canary_record(self) -> CanaryRecord | None:
+        return CanaryRecord.model_validate(self.canary) if self.canary is not None else None
 
     def to_public(self) -> AdapterVersionPublic:
         return AdapterVersionPublic(
@@ -289,6 +367,8 @@ class AdapterVersion(SQLModel, table=True):
             path=self.path,
             files=[AdapterFile.model_validate(f) for f in self.files],
             message=self.message,
+            gate=self.gate_result,
+            canary=self.canary_record,
             detected_at=self.detected_at,
             staged_at=self.staged_at,
             activated_at=self.activated_at,

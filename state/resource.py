@@ -236,6 +236,117 @@ class ModelSpec(CamelModel):
     path: SharePath
 
 
+# A gate prompt's text: newlines and tabs are text here, other control characters are not.
+PromptText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=16384),
+    _rule(r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*", "must not contain control characters other than newlines and tabs"),
+]
+PromptName = Annotated[
+    str,
+    _rule(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,63}", "must be 1-64 letters, digits, spaces, '.', '_' or '-' (for example 'refund-policy')"),
+]
+MAX_GATE_PROMPTS = 200
+
+
+def _texts(value: str | list[str] | None) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+class GateMessage(CamelModel):
+    role: Literal["system", "user", "assistant"]
+    content: PromptText
+
+
+class GatePrompt(CamelModel):
+    """One golden prompt: a text (sent to /v1/completions) or chat messages (to
+    /v1/chat/completions), answered at temperature 0, and what the answer must be."""
+
+    name: PromptName | None = None
+    prompt: PromptText | None = None
+    messages: list[GateMessage] | None = Field(default=None, min_length=1, max_length=64)
+    max_tokens: int = Field(default=64, ge=1, le=2048)
+    contains: PromptText | list[PromptText] | None = None
+    not_contains: PromptText | list[PromptText] | None = None
+    regex: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    json_schema: dict[str, Any] | None = None
+    max_latency_ms: int | None = Field(default=None, ge=1, le=600_000)
+    equals_baseline: bool = False
+
+    @model_validator(mode="after")
+    def _one_input_and_an_expectation(self) -> GatePrompt:
+        problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+        if (self.prompt is None) == (self.messages is None):
+            problems.append((("prompt",), "give either prompt (a text) or messages (a chat), one of them", self.prompt))
+        if not any(
+            (_texts(self.contains), _texts(self.not_contains), self.regex, self.json_schema, self.max_latency_ms, self.equals_baseline)
+        ):
+            problems.append(
+                (
+                    ("contains",),
+                    "a golden prompt needs an expectation: contains, notContains, regex, jsonSchema, maxLatencyMs or equalsBaseline",
+                    None,
+                )
+            )
+        if self.regex is not None:
+            import regex
+
+            try:
+                regex.compile(self.regex)
+            except regex.error as exc:
+                problems.append((("regex",), f"is not a regular expression: {exc}", self.regex))
+        if self.json_schema is not None:
+            from jsonschema import SchemaError, validators
+
+            try:
+                validators.validator_for(self.json_schema).check_schema(self.json_schema)
+            except SchemaError as exc:
+                problems.append((("jsonSchema",), f"is not a JSON Schema: {exc.message}", self.json_schema))
+        if problems:
+            raise field_errors(*problems)
+        return self
+
+    @property
+    def expected_texts(self) -> tuple[list[str], list[str]]:
+        return _texts(self.contains), _texts(self.not_contains)
+
+
+class GateSpec(CamelModel):
+    """Golden prompts a new version must answer well before users get it: inline, from a JSONL
+    file on the share (one prompt a line, in this same form), or both; the version passes when
+    at least ``minPassRate`` of them pass."""
+
+    prompts: list[GatePrompt] | None = Field(default=None, min_length=1, max_length=MAX_GATE_PROMPTS)
+    file: SharePath | None = None
+    min_pass_rate: float = Field(default=1.0, gt=0, le=1)
+    # How long the whole gate may take before the version is judged on what answered.
+    timeout_seconds: int = Field(default=300, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _some_prompts(self) -> GateSpec:
+        if self.prompts is None and self.file is None:
+            raise ValueError("a gate needs golden prompts: give prompts, a file on the share (JSONL), or both")
+        return self
+
+
+class CanarySpec(CamelModel):
+    """After its gate, a new version takes ``weight`` percent of the adapter's requests for
+    ``durationSeconds``, then is promoted; past ``maxErrorRate`` (a fraction of its requests
+    that fail) or ``maxLatencyRatio`` (its mean answer time over the stable version's), it is
+    rolled back. It is judged early once it has answered ``minRequests``."""
+
+    weight: int = Field(default=10, ge=1, le=99)
+    duration_seconds: int = Field(default=600, ge=1, le=7 * 86400)
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    max_latency_ratio: float = Field(default=2.0, ge=1)
+    min_requests: int = Field(default=20, ge=1, le=1_000_000)
+
+
+class RolloutSpec(CamelModel):
+    gate: GateSpec | None = None
+    canary: CanarySpec | None = None
+
+
 class AdapterSpec(CamelModel):
     path: SharePath = DEFAULT_ADAPTER_PATH
     settle_seconds: int = Field(default=10, ge=0, le=3600)
@@ -244,6 +355,8 @@ class AdapterSpec(CamelModel):
     strategy: Literal["hotReload", "restart"] = "hotReload"
     pin: VersionId | None = None
     marker: MarkerFileName | None = None
+    # What a new version must show before it takes all the traffic: a gate, a canary, both.
+    rollout: RolloutSpec | None = None
 
 
 # The model id clients ask for an adapter by: the request's ``model`` (a base model's id has a
@@ -515,6 +628,41 @@ class DeploymentSpec(CamelModel):
         return self
 
     @model_validator(mode="after")
+    def _rollouts_fit_the_target(self) -> DeploymentSpec:
+        """A canary splits requests between two versions: on the local target one process
+        serves, so only a hot reload can hold both; a gate's prompts go from loraplane to the
+        app, which it cannot reach past internal ingress or an IP allow list."""
+        problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+        entries: list[tuple[tuple[str | int, ...], AdapterSpec]] = (
+            [(("adapters", i), e) for i, e in enumerate(self.adapters)] if self.adapters is not None else [(("adapter",), self.adapter)]
+        )
+        for where, entry in entries:
+            rollout = entry.rollout
+            if rollout is None:
+                continue
+            if rollout.canary is not None and entry.strategy == "restart" and self.target == "local":
+                problems.append(
+                    (
+                        (*where, "rollout", "canary"),
+                        "a canary on the local target needs strategy hotReload: the local target runs one serving process, which "
+                        "holds both versions only by a hot reload (on the azure target a restart canary splits traffic between revisions)",
+                        rollout.canary.wire(),
+                    )
+                )
+            if rollout.gate is not None and self.azure is not None and not self.azure.endpoint_reachable():
+                problems.append(
+                    (
+                        (*where, "rollout", "gate"),
+                        "the gate's prompts go from loraplane to the app, which internal ingress or an IP allow list keep loraplane "
+                        "from reaching: use external ingress without spec.azure.ipAllowList, or leave the gate out",
+                        None,
+                    )
+                )
+        if problems:
+            raise field_errors(*problems)
+        return self
+
+    @model_validator(mode="after")
     def _target_section_present(self, info: ValidationInfo) -> DeploymentSpec:
         if self.target == "local" and self.local is None:
             raise ValueError(
@@ -687,10 +835,33 @@ class RolloutRecord(CamelModel):
     message: str | None = None
 
 
+class CanaryFigures(CamelModel):
+    """One side of a canary: users' requests since it began, summed over the replicas."""
+
+    version: str
+    requests: int
+    errors: int
+    error_rate: float
+    mean_latency_ms: float | None = None
+
+
+class CanaryStatus(CamelModel):
+    """A canary under way: its version takes ``weight`` percent of the adapter's requests until
+    ``endsAt`` (or a promote or abort), judged against the stable version."""
+
+    version: str
+    weight: int
+    started_at: datetime
+    ends_at: datetime
+    canary: CanaryFigures
+    stable: CanaryFigures
+
+
 class AdapterStatus(CamelModel):
     desired_version: str | None = None
     serving_version: str | None = None
     last_rollout: RolloutRecord | None = None
+    canary: CanaryStatus | None = None
 
 
 class NamedAdapterStatus(AdapterStatus):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, and_, delete, exists, func, text, update
 from sqlalchemy.exc import IntegrityError
@@ -73,7 +73,25 @@ class MarkVersion:
     message: str | None = None
 
 
-VersionChange = AddVersion | ActivateVersion | MarkVersion
+@dataclass(frozen=True)
+class RecordGate:
+    """A version's golden prompts were answered: their results (``GateResult``'s wire form)."""
+
+    version: str
+    gate: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecordCanary:
+    """A version's canary as it stands (``CanaryRecord``'s wire form; None: it has none), and
+    whether the decision asked through the API was acted on (then it is cleared)."""
+
+    version: str
+    canary: dict[str, Any] | None
+    decided: bool = False
+
+
+VersionChange = AddVersion | ActivateVersion | MarkVersion | RecordGate | RecordCanary
 
 
 _NAME = re.compile(DNS_LABEL[0])
@@ -577,6 +595,38 @@ class DeploymentStore:
         with self._read() as session:
             return session.get(AdapterVersion, (deployment_uid, version))
 
+    def decide_canary(self, name: str, adapter: str, decision: Literal["promote", "abort"], *, actor: str) -> AdapterVersion:
+        """Ask the reconciler to end ``adapter``'s canary now: promote it, or abort it (roll it
+        back). Audited; Conflict when no canary of that adapter is under way."""
+        with self._write() as session:
+            row = self._locked(session, name)
+            canary = session.exec(
+                select(AdapterVersion).where(
+                    col(AdapterVersion.deployment_uid) == row.uid,
+                    col(AdapterVersion.adapter) == adapter,
+                    col(AdapterVersion.state) == "Canary",
+                )
+            ).first()
+            if canary is None:
+                raise Conflict(
+                    f"adapter {adapter!r} of deployment {name!r} has no canary under way to {decision}; "
+                    f"see its versions with GET /v1/deployments/{name}/adapters"
+                )
+            canary.canary_decision = f"{decision}:{actor}"
+            session.add(canary)
+            add_audit(
+                session,
+                at=self.clock(),
+                actor=actor,
+                action=decision,
+                resource=f"deployment/{name}",
+                before=row.generation,
+                after=row.generation,
+                detail=f"adapter {adapter} version {canary.version}",
+            )
+        self._notify(name)
+        return canary
+
     def add_adapter_version(self, row: AdapterVersion) -> AdapterVersion:
         """A version seen for the first time; an existing one of that id is left as it is."""
         with self._write() as session:
@@ -596,6 +646,16 @@ class DeploymentStore:
             raise NotFound(f"adapter version {change.version!r} not found")
         if isinstance(change, MarkVersion):
             row.state, row.message = change.state, change.message
+            session.add(row)
+            return
+        if isinstance(change, RecordGate):
+            row.gate = change.gate
+            session.add(row)
+            return
+        if isinstance(change, RecordCanary):
+            row.canary = change.canary
+            if change.decided:
+                row.canary_decision = None
             session.add(row)
             return
         actives = session.exec(

@@ -292,14 +292,8 @@ def rollback(
         raise CliError(f"deployment {name!r} not found")
     deployment = json_body(response)
     status = deployment.get("status") or {}
-    entries = (deployment.get("spec") or {}).get("adapters")
-    if entries is not None and adapter is None:
-        if len(entries) > 1:
-            listed = ", ".join(e.get("name", "") for e in entries)
-            raise CliError(f"deployment {name!r} serves several adapters ({listed}): say which with --adapter")
-        adapter = entries[0].get("name")
+    adapter = _one_adapter(name, deployment, adapter)
     if adapter is not None:
-        _entry_named(name, entries or [{"name": name}], adapter)
         serving = next((a.get("servingVersion") for a in status.get("adapters") or [] if a.get("name") == adapter), None)
     else:
         serving = (status.get("adapter") or {}).get("servingVersion")
@@ -320,6 +314,45 @@ def rollback(
     client.request("POST", path, ok=(202,))
     which = f"adapter {adapter} of deployment/{name} pinned to version" if adapter else f"deployment/{name} pinned to adapter"
     out.print(f"{which} {version}" + (f" (was serving {serving})" if serving else ""))
+
+
+def _one_adapter(name: str, deployment: dict, adapter: str | None) -> str | None:
+    """The adapter an --adapter option names, or the deployment's only one (None: spec.adapter's,
+    named after the deployment); several without --adapter is an error that lists them."""
+    entries = (deployment.get("spec") or {}).get("adapters")
+    if entries is not None and adapter is None:
+        if len(entries) > 1:
+            listed = ", ".join(e.get("name", "") for e in entries)
+            raise CliError(f"deployment {name!r} serves several adapters ({listed}): say which with --adapter")
+        return entries[0].get("name")
+    if adapter is not None:
+        _entry_named(name, entries or [{"name": name}], adapter)
+    return adapter
+
+
+def _end_canary(name: str, adapter: str | None, decision: str) -> None:
+    client = _client()
+    response = client.get_deployment(name)
+    if response is None:
+        raise CliError(f"deployment {name!r} not found")
+    chosen = _one_adapter(name, json_body(response), adapter)
+    path = f"/v1/deployments/{name}/adapters/{chosen}/canary/{decision}" if chosen else f"/v1/deployments/{name}/canary/{decision}"
+    version = json_body(client.request("POST", path, ok=(202,)))
+    which = f"adapter {chosen} of deployment/{name}" if chosen else f"deployment/{name}"
+    done = "is promoted: it serves every request once every replica has it" if decision == "promote" else "is aborted: rolled back"
+    out.print(f"the canary of {which}, version {version.get('version')}, {done}")
+
+
+@app.command()
+def promote(name: Annotated[str, typer.Argument(help="the deployment")], adapter: AdapterOption = None) -> None:
+    """End a canary early: its version serves every request now (audited)."""
+    _end_canary(name, adapter, "promote")
+
+
+@app.command()
+def abort(name: Annotated[str, typer.Argument(help="the deployment")], adapter: AdapterOption = None) -> None:
+    """End a canary early: roll its version back, the stable one serves every request (audited)."""
+    _end_canary(name, adapter, "abort")
 
 
 token_app = typer.Typer(help="Bearer tokens (admin only): who may use the API, and as what.", no_args_is_help=True, context_settings=HELP)

@@ -100,7 +100,7 @@ def adapters_table(versions: list[dict[str, Any]], deployment: dict[str, Any]) -
     serving.setdefault(name, (status.get("adapter") or {}).get("servingVersion"))
     pins = {e.get("name"): e.get("pin") for e in spec.get("adapters") or []} or {name: (spec.get("adapter") or {}).get("pin")}
     many = spec.get("adapters") is not None  # spec.adapter's one adapter needs no column of its own
-    table = _table(*(["ADAPTER"] if many else []), "VERSION", "STATE", "SERVING", "DETECTED", "ACTIVATED", "SIZE", "MESSAGE")
+    table = _table(*(["ADAPTER"] if many else []), "VERSION", "STATE", "SERVING", "GATE", "DETECTED", "ACTIVATED", "SIZE", "MESSAGE")
     for version in versions:
         adapter = version.get("adapter") or name
         marks = []
@@ -108,16 +108,22 @@ def adapters_table(versions: list[dict[str, Any]], deployment: dict[str, Any]) -
             marks.append("serving")
         if version["version"] == pins.get(adapter):
             marks.append("pinned")
+        canary = version.get("canary") or {}
+        if version["state"] == "Canary":
+            marks.append(f"canary {canary.get('weight', '?')}%")
+        gate = version.get("gate")
+        gated = f"{'passed' if gate.get('passed') else 'failed'} {gate.get('passRate', 0):.0%}" if gate else "-"
         size = sum(f.get("size", 0) for f in version.get("files") or [])
         table.add_row(
             *([adapter] if many else []),
             version["version"],
             version["state"],
             ",".join(marks) or "-",
+            gated,
             age(version.get("detectedAt")),
             age(version.get("activatedAt")),
             f"{size / 1e6:.1f} MB",
-            version.get("message") or "",
+            version.get("message") or canary.get("message") or "",
         )
     return table
 

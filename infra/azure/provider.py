@@ -52,7 +52,7 @@ from infra.azure.limiter import ArmLimiter
 from infra.azure.plan import REVISION, WHEEL, AzureFacts, Plan, changes, wheel_path
 from infra.azure.share import ShareFiles
 from infra.azure.wheel import ServingWheel, build_serving_wheel
-from infra.endpoints import EndpointClient
+from infra.endpoints import AppAnswer, EndpointClient
 from infra.errors import PermanentError, TemporaryError
 from infra.provider import (
     Action,
@@ -570,6 +570,9 @@ class AzureProvider:
             # Out of loraplane's reach: the replicas follow the pointer on the share themselves.
             return {"status": "following", "message": "the replicas follow the pointer on the share"}
         return self.endpoints.reload_adapter(endpoint, self.admin_token(target))
+
+    def ask(self, target: Target, endpoint: str, route: str, body: dict, timeout: float) -> AppAnswer:
+        return self.endpoints.ask(endpoint, self.admin_token(target), route, body, timeout)
 
     def _replica_reports(self, target: Target) -> list[dict[str, Any]]:
         """What each replica wrote about itself on the share in the last REPLICA_FRESH_SECONDS

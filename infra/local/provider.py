@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from infra.endpoints import EndpointClient
+from infra.endpoints import AppAnswer, EndpointClient
 from infra.errors import PermanentError, TemporaryError
 from infra.local.process import (
     LaunchConfig,
@@ -359,6 +359,9 @@ class LocalProvider:
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         return self.endpoints.reload_adapter(endpoint, self.folder(target.name).admin_token())
+
+    def ask(self, target: Target, endpoint: str, route: str, body: dict, timeout: float) -> AppAnswer:
+        return self.endpoints.ask(endpoint, self.folder(target.name).admin_token(), route, body, timeout)
 
     def _recorded(self) -> Iterator[tuple[str, psutil.Process | None]]:
         """(deployment, its running process or None) for every run folder with a record."""

@@ -35,6 +35,8 @@ REQUIRED = {
     ("GET", "/v1/deployments/{name}/adapters"): "viewer",
     ("POST", "/v1/deployments/{name}/adapters/{version}/activate"): "deployer",
     ("POST", "/v1/deployments/{name}/adapters/{adapter}/versions/{version}/activate"): "deployer",
+    ("POST", "/v1/deployments/{name}/canary/{decision}"): "deployer",
+    ("POST", "/v1/deployments/{name}/adapters/{adapter}/canary/{decision}"): "deployer",
     ("POST", "/v1/deployments/{name}/keys"): "deployer",
     ("GET", "/v1/deployments/{name}/keys"): "deployer",
     ("DELETE", "/v1/deployments/{name}/keys/{key}"): "deployer",
