@@ -92,11 +92,30 @@ function deploymentRow(item) {
     el("td", { class: "muted" }, text(status.message)));
 }
 
-// What serves: the one adapter's version, or each adapter's by name.
+// What serves: the one adapter's version, or each adapter's by name (with a canary's share).
 function servingText(status) {
   const adapters = status.adapters || [];
-  if (adapters.length > 1) return adapters.map((a) => a.name + " " + text(a.servingVersion)).join(", ");
-  return text((status.adapter || {}).servingVersion);
+  const canary = (a) => (a.canary ? " (canary " + a.canary.version + " " + a.canary.weight + "%)" : "");
+  if (adapters.length > 1) return adapters.map((a) => a.name + " " + text(a.servingVersion) + canary(a)).join(", ");
+  return text((status.adapter || {}).servingVersion) + canary(status.adapter || {});
+}
+
+// One side of a canary: its requests, errors and mean latency since it began.
+function sideText(side) {
+  const latency = side.meanLatencyMs == null ? "" : ", mean " + Math.round(side.meanLatencyMs) + " ms";
+  return side.version + ": " + side.requests + " requests, " + side.errors + " errors (" + (100 * side.errorRate).toFixed(1) + "%)" + latency;
+}
+
+// A canary's progress: its share, the time left, the figures of both sides.
+function canaryText(canary) {
+  if (!canary) return "-";
+  const left = Math.max(0, Math.round((Date.parse(canary.endsAt) - Date.now()) / 1000));
+  return canary.weight + "% to " + canary.version + ", " + left + " s left · " + sideText(canary.canary) + " · stable " + sideText(canary.stable);
+}
+
+// A version's gate: passed or failed, and its pass rate.
+function gateText(gate) {
+  return gate ? (gate.passed ? "passed " : "failed ") + Math.round(100 * gate.passRate) + "%" : "-";
 }
 
 async function listPage() {
@@ -144,13 +163,15 @@ async function detailPage() {
       const rollout = a.lastRollout || {};
       return el("tr", {}, el("td", {}, a.name), el("td", { class: "mono" }, text(a.desiredVersion)),
         el("td", { class: "mono" }, text(a.servingVersion)),
-        el("td", { class: "muted" }, rollout.version ? rollout.version + " " + text(rollout.result) : "-"));
+        el("td", { class: "muted" }, rollout.version ? rollout.version + " " + text(rollout.result) : "-"),
+        el("td", { class: "muted" }, canaryText(a.canary)));
     }));
     const servingOf = new Map(each.map((a) => [a.name, a.servingVersion]));
     const adapters = await api("/v1/deployments/" + encodeURIComponent(name) + "/adapters");
     fill("adapters", adapters.items.map((v) =>
       el("tr", {}, el("td", {}, v.adapter), el("td", { class: "mono" }, v.version), el("td", {}, v.state),
         el("td", {}, v.version === (servingOf.get(v.adapter) ?? (status.adapter || {}).servingVersion) ? "serving" : ""),
+        el("td", {}, gateText(v.gate)),
         el("td", { class: "muted" }, v.detectedAt.slice(0, 19).replace("T", " ")), el("td", { class: "muted" }, v.message))));
   };
   // Who uses the GPU: each key's limits and what it used, summed over the replicas (refreshed

@@ -184,6 +184,14 @@ def test_the_dashboard_lists_deployments_and_follows_them_live(store, api, brows
                         "desiredVersion": "l2",
                         "servingVersion": "l1",
                         "lastRollout": {"version": "l2", "result": "InProgress"},
+                        "canary": {
+                            "version": "l2",
+                            "weight": 10,
+                            "startedAt": "2026-12-07T10:00:00Z",
+                            "endsAt": "2026-12-07T10:10:00Z",
+                            "canary": {"version": "l2", "requests": 40, "errors": 1, "errorRate": 0.025, "meanLatencyMs": 210.4},
+                            "stable": {"version": "l1", "requests": 360, "errors": 0, "errorRate": 0.0, "meanLatencyMs": 200.0},
+                        },
                     },
                 ],
             }
@@ -192,13 +200,18 @@ def test_the_dashboard_lists_deployments_and_follows_them_live(store, api, brows
     )
     browser.open(f"{api.url}/ui")
     listed = browser.until(ROWS.replace("return ", "const rows = ") + "; return rows.find(r => r[0] === 'many-bot' && r[2] === 'Ready')")
-    assert listed[5] == "billing b1, legal l1"
+    assert listed[5] == "billing b1, legal l1 (canary l2 10%)"
     browser.open(f"{api.url}/ui/deployments/many-bot")
     each = browser.until(
         "const rows = [...document.querySelectorAll('#adapter-status tr')].map(r => [...r.cells].map(c => c.textContent)); "
         "return rows.length ? rows : null"
     )
-    assert each == [["billing", "b1", "b1", "-"], ["legal", "l2", "l1", "l2 InProgress"]]
+    assert each[0] == ["billing", "b1", "b1", "-", "-"]
+    assert each[1][:4] == ["legal", "l2", "l1", "l2 InProgress"]
+    # Its canary: the share, the time left (it ended long ago here), and both sides' figures.
+    assert each[1][4] == (
+        "10% to l2, 0 s left · l2: 40 requests, 1 errors (2.5%), mean 210 ms · stable l1: 360 requests, 0 errors (0.0%), mean 200 ms"
+    )
 
 
 def test_with_authentication_on_the_dashboard_asks_for_a_token(store, browser):
