@@ -778,25 +778,31 @@ class ArmSimulator:
         properties["latestReadyRevisionName"] = old.get("latestReadyRevisionName")
         template = properties.get("template")
         if existing is None or template != old.get("template"):
-            name = f"{resource['name']}--{_suffix()}"
+            # revisions: a revision-scope change (the template) makes a revision, named
+            # <app>--<revisionSuffix> (a suffix of the simulator's choosing when none is given).
+            suffix = (template or {}).get("revisionSuffix") or _suffix()
+            name = f"{resource['name']}--{suffix}"
+            revision_id = f"{resource['id']}/revisions/{name}"
+            multiple = str(properties.get("configuration", {}).get("activeRevisionsMode", "Single")).lower() == "multiple"
             for revision in self.state.children(resource["id"], "Microsoft.App/containerApps/revisions"):
-                revision["properties"]["active"] = False  # Single revision mode
-                revision["properties"]["trafficWeight"] = 0
-                self.state.put(revision["id"], revision)
+                if not multiple:  # Single: the new revision replaces the active one
+                    revision["properties"]["active"] = False
+                    self.state.put(revision["id"], revision)
+            fqdn = f"127.0.0.1:{self.runner.revision_port(revision_id)}" if self.runner is not None else f"{name}.{domain}"
             self.state.put(
-                f"{resource['id']}/revisions/{name}",
+                revision_id,
                 {
-                    "id": f"{resource['id']}/revisions/{name}",
+                    "id": revision_id,
                     "name": name,
                     "type": "Microsoft.App/containerApps/revisions",
                     "properties": {
                         "createdTime": utc_now().isoformat(),
                         "lastActiveTime": utc_now().isoformat(),
                         "active": True,
-                        "fqdn": f"{name}.{domain}",
+                        "fqdn": fqdn,
                         "template": copy.deepcopy(template),
                         "replicas": ((template or {}).get("scale") or {}).get("minReplicas", 0),
-                        "trafficWeight": 100,
+                        "trafficWeight": 0,
                         "provisioningState": "Provisioning",
                         "runningState": "Activating",
                         "healthState": "None",
@@ -804,12 +810,44 @@ class ArmSimulator:
                 },
             )
             properties["latestRevisionName"] = name
-            properties["latestRevisionFqdn"] = f"{name}.{domain}"
+            properties["latestRevisionFqdn"] = fqdn
         else:
             properties["latestRevisionName"] = old.get("latestRevisionName")
             properties["latestRevisionFqdn"] = old.get("latestRevisionFqdn")
         if properties.get("latestReadyRevisionName") is None:
             properties.pop("latestReadyRevisionName")
+        self._weigh_revisions(resource)
+
+    def _weigh_revisions(self, app: dict[str, Any]) -> None:
+        """Each revision's trafficWeight, as the app's ingress.traffic gives it (traffic-splitting):
+        by name, or the newest revision's (latestRevision); with no traffic given, or in single
+        revision mode, the newest takes it all."""
+        properties = app["properties"]
+        latest = properties.get("latestRevisionName")
+        configuration = properties.get("configuration") or {}
+        traffic = (configuration.get("ingress") or {}).get("traffic") or []
+        multiple = str(configuration.get("activeRevisionsMode", "Single")).lower() == "multiple"
+        weights: dict[str, int] = {}
+        if multiple and traffic:
+            for entry in traffic:
+                name = latest if entry.get("latestRevision") else entry.get("revisionName")
+                if name:
+                    weights[str(name).lower()] = weights.get(str(name).lower(), 0) + int(entry.get("weight") or 0)
+        elif latest:
+            weights[str(latest).lower()] = 100
+        for revision in self.state.children(app["id"], "Microsoft.App/containerApps/revisions"):
+            weight = weights.get(revision["name"].lower(), 0) if revision["properties"].get("active") else 0
+            if revision["properties"].get("trafficWeight") != weight:
+                revision["properties"]["trafficWeight"] = weight
+                self.state.put(revision["id"], revision)
+
+    def routes(self, app_id: str) -> list[tuple[str, int]]:
+        """What the app's ingress splits among its active revisions: (name, weight)."""
+        return [
+            (r["name"], int(r["properties"].get("trafficWeight") or 0))
+            for r in self.state.children(app_id, "Microsoft.App/containerApps/revisions")
+            if r["properties"].get("active")
+        ]
 
     # -------------------------------------------------------------------------- PATCH
 
@@ -877,9 +915,24 @@ class ArmSimulator:
         if method == "POST" and action in ("activate", "deactivate", "restart") and type_name == "microsoft.app/containerapps/revisions":
             if action == "restart":
                 self.state.restart_revision(resource["id"])
-            else:
-                resource["properties"]["active"] = action == "activate"
-                self.state.put(resource["id"], resource)
+                return Response(status_code=200)
+            if action == "deactivate" and int(resource["properties"].get("trafficWeight") or 0) > 0:
+                # The simulator's code (Azure's is unpublished): a revision that takes traffic is
+                # taken out of the app's traffic first (revisions-manage).
+                raise ArmError(
+                    400,
+                    "ContainerAppRevisionHasTraffic",
+                    f"Revision '{resource['name']}' receives {resource['properties']['trafficWeight']}% of the app's traffic: "
+                    "move its traffic to other revisions (configuration.ingress.traffic) before deactivating it.",
+                )
+            resource["properties"]["active"] = action == "activate"
+            resource["properties"]["lastActiveTime"] = utc_now().isoformat()
+            self.state.put(resource["id"], resource)
+            if action == "deactivate" and self.runner is not None:
+                self.runner.deactivate(resource["id"])  # revisions-manage: deactivation stops its replicas
+            app = self.state.get(resource["id"].lower().rsplit("/revisions/", 1)[0])
+            if app is not None:
+                self._weigh_revisions(app)
             return Response(status_code=200)
         if method == "GET" and action == "replicas" and type_name == "microsoft.app/containerapps/revisions":
             count = int(resource["properties"].get("replicas") or 0) if resource["properties"].get("active") else 0

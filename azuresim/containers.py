@@ -16,6 +16,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -47,13 +48,14 @@ def admitted(address: str, rules: list[dict[str, Any]]) -> bool:
 
 
 class IngressProxy:
-    """The app's ingress: its public port, in front of the replica's own. A connection from an
-    address the app's ipSecurityRestrictions keep out is closed at once (ACA answers 403; the
-    TLS here is the app's own, so the simulator cannot answer in HTTP); the rest are piped to
-    the replica both ways."""
+    """An ingress port in front of replicas: the app's (which picks a revision by its traffic
+    weight, per connection) or a revision's own (its fqdn). A connection from an address the
+    app's ipSecurityRestrictions keep out is closed at once (ACA answers 403; the TLS here is
+    the replica's own, so the simulator cannot answer in HTTP); the rest are piped to the
+    replica ``upstream`` names, both ways."""
 
-    def __init__(self, public_port: int, replica_port: int, rules: Callable[[], list[dict[str, Any]]]) -> None:
-        self.replica_port, self.rules = replica_port, rules
+    def __init__(self, public_port: int, upstream: Callable[[], int | None], rules: Callable[[], list[dict[str, Any]]]) -> None:
+        self.upstream, self.rules = upstream, rules
         self.server = socket.create_server(("127.0.0.1", public_port))
         self.refused = 0
         self._open: set[socket.socket] = set()
@@ -70,8 +72,11 @@ class IngressProxy:
                 self.refused += 1
                 client.close()
                 continue
+            port = self.upstream()
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.replica_port), timeout=10)
+                if port is None:
+                    raise OSError("no replica")
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
             except OSError:
                 client.close()  # no replica answering: as ingress with no healthy replica
                 continue
@@ -103,13 +108,24 @@ class IngressProxy:
             end.close()
 
 
+# A revision's traffic, as the app's ingress splits it: (revision name, weight in percent).
+Routes = Callable[[str], list[tuple[str, int]]]
+
+
 class ContainerRunner:
+    """Each active revision of an app runs as a process of its own (one replica), behind its
+    own ingress port (the revision's fqdn) and the app's, which picks a revision by the app's
+    traffic weights for each connection it takes (ACA's ingress splits by request; a client that
+    keeps its connection stays on one revision here). In single revision mode a revision that
+    starts stops the one before."""
+
     def __init__(
         self,
         workdir: Path,
         authority: trustme.CA,
         command: Sequence[str] | None = None,
         restrictions: Callable[[str], list[dict[str, Any]]] | None = None,
+        routes: Routes | None = None,
     ) -> None:
         self.folder = workdir / "containers"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -119,23 +135,31 @@ class ContainerRunner:
         self.keyfile = self.folder / "ingress-key.pem"
         certificate.cert_chain_pems[0].write_to_path(str(self.certfile))
         certificate.private_key_pem.write_to_path(str(self.keyfile))
-        self._ports: dict[str, int] = {}
-        self._replica_ports: dict[str, int] = {}
-        self._proxies: dict[str, IngressProxy] = {}
-        self._processes: dict[str, subprocess.Popen] = {}
+        self._ports: dict[str, int] = {}  # app id -> its ingress port
+        self._revision_ports: dict[str, int] = {}  # revision id -> its own ingress port
+        self._replica_ports: dict[str, int] = {}  # revision id -> where its replica listens
+        self._proxies: dict[str, IngressProxy] = {}  # app or revision id -> its ingress
+        self._processes: dict[str, subprocess.Popen] = {}  # revision id -> its replica
         self._lock = threading.Lock()
-        # The app's ipSecurityRestrictions as they are now (they change without a new revision).
+        self._random = random.Random(0)
+        # The app's ipSecurityRestrictions as they are now (they change without a new revision),
+        # and its traffic weights.
         self.restrictions = restrictions or (lambda app_id: [])
+        self.routes = routes or (lambda app_id: [])
 
     def port_for(self, app_id: str) -> int:
         """The app's ingress port: chosen once, kept across revisions (the fqdn never moves)."""
         with self._lock:
             return self._ports.setdefault(app_id.lower(), _free_port())
 
-    def _replica_port(self, app_id: str) -> int:
-        """Where the app's replica listens, behind its ingress port (kept across revisions)."""
+    def revision_port(self, revision_id: str) -> int:
+        """A revision's own ingress port (its fqdn)."""
         with self._lock:
-            return self._replica_ports.setdefault(app_id.lower(), _free_port())
+            return self._revision_ports.setdefault(revision_id.lower(), _free_port())
+
+    def _replica_port(self, revision_id: str) -> int:
+        with self._lock:
+            return self._replica_ports.setdefault(revision_id.lower(), _free_port())
 
     def refused(self, app_id: str) -> int:
         """Connections the app's ingress closed for its IP restrictions."""
@@ -146,16 +170,43 @@ class ContainerRunner:
     def log_file(self, app_name: str) -> Path:
         return self.folder / f"{app_name}.log"
 
+    def _revisions_of(self, app_id: str) -> list[str]:
+        prefix = app_id.lower() + "/revisions/"
+        with self._lock:
+            return [r for r in self._processes if r.startswith(prefix)]
+
+    def _pick(self, app_id: str) -> int | None:
+        """The replica an app's connection goes to: a running revision, by traffic weight (the
+        newest running one when no weight names one)."""
+        prefix = app_id.lower() + "/revisions/"
+        running = {r[len(prefix) :]: r for r in self._revisions_of(app_id) if self._alive(r)}
+        weighted = [(name, weight) for name, weight in self.routes(app_id) if weight > 0 and name.lower() in running]
+        if weighted:
+            chosen = self._random.choices([name for name, _ in weighted], [weight for _, weight in weighted])[0]
+            return self._replica_port(running[chosen.lower()])
+        newest = sorted(running)[-1:] if running else []
+        return self._replica_port(running[newest[0]]) if newest else None
+
+    def _alive(self, revision_id: str) -> bool:
+        with self._lock:
+            process = self._processes.get(revision_id)
+        return process is not None and process.poll() is None
+
     def run(self, app: dict[str, Any], mounts: dict[str, Path], secrets: dict[str, str | None]) -> str | None:
-        """Start the app's active revision, stopping the one before (single revision mode).
+        """Start the app's newest revision (stopping the ones before in single revision mode).
         ``mounts`` maps each mount path to the share folder behind it. Returns why the replica
         could not start, or None."""
-        template = app["properties"].get("template") or {}
+        properties = app["properties"]
+        template = properties.get("template") or {}
         containers = template.get("containers") or []
         if not containers:
             return "the revision has no containers"
         container = containers[0]
-        self.stop(app["id"])
+        revision_id = f"{app['id']}/revisions/{properties.get('latestRevisionName')}".lower()
+        multiple = str((properties.get("configuration") or {}).get("activeRevisionsMode", "Single")).lower() == "multiple"
+        for other in self._revisions_of(app["id"]):
+            if other == revision_id or not multiple:
+                self.deactivate(other)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLANE_")}
         for variable in container.get("env") or []:
             value = variable.get("value")
@@ -164,7 +215,7 @@ class ContainerRunner:
                 if value is None:
                     return f"secret {variable['secretRef']!r} has no value"
             env[variable["name"]] = _remap(value or "", mounts)
-        port = self._replica_port(app["id"])
+        port = self._replica_port(revision_id)
         env.update(
             {
                 "LORAPLANE_HOST": "127.0.0.1",
@@ -172,6 +223,8 @@ class ContainerRunner:
                 "LORAPLANE_TLS_CERTFILE": str(self.certfile),
                 "LORAPLANE_TLS_KEYFILE": str(self.keyfile),
                 "HF_HUB_OFFLINE": "1",
+                # What ACA tells each replica; its reports on the share are named by it.
+                "CONTAINER_APP_REPLICA_NAME": f"{properties.get('latestRevisionName')}-0",
             }
         )
         log_handle = open(self.log_file(app["name"]), "ab")  # noqa: SIM115 - the child owns it
@@ -186,24 +239,26 @@ class ContainerRunner:
             )
         finally:
             log_handle.close()
-        app_id, public_port = app["id"], self.port_for(app["id"])
+        app_id, public_port, own_port = app["id"].lower(), self.port_for(app["id"]), self.revision_port(revision_id)
+        rules = app["id"]
         with self._lock:
-            self._processes[app_id.lower()] = process
-            if app_id.lower() not in self._proxies:
-                self._proxies[app_id.lower()] = IngressProxy(public_port, port, lambda: self.restrictions(app_id))
-        log.info(
-            "running %s's revision %s on port %d (pid %d)", app["name"], app["properties"].get("latestRevisionName"), port, process.pid
-        )
+            self._processes[revision_id] = process
+            if app_id not in self._proxies:
+                self._proxies[app_id] = IngressProxy(public_port, lambda: self._pick(app_id), lambda: self.restrictions(rules))
+            if revision_id not in self._proxies:
+                self._proxies[revision_id] = IngressProxy(
+                    own_port, lambda: port if self._alive(revision_id) else None, lambda: self.restrictions(rules)
+                )
+        log.info("running %s's revision %s on port %d (pid %d)", app["name"], properties.get("latestRevisionName"), port, process.pid)
         return None
 
     def running(self, app_id: str) -> bool:
-        with self._lock:
-            process = self._processes.get(app_id.lower())
-        return process is not None and process.poll() is None
+        return any(self._alive(r) for r in self._revisions_of(app_id))
 
-    def stop(self, app_id: str) -> None:
+    def deactivate(self, revision_id: str) -> None:
+        """The revision's replica stops (its ingress port stays, answering nothing)."""
         with self._lock:
-            process = self._processes.pop(app_id.lower(), None)
+            process = self._processes.pop(revision_id.lower(), None)
         if process is None or process.poll() is not None:
             return
         try:
@@ -215,20 +270,26 @@ class ContainerRunner:
         except ProcessLookupError:
             pass
 
+    def stop(self, app_id: str) -> None:
+        """Every revision of the app stops."""
+        for revision_id in self._revisions_of(app_id):
+            self.deactivate(revision_id)
+
     def remove(self, app_id: str) -> None:
-        """The app is deleted: its replica stops and its ingress closes."""
+        """The app is deleted: its replicas stop and its ingress ports close."""
         self.stop(app_id)
+        key = app_id.lower()
         with self._lock:
-            proxy = self._proxies.pop(app_id.lower(), None)
-        if proxy is not None:
+            proxies = [self._proxies.pop(k) for k in list(self._proxies) if k == key or k.startswith(key + "/revisions/")]
+        for proxy in proxies:
             proxy.close()
 
     def stop_all(self) -> None:
         with self._lock:
-            apps = list(self._processes)
+            revisions = list(self._processes)
             proxies, self._proxies = list(self._proxies.values()), {}
-        for app_id in apps:
-            self.stop(app_id)
+        for revision_id in revisions:
+            self.deactivate(revision_id)
         for proxy in proxies:
             proxy.close()
 

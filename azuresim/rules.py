@@ -33,6 +33,8 @@ REGISTRY_PAGE = f"{LEARN}/container-apps/containers#managed-identity-with-azure-
 MUTABILITY_SPEC = "x-ms-mutability in the Microsoft.App 2026-07-01 REST specification; ARM's PropertyChangeNotAllowed"
 SHARED_KEY_PAGE = f"{LEARN}/storage/common/shared-key-authorization-prevent"
 IP_RESTRICTIONS_PAGE = f"{LEARN}/container-apps/ip-restrictions"
+TRAFFIC_PAGE = f"{LEARN}/container-apps/traffic-splitting"
+REVISION_MODE_SPEC = "activeRevisionsMode in the Microsoft.App 2026-07-01 REST specification"
 
 APPS = "microsoft.app/containerapps"
 ENVIRONMENTS = "microsoft.app/managedenvironments"
@@ -360,6 +362,35 @@ def _ip_restrictions(write: Write) -> ArmError | None:
     return None
 
 
+def _traffic(write: Write) -> ArmError | None:
+    """ingress.traffic: each entry names a revision or the latest one; weights, where given, are
+    whole percents that add up to 100 (traffic-splitting: "The combined weight of all traffic
+    split rules must equal 100%"); in single revision mode no revision may be weighted but the
+    latest, at 100 ("Revision weights can not be used in this mode": the REST specification's
+    activeRevisionsMode). Microsoft's own examples name revisions by label without weights, in
+    single mode, and are accepted. The codes are the simulator's (Azure's are unpublished)."""
+    configuration = write.properties.get("configuration") or {}
+    traffic = (configuration.get("ingress") or {}).get("traffic") or []
+    multiple = str(configuration.get("activeRevisionsMode", "Single")).lower() == "multiple"
+    weighted = [entry for entry in traffic if entry.get("weight") is not None]
+    for entry in traffic:
+        if not entry.get("revisionName") and not entry.get("latestRevision"):
+            return _refuse("ContainerAppInvalidTrafficWeight", "Each traffic entry names a revisionName or latestRevision: true.")
+    for entry in weighted:
+        weight = entry["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+            return _refuse("ContainerAppInvalidTrafficWeight", f"Traffic weight {weight!r} must be a whole percent from 0 to 100.")
+        if not multiple and (entry.get("revisionName") or weight != 100):
+            return _refuse(
+                "ContainerAppInvalidTrafficWeight",
+                "Revision weights can not be used in Single revision mode: set activeRevisionsMode to Multiple to split traffic.",
+            )
+    total = sum(entry["weight"] for entry in weighted)
+    if weighted and total != 100:
+        return _refuse("ContainerAppInvalidTrafficWeight", f"The traffic weights add up to {total}%: they must total 100%.")
+    return None
+
+
 # ------------------------------------------------------------------- workload profiles
 
 
@@ -552,6 +583,7 @@ RULES: tuple[Rule, ...] = (
     Rule("probe ranges", frozenset({APPS}), f"{PROBES_SPEC}; {PROBES_PAGE}", _probes),
     Rule("scale ranges", frozenset({APPS}), SCALE_PAGE, _scale),
     Rule("IP security restrictions", frozenset({APPS}), IP_RESTRICTIONS_PAGE, _ip_restrictions),
+    Rule("traffic weights", frozenset({APPS}), f"{TRAFFIC_PAGE}; {REVISION_MODE_SPEC}", _traffic),
     Rule("registry identities", frozenset({APPS}), REGISTRY_PAGE, _registries),
 )
 

@@ -90,7 +90,11 @@ class AzureSimulator:
         authority = trustme.CA()
         limits = arm_limits if isinstance(arm_limits, ArmLimits) else ArmLimits() if arm_limits else None
         self.state = SimState(lro_delay_seconds=lro_delay_seconds, limits=limits)
-        self.runner = ContainerRunner(workdir, authority, container_command, restrictions=self._restrictions) if run_containers else None
+        self.runner = (
+            ContainerRunner(workdir, authority, container_command, restrictions=self._restrictions, routes=self._routes)
+            if run_containers
+            else None
+        )
         self.arm = ArmSimulator(
             self.state, self.share_root, self.runner, standin_ingress=(lambda: f"{self.host}:{self.port}") if standin_replicas else None
         )
@@ -136,6 +140,9 @@ class AzureSimulator:
     def _restrictions(self, app_id: str) -> list[dict]:
         app = self.state.get(app_id) or {}
         return ((app.get("properties") or {}).get("configuration") or {}).get("ingress", {}).get("ipSecurityRestrictions") or []
+
+    def _routes(self, app_id: str) -> list[tuple[str, int]]:
+        return self.arm.routes(app_id)
 
     def stop(self) -> None:
         if self.runner is not None:

@@ -277,6 +277,42 @@ def ip_restrictions(arm: Arm) -> None:
     assert fqdn.startswith("app.internal.") and fqdn.endswith(".azurecontainerapps.io")
 
 
+def traffic_weights(arm: Arm) -> None:
+    def with_traffic(mode: str, *traffic: dict[str, Any], image: str = "docker.io/library/serving:1") -> dict[str, Any]:
+        body = app(container(image=image))
+        body["properties"]["configuration"] = {
+            "activeRevisionsMode": mode,
+            "ingress": {"external": True, "targetPort": 7860, "traffic": list(traffic)},
+        }
+        return body
+
+    code = "ContainerAppInvalidTrafficWeight"
+    first = arm.ok(APP, with_traffic("Multiple", {"latestRevision": True, "weight": 100}))["properties"]["latestRevisionName"]
+    # Single revision mode: no revision may be weighted, but the latest at 100.
+    refused(arm.put(APP, with_traffic("Single", {"revisionName": first, "weight": 100})), code, "Single revision mode")
+    refused(
+        arm.put(APP, with_traffic("Single", {"latestRevision": True, "weight": 50}, {"revisionName": first, "weight": 50})), code, "Single"
+    )
+    # Multiple: a new revision beside the first, weights that add up to 100.
+    refused(
+        arm.put(APP, with_traffic("Multiple", {"revisionName": first, "weight": 80}, {"latestRevision": True, "weight": 10}, image="docker.io/library/serving:2")),
+        code,
+        "add up to 90%",
+    )
+    refused(arm.put(APP, with_traffic("Multiple", {"weight": 100})), code, "names a revisionName or latestRevision")
+    shown = arm.ok(APP, with_traffic("Multiple", {"revisionName": first, "weight": 70}, {"latestRevision": True, "weight": 30}, image="docker.io/library/serving:2"))
+    second = shown["properties"]["latestRevisionName"]
+    revisions = {r["name"]: r["properties"] for r in arm.get(f"{APP}/revisions")["value"]}
+    assert {name: (r["active"], r["trafficWeight"]) for name, r in revisions.items()} == {first: (True, 70), second: (True, 30)}
+    assert revisions[first]["fqdn"] != revisions[second]["fqdn"]  # each revision has its own URL
+    # A revision that takes traffic is not deactivated; once it takes none, it is.
+    refused(arm.http.post(f"{APP}/revisions/{first}/deactivate", params=API), "ContainerAppRevisionHasTraffic", "70%")
+    arm.ok(APP, with_traffic("Multiple", {"latestRevision": True, "weight": 100}, image="docker.io/library/serving:2"))
+    assert arm.http.post(f"{APP}/revisions/{first}/deactivate", params=API).status_code == 200
+    revisions = {r["name"]: r["properties"] for r in arm.get(f"{APP}/revisions")["value"]}
+    assert {name: (r["active"], r["trafficWeight"]) for name, r in revisions.items()} == {first: (False, 0), second: (True, 100)}
+
+
 # Each rule of the table, and the case that shows it.
 CASES: dict[str, Callable[[Arm], None]] = {
     "names": names,
@@ -290,6 +326,7 @@ CASES: dict[str, Callable[[Arm], None]] = {
     "scale ranges": scale,
     "registry identities": registries,
     "IP security restrictions": ip_restrictions,
+    "traffic weights": traffic_weights,
 }
 
 
