@@ -23,8 +23,21 @@ from infra.endpoints import AppAnswer
 from infra.errors import ProviderError
 from state.resource import DeploymentSpec
 
-Verb = Literal["create", "update", "restart", "delete"]
+Verb = Literal["create", "update", "restart", "deactivate", "delete"]
 P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class RevisionSplit:
+    """A restart-strategy rollout proved by a gate or a canary on the azure target: the app keeps
+    the revision that serves users beside the newest (activeRevisionsMode Multiple). The newest
+    revision runs the target's versions (``adapter_version(s)``); ``stable`` names the versions
+    of the revision users get (by adapter); ``weight`` is the newest revision's share of the
+    requests while it is proved (0 during its gate, the canary's weight), None otherwise: the
+    newest takes every request once it is ready, when it runs what users should get."""
+
+    stable: dict[str, str]
+    weight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,12 @@ class Target:
     adapter_version: str | None = None  # spec.adapter's, under the restart strategy
     # spec.adapters': the version of each adapter rolled out by restart
     adapter_versions: dict[str, str] = field(default_factory=dict)
+    # Several revisions at once, for a restart rollout's gate or canary (None: one revision).
+    revisions: RevisionSplit | None = None
+
+    def restart_versions(self) -> dict[str, str]:
+        """The versions the newest revision runs, by adapter (restart strategy)."""
+        return dict(self.adapter_versions) if self.adapter_versions else ({self.name: self.adapter_version} if self.adapter_version else {})
 
     def restart_env(self) -> dict[str, str]:
         """The serving app's environment that names the versions it must serve (the restart
@@ -199,6 +218,12 @@ class AdapterHost(Protocol):
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         """Ask the serving app to look at the pointer now (with its admin token)."""
+        ...
+
+    def version_endpoint(self, target: Target, endpoint: str, versions: dict[str, str]) -> str | None:
+        """Where a version being proved answers: the app's endpoint, where every replica loads
+        it beside the serving one; or, where a restart rollout runs it in a revision of its own,
+        that revision's endpoint (None while no active revision runs ``versions``)."""
         ...
 
     def ask(self, target: Target, endpoint: str, route: str, body: dict, timeout: float) -> AppAnswer:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from infra.errors import PermanentError, ProviderError
-from infra.provider import Action, Observation, Refusal, Target, TargetProvider
+from infra.provider import Action, Observation, Refusal, RevisionSplit, Target, TargetProvider
 from reconciler import status as statuses
 from reconciler.errors import Classified, classify
 from reconciler.keys import KeySync, read_usage
@@ -32,7 +32,7 @@ log = logging.getLogger("loraplane.reconciler")
 
 Result = Literal["converged", "progressing", "temporary", "permanent", "deleted", "gone"]
 
-EVENT_REASONS = {"create": "Created", "update": "Updated", "restart": "Restarted", "delete": "Deleted"}
+EVENT_REASONS = {"create": "Created", "update": "Updated", "restart": "Restarted", "deactivate": "Deactivated", "delete": "Deleted"}
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,41 @@ def target_of(row: InferenceDeployment, versions: Sequence[AdapterVersion] = ())
     stored before a rule was tightened can still be torn down, since it can no longer change."""
     context = AS_STORED if row.deletion_timestamp is not None else None
     spec = DeploymentSpec.model_validate(row.spec, context=context)
+    split = revision_split(row.name, spec, versions)
     restarting = {
         entry.name: version
         for entry in spec.adapter_entries(row.name)
-        if entry.strategy == "restart" and (version := restart_version([v for v in versions if v.adapter == entry.name])) is not None
+        if entry.strategy == "restart"
+        and (version := restart_version([v for v in versions if v.adapter == entry.name], proving=split is not None)) is not None
     }
     if spec.adapters is None:  # spec.adapter: the one version in LORAPLANE_ADAPTER_VERSION, as always
-        return Target(name=row.name, uid=row.uid, generation=row.generation, spec=spec, adapter_version=restarting.get(row.name))
-    return Target(name=row.name, uid=row.uid, generation=row.generation, spec=spec, adapter_versions=restarting)
+        return Target(
+            name=row.name, uid=row.uid, generation=row.generation, spec=spec, adapter_version=restarting.get(row.name), revisions=split
+        )
+    return Target(name=row.name, uid=row.uid, generation=row.generation, spec=spec, adapter_versions=restarting, revisions=split)
+
+
+def revision_split(name: str, spec: DeploymentSpec, versions: Sequence[AdapterVersion]) -> RevisionSplit | None:
+    """On the azure target, a restart rollout with a gate or a canary proves its version in a
+    revision of its own beside the one users get: what that one runs (each restart adapter's
+    Active version), and the newest revision's share while a version is proved (0 in its gate,
+    the canary's weight)."""
+    entries = [e for e in spec.adapter_entries(name) if e.strategy == "restart"]
+    if spec.target != "azure" or not any(e.rollout is not None and (e.rollout.gate or e.rollout.canary) for e in entries):
+        return None
+    stable: dict[str, str] = {}
+    weight: int | None = None
+    for entry in entries:
+        own = [v for v in versions if v.adapter == entry.name]
+        active = next((v for v in own if v.state == "Active"), None)
+        if active is not None:
+            stable[entry.name] = active.version
+        for version in own:
+            if version.state == "Gating":
+                weight = 0 if weight is None else min(weight, 0)
+            elif version.state == "Canary" and version.canary_record is not None:
+                weight = version.canary_record.weight if weight is None else min(weight, version.canary_record.weight)
+    return RevisionSplit(stable=stable, weight=weight)
 
 
 class Reconciler:

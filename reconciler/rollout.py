@@ -364,10 +364,13 @@ def desired_version(
     return next((v for v in versions if v.state in SERVABLE), None), None
 
 
-def restart_version(versions: Sequence[AdapterVersion]) -> str | None:
+def restart_version(versions: Sequence[AdapterVersion], *, proving: bool = False) -> str | None:
     """Under the restart strategy, the version the app must be started with: the one being
-    rolled out (Activating), else the one serving (Active)."""
-    for state in ("Activating", "Active"):
+    rolled out (Activating), else the one serving (Active). ``proving``: the version being
+    proved runs in a revision of its own (a gate or a canary on the azure target), so the
+    newest revision runs it."""
+    states = ("Canary", "Gating", "Activating", "Active") if proving else ("Activating", "Active")
+    for state in states:
         found = next((v for v in versions if v.state == state), None)
         if found is not None:
             return found.version
@@ -731,30 +734,48 @@ class AdapterRollout:
         loads a version beside too, for its gate)."""
         return reload_answer(turn.host.reload_adapter(turn.target, endpoint), turn.name)
 
+    @staticmethod
+    def _in_revision(turn: _Pass) -> bool:
+        """The version is proved in a revision of its own (a restart rollout on the azure
+        target), not loaded beside the serving one."""
+        return turn.entry.strategy == "restart" and turn.target.revisions is not None
+
     def _loaded_everywhere(
         self, turn: _Pass, endpoint: str, version: AdapterVersion, book: VersionBook, doing: str
-    ) -> AdapterReport | None:
-        """``version`` loaded beside the serving one on every replica (as the pointer asks):
-        None once it is; else the report while the replicas load it, or once one refused it
-        (the version Failed, nothing else changed)."""
+    ) -> tuple[AdapterReport | None, str]:
+        """``version`` answering where it is proved: loaded beside the serving one on every
+        replica (as the pointer asks), or running in a revision of its own. (None, where to ask
+        it) once it is; else the report while it loads, or once it was refused (the version
+        Failed, nothing else changed)."""
         report = book.report
         assert version.path is not None
         lost = self._restage_if_lost(turn, version)
         if lost is not None:
             book.mark(version.version, "Failed", lost)
             report.reason, report.message, report.requeue_after = "Waiting", lost, self.poll_seconds
-            return report
+            return report, endpoint
         key = (turn.row.uid, version.version)
-        if turn.pointer.load(turn.name, version.version, version.path):
-            with self._lock:
-                self._loading_since[key] = self.monotonic()
-            self._reload(turn, endpoint)
-        served = self._served(turn, endpoint)
+        where: str | None = endpoint
+        if self._in_revision(turn):
+            # The newest revision runs it once the provider made it (its environment names it).
+            where = turn.host.version_endpoint(turn.target, endpoint, {**turn.target.restart_versions(), turn.name: version.version})
+            served = self._served_at(turn, where) if where is not None else []
+            limit = self.verify_seconds["restart"]
+        else:
+            if turn.pointer.load(turn.name, version.version, version.path):
+                with self._lock:
+                    self._loading_since[key] = self.monotonic()
+                self._reload(turn, endpoint)
+            served = self._served(turn, endpoint)
+            limit = self.verify_seconds["hotReload"]
         refusals = [
-            str(entry.get("error"))
+            str(error)
             for s in served
-            for entry in s.get("loaded") or []
-            if isinstance(entry, dict) and entry.get("version") == version.version and entry.get("error")
+            for error in [
+                *(e.get("error") for e in s.get("loaded") or [] if isinstance(e, dict) and e.get("version") == version.version),
+                s.get("last_error") if version.version in str(s.get("last_error") or "") else None,
+            ]
+            if error
         ]
         present = [
             s.get("version") == version.version
@@ -763,26 +784,37 @@ class AdapterRollout:
         ]
         with self._lock:
             since = self._loading_since.setdefault(key, self.monotonic())
-        if not refusals and served and all(present):
+        if not refusals and served and all(present) and where is not None:
             with self._lock:
                 self._loading_since.pop(key, None)
-            return None
+            return None, where
         waited = self.monotonic() - since
-        limit = self.verify_seconds["hotReload"]
         if not refusals and waited < limit:
             report.reason, report.requeue_after = "RollingOut", self.poll_seconds
-            report.message = f"loading adapter {version.version} beside the serving one, for {doing}"
-            return report
+            report.message = (
+                f"starting a revision that runs adapter {version.version}, for {doing}"
+                if self._in_revision(turn)
+                else f"loading adapter {version.version} beside the serving one, for {doing}"
+            )
+            return report, endpoint
         with self._lock:
             self._loading_since.pop(key, None)
-        why = refusals[0] if refusals else f"not every replica loaded it within {limit:.0f}s"
+        why = refusals[0] if refusals else f"it did not answer within {limit:.0f}s"
         message = f"adapter version {version.version} failed: the serving app did not load it for {doing}: {why}"
         book.mark(version.version, "Failed", message)
         if turn.pointer.unload(turn.name, version.version):
             self._reload(turn, endpoint)
         report.failed, report.reason, report.message, report.requeue_after = True, "AdapterRolloutFailed", message, self.poll_seconds
         report.events.append(("Warning", "AdapterRolloutFailed", message))
-        return report
+        return report, endpoint
+
+    def _served_at(self, turn: _Pass, where: str) -> list[dict]:
+        """What the replicas behind ``where`` (a revision's own address) serve of this adapter;
+        nothing while none answers there."""
+        try:
+            return [served_by(turn.host.adapter_status(turn.target, where), turn.name, turn.target.name)]
+        except ProviderError:
+            return []
 
     def _gate(
         self, turn: _Pass, endpoint: str, desired: AdapterVersion, stable: AdapterVersion | None, book: VersionBook
@@ -797,7 +829,7 @@ class AdapterRollout:
             report.events.append(
                 ("Normal", "AdapterGateStarted", f"adapter {desired.version} is loaded beside the serving one for its gate")
             )
-        waiting = self._loaded_everywhere(turn, endpoint, desired, book, "its gate")
+        waiting, where = self._loaded_everywhere(turn, endpoint, desired, book, "its gate")
         if waiting is not None:
             return waiting
         try:
@@ -806,10 +838,15 @@ class AdapterRollout:
             report.failed, report.reason, report.message = True, "GateInvalid", f"adapter {desired.version} waits for its gate: {exc}"
             report.requeue_after = max(self.poll_seconds, 10.0)
             return report
+        candidate = f"{turn.name}@{desired.version}"
         result = run_gate(
             prompts,
-            lambda route, body: turn.host.ask(turn.target, endpoint, route, body, float(gate.timeout_seconds)),
-            candidate=f"{turn.name}@{desired.version}",
+            # The version is asked where it answers (its own revision, under restart on Azure);
+            # the serving one where users are answered.
+            lambda route, body: turn.host.ask(
+                turn.target, where if body["model"] == candidate else endpoint, route, body, float(gate.timeout_seconds)
+            ),
+            candidate=candidate,
             baseline=f"{turn.name}@{stable.version}" if stable is not None else None,
             min_pass_rate=gate.min_pass_rate,
             timeout=float(gate.timeout_seconds),
@@ -845,7 +882,7 @@ class AdapterRollout:
     ) -> AdapterReport:
         spec = turn.entry.rollout.canary if turn.entry.rollout is not None else None
         assert spec is not None
-        waiting = self._loaded_everywhere(turn, endpoint, desired, book, "its canary")
+        waiting, _ = self._loaded_everywhere(turn, endpoint, desired, book, "its canary")
         if waiting is not None:
             return waiting
         record = CanaryRecord(
@@ -855,8 +892,9 @@ class AdapterRollout:
             duration_seconds=spec.duration_seconds,
             baseline=self._counts(turn),
         )
-        turn.pointer.set_canary(turn.name, desired.version, spec.weight)
-        self._reload(turn, endpoint)
+        if not self._in_revision(turn):  # else the traffic weights split it, from the next pass on
+            turn.pointer.set_canary(turn.name, desired.version, spec.weight)
+            self._reload(turn, endpoint)
         book.mark(desired.version, "Canary")
         book.record_canary(desired.version, record)
         book.report.events.append(

@@ -39,6 +39,7 @@ from infra.azure.desired import (
     wheels_named,
 )
 from infra.azure.profiles import ProfileChoice, choose_profile
+from infra.azure.revisions import desired_traffic
 from infra.provider import Target
 from state.resource import AzureSpec
 
@@ -53,6 +54,7 @@ class DesiredContext:
     target: Target
     wheel: str | None
     observed: Mapping[str, dict[str, Any] | None]
+    revisions: tuple[dict[str, Any], ...] = ()  # the app's revisions, when several may be active
 
     @property
     def azure(self) -> AzureSpec:
@@ -538,6 +540,10 @@ class ContainerApp(Kind):
                 identity = aca.ManagedServiceIdentity(
                     type="UserAssigned", user_assigned_identities={azure.registry.identity: aca.UserAssignedIdentity()}
                 )
+        # One revision, all traffic on the latest, as the AI Toolkit's template has it; several
+        # while a restart rollout's version is proved in a revision of its own (revisions.py).
+        multiple = target.revisions is not None
+        traffic = desired_traffic(target, list(context.revisions), context.observed.get(self.name)) if multiple else None
         app = aca.ContainerApp(
             location=azure.location,
             tags=loraplane_tags(target.name),
@@ -546,12 +552,13 @@ class ContainerApp(Kind):
                 managed_environment_id=_ids(azure)["environment"],
                 workload_profile_name=context.profile.name,
                 configuration=aca.Configuration(
-                    active_revisions_mode="Single",
+                    active_revisions_mode="Multiple" if multiple else "Single",
                     ingress=aca.Ingress(
                         external=azure.ingress == "external",
                         target_port=SERVING_PORT,
                         transport="auto",
                         ip_security_restrictions=ip_restrictions(azure.ip_allow_list),
+                        traffic=[aca.TrafficWeight(**_snake(t)) for t in traffic or [{"latestRevision": True, "weight": 100}]],
                     ),
                     secrets=[aca.Secret(name=ADMIN_TOKEN_SECRET)],  # its value is set at apply time
                     registries=registries,
@@ -571,6 +578,8 @@ class ContainerApp(Kind):
             ("properties", "configuration", "ingress", "external"),
             *((("properties", "configuration", "ingress", "ipSecurityRestrictions"),) if azure.ip_allow_list is not None else ()),
             ("properties", "configuration", "registries"),
+            ("properties", "configuration", "activeRevisionsMode"),
+            *((("properties", "configuration", "ingress", "traffic"),) if multiple else ()),
             ("properties", "template"),
         )
         return DesiredResource(self.name, self.resource_name(azure), self.resource_id(azure), app.as_dict(), paths)
@@ -622,6 +631,11 @@ class ContainerApp(Kind):
         return Failure("RevisionFailed", f"revision {latest} failed to start: {error}", revision=latest, image_pull=pull)
 
 
+def _snake(weight: dict[str, Any]) -> dict[str, Any]:
+    names = {"revisionName": "revision_name", "latestRevision": "latest_revision", "weight": "weight"}
+    return {names[k]: v for k, v in weight.items()}
+
+
 # Parents first: the order of creation, and (reversed) of deletion.
 KINDS: tuple[Kind, ...] = (
     ResourceGroup(),
@@ -636,8 +650,12 @@ BY_NAME: dict[str, Kind] = {kind.name: kind for kind in KINDS}
 
 
 def desired_resources(
-    target: Target, *, wheel: str | None, observed: Mapping[str, dict[str, Any] | None] | None = None
+    target: Target,
+    *,
+    wheel: str | None,
+    observed: Mapping[str, dict[str, Any] | None] | None = None,
+    revisions: tuple[dict[str, Any], ...] = (),
 ) -> list[DesiredResource]:
     """Every kind's desired body, parents first, given what Azure showed (nothing: all new)."""
-    context = DesiredContext(target, wheel, observed or {})
+    context = DesiredContext(target, wheel, observed or {}, revisions)
     return [kind.desired(context) for kind in KINDS]

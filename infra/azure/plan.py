@@ -13,6 +13,7 @@ from typing import Any
 
 from infra.azure.desired import DIST_FOLDER, WHEEL_PREFIX, DesiredResource, drifted_fields, value_at, wheels_named
 from infra.azure.kinds import KINDS, ContainerApp, DesiredContext, Failure
+from infra.azure.revisions import done
 from infra.errors import PermanentError, ProviderError, TemporaryError
 from infra.provider import Action, Target
 
@@ -32,6 +33,7 @@ class AzureFacts:
     restart_allowed: bool = True  # a failed revision may be restarted now (not restarted lately)
     dist: tuple[str, ...] | None = None  # the wheels in .loraplane/dist, when listed
     wheels_in_use: frozenset[str] = frozenset()  # the wheels the group's apps install
+    revisions: tuple[dict[str, Any], ...] = ()  # the app's revisions, when several may be active
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Plan:
 
 
 def changes(target: Target, facts: AzureFacts) -> Plan:
-    context = DesiredContext(target, facts.wheel, facts.observed)
+    context = DesiredContext(target, facts.wheel, facts.observed, facts.revisions)
     settled: set[str] = set()
     found: list[Change] = []
     waiting: list[str] = []
@@ -100,6 +102,11 @@ def changes(target: Target, facts: AzureFacts) -> Plan:
             found.append(Change("restart", REVISION, failure.revision, reason))
         else:
             return Plan(tuple(found), tuple(waiting), PermanentError(failure.message, reason=failure.reason))
+    if not app_changing and not waiting and ContainerApp.name in settled:
+        found.extend(
+            Change("deactivate", REVISION, name, "it takes no traffic and is not the newest: its part in the rollout is over")
+            for name in done(list(facts.revisions), facts.observed.get(ContainerApp.name))
+        )
     found.extend(_superseded_wheels(facts))
     return Plan(tuple(found), tuple(waiting))
 

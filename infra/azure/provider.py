@@ -50,6 +50,7 @@ from infra.azure.inventory import Inventory
 from infra.azure.kinds import BY_NAME, KINDS, ContainerApp, Failure, FileShare, Kind, ResourceGroup
 from infra.azure.limiter import ArmLimiter
 from infra.azure.plan import REVISION, WHEEL, AzureFacts, Plan, changes, wheel_path
+from infra.azure.revisions import versions_run
 from infra.azure.share import ShareFiles
 from infra.azure.wheel import ServingWheel, build_serving_wheel
 from infra.endpoints import AppAnswer, EndpointClient
@@ -265,6 +266,7 @@ class AzureProvider:
         failure = self._health(clients, azure, observed, busy)
         wheel = self._wheel_name(target)
         dist, in_use = self._dist(target, azure, app, wheel)
+        revisions = self._revisions(clients, azure) if target.revisions is not None and app is not None else ()
         facts = AzureFacts(
             observed=observed,
             busy=busy,
@@ -274,6 +276,7 @@ class AzureProvider:
             restart_allowed=self._may_restart(target, failure),
             dist=dist,
             wheels_in_use=in_use,
+            revisions=revisions,
         )
         plan = changes(target, facts)
         endpoint, ready, detail = self._probe(target, app)
@@ -293,6 +296,26 @@ class AzureProvider:
             detail=detail,
             share_ready=observed.get("FileShare") is not None,
         )
+
+    def _revisions(self, clients: AzureClients, azure: AzureSpec) -> tuple[dict[str, Any], ...]:
+        """The app's revisions (read only while several may be active: a restart rollout with a
+        gate or a canary)."""
+        try:
+            return tuple(r.as_dict() for r in clients.apps.container_apps_revisions.list_revisions(azure.resource_group, azure.app or ""))
+        except ResourceNotFoundError:
+            return ()
+        except AzureError as exc:
+            raise classify_azure_error(exc, doing=f"listing the revisions of {azure.app}") from exc
+
+    def version_endpoint(self, target: Target, endpoint: str, versions: dict[str, str]) -> str | None:
+        if target.revisions is None:
+            return endpoint  # one revision: its replicas load a version beside the one serving
+        azure = _azure(target)
+        for revision in self._revisions(self.clients(azure.subscription_id), azure):
+            shown = revision.get("properties") or {}
+            if shown.get("active") and shown.get("fqdn") and versions_run(shown.get("template"), target.name) == versions:
+                return f"https://{shown['fqdn']}"
+        return None
 
     def _health(
         self, clients: AzureClients, azure: AzureSpec, observed: dict[str, dict[str, Any] | None], busy: dict[str, str]
@@ -368,7 +391,9 @@ class AzureProvider:
         fqdn = value_at(properties, ("configuration", "ingress", "fqdn"))
         endpoint = f"https://{fqdn}" if fqdn else None
         latest, ready_revision = properties.get("latestRevisionName"), properties.get("latestReadyRevisionName")
-        if latest and latest != ready_revision:
+        # With several revisions active the app serves from the one users get while the newest
+        # (a version being proved) starts: its readiness is the app's answer, not the newest's.
+        if latest and latest != ready_revision and target.revisions is None:
             return endpoint, False, f"waiting for revision {latest} to become ready"
         if endpoint is None:
             return None, False, "the container app has no ingress address yet"
@@ -490,6 +515,9 @@ class AzureProvider:
                     share.delete(wheel_path(action.name))
                 log.info("removed the superseded serving wheel %s from the share of %s", action.name, target.name)
                 continue
+            if action.kind == REVISION and action.verb == "deactivate":
+                self._deactivate_revision(clients, target, action.name)
+                continue
             if action.kind == REVISION:
                 self._restart_revision(clients, target, action.name)
                 continue
@@ -510,6 +538,15 @@ class AzureProvider:
             raise classify_azure_error(exc, doing=f"restarting revision {revision}") from exc
         self.inventory.touched(ContainerApp().resource_id(azure))
         log.info("restarted revision %s of %s", revision, target.name)
+
+    def _deactivate_revision(self, clients: AzureClients, target: Target, revision: str) -> None:
+        azure = _azure(target)
+        try:
+            clients.apps.container_apps_revisions.deactivate_revision(azure.resource_group, azure.app or "", revision)
+        except AzureError as exc:
+            raise classify_azure_error(exc, doing=f"deactivating revision {revision}") from exc
+        self.inventory.touched(ContainerApp().resource_id(azure))
+        log.info("deactivated revision %s of %s", revision, target.name)
 
     def _write(self, clients: AzureClients, target: Target, kind: Kind, resource: DesiredResource, verb: str) -> None:
         azure = _azure(target)

@@ -360,6 +360,9 @@ class LocalProvider:
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
         return self.endpoints.reload_adapter(endpoint, self.folder(target.name).admin_token())
 
+    def version_endpoint(self, target: Target, endpoint: str, versions: dict[str, str]) -> str | None:
+        return endpoint  # one process: it loads a version beside the one serving
+
     def ask(self, target: Target, endpoint: str, route: str, body: dict, timeout: float) -> AppAnswer:
         return self.endpoints.ask(endpoint, self.folder(target.name).admin_token(), route, body, timeout)
 

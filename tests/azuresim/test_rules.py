@@ -295,12 +295,25 @@ def traffic_weights(arm: Arm) -> None:
     )
     # Multiple: a new revision beside the first, weights that add up to 100.
     refused(
-        arm.put(APP, with_traffic("Multiple", {"revisionName": first, "weight": 80}, {"latestRevision": True, "weight": 10}, image="docker.io/library/serving:2")),
+        arm.put(
+            APP,
+            with_traffic(
+                "Multiple",
+                {"revisionName": first, "weight": 80},
+                {"latestRevision": True, "weight": 10},
+                image="docker.io/library/serving:2",
+            ),
+        ),
         code,
         "add up to 90%",
     )
     refused(arm.put(APP, with_traffic("Multiple", {"weight": 100})), code, "names a revisionName or latestRevision")
-    shown = arm.ok(APP, with_traffic("Multiple", {"revisionName": first, "weight": 70}, {"latestRevision": True, "weight": 30}, image="docker.io/library/serving:2"))
+    shown = arm.ok(
+        APP,
+        with_traffic(
+            "Multiple", {"revisionName": first, "weight": 70}, {"latestRevision": True, "weight": 30}, image="docker.io/library/serving:2"
+        ),
+    )
     second = shown["properties"]["latestRevisionName"]
     revisions = {r["name"]: r["properties"] for r in arm.get(f"{APP}/revisions")["value"]}
     assert {name: (r["active"], r["trafficWeight"]) for name, r in revisions.items()} == {first: (True, 70), second: (True, 30)}

@@ -55,7 +55,14 @@ def test_resources_come_parents_first_tagged_as_ours():
 def test_the_container_app_is_the_ai_toolkits_inference_app_made_declarative():
     app = by_kind(target(scale={"minReplicas": 0, "maxReplicas": 2}))["ContainerApp"].body["properties"]
     assert app["workloadProfileName"] == "gpu-nc24-a100"  # named after its type: the profile it adds
-    assert app["configuration"]["ingress"] == {"external": True, "targetPort": 7860, "transport": "auto"}
+    # All traffic on the latest revision, one revision at a time, as the Toolkit's template has it.
+    assert app["configuration"]["ingress"] == {
+        "external": True,
+        "targetPort": 7860,
+        "transport": "auto",
+        "traffic": [{"latestRevision": True, "weight": 100}],
+    }
+    assert app["configuration"]["activeRevisionsMode"] == "Single"
     assert app["configuration"]["secrets"] == [{"name": "loraplane-admin-token"}]  # no value in the plan
     template = app["template"]
     assert template["scale"] == {"minReplicas": 0, "maxReplicas": 2}

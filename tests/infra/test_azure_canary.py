@@ -1,0 +1,99 @@
+"""A restart-strategy rollout proved by its gate and canary on the azure target, on the simulator
+with the real serving app: the new version runs in a revision of its own beside the one users
+get (multiple revision mode); its gate is asked at that revision's own address while it takes
+no traffic; its canary takes its weight of the app's traffic; promoted, it takes every request
+and the revision before is deactivated: two active revisions with the configured weights, then
+one."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from infra.azure.provider import AzureProvider
+from serving.tiny import SECOND_ADAPTER_PATH
+from state.resource import DeploymentSpec, DeploymentStatus
+from tests.fakes import eventually
+from tests.infra.test_azure_rollout import QUICK_REPORTS, create_on_share, provider_target, upload_adapter, world
+from tests.reconciler.test_gate_and_canary_local import GOLDEN, greedy_text
+
+NAME = "support-bot"
+
+
+def revisions(provider: AzureProvider, spec: DeploymentSpec) -> dict[str, tuple[bool, int]]:
+    """Each revision of the app: (active, traffic weight), as Container Apps lists them."""
+    listed = provider.clients(spec.azure.subscription_id).apps.container_apps_revisions.list_revisions("rg-inference", NAME)
+    return {r.name: (bool(r.active), int(r.traffic_weight or 0)) for r in listed}
+
+
+def test_a_restart_canary_runs_in_a_revision_of_its_own_with_its_weight_then_takes_everything(tmp_path: Path):
+    with world(tmp_path, QUICK_REPORTS) as (store, sim, provider, reconciler):
+        stop = threading.Event()
+
+        def reconcile_until_stopped() -> None:  # as the controller's worker would, often
+            while not stop.is_set():
+                reconciler.reconcile(NAME)
+                stop.wait(0.3)
+
+        worker = threading.Thread(target=reconcile_until_stopped, daemon=True)
+        try:
+            _, spec, folder = create_on_share(store, sim)
+            changed = store.get(NAME).spec
+            changed["adapter"]["strategy"] = "restart"
+            store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(changed))
+            worker.start()
+
+            def status() -> DeploymentStatus:
+                return DeploymentStatus.model_validate(store.get(NAME).status)
+
+            def serving() -> str | None:
+                current = status()
+                synced = any(c.type == "AdapterSynced" and c.status == "True" for c in current.conditions)
+                return current.adapter.serving_version if synced and current.phase == "Ready" else None
+
+            first = eventually(serving, timeout=180, what="the first adapter")
+            good = greedy_text(folder, folder / SECOND_ADAPTER_PATH)
+            changed = store.get(NAME).spec
+            changed["adapter"]["rollout"] = {
+                "gate": {"prompts": [{"name": "greeting", "prompt": GOLDEN, "maxTokens": 8, "contains": good}]},
+                "canary": {"weight": 30, "durationSeconds": 3600},
+            }
+            store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(changed))
+            (before,) = eventually(lambda: [n for n, (on, _) in revisions(provider, spec).items() if on] or None, timeout=60, what="one")
+            app = provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME)
+
+            with provider.share(provider_target(store)) as share:
+                upload_adapter(share, folder / SECOND_ADAPTER_PATH)
+            canary = eventually(lambda: status().adapter.canary, timeout=240, what="the canary to start")
+            second = canary.version
+            history = {v.version: v for v in store.adapter_versions(store.get(NAME).uid)}
+            assert history[second].gate is not None and history[second].gate["passed"] is True
+            # Two active revisions: the one users had, and the canary's with its weight.
+            split = eventually(
+                lambda: (r := revisions(provider, spec)) and sorted(w for on, w in r.values() if on) == [30, 70] and r,
+                timeout=120,
+                what="two active revisions at 70/30",
+            )
+            assert split[before] == (True, 70)
+            app = provider.clients(spec.azure.subscription_id).apps.container_apps.get("rg-inference", NAME)
+            assert app.configuration.active_revisions_mode == "Multiple"
+            newest = app.latest_revision_name
+            assert newest != before and split[newest] == (True, 30)
+            env = {e.name: e.value for e in app.template.containers[0].env}
+            assert env["LORAPLANE_ADAPTER_VERSION"] == second
+
+            store.decide_canary(NAME, NAME, "promote", actor="alice")
+            eventually(lambda: serving() == second, timeout=180, what="the promotion")
+            # Then one: the newest takes every request, the one before is deactivated.
+            eventually(
+                lambda: {n: v for n, v in revisions(provider, spec).items() if v[0]} == {newest: (True, 100)},
+                timeout=120,
+                what="one active revision",
+            )
+            states = {v.version: v.state for v in store.adapter_versions(store.get(NAME).uid)}
+            assert states[second] == "Active" and states[first] == "Superseded"
+            events = [e.reason for e in store.list_events(NAME, limit=100)]
+            assert "AdapterGatePassed" in events and "AdapterCanaryPromoted" in events and "Deactivated" in events
+        finally:
+            stop.set()
+            worker.join(timeout=60)
