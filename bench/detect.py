@@ -8,7 +8,12 @@ last file is complete to the first response for that adapter that names the new 
 ``x-adapter-version``, while a client asks for both adapters without pause. The other
 adapter's answers must not change. Goal: SETTLE + 2 s at p95.
 
-    python -m bench.detect [--rounds 10] [--settle 2] [--poll 1]
+With ``--prove``, what a gate and a canary add to a rollout (``rollout.gate``,
+``rollout.canary``): the same rounds, first with neither, then with a gate of GATE golden
+prompts, then with that gate and a canary of CANARY seconds at 50%, each timed from the files
+complete to the new version serving every request (the status says so), side by side.
+
+    python -m bench.detect [--rounds 10] [--settle 2] [--poll 1] [--prove [--gate 10] [--canary 5]]
 """
 
 from __future__ import annotations
@@ -97,22 +102,42 @@ def changed(client: httpx.Client, current: str) -> str | None:
     return now["moving"] if now and now["moving"] != current else None
 
 
+def rollouts(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
+    """The rollout settings measured, each by name: neither (the plain rollout), or with
+    ``--prove`` a gate and then a gate and a canary besides."""
+    if not args.prove:
+        return [("plain", None)]
+    # Golden prompts every version passes (their text must not be a word of the tiny model's):
+    # what is measured is the asking, not a verdict.
+    prompts = [
+        {"name": f"golden {i}", "prompt": f"Question {i}:", "maxTokens": 16, "notContains": "refund policy"} for i in range(args.gate)
+    ]
+    gate = {"prompts": prompts}
+    canary = {"weight": 50, "durationSeconds": args.canary, "minRequests": 1_000_000, "maxErrorRate": 1.0, "maxLatencyRatio": 100}
+    return [("plain", None), ("gate", {"gate": gate}), ("gate+canary", {"gate": gate, "canary": canary})]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--settle", type=int, default=2)
     parser.add_argument("--poll", type=int, default=1)
+    parser.add_argument("--prove", action="store_true", help="also measure a gate, and a gate with a canary")
+    parser.add_argument("--gate", type=int, default=10, help="golden prompts in the gate (--prove)")
+    parser.add_argument("--canary", type=int, default=5, help="the canary's durationSeconds (--prove)")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     from serving.tiny import ADAPTER_PATH, SECOND_ADAPTER_PATH, TINY_MODEL_PATH, make_tiny_share, write_random_adapter
 
+    settings = rollouts(args)
     times: list[float] = []
+    serving_all: dict[str, list[float]] = {name: [] for name, _ in settings}
     with tempfile.TemporaryDirectory() as folder:
         share = Path(folder) / "share"
         make_tiny_share(share)
         shutil.copytree(share / ADAPTER_PATH, share / "adapters/moving")
         shutil.copytree(share / SECOND_ADAPTER_PATH, share / "adapters/steady")
-        fresh = [share / f"fresh/{i}" for i in range(args.rounds)]
+        fresh = [share / f"fresh/{i}" for i in range(args.rounds * len(settings))]
         for index, path in enumerate(fresh):  # made beforehand: a round only copies files
             write_random_adapter(share / TINY_MODEL_PATH, path, seed=100 + index)
         serving_command = [sys.executable, "-m", "serving"]
@@ -147,14 +172,30 @@ def main() -> None:
                     wait_for(lambda: load.newest("steady"), 60, "answers")
                     failures_before = load.failures
                     current = first["moving"]
-                    for source in fresh:
-                        for file in sorted(source.iterdir()):
-                            (share / "adapters/moving" / file.name).write_bytes(file.read_bytes())
-                        complete = time.perf_counter()
-                        new = wait_for(partial(changed, client, current), 120, "the new version to serve", interval=0.2)
-                        arrived = wait_for(partial(load.first_from, "moving", new, complete), 60, "an answer from the new version")
-                        times.append(arrived - complete)
-                        current = new
+                    sources = iter(fresh)
+                    for name, rollout in settings:
+                        adapters = [
+                            {"name": "moving", "path": "adapters/moving", **entry},
+                            {"name": "steady", "path": "adapters/steady", **entry},
+                        ]
+                        if rollout is not None:
+                            adapters[0]["rollout"] = rollout
+                        client.patch(
+                            f"/v1/deployments/{NAME}",
+                            content=json.dumps({"spec": {"adapters": adapters}}),
+                            headers={"Content-Type": "application/merge-patch+json"},
+                        ).raise_for_status()
+                        for _ in range(args.rounds):
+                            for file in sorted(next(sources).iterdir()):
+                                (share / "adapters/moving" / file.name).write_bytes(file.read_bytes())
+                            complete = time.perf_counter()
+                            timeout = 120 + (args.canary if rollout and "canary" in rollout else 0)
+                            new = wait_for(partial(changed, client, current), timeout, "the new version to serve", interval=0.1)
+                            serving_all[name].append(time.perf_counter() - complete)
+                            arrived = wait_for(partial(load.first_from, "moving", new, complete), 60, "an answer from the new version")
+                            if name == "plain":
+                                times.append(arrived - complete)
+                            current = new
                     failures = load.failures - failures_before
                     steady = load.versions_of("steady")
                 client.delete(f"/v1/deployments/{NAME}")
@@ -163,6 +204,9 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=60)
 
+    if args.prove:
+        report_proving(args, settings, serving_all, failures)
+        return
     figures = summary(times)
     goal = args.settle + 2
     verdict = "met" if figures["p95"] <= goal else f"MISSED (goal {goal} s at p95)"
@@ -181,6 +225,41 @@ def main() -> None:
             "poll_seconds": args.poll,
             **figures,
             "samples": times,
+            "failures": failures,
+        },
+    )
+    print(f"\nwritten to {path}")
+
+
+def report_proving(
+    args: argparse.Namespace, settings: list[tuple[str, dict | None]], serving_all: dict[str, list[float]], failures: int
+) -> None:
+    """--prove: each rollout's time to serve every request, and what it adds to the plain one
+    (less the canary's own durationSeconds, which it adds by design)."""
+    plain = summary(serving_all["plain"])
+    rows = []
+    for name, rollout in settings:
+        shown = summary(serving_all[name])
+        added = shown["p50"] - plain["p50"]
+        canary = args.canary if rollout and "canary" in rollout else 0
+        rows.append([name, shown["p50"], shown["p95"], added, added - canary, failures])
+    print(
+        table(
+            f"what proving a version adds: files complete -> serving every request, {args.rounds} rounds each, "
+            f"a gate of {args.gate} prompts, a canary of {args.canary} s at 50% (s)",
+            ["rollout", "p50", "p95", "added at p50", "beyond the canary's own time", "failed requests (all)"],
+            rows,
+        )
+    )
+    path = write_result(
+        "detect-prove",
+        {
+            "rounds": args.rounds,
+            "settle_seconds": args.settle,
+            "poll_seconds": args.poll,
+            "gate_prompts": args.gate,
+            "canary_seconds": args.canary,
+            "results": {name: {**summary(values), "samples": values} for name, values in serving_all.items()},
             "failures": failures,
         },
     )
