@@ -208,10 +208,18 @@ class Engine:
         return Loaded(candidate.version, candidate.fingerprint, candidate.path, name, adapter)
 
     def arrange(self, adapter: str, active: Loaded | None, standby: list[Loaded], canary: tuple[str, int] | None) -> None:
-        """On the worker thread: the adapter's versions in their roles (``AdapterRegistry.arrange``);
-        what lost its role and nothing holds leaves the model."""
-        self.unload_all(self.registry.arrange(adapter, active, standby, canary))
-        self._trim(keep=active)
+        """The adapter's versions in their roles (``AdapterRegistry.arrange``), at once: their
+        weights are in the model already, so new requests get the new roles from here on,
+        without waiting for the running step. What lost its role and nothing holds leaves the
+        model on the worker thread, between two steps, as every change of the model does."""
+        drained = self.registry.arrange(adapter, active, standby, canary)
+        if drained or len(self.registry.residents()) > self.settings.max_resident_adapters:
+
+            def unload() -> None:
+                self.unload_all(drained)
+                self._trim(keep=active)
+
+            self.call(unload)
 
     def make_resident(self, loaded: Loaded) -> None:
         """On the worker thread: load again, from its staged copy, a version unloaded to make

@@ -182,7 +182,7 @@ class AdapterWatcher:
             except AdapterError as exc:
                 refused[version.version] = str(exc)
         canary = (entry.canary, entry.canary_weight) if entry.canary is not None and entry.canary not in refused else None
-        self.engine.call(lambda: self.engine.arrange(name, active, loaded, canary)).result()
+        self.engine.arrange(name, active, loaded, canary)
         for refused_version, message in refused.items():
             self.registry.fail(name, message, refused_version)
             log.warning("adapter %s version %s (to load beside the one serving) refused: %s", name, refused_version, message)
@@ -198,7 +198,8 @@ class AdapterWatcher:
         thread): the one already there when it is."""
         known = self.registry.find(name, pointed.version)
         if known is not None and known.path == pointed.folder:
-            self.engine.call(lambda: self.engine.make_resident(known)).result()
+            if not known.resident:  # unloaded to make room: its weights come back first
+                self.engine.call(lambda: self.engine.make_resident(known)).result()
             return known
         candidate = inspect_adapter(
             pointed.folder,
