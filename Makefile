@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) -m bench.watch
 	$(PY) -m bench.adapters
 	$(PY) -m bench.detect
+	$(PY) -m bench.detect --prove
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
