@@ -215,6 +215,19 @@ def describe(console: Console, item: dict[str, Any], events: list[dict[str, Any]
         ("Endpoint", status.get("endpoint") or "<none>"),
         ("Adapter", f"desired {adapter.get('desiredVersion') or '-'}, serving {adapter.get('servingVersion') or '-'}"),
     ]
+    for entry in status.get("adapters") or [{"name": meta["name"], **adapter}]:
+        canary = entry.get("canary")
+        if canary:
+            sides = "; ".join(
+                f"{side.get('version')}: {side.get('requests')} requests, {side.get('errors')} errors ({100 * side.get('errorRate', 0):.1f}%)"
+                for side in (canary.get("canary") or {}, canary.get("stable") or {})
+            )
+            fields.append(
+                (
+                    "Canary",
+                    f"{entry.get('name')}: {canary.get('weight')}% to {canary.get('version')} until {canary.get('endsAt')} ({sides})",
+                )
+            )
     if meta.get("deletionTimestamp"):
         fields.append(("Deleting since", meta["deletionTimestamp"]))
     if status.get("message"):

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from state.models import AdapterVersion, InferenceDeploymentCreate
+from state.resource import DeploymentStatus
 from state.store import DeploymentStore
 from tests.api.test_cli import assert_one_line_error, run_cli
 from tests.conftest import azure_manifest, local_manifest
@@ -85,6 +86,26 @@ def test_promote_and_abort_end_a_canary_under_way_and_are_audited(store, api):
     shown = run_cli(api, "adapters", name)
     assert shown.returncode == 0, shown.stderr
     assert "canary" in next(line for line in shown.stdout.splitlines() if line.startswith("bbbbbbbbbbbb"))
+
+    status = {
+        "phase": "Ready",
+        "adapter": {
+            "servingVersion": "aaaaaaaaaaaa",
+            "canary": {
+                "version": "bbbbbbbbbbbb",
+                "weight": 10,
+                "startedAt": "2026-12-07T10:00:01Z",
+                "endsAt": "2026-12-07T10:10:01Z",
+                "canary": {"version": "bbbbbbbbbbbb", "requests": 40, "errors": 2, "errorRate": 0.05},
+                "stable": {"version": "aaaaaaaaaaaa", "requests": 360, "errors": 0, "errorRate": 0.0},
+            },
+        },
+    }
+    store.update_status(name, DeploymentStatus.model_validate(status), uid=store.get(name).uid)
+    described = run_cli(api, "describe", name)
+    assert described.returncode == 0, described.stderr
+    line = next(line for line in described.stdout.splitlines() if line.startswith("Canary:"))
+    assert "support-bot: 10% to bbbbbbbbbbbb until 2026-12-07T10:10:01Z (bbbbbbbbbbbb: 40 requests, 2 errors (5.0%)" in line
 
     promoted = run_cli(api, "promote", name)
     assert promoted.returncode == 0, promoted.stderr
