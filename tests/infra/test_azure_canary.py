@@ -7,8 +7,12 @@ one."""
 
 from __future__ import annotations
 
+import json
+import ssl
 import threading
 from pathlib import Path
+
+import httpx
 
 from infra.azure.provider import AzureProvider
 from serving.tiny import SECOND_ADAPTER_PATH
@@ -94,6 +98,61 @@ def test_a_restart_canary_runs_in_a_revision_of_its_own_with_its_weight_then_tak
             assert states[second] == "Active" and states[first] == "Superseded"
             events = [e.reason for e in store.list_events(NAME, limit=100)]
             assert "AdapterGatePassed" in events and "AdapterCanaryPromoted" in events and "Deactivated" in events
+        finally:
+            stop.set()
+            worker.join(timeout=60)
+
+
+def test_a_hot_reload_canary_on_azure_splits_in_the_serving_app_and_is_judged_from_the_replicas_reports(tmp_path: Path):
+    """Under hotReload the app stays in single revision mode: the replicas follow the pointer's
+    canary and split themselves; loraplane reads their counts on the share. Aborted, the stable
+    version takes every request again."""
+    with world(tmp_path, QUICK_REPORTS) as (store, sim, provider, reconciler):
+        stop = threading.Event()
+
+        def reconcile_until_stopped() -> None:
+            while not stop.is_set():
+                reconciler.reconcile(NAME)
+                stop.wait(0.3)
+
+        worker = threading.Thread(target=reconcile_until_stopped, daemon=True)
+        try:
+            uid, spec, folder = create_on_share(store, sim)
+            changed = store.get(NAME).spec
+            changed["adapter"]["rollout"] = {"canary": {"weight": 50, "durationSeconds": 3600}}
+            store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(changed))
+            worker.start()
+
+            def status() -> DeploymentStatus:
+                return DeploymentStatus.model_validate(store.get(NAME).status)
+
+            first = eventually(lambda: status().adapter.serving_version if status().phase == "Ready" else None, timeout=180, what="first")
+            with provider.share(provider_target(store)) as share:
+                upload_adapter(share, folder / SECOND_ADAPTER_PATH)
+            canary = eventually(lambda: status().adapter.canary, timeout=120, what="the canary to start")
+            pointer = json.loads((folder / f".loraplane/{NAME}/{uid[:8]}/current.json").read_text())
+            assert pointer["version"] == first and pointer["canary"] == {"version": canary.version, "weight": 50}
+            endpoint = status().endpoint
+            token = provider.admin_token(provider_target(store))
+            tls = ssl.create_default_context(cafile=str(sim.ca_bundle))
+            with httpx.Client(verify=tls, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+                ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+                answers = [client.post(f"{endpoint}/admin/v1/chat/completions", json={**ask, "user": f"u{i}"}) for i in range(40)]
+            # Half the users on each side (40 users: all on one side has a chance of 2 in 10^12).
+            assert {a.status_code for a in answers} == {200}
+            assert {a.headers["x-adapter-version"] for a in answers} == {first, canary.version}
+            apps = provider.clients(spec.azure.subscription_id).apps
+            assert apps.container_apps.get("rg-inference", NAME).configuration.active_revisions_mode == "Single"
+            store.decide_canary(NAME, NAME, "abort", actor="bob")
+            failed = eventually(
+                lambda: next((v for v in store.adapter_versions(uid) if v.version == canary.version and v.state == "Failed"), None),
+                timeout=60,
+                what="the canary aborted",
+            )
+            assert failed.canary_record is not None and failed.canary_record.result == "RolledBack"
+            assert status().adapter.last_rollout.result == "Aborted" and status().phase == "Ready"
+            pointer = json.loads((folder / f".loraplane/{NAME}/{uid[:8]}/current.json").read_text())
+            assert pointer["version"] == first and "canary" not in pointer
         finally:
             stop.set()
             worker.join(timeout=60)
