@@ -45,8 +45,10 @@ from state.models import (
     InferenceDeploymentList,
     InferenceDeploymentPublic,
     InferenceDeploymentUpdate,
+    UsageLine,
+    UsageList,
 )
-from state.resource import AS_STORED, DNS_LABEL, DeploymentSpec
+from state.resource import AS_STORED, DNS_LABEL, DeploymentSpec, DeploymentStatus
 from state.selectors import parse_selector
 from state.store import DeploymentStore, check_change
 
@@ -604,6 +606,45 @@ def _pin(request: Request, response: Response, caller: Identity, name: str, adap
             continue
         return _answer(request, response, row)
     raise ApiError(409, "Conflict", f"deployment {name!r} kept changing; try again")
+
+
+# ----------------------------------------------------------------------------- GPU usage
+
+
+@router.get(
+    "/usage",
+    response_model=UsageList,
+    response_model_exclude_none=True,
+    responses=problem_responses(404, 422),
+    summary="GPU-hours today and this month, and the estimated cost, of every deployment (or one)",
+)
+def list_usage(
+    request: Request,
+    caller: Viewer,
+    name: Annotated[str | None, Query(pattern=DNS_LABEL[0], max_length=32, description="only this deployment")] = None,
+) -> UsageList:
+    store = store_of(request)
+    rows = [store.get(name)] if name is not None else store.list()[0]
+    lines = []
+    for row in rows:
+        spec = DeploymentSpec.model_validate(row.spec, context=AS_STORED)
+        status = DeploymentStatus.model_validate(row.status)
+        cost = status.cost
+        budget = cost.budget if cost is not None else None
+        lines.append(
+            UsageLine(
+                name=row.name,
+                target=spec.target,
+                profile=spec.azure.workload_profile.type if spec.azure is not None else "local",
+                replicas=cost.replicas if cost is not None else None,
+                gpu_hours_today=cost.gpu_hours_today if cost is not None else 0.0,
+                gpu_hours_this_month=cost.gpu_hours_this_month if cost is not None else 0.0,
+                estimated_cost_this_month=cost.estimated_cost_this_month if cost is not None else None,
+                currency=cost.currency if cost is not None else None,
+                budget=f"{budget.used:.4g} of {budget.limit} ({budget.fraction:.0%}): {budget.state}" if budget is not None else None,
+            )
+        )
+    return UsageList(items=lines, prices=reconciler_of(request).metering.prices.source)
 
 
 # ---------------------------------------------------------------------------- tokens, audit

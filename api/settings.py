@@ -36,6 +36,13 @@ class ServiceSettings(BaseSettings):
     # default: this Python running ``-m serving``.
     serving_command: list[str] | None = None
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # GPU time and its cost: the price per GPU-hour of each workload profile type (a JSON file:
+    # {"currency", "source", "prices": {TYPE: price}}; default: no Azure price, the local target
+    # at 0), how often a deployment's GPU time is written, and the GPUs a local serving process
+    # counts as (the local target stands in for a GPU replica; 0 on a machine without one).
+    gpu_prices: Path | None = None
+    usage_flush_seconds: float = Field(default=60.0, ge=1, le=3600)
+    local_gpus_per_process: float = Field(default=1.0, ge=0, le=64)
     # On SIGTERM, first this long answering 503 (readiness too) while what is in flight
     # finishes, so that a load balancer sends the next requests to another replica; then stop.
     # 0 (the default, right for one process on a laptop): stop at once. A second signal stops

@@ -55,6 +55,8 @@ class Target:
     adapter_versions: dict[str, str] = field(default_factory=dict)
     # Several revisions at once, for a restart rollout's gate or canary (None: one revision).
     revisions: RevisionSplit | None = None
+    # Why nothing may run now, whatever the spec's scale (a budget spent, with scaleToZero).
+    held: str | None = None
 
     def restart_versions(self) -> dict[str, str]:
         """The versions the newest revision runs, by adapter (restart strategy)."""
@@ -145,6 +147,8 @@ class Observation(Generic[P]):
     # The share the adapters are on exists, so they can be staged (the azure target: once its
     # file share is there; a local share root always is).
     share_ready: bool = True
+    # Serving replicas running now (what GPU time is counted by); None: not known this pass.
+    replicas: int | None = None
 
 
 @dataclass(frozen=True)

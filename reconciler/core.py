@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,12 +21,13 @@ from infra.provider import Action, Observation, Refusal, RevisionSplit, Target, 
 from reconciler import status as statuses
 from reconciler.errors import Classified, classify
 from reconciler.keys import KeySync, read_usage
+from reconciler.metering import NEARLY, GpuMetering, Metered, PriceTable, budget_status
 from reconciler.rollout import AdapterRollout, RolloutMetrics, restart_version
 from reconciler.writer import PassWriter, ReadStore
 from state.errors import Fenced, NotFound
 from state.models import AdapterVersion, InferenceDeployment, KeyUsage, NewEvent, utcnow
-from state.resource import AS_STORED, DeploymentSpec, DeploymentStatus
-from state.store import DeploymentStore, VersionChange
+from state.resource import AS_STORED, CostStatus, DeploymentSpec, DeploymentStatus
+from state.store import DeploymentStore, UsageWrite, VersionChange
 
 log = logging.getLogger("loraplane.reconciler")
 
@@ -100,6 +101,7 @@ class Reconciler:
         poll_seconds: float = 2.0,
         registry: CollectorRegistry | None = None,
         rollout: AdapterRollout | None = None,
+        metering: GpuMetering | None = None,
     ) -> None:
         # Reads go to the store; every write goes through the writer (the one the leader fences,
         # shared with the providers' journal: ``loraplane serve`` hands the same one to both).
@@ -111,6 +113,8 @@ class Reconciler:
             clock=clock, metrics=RolloutMetrics(registry or CollectorRegistry()), poll_seconds=min(1.0, poll_seconds)
         )
         self.keys = KeySync(store)
+        # GPU time, its cost, and where each deployment stands against its budget.
+        self.metering = metering or GpuMetering(store, PriceTable.load(None), clock=clock, registry=registry)
         # How soon to look again while something is starting or being torn down.
         self.poll_seconds = poll_seconds
         # name -> generation whose apply failed permanently: not retried until the spec moves.
@@ -179,11 +183,15 @@ class Reconciler:
                 if staged is not None:  # a first version staged: the app's environment may name it now
                     target, versions = staged
                     observation = provider.observe(target)
+            metered = self._metered(row, target, observation, previous)
+            if metered.held != target.held:  # a budget just spent, or restored: it changes what should run
+                target = replace(target, held=metered.held)
+                observation = provider.observe(target)
             actions = provider.plan(target, observation)
             if not actions:
                 with self._lock:
                     self._stalled.pop(name, None)
-                return self._converged(row, target, provider, observation, previous, versions)
+                return self._converged(row, target, provider, observation, previous, versions, metered)
             with self._lock:
                 stalled = self._stalled.get(name) == row.generation
             if stalled:
@@ -194,8 +202,11 @@ class Reconciler:
             provider.apply(target, actions)
             events: list[NewEvent] = [("Normal", EVENT_REASONS[a.verb], _event_message(a)) for a in actions]
             observation = provider.observe(target)
+            # What runs now is what was just applied: the replicas counted from here on.
+            metered = self._metered(row, target, observation, previous)
             message = "; ".join(action.describe() for action in actions)
-            self._commit(row, statuses.progressing(previous, row.generation, observation, message, self.clock()), events=events)
+            status = metered.apply(statuses.progressing(previous, row.generation, observation, message, self.clock()))
+            self._commit(row, status, events=[*events, *metered.events], usage=metered)
             return Outcome("progressing", self.poll_seconds)
         except Fenced:
             raise  # not the leader any more: nothing to write, nothing to retry here
@@ -244,10 +255,14 @@ class Reconciler:
         observation: Observation,
         previous: DeploymentStatus,
         versions: Sequence[AdapterVersion],
+        metered: PassMetering,
     ) -> Outcome:
         """Nothing left to do to the infrastructure: the inference keys onto the share (the app
         asks for one from its start), then the adapter's turn, once the endpoint is up."""
-        status = statuses.converged(previous, row.generation, observation, self.clock())
+        status = metered.apply(statuses.converged(previous, row.generation, observation, self.clock()))
+        if target.held is not None and observation.stopped:
+            statuses.set_condition(status, "Ready", "False", "BudgetExceeded", target.held, self.clock())
+            status.message = target.held
         # Under policy observe loraplane writes nothing, to the share neither: keys are the team's.
         observing = target.spec.azure is not None and target.spec.azure.policy == "observe"
         if target.spec.api_keys and not observation.stopped and not observing:
@@ -270,11 +285,12 @@ class Reconciler:
                     error = self._classified(exc, f"staging the adapters of {row.name}")
                     return self._failed(row, previous, statuses.failed(previous, row.generation, observation, error, self.clock()), error)
             stuck = self.rollout.watch_in_flight(row, target, provider, observation, previous, versions)
+            events = [*events, *metered.events]
             if stuck is None:
-                self._commit(row, status, events=events, versions=changes)
+                self._commit(row, status, events=events, versions=changes, usage=metered)
             else:  # a restart onto a version the app cannot start with
                 statuses.with_rollout(status, stuck, self.clock())
-                self._commit(row, status, events=[*events, *stuck.events], versions=[*changes, *stuck.versions])
+                self._commit(row, status, events=[*events, *stuck.events], versions=[*changes, *stuck.versions], usage=metered)
             # Coming up: look again soon. Stopped as asked: the resync timer is enough.
             return Outcome("converged", None if observation.stopped else self.poll_seconds)
         try:
@@ -289,7 +305,7 @@ class Reconciler:
             status.adapter.serving_version = self._reported_version(provider, target, observation, status.adapter.serving_version)
             return self._failed(row, previous, status, error)
         statuses.with_rollout(status, report, self.clock())
-        self._commit(row, status, events=report.events, versions=report.versions)
+        self._commit(row, status, events=[*report.events, *metered.events], versions=report.versions, usage=metered)
         return Outcome("converged", report.requeue_after)
 
     @staticmethod
@@ -336,6 +352,7 @@ class Reconciler:
             self.writer.remove(row)
             self.rollout.forget(row.uid)
             self.keys.forget(row.uid)
+            self.metering.forget(row.uid, row.name)
             with self._lock:
                 self._stalled.pop(row.name, None)
             log.info("deployment %s deleted", row.name)
@@ -365,19 +382,89 @@ class Reconciler:
         *,
         events: Sequence[NewEvent] = (),
         versions: Sequence[VersionChange] = (),
+        usage: PassMetering | None = None,
     ) -> None:
         previous = DeploymentStatus.model_validate(row.status)
         events = list(events)
         if status.phase == "Ready" and previous.phase != "Ready":
             events.append(("Normal", "Ready", f"serving at {status.endpoint}"))
         # One transaction for all of it; nothing written when the deployment (that uid) is gone.
-        self.writer.commit(row, status, events=events, versions=versions)
+        write = usage.write if usage is not None else None
+        self.writer.commit(row, status, events=events, versions=versions, usage=write)
+        if write is not None:
+            self.metering.settle(row.uid, write)
+
+    def _metered(self, row: InferenceDeployment, target: Target, observation: Observation, previous: DeploymentStatus) -> PassMetering:
+        """The GPU time since the last look, the status's cost part (written when the usage is:
+        a running deployment's status moves once a flush, not every pass), where it stands
+        against its budget, whether that holds it at zero, and the news of it."""
+        metered = self.metering.measure(row, target, observation.replicas)
+        now = self.clock()
+        budget = target.spec.budget
+        standing = budget_status(budget, metered.cost, now) if budget is not None else None
+        before = previous.cost.budget if previous.cost is not None else None
+        news = standing is not None and (before is None or (before.state, before.period) != (standing.state, standing.period))
+        if news and metered.write is None:  # the news and its figures are written together
+            metered = self.metering.measure(row, target, observation.replicas, force=True)
+        cost = (metered.cost if metered.write is not None or previous.cost is None else previous.cost).model_copy(deep=True)
+        cost.budget = standing if news or metered.write is not None else (before if standing is not None else None)
+        events: list[NewEvent] = []
+        held = None
+        if budget is not None and standing is not None:
+            spent = f"{standing.used:.4g} of {standing.limit} ({standing.fraction:.0%}) in {standing.period}"
+            if standing.state == "Exceeded" and budget.action == "scaleToZero":
+                held = (
+                    f"held at zero replicas: the budget is spent ({spent}); it serves again when the "
+                    f"{'day' if budget.period == 'day' else 'month'} turns (UTC) or spec.budget is raised"
+                )
+            if news and standing.state == "NearlySpent":
+                events.append(("Warning", "BudgetNearlySpent", f"{spent}: past {NEARLY:.0%} of the budget"))
+            elif news and standing.state == "Exceeded":
+                what = "scaled to zero and held there" if held else "nothing is stopped (action warn)"
+                events.append(("Warning", "BudgetExceeded", f"{spent}: the budget is spent; {what}"))
+            elif news and before is not None and before.state == "Exceeded":
+                events.append(("Normal", "BudgetRestored", f"{spent}: within the budget again"))
+        events += self._scale_events(target, previous, metered, held)
+        return PassMetering(metered.write, cost, held, events)
+
+    @staticmethod
+    def _scale_events(target: Target, previous: DeploymentStatus, metered: Metered, held: str | None) -> list[NewEvent]:
+        """A deployment that may scale to zero says when it did, and when a request (or the end
+        of a hold) woke it."""
+        was = previous.cost.replicas if previous.cost is not None else None
+        now = metered.cost.replicas
+        stopped_before = previous.phase == "Stopped" or (
+            previous.cost is not None and previous.cost.budget is not None and previous.cost.budget.state == "Exceeded"
+        )
+        if target.spec.scale.min_replicas > 0 and held is None and not stopped_before:
+            return []  # a replica that stops and starts again here is a crash or a change, said elsewhere
+        if was and now == 0:
+            why = "its budget is spent" if held else f"idle for {target.spec.scale.idle_seconds}s"
+            return [("Normal", "ScaledToZero", f"no replica runs: {why}; a GPU costs nothing now")]
+        if was == 0 and now:
+            return [("Normal", "ColdStart", f"{now} replica(s) started from zero: the first request waited for the model to load")]
+        return []
 
     # ------------------------------------------------------------------------------- logs
 
     def logs(self, name: str, tail: int) -> str:
         target = target_of(self.store.get(name))
         return self.provider_for(target).logs(target, tail)
+
+
+@dataclass(frozen=True)
+class PassMetering:
+    """What a pass learned of GPU use: the usage to write with its status (None: not yet), the
+    status's cost part, why the deployment is held at zero (None: it is not), and the news."""
+
+    write: UsageWrite | None
+    cost: CostStatus
+    held: str | None
+    events: list[NewEvent]
+
+    def apply(self, status: DeploymentStatus) -> DeploymentStatus:
+        status.cost = self.cost
+        return status
 
 
 def _event_message(action: Action) -> str:

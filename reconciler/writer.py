@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from state.models import AdapterVersion, CloudResource, InferenceDeployment, InferenceKey, NewEvent
+from state.models import AdapterVersion, CloudResource, GpuMeter, GpuUsageDay, InferenceDeployment, InferenceKey, NewEvent
 from state.resource import DeploymentStatus
-from state.store import DeploymentStore, Fence, VersionChange
+from state.store import DeploymentStore, Fence, UsageWrite, VersionChange
 
 
 class ReadStore(Protocol):
@@ -33,6 +33,10 @@ class ReadStore(Protocol):
     def cloud_resources(self, deployment_uid: str) -> list[CloudResource]: ...
 
     def inference_keys(self, deployment_uid: str) -> list[InferenceKey]: ...
+
+    def gpu_meter(self, deployment_uid: str) -> GpuMeter | None: ...
+
+    def gpu_usage(self, deployment_uid: str | None = None, *, since_day: str) -> list[GpuUsageDay]: ...
 
     def add_listener(self, listener: Callable[[str], None]) -> None:
         """Be told the name of a deployment whose desired state this process's API changed."""
@@ -69,10 +73,13 @@ class PassWriter:
         *,
         events: Sequence[NewEvent] = (),
         versions: Sequence[VersionChange] = (),
+        usage: UsageWrite | None = None,
     ) -> InferenceDeployment | None:
-        """A pass's outcome: status, events and adapter-version changes, in one transaction (none
-        at all when nothing changed). None when the deployment is gone meanwhile."""
-        written = self.store.update_status(row.name, status, uid=row.uid, read=row, events=events, versions=versions, fence=self.fence)
+        """A pass's outcome: status, events, adapter-version changes and GPU usage, in one
+        transaction (none at all when nothing changed). None when the deployment is gone."""
+        written = self.store.update_status(
+            row.name, status, uid=row.uid, read=row, events=events, versions=versions, fence=self.fence, usage=usage
+        )
         if written is not None:
             row.status = written.status  # a second commit in this pass compares with this one
         return written

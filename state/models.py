@@ -561,3 +561,53 @@ class LeaderLease(SQLModel, table=True):
     epoch: int = Field(nullable=False)
     acquired_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+# --------------------------------------------------------------------------------------------
+# GPU usage
+
+
+class GpuUsageDay(SQLModel, table=True):
+    """GPU-seconds a deployment's replicas ran on one UTC day (what its cost is estimated from)."""
+
+    __tablename__ = "gpu_usage_day"
+
+    deployment_uid: str = Field(sa_column=Column(String(36), primary_key=True))
+    day: str = Field(sa_column=Column(String(10), primary_key=True))  # YYYY-MM-DD, UTC
+    deployment_name: str = Field(sa_column=Column(String(63), nullable=False, index=True))
+    gpu_seconds: float = Field(default=0.0, nullable=False)
+    # The workload profile type its GPUs were of (its price), as last seen that day.
+    profile: str = Field(default="", sa_column=Column(String(64), nullable=False, server_default=""))
+
+
+class GpuMeter(SQLModel, table=True):
+    """A deployment's last look at its replicas: how many ran, with how many GPUs each, and
+    when; the time since is counted at that many (also across a restart of loraplane, since
+    the replicas run on without it)."""
+
+    __tablename__ = "gpu_meter"
+
+    deployment_uid: str = Field(sa_column=Column(String(36), primary_key=True))
+    replicas: int = Field(default=0, nullable=False)
+    gpus_per_replica: float = Field(default=0.0, nullable=False)
+    profile: str = Field(default="", sa_column=Column(String(64), nullable=False, server_default=""))
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class UsageLine(CamelModel):
+    """One deployment's GPU use and its estimated cost, as ``loraplane cost`` lists them."""
+
+    name: str
+    target: str
+    profile: str | None = None
+    replicas: int | None = None
+    gpu_hours_today: float
+    gpu_hours_this_month: float
+    estimated_cost_this_month: float | None = None
+    currency: str | None = None
+    budget: str | None = None  # e.g. "12.5 of 40 GPU-hours this month (31%)"
+
+
+class UsageList(CamelModel):
+    items: list[UsageLine]
+    prices: str  # where the price table comes from, and its date

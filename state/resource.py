@@ -382,6 +382,10 @@ class NamedAdapterSpec(AdapterSpec):
 class ScaleSpec(CamelModel):
     min_replicas: int = Field(default=1, ge=0, le=1000)
     max_replicas: int = Field(default=1, ge=0, le=1000)
+    # With minReplicas 0: how long without a request before the last replica stops (the
+    # cooldown, on Azure), and the concurrent requests a replica takes before another starts.
+    idle_seconds: int = Field(default=300, ge=10, le=86400)
+    concurrent_requests: int = Field(default=10, ge=1, le=10000)
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> ScaleSpec:
@@ -574,6 +578,29 @@ class AzureSpec(CamelModel):
         return azure_limits.default_resources(kind)
 
 
+class BudgetSpec(CamelModel):
+    """What a deployment may spend, in GPU-hours a day or a month, or in money a month (at the
+    price table's rates): past 80% a Warning event; past 100% a Warning event, and with
+    ``scaleToZero`` the deployment is held at zero replicas until the period turns (UTC) or the
+    budget is raised."""
+
+    gpu_hours_per_day: float | None = Field(default=None, gt=0, le=1_000_000)
+    gpu_hours_per_month: float | None = Field(default=None, gt=0, le=10_000_000)
+    cost_per_month: float | None = Field(default=None, gt=0, le=100_000_000)
+    action: Literal["scaleToZero", "warn"] = "warn"
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> BudgetSpec:
+        given = [v for v in (self.gpu_hours_per_day, self.gpu_hours_per_month, self.cost_per_month) if v is not None]
+        if len(given) != 1:
+            raise ValueError("a budget is one limit: gpuHoursPerDay, gpuHoursPerMonth or costPerMonth")
+        return self
+
+    @property
+    def period(self) -> Literal["day", "month"]:
+        return "day" if self.gpu_hours_per_day is not None else "month"
+
+
 class AccessSpec(CamelModel):
     # Every call of the serving app but its probes needs one of the deployment's inference
     # keys (loraplane keys create). Default: on for the azure target, whose endpoint is
@@ -589,6 +616,7 @@ class DeploymentSpec(CamelModel):
     adapters: list[NamedAdapterSpec] | None = Field(default=None, min_length=1, max_length=MAX_ADAPTERS)
     scale: ScaleSpec = Field(default_factory=ScaleSpec)
     access: AccessSpec = Field(default_factory=AccessSpec)
+    budget: BudgetSpec | None = None
     local: LocalSpec | None = None
     azure: AzureSpec | None = None
 
@@ -875,6 +903,26 @@ class ResourceRef(CamelModel):
     managed_by: Literal["loraplane", "adopted"] = "loraplane"
 
 
+class BudgetStatus(CamelModel):
+    limit: str  # "40 GPU-hours a month", "USD 500 a month"
+    used: float  # in the limit's unit
+    fraction: float
+    period: str  # the day or month it counts: 2026-12-07, 2026-12
+    state: Literal["Within", "NearlySpent", "Exceeded"]
+
+
+class CostStatus(CamelModel):
+    """What the deployment's replicas used, from what loraplane saw run, and its estimated cost
+    at the price table's rate for its workload profile (None: no price known)."""
+
+    gpu_hours_today: float
+    gpu_hours_this_month: float
+    estimated_cost_this_month: float | None = None
+    currency: str | None = None
+    replicas: int | None = None  # running at the last look
+    budget: BudgetStatus | None = None
+
+
 class DeploymentStatus(CamelModel):
     # Status is written by the server only, and may carry fields newer servers add.
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
@@ -888,3 +936,4 @@ class DeploymentStatus(CamelModel):
     adapters: list[NamedAdapterStatus] = Field(default_factory=list)
     resources: list[ResourceRef] = Field(default_factory=list)
     message: str | None = None
+    cost: CostStatus | None = None

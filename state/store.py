@@ -36,6 +36,8 @@ from state.models import (
     DeploymentLabel,
     Event,
     EventType,
+    GpuMeter,
+    GpuUsageDay,
     InferenceDeployment,
     InferenceDeploymentCreate,
     InferenceKey,
@@ -92,6 +94,18 @@ class RecordCanary:
 
 
 VersionChange = AddVersion | ActivateVersion | MarkVersion | RecordGate | RecordCanary
+
+
+@dataclass(frozen=True)
+class UsageWrite:
+    """GPU-seconds to add, by UTC day, and the deployment's new last look at its replicas."""
+
+    deployment_name: str
+    seconds_by_day: dict[str, float]
+    replicas: int
+    gpus_per_replica: float
+    profile: str
+    at: datetime
 
 
 _NAME = re.compile(DNS_LABEL[0])
@@ -449,12 +463,13 @@ class DeploymentStore:
         events: Sequence[NewEvent] = (),
         versions: Sequence[VersionChange] = (),
         fence: Fence | None = None,
+        usage: UsageWrite | None = None,
     ) -> InferenceDeployment | None:
-        """Write status if it differs, with ``events`` (type, reason, message) and adapter
-        ``versions`` changes, all in one transaction; ``None`` when the deployment (that uid) is
-        gone. ``read`` is the row as the caller read it, when only its caller writes status (the
-        reconciler, one pass per deployment at a time): compared with that, an unchanged status
-        with nothing else to write costs no read at all."""
+        """Write status if it differs, with ``events`` (type, reason, message), adapter
+        ``versions`` changes and GPU ``usage``, all in one transaction; ``None`` when the
+        deployment (that uid) is gone. ``read`` is the row as the caller read it, when only its
+        caller writes status (the reconciler, one pass per deployment at a time): compared with
+        that, an unchanged status with nothing else to write costs no read at all."""
         document = status.wire()
         # Compare first on a read: a steady state then takes no write lock at all.
         current = read
@@ -463,7 +478,7 @@ class DeploymentStore:
                 current = session.get(InferenceDeployment, name)
         if current is None or current.uid != uid:
             return None
-        if _canonical(document) == _canonical(current.status) and not events and not versions:
+        if _canonical(document) == _canonical(current.status) and not events and not versions and usage is None:
             return current
         # Core statements: the status column read under the row's lock, and one UPDATE that
         # moves the resourceVersion in the database and gives back the row (the ORM's way
@@ -477,6 +492,8 @@ class DeploymentStore:
                 self._apply_version_change(session, uid, change)
             for type_, reason, message in events:
                 self._add_event(session, current, type_, reason, message)
+            if usage is not None:
+                self._add_usage(session, uid, usage)
             if _canonical(document) == _canonical(locked[0]):
                 return current
             written = session.execute(
@@ -487,6 +504,31 @@ class DeploymentStore:
                 execution_options={"synchronize_session": False},
             ).scalar_one()
         return written
+
+    @staticmethod
+    def _add_usage(session: Session, uid: str, usage: UsageWrite) -> None:
+        for day, seconds in usage.seconds_by_day.items():
+            row = session.get(GpuUsageDay, (uid, day))
+            if row is None:
+                row = GpuUsageDay(deployment_uid=uid, day=day, deployment_name=usage.deployment_name, gpu_seconds=0.0)
+            row.gpu_seconds += seconds
+            row.profile = usage.profile
+            session.add(row)
+        meter = session.get(GpuMeter, uid) or GpuMeter(deployment_uid=uid, at=usage.at)
+        meter.replicas, meter.gpus_per_replica, meter.profile, meter.at = usage.replicas, usage.gpus_per_replica, usage.profile, usage.at
+        session.add(meter)
+
+    def gpu_meter(self, deployment_uid: str) -> GpuMeter | None:
+        with self._read() as session:
+            return session.get(GpuMeter, deployment_uid)
+
+    def gpu_usage(self, deployment_uid: str | None = None, *, since_day: str) -> builtins.list[GpuUsageDay]:
+        """GPU-seconds by deployment and UTC day, from ``since_day`` on (of one deployment, or all)."""
+        query = select(GpuUsageDay).where(col(GpuUsageDay.day) >= since_day)
+        if deployment_uid is not None:
+            query = query.where(col(GpuUsageDay.deployment_uid) == deployment_uid)
+        with self._read() as session:
+            return list(session.exec(query.order_by(col(GpuUsageDay.deployment_name), col(GpuUsageDay.day))))
 
     def remove(self, name: str, *, uid: str, fence: Fence | None = None) -> bool:
         """Drop a deployment whose teardown is done, with its labels and events."""
@@ -501,6 +543,8 @@ class DeploymentStore:
             session.exec(delete(CloudResource).where(col(CloudResource.deployment_uid) == uid))
             session.exec(delete(AdapterVersion).where(col(AdapterVersion.deployment_uid) == uid))
             session.exec(delete(InferenceKey).where(col(InferenceKey.deployment_uid) == uid))
+            session.exec(delete(GpuUsageDay).where(col(GpuUsageDay.deployment_uid) == uid))
+            session.exec(delete(GpuMeter).where(col(GpuMeter.deployment_uid) == uid))
             session.delete(row)
         return True
 

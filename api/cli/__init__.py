@@ -355,6 +355,25 @@ def abort(name: Annotated[str, typer.Argument(help="the deployment")], adapter: 
     _end_canary(name, adapter, "abort")
 
 
+@app.command()
+def cost(
+    name: Annotated[str | None, typer.Argument(help="one deployment (default: all)")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="json or yaml")] = None,
+) -> None:
+    """GPU-hours today and this month, and the estimated cost, of every deployment."""
+    if output not in (None, "json", "yaml"):
+        raise CliError(f"unknown output format {output!r}: use json or yaml")
+    document = json_body(_client().request("GET", "/v1/usage", params={"name": name} if name else None))
+    if output in ("json", "yaml"):
+        print(render.to_json(document) if output == "json" else render.to_yaml(document), end="\n" if output == "json" else "")
+        return
+    if not document["items"]:
+        out.print("No deployments.")
+        return
+    out.print(render.usage_table(document["items"]))
+    out.print(f"prices: {document['prices']}", markup=False, highlight=False)
+
+
 token_app = typer.Typer(help="Bearer tokens (admin only): who may use the API, and as what.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(token_app, name="token")
 

@@ -128,6 +128,24 @@ def adapters_table(versions: list[dict[str, Any]], deployment: dict[str, Any]) -
     return table
 
 
+def usage_table(lines: list[dict[str, Any]]) -> Table:
+    """Each deployment's GPU use and estimated cost; a cost no price is known for is '?'."""
+    table = _table("NAME", "TARGET", "PROFILE", "REPLICAS", "GPU-H TODAY", "GPU-H MONTH", "EST. COST MONTH", "BUDGET")
+    for line in lines:
+        estimate = line.get("estimatedCostThisMonth")
+        table.add_row(
+            line["name"],
+            line["target"],
+            line.get("profile") or "-",
+            str(line["replicas"]) if line.get("replicas") is not None else "-",
+            f"{line['gpuHoursToday']:.2f}",
+            f"{line['gpuHoursThisMonth']:.2f}",
+            f"{line.get('currency') or ''} {estimate:.2f}".strip() if estimate is not None else "?",
+            line.get("budget") or "-",
+        )
+    return table
+
+
 def tokens_table(tokens: list[dict[str, Any]]) -> Table:
     table = _table("NAME", "ROLE", "CREATED", "BY")
     for token in tokens:

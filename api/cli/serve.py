@@ -30,12 +30,13 @@ from reconciler.controller import Controller, ReconcileLoop
 from reconciler.core import Reconciler
 from reconciler.journal import DatabaseJournal
 from reconciler.leader import LeadingController
+from reconciler.metering import GpuMetering, PriceTable
 from reconciler.writer import PassWriter
 from state.access import AccessStore
 from state.db import make_engine, upgrade_database
 from state.errors import NotFound
 from state.lease import Lease
-from state.models import InferenceDeploymentCreate
+from state.models import InferenceDeploymentCreate, utcnow
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
 
@@ -195,7 +196,21 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     # lease fences when replicas share a PostgreSQL database.
     writer = PassWriter(store)
     journal = DatabaseJournal(store, writer)
-    reconciler = Reconciler(store, {"local": local, "azure": azure_provider(settings, journal)}, writer=writer, registry=registry)
+    try:
+        prices = PriceTable.load(settings.gpu_prices)
+    except ValueError as exc:
+        raise CliError(f"LORAPLANE_GPU_PRICES: {exc}") from exc
+    metering = GpuMetering(
+        store,
+        prices,
+        clock=utcnow,
+        flush_seconds=settings.usage_flush_seconds,
+        local_gpus=settings.local_gpus_per_process,
+        registry=registry,
+    )
+    reconciler = Reconciler(
+        store, {"local": local, "azure": azure_provider(settings, journal)}, writer=writer, registry=registry, metering=metering
+    )
     plain = Controller(
         reconciler,
         resync_seconds=settings.resync_seconds,

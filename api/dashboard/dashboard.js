@@ -89,7 +89,16 @@ function deploymentRow(item) {
     el("td", {}, ready ? ready.status : "-"),
     el("td", { class: "mono" }, text(status.endpoint)),
     el("td", { class: "mono" }, servingText(status)),
+    el("td", {}, costText(status.cost)),
     el("td", { class: "muted" }, text(status.message)));
+}
+
+// GPU-hours this month, the estimated cost where a price is known, and a budget's standing.
+function costText(cost) {
+  if (!cost) return "-";
+  const estimate = cost.estimatedCostThisMonth == null ? "" : " (" + (cost.currency || "") + " " + cost.estimatedCostThisMonth.toFixed(2) + ")";
+  const budget = cost.budget ? " · " + Math.round(100 * cost.budget.fraction) + "% of " + cost.budget.limit : "";
+  return cost.gpuHoursThisMonth.toFixed(2) + estimate + budget;
 }
 
 // What serves: the one adapter's version, or each adapter's by name (with a canary's share).

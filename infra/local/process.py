@@ -92,6 +92,10 @@ class RunFolder:
         scratch.write_text(json.dumps(asdict(record)))
         os.replace(scratch, self.record_file)  # atomic: a reader sees the old or the new
 
+    def forget_record(self) -> None:
+        """The process was stopped on purpose: its exit is no crash to back off from."""
+        self.record_file.unlink(missing_ok=True)
+
     def tail_log(self, lines: int) -> str:
         try:
             with self.log_file.open("rb") as log:

@@ -160,9 +160,13 @@ class LocalProvider:
             log_tail=folder.tail_log(3) if found is None and record is not None else "",
         )
         if found is None:
+            if target.held is not None:
+                return Observation(facts, detail=target.held, stopped=True, replicas=0)
             if spec.scale.max_replicas == 0:
-                return Observation(facts, detail="stopped: spec.scale.maxReplicas is 0, so no serving process runs", stopped=True)
-            return Observation(facts, detail="the serving process is not running")
+                return Observation(
+                    facts, detail="stopped: spec.scale.maxReplicas is 0, so no serving process runs", stopped=True, replicas=0
+                )
+            return Observation(facts, detail="the serving process is not running", replicas=0)
         process, found_record = found
         self._watch(target.name, process)
         port = found_record.port if found_record else port_of(process)
@@ -181,6 +185,7 @@ class LocalProvider:
             endpoint=endpoint,
             ready=ready,
             detail=detail,
+            replicas=1,
         )
 
     def _probe(self, endpoint: str | None) -> tuple[bool, str]:
@@ -204,6 +209,8 @@ class LocalProvider:
         spec, facts = target.spec, observation.private
         assert spec.local is not None
         running = facts.running
+        if target.held is not None:
+            return [Action("delete", KIND, target.name, "its budget is spent (spec.budget, action scaleToZero)")] if running else []
         if spec.scale.max_replicas == 0:
             return [Action("delete", KIND, target.name, "scale.maxReplicas is 0")] if running else []
         if not facts.share_root_exists:
@@ -246,6 +253,7 @@ class LocalProvider:
         for action in actions:
             if action.verb == "delete":
                 self._stop_process(target)
+                self.folder(target.name).forget_record()  # stopped as asked: not a crash
             elif action.verb == "restart":
                 self._stop_process(target)
                 self._start(target, crashed=False)

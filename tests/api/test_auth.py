@@ -36,6 +36,7 @@ REQUIRED = {
     ("POST", "/v1/deployments/{name}/adapters/{version}/activate"): "deployer",
     ("POST", "/v1/deployments/{name}/adapters/{adapter}/versions/{version}/activate"): "deployer",
     ("POST", "/v1/deployments/{name}/canary/{decision}"): "deployer",
+    ("GET", "/v1/usage"): "viewer",
     ("POST", "/v1/deployments/{name}/adapters/{adapter}/canary/{decision}"): "deployer",
     ("POST", "/v1/deployments/{name}/keys"): "deployer",
     ("GET", "/v1/deployments/{name}/keys"): "deployer",

@@ -130,6 +130,13 @@ def test_the_dashboard_lists_deployments_and_follows_them_live(store, api, brows
                 "phase": "Ready",
                 "endpoint": "http://127.0.0.1:7860",
                 "adapter": {"servingVersion": "3f2a9c01d4e5"},
+                "cost": {
+                    "gpuHoursToday": 0.5,
+                    "gpuHoursThisMonth": 2.5,
+                    "estimatedCostThisMonth": 10.0,
+                    "currency": "USD",
+                    "budget": {"limit": "10 GPU-hours a month", "used": 2.5, "fraction": 0.25, "period": "2026-12", "state": "Within"},
+                },
                 "conditions": [
                     {
                         "type": "Ready",
@@ -145,7 +152,16 @@ def test_the_dashboard_lists_deployments_and_follows_them_live(store, api, brows
     )
     store.create(InferenceDeploymentCreate.model_validate(local_manifest("second-bot")))
     rows = browser.until(ROWS.replace("return ", "const rows = ") + "; return rows.length === 2 && rows[0][2] === 'Ready' ? rows : null")
-    assert rows[0] == ["support-bot", "local", "Ready", "True", "http://127.0.0.1:7860", "3f2a9c01d4e5", "-"]
+    assert rows[0] == [
+        "support-bot",
+        "local",
+        "Ready",
+        "True",
+        "http://127.0.0.1:7860",
+        "3f2a9c01d4e5",
+        "2.50 (USD 10.00) · 25% of 10 GPU-hours a month",
+        "-",
+    ]
     assert rows[1][0] == "second-bot"
     browser.screenshot(ARTIFACTS / "dashboard.png")
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
@@ -200,7 +216,7 @@ def test_the_dashboard_lists_deployments_and_follows_them_live(store, api, brows
     )
     browser.open(f"{api.url}/ui")
     listed = browser.until(ROWS.replace("return ", "const rows = ") + "; return rows.find(r => r[0] === 'many-bot' && r[2] === 'Ready')")
-    assert listed[5] == "billing b1, legal l1 (canary l2 10%)"
+    assert listed[5] == "billing b1, legal l1 (canary l2 10%)" and listed[6] == "-"
     browser.open(f"{api.url}/ui/deployments/many-bot")
     each = browser.until(
         "const rows = [...document.querySelectorAll('#adapter-status tr')].map(r => [...r.cells].map(c => c.textContent)); "
