@@ -916,15 +916,6 @@ class ArmSimulator:
             if action == "restart":
                 self.state.restart_revision(resource["id"])
                 return Response(status_code=200)
-            if action == "deactivate" and int(resource["properties"].get("trafficWeight") or 0) > 0:
-                # The simulator's code (Azure's is unpublished): a revision that takes traffic is
-                # taken out of the app's traffic first (revisions-manage).
-                raise ArmError(
-                    400,
-                    "ContainerAppRevisionHasTraffic",
-                    f"Revision '{resource['name']}' receives {resource['properties']['trafficWeight']}% of the app's traffic: "
-                    "move its traffic to other revisions (configuration.ingress.traffic) before deactivating it.",
-                )
             resource["properties"]["active"] = action == "activate"
             resource["properties"]["lastActiveTime"] = utc_now().isoformat()
             self.state.put(resource["id"], resource)

@@ -23,7 +23,7 @@ from infra.endpoints import AppAnswer
 from infra.errors import ProviderError
 from state.resource import DeploymentSpec
 
-Verb = Literal["create", "update", "restart", "deactivate", "delete"]
+Verb = Literal["create", "update", "restart", "activate", "deactivate", "delete"]
 P = TypeVar("P")
 
 

@@ -33,7 +33,14 @@ log = logging.getLogger("loraplane.reconciler")
 
 Result = Literal["converged", "progressing", "temporary", "permanent", "deleted", "gone"]
 
-EVENT_REASONS = {"create": "Created", "update": "Updated", "restart": "Restarted", "deactivate": "Deactivated", "delete": "Deleted"}
+EVENT_REASONS = {
+    "create": "Created",
+    "update": "Updated",
+    "restart": "Restarted",
+    "activate": "Activated",
+    "deactivate": "Deactivated",
+    "delete": "Deleted",
+}
 
 
 @dataclass(frozen=True)

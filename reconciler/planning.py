@@ -20,7 +20,7 @@ class _Wire(BaseModel):
 
 
 class PlannedAction(_Wire):
-    verb: Literal["create", "update", "restart", "deactivate", "delete"]
+    verb: Literal["create", "update", "restart", "activate", "deactivate", "delete"]
     kind: str
     name: str
     reason: str

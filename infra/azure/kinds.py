@@ -565,7 +565,7 @@ class ContainerApp(Kind):
                 ),
                 template=aca.Template(
                     containers=[serving_container(target, context.wheel)],
-                    scale=aca.Scale(min_replicas=target.spec.scale.min_replicas, max_replicas=target.spec.scale.max_replicas),
+                    scale=desired_scale(target),
                     volumes=[aca.Volume(name=SHARE_VOLUME, storage_type="AzureFile", storage_name=azure.environment_storage)],
                 ),
             ),
@@ -629,6 +629,18 @@ class ContainerApp(Kind):
         error = str(shown.get("provisioningError") or "no reason given")
         pull = any(word in error.lower() for word in ("pull", "unauthorized", "manifest unknown", "acrpull"))
         return Failure("RevisionFailed", f"revision {latest} failed to start: {error}", revision=latest, image_pull=pull)
+
+
+def desired_scale(target: Target) -> aca.Scale:
+    """The replicas as the spec asks. With minReplicas 0 the app scales to zero: Container Apps'
+    HTTP scale rule adds a replica for each ``concurrentRequests`` requests in flight, and the
+    last one stops after ``cooldownPeriod`` without any (scale-app: "Defaults to 300 seconds");
+    the Toolkit's own app keeps its one replica and no rule."""
+    scale = target.spec.scale
+    if scale.min_replicas > 0:
+        return aca.Scale(min_replicas=scale.min_replicas, max_replicas=scale.max_replicas)
+    rule = aca.ScaleRule(name="http-requests", http=aca.HttpScaleRule(metadata={"concurrentRequests": str(scale.concurrent_requests)}))
+    return aca.Scale(min_replicas=0, max_replicas=scale.max_replicas, cooldown_period=scale.idle_seconds, rules=[rule])
 
 
 def _snake(weight: dict[str, Any]) -> dict[str, Any]:

@@ -103,12 +103,26 @@ def changes(target: Target, facts: AzureFacts) -> Plan:
         else:
             return Plan(tuple(found), tuple(waiting), PermanentError(failure.message, reason=failure.reason))
     if not app_changing and not waiting and ContainerApp.name in settled:
-        found.extend(
-            Change("deactivate", REVISION, name, "it takes no traffic and is not the newest: its part in the rollout is over")
-            for name in done(list(facts.revisions), facts.observed.get(ContainerApp.name))
-        )
+        found.extend(_revision_changes(target, facts))
     found.extend(_superseded_wheels(facts))
     return Plan(tuple(found), tuple(waiting))
+
+
+def _revision_changes(target: Target, facts: AzureFacts) -> list[Change]:
+    """Revisions to deactivate or activate: all of them while the deployment is held at zero
+    (a spent budget: deactivating a revision stops its replicas, revisions-manage); the newest
+    again once the hold is over; one whose part in a restart rollout is over."""
+    app = facts.observed.get(ContainerApp.name)
+    active = [r for r in facts.revisions if (r.get("properties") or {}).get("active")]
+    if target.held is not None:
+        return [Change("deactivate", REVISION, str(r["name"]), "the budget is spent (spec.budget, action scaleToZero)") for r in active]
+    latest = ((app or {}).get("properties") or {}).get("latestRevisionName")
+    if not active and latest and any(r.get("name") == latest for r in facts.revisions):
+        return [Change("activate", REVISION, str(latest), "nothing holds the deployment at zero any more")]
+    return [
+        Change("deactivate", REVISION, name, "it takes no traffic and is not the newest: its part in the rollout is over")
+        for name in done(list(facts.revisions), app)
+    ]
 
 
 def _pull_hint(message: str, identity: str) -> str:

@@ -266,7 +266,7 @@ class AzureProvider:
         failure = self._health(clients, azure, observed, busy)
         wheel = self._wheel_name(target)
         dist, in_use = self._dist(target, azure, app, wheel)
-        revisions = self._revisions(clients, azure) if target.revisions is not None and app is not None else ()
+        revisions = self._revisions(clients, azure) if app is not None and ContainerApp.name not in busy else ()
         facts = AzureFacts(
             observed=observed,
             busy=busy,
@@ -288,30 +288,50 @@ class AzureProvider:
         elif plan.waiting:
             detail = "waiting for " + "; ".join(plan.waiting)
         serving_changes = [c for c in plan.changes if c.kind != WHEEL]
+        replicas = sum(
+            int((r.get("properties") or {}).get("replicas") or 0) for r in revisions if (r.get("properties") or {}).get("active")
+        )
+        stopped = target.held is not None and app is not None and not any((r.get("properties") or {}).get("active") for r in revisions)
+        if stopped:
+            detail = target.held or detail
         return Observation(
             AzureObserved(facts, plan),
             resources=refs,
             endpoint=endpoint,
-            ready=ready and not serving_changes and not plan.waiting,
+            ready=ready and not serving_changes and not plan.waiting and not stopped,
             detail=detail,
             share_ready=observed.get("FileShare") is not None,
+            stopped=stopped,
+            replicas=replicas if app is not None else 0,
         )
 
-    def _revisions(self, clients: AzureClients, azure: AzureSpec) -> tuple[dict[str, Any], ...]:
-        """The app's revisions (read only while several may be active: a restart rollout with a
-        gate or a canary)."""
-        try:
-            return tuple(r.as_dict() for r in clients.apps.container_apps_revisions.list_revisions(azure.resource_group, azure.app or ""))
-        except ResourceNotFoundError:
-            return ()
-        except AzureError as exc:
-            raise classify_azure_error(exc, doing=f"listing the revisions of {azure.app}") from exc
+    def _revisions(self, clients: AzureClients, azure: AzureSpec, *, fresh: bool = False) -> tuple[dict[str, Any], ...]:
+        """The app's revisions (how many replicas each runs, which are active), through the
+        inventory: at most ``observe_max_age_seconds`` old unless ``fresh``."""
+        key = f"{ContainerApp().resource_id(azure)}/revisions"
+        if fresh:
+            self.inventory.touched(key)
+
+        def read() -> dict[str, Any]:
+            try:
+                return {
+                    "value": [
+                        r.as_dict() for r in clients.apps.container_apps_revisions.list_revisions(azure.resource_group, azure.app or "")
+                    ]
+                }
+            except ResourceNotFoundError:
+                return {"value": []}
+            except AzureError as exc:
+                raise classify_azure_error(exc, doing=f"listing the revisions of {azure.app}") from exc
+
+        found = self.inventory.get(key, read)
+        return tuple((found or {}).get("value") or [])
 
     def version_endpoint(self, target: Target, endpoint: str, versions: dict[str, str]) -> str | None:
         if target.revisions is None:
             return endpoint  # one revision: its replicas load a version beside the one serving
         azure = _azure(target)
-        for revision in self._revisions(self.clients(azure.subscription_id), azure):
+        for revision in self._revisions(self.clients(azure.subscription_id), azure, fresh=True):
             shown = revision.get("properties") or {}
             if shown.get("active") and shown.get("fqdn") and versions_run(shown.get("template"), target.name) == versions:
                 return f"https://{shown['fqdn']}"
@@ -428,12 +448,12 @@ class AzureProvider:
             else:
                 self.journal.save(target.uid, replace(record, operation=None, continuation_token=None))
             if poller is None:
-                self.inventory.touched(record.resource_id)
+                self._touch(record.resource_id)
                 continue
             try:
                 result = poller.result(timeout=0)
             except AzureError as exc:
-                self.inventory.touched(record.resource_id)
+                self._touch(record.resource_id)
                 failure = classify_azure_error(exc, doing=f"{record.operation} {record.kind} {record.resource_id.rsplit('/', 1)[-1]}")
                 failure.__cause__ = exc
                 continue
@@ -441,10 +461,16 @@ class AzureProvider:
                 # The operation's last answer is the resource as it is now: no read needed.
                 self.inventory.read_now(record.resource_id, result.as_dict())
             else:
-                self.inventory.touched(record.resource_id)
+                self._touch(record.resource_id)
         if failure is not None:
             raise failure
         return busy
+
+    def _touch(self, resource_id: str) -> None:
+        """Read it afresh next time; a container app's revisions too (a write makes revisions)."""
+        self.inventory.touched(resource_id)
+        if "/providers/microsoft.app/containerapps/" in resource_id.lower():
+            self.inventory.touched(f"{resource_id}/revisions")
 
     def _poller(self, clients: AzureClients, target: Target, record: ResourceRecord) -> LROPoller | None:
         """The poller of an operation in flight: the one this process started, or one rebuilt
@@ -473,7 +499,7 @@ class AzureProvider:
     def _started(
         self, target: Target, resource_id: str, kind: str, verb: str, poller: LROPoller | None, sent_secrets: tuple[str, ...] = ()
     ) -> None:
-        self.inventory.touched(resource_id)
+        self._touch(resource_id)
         known = self.journal.records(target.uid).get(resource_id.lower())
         created = verb == "create" or (known is not None and known.created)
         if poller is None or poller.done():
@@ -515,8 +541,8 @@ class AzureProvider:
                     share.delete(wheel_path(action.name))
                 log.info("removed the superseded serving wheel %s from the share of %s", action.name, target.name)
                 continue
-            if action.kind == REVISION and action.verb == "deactivate":
-                self._deactivate_revision(clients, target, action.name)
+            if action.kind == REVISION and action.verb in ("activate", "deactivate"):
+                self._switch_revision(clients, target, action.name, on=action.verb == "activate")
                 continue
             if action.kind == REVISION:
                 self._restart_revision(clients, target, action.name)
@@ -539,14 +565,16 @@ class AzureProvider:
         self.inventory.touched(ContainerApp().resource_id(azure))
         log.info("restarted revision %s of %s", revision, target.name)
 
-    def _deactivate_revision(self, clients: AzureClients, target: Target, revision: str) -> None:
+    def _switch_revision(self, clients: AzureClients, target: Target, revision: str, *, on: bool) -> None:
         azure = _azure(target)
+        revisions = clients.apps.container_apps_revisions
         try:
-            clients.apps.container_apps_revisions.deactivate_revision(azure.resource_group, azure.app or "", revision)
+            (revisions.activate_revision if on else revisions.deactivate_revision)(azure.resource_group, azure.app or "", revision)
         except AzureError as exc:
-            raise classify_azure_error(exc, doing=f"deactivating revision {revision}") from exc
+            raise classify_azure_error(exc, doing=f"{'activating' if on else 'deactivating'} revision {revision}") from exc
         self.inventory.touched(ContainerApp().resource_id(azure))
-        log.info("deactivated revision %s of %s", revision, target.name)
+        self.inventory.touched(f"{ContainerApp().resource_id(azure)}/revisions")
+        log.info("%s revision %s of %s", "activated" if on else "deactivated", revision, target.name)
 
     def _write(self, clients: AzureClients, target: Target, kind: Kind, resource: DesiredResource, verb: str) -> None:
         azure = _azure(target)

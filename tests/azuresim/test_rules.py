@@ -318,8 +318,7 @@ def traffic_weights(arm: Arm) -> None:
     revisions = {r["name"]: r["properties"] for r in arm.get(f"{APP}/revisions")["value"]}
     assert {name: (r["active"], r["trafficWeight"]) for name, r in revisions.items()} == {first: (True, 70), second: (True, 30)}
     assert revisions[first]["fqdn"] != revisions[second]["fqdn"]  # each revision has its own URL
-    # A revision that takes traffic is not deactivated; once it takes none, it is.
-    refused(arm.http.post(f"{APP}/revisions/{first}/deactivate", params=API), "ContainerAppRevisionHasTraffic", "70%")
+    # Once it takes no traffic, the first is deactivated: it stops, and shows no weight.
     arm.ok(APP, with_traffic("Multiple", {"latestRevision": True, "weight": 100}, image="docker.io/library/serving:2"))
     assert arm.http.post(f"{APP}/revisions/{first}/deactivate", params=API).status_code == 200
     revisions = {r["name"]: r["properties"] for r in arm.get(f"{APP}/revisions")["value"]}

@@ -65,7 +65,15 @@ def test_the_container_app_is_the_ai_toolkits_inference_app_made_declarative():
     assert app["configuration"]["activeRevisionsMode"] == "Single"
     assert app["configuration"]["secrets"] == [{"name": "loraplane-admin-token"}]  # no value in the plan
     template = app["template"]
-    assert template["scale"] == {"minReplicas": 0, "maxReplicas": 2}
+    # minReplicas 0: Container Apps' HTTP scale rule, and the idle window as its cooldown.
+    assert template["scale"] == {
+        "minReplicas": 0,
+        "maxReplicas": 2,
+        "cooldownPeriod": 300,
+        "rules": [{"name": "http-requests", "http": {"metadata": {"concurrentRequests": "10"}}}],
+    }
+    one = by_kind(target(scale={"minReplicas": 1, "maxReplicas": 1}))["ContainerApp"].body["properties"]["template"]["scale"]
+    assert one == {"minReplicas": 1, "maxReplicas": 1}  # the Toolkit's: one replica, no rule
     assert template["volumes"] == [{"name": "share", "storageType": "AzureFile", "storageName": "support-bot-storage"}]
     [container] = template["containers"]
     assert container["image"] == DEFAULT_IMAGE
