@@ -841,6 +841,14 @@ class ArmSimulator:
                 revision["properties"]["trafficWeight"] = weight
                 self.state.put(revision["id"], revision)
 
+    def set_replicas(self, revision_id: str, count: int) -> None:
+        """A revision's replicas as they run (the runner starts and stops them: scale rules)."""
+        with self.state.lock:
+            revision = self.state.resources.get(revision_id.lower())
+            if revision is not None and revision["properties"].get("replicas") != count:
+                revision["properties"]["replicas"] = count
+                self.state.put(revision["id"], revision)
+
     def routes(self, app_id: str) -> list[tuple[str, int]]:
         """What the app's ingress splits among its active revisions: (name, weight)."""
         return [

@@ -91,7 +91,9 @@ class AzureSimulator:
         limits = arm_limits if isinstance(arm_limits, ArmLimits) else ArmLimits() if arm_limits else None
         self.state = SimState(lro_delay_seconds=lro_delay_seconds, limits=limits)
         self.runner = (
-            ContainerRunner(workdir, authority, container_command, restrictions=self._restrictions, routes=self._routes)
+            ContainerRunner(
+                workdir, authority, container_command, restrictions=self._restrictions, routes=self._routes, replicas=self._replicas
+            )
             if run_containers
             else None
         )
@@ -143,6 +145,9 @@ class AzureSimulator:
 
     def _routes(self, app_id: str) -> list[tuple[str, int]]:
         return self.arm.routes(app_id)
+
+    def _replicas(self, revision_id: str, count: int) -> None:
+        self.arm.set_replicas(revision_id, count)
 
     def stop(self) -> None:
         if self.runner is not None:

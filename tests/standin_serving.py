@@ -12,6 +12,9 @@ import json
 import os
 import ssl
 import sys
+import threading
+import time
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -54,8 +57,34 @@ def main() -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(os.environ["LORAPLANE_TLS_CERTFILE"], os.environ.get("LORAPLANE_TLS_KEYFILE") or None)
         server.socket = context.wrap_socket(server.socket, server_side=True)
+    pointer = os.environ.get("LORAPLANE_ADAPTER_POINTER")
+    if pointer:  # as the real app: how it is doing, on the share beside the pointer, every second
+        threading.Thread(target=report, args=(Path(os.environ["LORAPLANE_SHARE_ROOT"]) / pointer, model), daemon=True).start()
     print(f"standin: serving {model} on port {port}", flush=True)
     server.serve_forever()
+
+
+def report(pointer: Path, model: Path) -> None:
+    folder = pointer.parent / "replicas"
+    name = f"{os.environ.get('CONTAINER_APP_REPLICA_NAME') or f'standin-{os.getpid()}'}-{int(time.time())}.json"
+    started = datetime.now(UTC).isoformat()
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            body = {
+                "replica": name,
+                "startedAt": started,
+                "updatedAt": datetime.now(UTC).isoformat(),
+                "ready": model.is_dir(),
+                "detail": "standin",
+                "adapter": {"version": None, "adapters": []},
+            }
+            scratch = folder / f".{name}.tmp"
+            scratch.write_text(json.dumps(body))
+            os.replace(scratch, folder / name)
+        except OSError:
+            pass
+        time.sleep(1)
 
 
 if __name__ == "__main__":

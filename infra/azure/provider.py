@@ -279,7 +279,10 @@ class AzureProvider:
             revisions=revisions,
         )
         plan = changes(target, facts)
-        endpoint, ready, detail = self._probe(target, app)
+        replicas = sum(
+            int((r.get("properties") or {}).get("replicas") or 0) for r in revisions if (r.get("properties") or {}).get("active")
+        )
+        endpoint, ready, detail = self._probe(target, app, replicas)
         if plan.problem is not None:
             detail, ready = plan.problem.message, False
         elif azure.policy == "observe" and plan.changes:
@@ -288,9 +291,6 @@ class AzureProvider:
         elif plan.waiting:
             detail = "waiting for " + "; ".join(plan.waiting)
         serving_changes = [c for c in plan.changes if c.kind != WHEEL]
-        replicas = sum(
-            int((r.get("properties") or {}).get("replicas") or 0) for r in revisions if (r.get("properties") or {}).get("active")
-        )
         stopped = target.held is not None and app is not None and not any((r.get("properties") or {}).get("active") for r in revisions)
         if stopped:
             detail = target.held or detail
@@ -404,7 +404,15 @@ class AzureProvider:
             found |= wheels_named((app.get("properties") or {}).get("template"))
         return frozenset(found)
 
-    def _probe(self, target: Target, app: dict[str, Any] | None) -> tuple[str | None, bool, str]:
+    @staticmethod
+    def _calls_app(target: Target) -> bool:
+        """Whether loraplane calls the app to judge it: not where it cannot reach it (internal
+        ingress, an IP allow list), nor where the app scales to zero, since a request of
+        loraplane's would keep a replica up (an HTTP scale rule counts every request). There
+        it reads what the replicas report on the share."""
+        return _azure(target).endpoint_reachable() and target.spec.scale.min_replicas > 0
+
+    def _probe(self, target: Target, app: dict[str, Any] | None, replicas: int) -> tuple[str | None, bool, str]:
         if app is None:
             return None, False, "the container app does not exist yet"
         properties = app.get("properties") or {}
@@ -417,7 +425,17 @@ class AzureProvider:
             return endpoint, False, f"waiting for revision {latest} to become ready"
         if endpoint is None:
             return None, False, "the container app has no ingress address yet"
-        if not _azure(target).endpoint_reachable():
+        if target.spec.scale.min_replicas == 0 and replicas == 0 and latest and latest == ready_revision:
+            cold = "the model's load" if _azure(target).image else "the serving wheel's pip install and the model's load"
+            return (
+                endpoint,
+                True,
+                (
+                    f"scaled to zero at {endpoint}: the next request starts a replica and waits for it "
+                    f"(a cold start: {cold}, minutes on a GPU)"
+                ),
+            )
+        if not self._calls_app(target):
             return (endpoint, *self._replicas_ready(target, endpoint))
         try:
             response = self.endpoints.get(f"{endpoint}/readyz")
@@ -617,13 +635,19 @@ class AzureProvider:
         return token
 
     def adapter_status(self, target: Target, endpoint: str) -> dict:
+        """One replica's answer at ``endpoint`` (the app's, or a revision's own): asked when
+        loraplane can reach it, else a replica's report."""
+        if _azure(target).endpoint_reachable():
+            return self.endpoints.adapter_status(endpoint, self.admin_token(target))
         return self.adapter_statuses(target, endpoint, 1)[0]
 
     def adapter_statuses(self, target: Target, endpoint: str, probes: int) -> list[dict]:
-        if _azure(target).endpoint_reachable():
+        if self._calls_app(target):
             token = self.admin_token(target)
             return [self.endpoints.adapter_status(endpoint, token) for _ in range(probes)]
         reports = self._replica_reports(target)
+        if not reports and target.spec.scale.min_replicas == 0:
+            return []  # scaled to zero: no replica to ask; the next one follows the pointer
         if not reports:
             raise TemporaryError(
                 f"no replica of {endpoint} has reported on the share in the last {REPLICA_FRESH_SECONDS:.0f}s", reason="EndpointUnavailable"
@@ -631,7 +655,7 @@ class AzureProvider:
         return [report.get("adapter") or {} for report in reports]
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
-        if not _azure(target).endpoint_reachable():
+        if not self._calls_app(target):
             # Out of loraplane's reach: the replicas follow the pointer on the share themselves.
             return {"status": "following", "message": "the replicas follow the pointer on the share"}
         return self.endpoints.reload_adapter(endpoint, self.admin_token(target))
@@ -657,17 +681,17 @@ class AzureProvider:
 
     def _replicas_ready(self, target: Target, endpoint: str) -> tuple[bool, str]:
         azure = _azure(target)
-        why = "internal ingress" if azure.ingress == "internal" else "an IP allow list"
+        if not azure.endpoint_reachable():
+            why = f"loraplane does not call an app behind {'internal ingress' if azure.ingress == 'internal' else 'an IP allow list'}"
+        else:
+            why = "loraplane does not call an app that scales to zero: its requests would keep a replica up"
         reports = self._replica_reports(target)
         ready = [r for r in reports if r.get("ready")]
         if ready:
-            return True, (
-                f"serving at {endpoint} ({len(ready)} of {len(reports)} replica(s) ready, as they report on the share: "
-                f"loraplane does not call an app behind {why})"
-            )
+            return True, f"serving at {endpoint} ({len(ready)} of {len(reports)} replica(s) ready, as they report on the share: {why})"
         if reports:
             return False, f"the serving app is not ready: {str(reports[0].get('detail') or '')[:300]}"
-        return False, f"waiting for a replica to report on the share (the app is behind {why}, out of loraplane's reach)"
+        return False, f"waiting for a replica to report on the share ({why})"
 
     def share(self, target: Target) -> ShareFiles:
         """The deployment's file share, through its data plane. The account's endpoint and
