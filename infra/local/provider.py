@@ -19,6 +19,7 @@ import psutil
 
 from infra.endpoints import AppAnswer, EndpointClient
 from infra.errors import PermanentError, TemporaryError
+from infra.local.activator import Activator
 from infra.local.process import (
     LaunchConfig,
     MarkerIndex,
@@ -38,6 +39,7 @@ from state.resource import DeploymentSpec
 log = logging.getLogger("loraplane.infra.local")
 
 KIND = "ServingProcess"
+ACTIVATOR = "Activator"  # the stable address of a deployment that scales to zero
 # A process that dies sooner than this after starting counts as crash-looping.
 QUICK_DEATH_SECONDS = 60.0
 MAX_RESTART_DELAY = 300.0
@@ -83,6 +85,7 @@ class LocalProvider:
         on_change: Callable[[str], None] | None = None,
         probe_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         monitor_interval: float = 1.0,
         share_roots: Sequence[Path] = (),
     ) -> None:
@@ -95,6 +98,7 @@ class LocalProvider:
         self.probe_timeout = probe_timeout
         self.endpoints = EndpointClient(timeout=probe_timeout)
         self.clock = clock
+        self.monotonic = monotonic  # how long an activator has been idle
         self.monitor_interval = monitor_interval
         self._markers = MarkerIndex()  # shared by every observe: one scan of processes at a time
         self._children: dict[str, subprocess.Popen] = {}  # started by this daemon: reaped here
@@ -102,6 +106,9 @@ class LocalProvider:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
+        # Deployments that scale to zero: each has an activator, its stable address.
+        self._activators: dict[str, Activator] = {}
+        self._ready_pids: dict[str, int] = {}  # deployment -> the pid last seen ready (the activator's fast path)
 
     # -------------------------------------------------------------------------- admission
 
@@ -159,13 +166,20 @@ class LocalProvider:
             record=record,
             log_tail=folder.tail_log(3) if found is None and record is not None else "",
         )
+        activator = self._activator(target)
         if found is None:
             if target.held is not None:
-                return Observation(facts, detail=target.held, stopped=True, replicas=0)
+                return Observation(facts, endpoint=activator.url if activator else None, detail=target.held, stopped=True, replicas=0)
             if spec.scale.max_replicas == 0:
                 return Observation(
                     facts, detail="stopped: spec.scale.maxReplicas is 0, so no serving process runs", stopped=True, replicas=0
                 )
+            if activator is not None:
+                detail = (
+                    f"scaled to zero at {activator.url}: the next request starts the serving process and waits for it "
+                    "(a cold start: the model's load)"
+                )
+                return Observation(facts, endpoint=activator.url, ready=True, detail=detail, replicas=0)
             return Observation(facts, detail="the serving process is not running", replicas=0)
         process, found_record = found
         self._watch(target.name, process)
@@ -179,10 +193,15 @@ class LocalProvider:
         facts = replace(facts, running=RunningProcess(process.pid, port, config_hash, recorded=found_record is not None))
         endpoint = f"http://127.0.0.1:{port}" if port else None
         ready, detail = self._probe(endpoint)
+        if ready:
+            with self._lock:
+                self._ready_pids[target.name] = process.pid
+        if activator is not None and ready:
+            detail = f"serving at {activator.url} (its process at {endpoint}; it scales to zero after {spec.scale.idle_seconds}s idle)"
         return Observation(
             facts,
             resources=[ObservedResource(KIND, f"pid:{process.pid}", "Running" if ready else "Starting")],
-            endpoint=endpoint,
+            endpoint=activator.url if activator is not None else endpoint,
             ready=ready,
             detail=detail,
             replicas=1,
@@ -209,8 +228,22 @@ class LocalProvider:
         spec, facts = target.spec, observation.private
         assert spec.local is not None
         running = facts.running
+        activator = self._activator(target)
+        scales_to_zero = spec.scale.min_replicas == 0 and spec.scale.max_replicas > 0
+        if scales_to_zero and activator is None:
+            return [Action("create", ACTIVATOR, target.name, "minReplicas is 0: a stable address that starts the process on demand")]
+        if not scales_to_zero and activator is not None:
+            return [Action("delete", ACTIVATOR, target.name, "minReplicas is not 0: the process's own address serves")]
+        if activator is not None:
+            activator.refusal = target.held  # while held, a request is told why, at once
         if target.held is not None:
             return [Action("delete", KIND, target.name, "its budget is spent (spec.budget, action scaleToZero)")] if running else []
+        if activator is not None:
+            idle = activator.idle_for()
+            if running is not None and idle is not None and idle >= spec.scale.idle_seconds:
+                return [Action("delete", KIND, target.name, f"idle for {idle:.0f}s (spec.scale.idleSeconds {spec.scale.idle_seconds})")]
+            if running is None and not activator.demanded():
+                return []  # scaled to zero: the next request asks for a process
         if spec.scale.max_replicas == 0:
             return [Action("delete", KIND, target.name, "scale.maxReplicas is 0")] if running else []
         if not facts.share_root_exists:
@@ -251,6 +284,12 @@ class LocalProvider:
 
     def apply(self, target: Target, actions: list[Action]) -> None:
         for action in actions:
+            if action.kind == ACTIVATOR:
+                if action.verb == "create":
+                    self._open_activator(target)
+                else:
+                    self._close_activator(target.name)
+                continue
             if action.verb == "delete":
                 self._stop_process(target)
                 self.folder(target.name).forget_record()  # stopped as asked: not a crash
@@ -263,6 +302,57 @@ class LocalProvider:
                 self._adopt(target)
             else:
                 raise PermanentError(f"the local target cannot {action.verb} a {action.kind}", reason="Unsupported")
+
+    def _activator(self, target: Target) -> Activator | None:
+        with self._lock:
+            return self._activators.get(target.name)
+
+    def _open_activator(self, target: Target) -> None:
+        """The deployment's activator, on the port it had before (kept in its run folder) so
+        that its endpoint survives a restart of the daemon; another when that one is taken."""
+        folder = self.folder(target.name)
+        remembered = folder.path / "activator-port"
+        try:
+            port = int(remembered.read_text())
+        except (OSError, ValueError):
+            port = 0
+        name = target.name
+
+        def upstream() -> int | None:
+            found = find_process(folder.read_record(), target.uid, index=self._markers)
+            if found is None:
+                return None
+            process, record = found
+            listening = record.port if record is not None else port_of(process)
+            with self._lock:
+                known_ready = self._ready_pids.get(name) == process.pid
+            if not known_ready:
+                ready, _ = self._probe(f"http://127.0.0.1:{listening}" if listening else None)
+                if not ready:
+                    return None
+                with self._lock:
+                    self._ready_pids[name] = process.pid
+            return listening
+
+        def demand() -> None:
+            if self.on_change is not None:
+                self.on_change(name)
+
+        try:
+            activator = Activator(name, port, upstream=upstream, demand=demand, clock=self.monotonic)
+        except OSError:
+            activator = Activator(name, 0, upstream=upstream, demand=demand, clock=self.monotonic)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        remembered.write_text(str(activator.port))
+        with self._lock:
+            self._activators[name] = activator
+        log.info("the activator of %s listens at %s", name, activator.url)
+
+    def _close_activator(self, name: str) -> None:
+        with self._lock:
+            activator = self._activators.pop(name, None)
+        if activator is not None:
+            activator.close()
 
     def _start(self, target: Target, *, crashed: bool) -> None:
         folder = self.folder(target.name)
@@ -340,6 +430,7 @@ class LocalProvider:
     # ----------------------------------------------------------------------------- delete
 
     def delete(self, target: Target) -> bool:
+        self._close_activator(target.name)
         self._stop_process(target)
         shutil.rmtree(self.folder(target.name).path, ignore_errors=True)
         if not self.admit(target.spec):  # the share is touched only where the operator allows
@@ -359,14 +450,34 @@ class LocalProvider:
         assert target.spec.local is not None
         return LocalShare(Path(target.spec.local.share_root))
 
+    def _process_endpoint(self, target: Target, endpoint: str) -> str | None:
+        """Where loraplane itself asks the app: the process's own address (asking through the
+        activator would keep the process up, or start it); None while none runs."""
+        if self._activator(target) is None:
+            return endpoint
+        found = find_process(self.folder(target.name).read_record(), target.uid, index=self._markers)
+        if found is None:
+            return None
+        process, record = found
+        port = record.port if record is not None else port_of(process)
+        return f"http://127.0.0.1:{port}" if port else None
+
     def adapter_status(self, target: Target, endpoint: str) -> dict:
-        return self.endpoints.adapter_status(endpoint, self.folder(target.name).admin_token())
+        direct = self._process_endpoint(target, endpoint)
+        if direct is None:
+            raise TemporaryError(f"{target.name} is scaled to zero: no serving process to ask", reason="ScaledToZero")
+        return self.endpoints.adapter_status(direct, self.folder(target.name).admin_token())
 
     def adapter_statuses(self, target: Target, endpoint: str, probes: int) -> list[dict]:
+        if self._process_endpoint(target, endpoint) is None:
+            return []  # scaled to zero: the next process follows the pointer
         return [self.adapter_status(target, endpoint) for _ in range(probes)]
 
     def reload_adapter(self, target: Target, endpoint: str) -> dict:
-        return self.endpoints.reload_adapter(endpoint, self.folder(target.name).admin_token())
+        direct = self._process_endpoint(target, endpoint)
+        if direct is None:
+            return {"status": "following", "message": "scaled to zero: the next process reads the pointer"}
+        return self.endpoints.reload_adapter(direct, self.folder(target.name).admin_token())
 
     def version_endpoint(self, target: Target, endpoint: str, versions: dict[str, str]) -> str | None:
         return endpoint  # one process: it loads a version beside the one serving
@@ -413,6 +524,10 @@ class LocalProvider:
         self._stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=5)
+        with self._lock:
+            activators, self._activators = list(self._activators.values()), {}
+        for activator in activators:
+            activator.close()
         self.endpoints.close()
 
     def _monitor_loop(self) -> None:
