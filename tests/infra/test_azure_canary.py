@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ from infra.azure.provider import AzureProvider
 from serving.tiny import SECOND_ADAPTER_PATH
 from state.resource import DeploymentSpec, DeploymentStatus
 from tests.fakes import eventually
-from tests.infra.test_azure_rollout import QUICK_REPORTS, create_on_share, provider_target, upload_adapter, world
+from tests.infra.test_azure_rollout import QUICK_REPORTS, create_on_share, provider_target, reconciling, upload_adapter, world
 from tests.reconciler.test_gate_and_canary_local import GOLDEN, greedy_text
 
 NAME = "support-bot"
@@ -32,20 +31,11 @@ def revisions(provider: AzureProvider, spec: DeploymentSpec) -> dict[str, tuple[
 
 def test_a_restart_canary_runs_in_a_revision_of_its_own_with_its_weight_then_takes_everything(tmp_path: Path):
     with world(tmp_path, QUICK_REPORTS) as (store, sim, provider, reconciler):
-        stop = threading.Event()
-
-        def reconcile_until_stopped() -> None:  # as the controller's worker would, often
-            while not stop.is_set():
-                reconciler.reconcile(NAME)
-                stop.wait(0.3)
-
-        worker = threading.Thread(target=reconcile_until_stopped, daemon=True)
-        try:
-            _, spec, folder = create_on_share(store, sim)
-            changed = store.get(NAME).spec
-            changed["adapter"]["strategy"] = "restart"
-            store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(changed))
-            worker.start()
+        _, spec, folder = create_on_share(store, sim)
+        changed = store.get(NAME).spec
+        changed["adapter"]["strategy"] = "restart"
+        store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(changed))
+        with reconciling(reconciler):
 
             def status() -> DeploymentStatus:
                 return DeploymentStatus.model_validate(store.get(NAME).status)
@@ -98,9 +88,6 @@ def test_a_restart_canary_runs_in_a_revision_of_its_own_with_its_weight_then_tak
             assert states[second] == "Active" and states[first] == "Superseded"
             events = [e.reason for e in store.list_events(NAME, limit=100)]
             assert "AdapterGatePassed" in events and "AdapterCanaryPromoted" in events and "Deactivated" in events
-        finally:
-            stop.set()
-            worker.join(timeout=60)
 
 
 def test_a_hot_reload_canary_on_azure_splits_in_the_serving_app_and_is_judged_from_the_replicas_reports(tmp_path: Path):
@@ -108,20 +95,11 @@ def test_a_hot_reload_canary_on_azure_splits_in_the_serving_app_and_is_judged_fr
     canary and split themselves; loraplane reads their counts on the share. Aborted, the stable
     version takes every request again."""
     with world(tmp_path, QUICK_REPORTS) as (store, sim, provider, reconciler):
-        stop = threading.Event()
-
-        def reconcile_until_stopped() -> None:
-            while not stop.is_set():
-                reconciler.reconcile(NAME)
-                stop.wait(0.3)
-
-        worker = threading.Thread(target=reconcile_until_stopped, daemon=True)
-        try:
-            uid, spec, folder = create_on_share(store, sim)
-            changed = store.get(NAME).spec
-            changed["adapter"]["rollout"] = {"canary": {"weight": 50, "durationSeconds": 3600}}
-            store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(changed))
-            worker.start()
+        uid, spec, folder = create_on_share(store, sim)
+        changed = store.get(NAME).spec
+        changed["adapter"]["rollout"] = {"canary": {"weight": 50, "durationSeconds": 3600}}
+        store.replace(NAME, labels={}, spec=DeploymentSpec.model_validate(changed))
+        with reconciling(reconciler):
 
             def status() -> DeploymentStatus:
                 return DeploymentStatus.model_validate(store.get(NAME).status)
@@ -153,6 +131,3 @@ def test_a_hot_reload_canary_on_azure_splits_in_the_serving_app_and_is_judged_fr
             assert status().adapter.last_rollout.result == "Aborted" and status().phase == "Ready"
             pointer = json.loads((folder / f".loraplane/{NAME}/{uid[:8]}/current.json").read_text())
             assert pointer["version"] == first and "canary" not in pointer
-        finally:
-            stop.set()
-            worker.join(timeout=60)

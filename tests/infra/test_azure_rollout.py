@@ -47,6 +47,26 @@ def world(tmp_path: Path, command: tuple[str, ...]) -> Iterator[tuple[Deployment
         engine.dispose()
 
 
+@contextmanager
+def reconciling(reconciler: Reconciler, name: str = NAME) -> Iterator[None]:
+    """Passes of ``name`` in a thread until the block ends, as the controller's worker makes
+    them: often."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            reconciler.reconcile(name)
+            stop.wait(0.3)
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+
+
 def create_on_share(store: DeploymentStore, sim: AzureSimulator, **azure: object) -> tuple[str, DeploymentSpec, Path]:
     """The deployment on the tiny model (adapters settle in a second), and its share holding the
     model and the first adapters: its uid, spec and share folder."""
@@ -74,18 +94,9 @@ def test_azure_adapters_roll_out_by_hot_reload_and_by_new_revision(tmp_path: Pat
 def roll_out_both_ways(
     tmp_path: Path, store: DeploymentStore, sim: AzureSimulator, provider: AzureProvider, reconciler: Reconciler
 ) -> None:
-    stop = threading.Event()
-
-    def reconcile_until_stopped() -> None:  # as the controller's worker would, often
-        while not stop.is_set():
-            reconciler.reconcile(NAME)
-            stop.wait(0.3)
-
-    worker = threading.Thread(target=reconcile_until_stopped, daemon=True)
-    try:
-        uid, spec, folder = create_on_share(store, sim)
-        write_random_adapter(folder / TINY_MODEL_PATH, tmp_path / "third", seed=3)
-        worker.start()
+    uid, spec, folder = create_on_share(store, sim)
+    write_random_adapter(folder / TINY_MODEL_PATH, tmp_path / "third", seed=3)
+    with reconciling(reconciler):
 
         def status() -> DeploymentStatus:
             return DeploymentStatus.model_validate(store.get(NAME).status)
@@ -123,9 +134,6 @@ def roll_out_both_ways(
         assert env["LORAPLANE_ADAPTER_VERSION"] == third and env["LORAPLANE_WATCH"] == "false"
         assert provider.adapter_status(provider_target(store), status().endpoint)["version"] == third
         assert status().adapter.last_rollout.strategy == "restart"
-    finally:
-        stop.set()
-        worker.join(timeout=60)
 
 
 def provider_target(store: DeploymentStore) -> Target:

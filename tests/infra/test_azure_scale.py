@@ -7,7 +7,6 @@ zero (its probes would keep a replica up): it reads the replicas' reports on the
 from __future__ import annotations
 
 import ssl
-import threading
 import time
 from pathlib import Path
 
@@ -18,30 +17,21 @@ from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentSpec, DeploymentStatus
 from tests.conftest import azure_manifest
 from tests.fakes import eventually
-from tests.infra.test_azure_rollout import QUICK_REPORTS, provider_target, world
+from tests.infra.test_azure_rollout import QUICK_REPORTS, provider_target, reconciling, world
 
 NAME = "support-bot"
 
 
 def test_an_idle_app_scales_to_zero_and_the_next_request_starts_it_and_is_answered(tmp_path: Path):
     with world(tmp_path, QUICK_REPORTS) as (store, sim, provider, reconciler):
-        stop = threading.Event()
-
-        def reconcile_until_stopped() -> None:
-            while not stop.is_set():
-                reconciler.reconcile(NAME)
-                stop.wait(0.3)
-
-        worker = threading.Thread(target=reconcile_until_stopped, daemon=True)
-        try:
-            manifest = azure_manifest(NAME)
-            manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
-            manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": 1}
-            manifest["spec"]["scale"] = {"minReplicas": 0, "maxReplicas": 1, "idleSeconds": 10, "concurrentRequests": 4}
-            row = store.create(InferenceDeploymentCreate.model_validate(manifest))
-            spec = DeploymentSpec.model_validate(row.spec)
-            make_tiny_share(sim.share_folder(spec.azure.storage_account, spec.azure.file_share))
-            worker.start()
+        manifest = azure_manifest(NAME)
+        manifest["spec"]["model"] = {"path": TINY_MODEL_PATH}
+        manifest["spec"]["adapter"] = {"path": ADAPTER_PATH, "settleSeconds": 1}
+        manifest["spec"]["scale"] = {"minReplicas": 0, "maxReplicas": 1, "idleSeconds": 10, "concurrentRequests": 4}
+        row = store.create(InferenceDeploymentCreate.model_validate(manifest))
+        spec = DeploymentSpec.model_validate(row.spec)
+        make_tiny_share(sim.share_folder(spec.azure.storage_account, spec.azure.file_share))
+        with reconciling(reconciler):
 
             def status() -> DeploymentStatus:
                 return DeploymentStatus.model_validate(store.get(NAME).status)
@@ -78,6 +68,3 @@ def test_an_idle_app_scales_to_zero_and_the_next_request_starts_it_and_is_answer
                 lambda: next((e for e in store.list_events(NAME, limit=50) if e.reason == "ColdStart"), None), timeout=60, what="ColdStart"
             )
             assert "1 replica(s) started from zero" in cold.message
-        finally:
-            stop.set()
-            worker.join(timeout=60)

@@ -16,12 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
 
-from api.app import create_app
-from infra.local.provider import LocalProvider
-from reconciler.controller import Controller
-from reconciler.core import Reconciler
 from serving.tiny import ADAPTER_PATH, SECOND_ADAPTER_PATH, TINY_MODEL_PATH, write_random_adapter
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
@@ -29,6 +24,7 @@ from state.store import DeploymentStore
 from tests.broken_adapters import write_overflowing_adapter
 from tests.conftest import local_manifest
 from tests.fakes import eventually
+from tests.reconciler.test_rollout_local import served
 from tests.serving.reference import Reference
 
 NAME = "support-bot"
@@ -77,14 +73,8 @@ class Users:
 
 @pytest.fixture
 def running(sqlite_store: DeploymentStore, tmp_path: Path) -> Iterator[tuple[DeploymentStore, TestClient]]:
-    registry = CollectorRegistry()
-    local = LocalProvider(tmp_path / "run", serving_command=SERVING, share_roots=[tmp_path])
-    reconciler = Reconciler(sqlite_store, {"local": local}, poll_seconds=0.2, registry=registry)
-    controller = Controller(reconciler, resync_seconds=1, workers=2, registry=registry)
-    local.on_change = controller.wake
-    with TestClient(create_app(sqlite_store, reconciler, controller=controller, registry=registry)) as client:
+    with served(sqlite_store, tmp_path, SERVING) as (_, client):
         yield sqlite_store, client
-    local.stop_all()
 
 
 def status_of(store: DeploymentStore) -> DeploymentStatus:

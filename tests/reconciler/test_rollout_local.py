@@ -10,7 +10,8 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -75,18 +76,26 @@ def store(sqlite_store: DeploymentStore) -> DeploymentStore:
     return sqlite_store
 
 
-@pytest.fixture
-def running(store: DeploymentStore, tmp_path: Path) -> Iterator[tuple[Reconciler, TestClient]]:
+@contextmanager
+def served(store: DeploymentStore, tmp_path: Path, command: Sequence[str] = SERVING_WITHOUT_UI) -> Iterator[tuple[Reconciler, TestClient]]:
     """The reconciler and its controller as ``loraplane serve`` wires them, the real serving
-    app as the local target's process, and the API in front."""
+    app (started with ``command``) as the local target's process, and the API in front."""
     registry = CollectorRegistry()
-    local = LocalProvider(tmp_path / "run", serving_command=SERVING_WITHOUT_UI, share_roots=[tmp_path])
+    local = LocalProvider(tmp_path / "run", serving_command=command, share_roots=[tmp_path])
     reconciler = Reconciler(store, {"local": local}, poll_seconds=0.2, registry=registry)
     controller = Controller(reconciler, resync_seconds=1, workers=2, registry=registry)
     local.on_change = controller.wake
-    with TestClient(create_app(store, reconciler, controller=controller, registry=registry)) as client:
-        yield reconciler, client
-    local.stop_all()
+    try:
+        with TestClient(create_app(store, reconciler, controller=controller, registry=registry)) as client:
+            yield reconciler, client
+    finally:
+        local.stop_all()
+
+
+@pytest.fixture
+def running(store: DeploymentStore, tmp_path: Path) -> Iterator[tuple[Reconciler, TestClient]]:
+    with served(store, tmp_path) as world:
+        yield world
 
 
 def status_of(store: DeploymentStore) -> DeploymentStatus:
