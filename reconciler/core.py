@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from infra.errors import PermanentError, ProviderError
 from infra.provider import Action, Observation, Refusal, RevisionSplit, Target, TargetProvider
+from infra.ratelimit import fail_fast
 from reconciler import status as statuses
 from reconciler.errors import Classified, classify
 from reconciler.keys import KeySync, read_usage
@@ -30,6 +31,8 @@ from state.resource import AS_STORED, CostStatus, DeploymentSpec, DeploymentStat
 from state.store import DeploymentStore, UsageWrite, VersionChange
 
 log = logging.getLogger("loraplane.reconciler")
+
+THROTTLED = "Throttled"  # the reason of infra.ratelimit.Throttled
 
 Result = Literal["converged", "progressing", "temporary", "permanent", "deleted", "gone"]
 
@@ -156,6 +159,12 @@ class Reconciler:
     # -------------------------------------------------------------------------- reconcile
 
     def reconcile(self, name: str) -> Outcome:
+        # A pass never waits for a cloud's rate limit: a call that would is ``Throttled``, and
+        # the pass is requeued for when its token is there, giving the worker back.
+        with fail_fast(name):
+            return self._reconcile(name)
+
+    def _reconcile(self, name: str) -> Outcome:
         self.writer.assert_leader()  # a deposed leader's pass ends here (Fenced)
         try:
             row = self.store.get(name)
@@ -322,12 +331,22 @@ class Reconciler:
         error = classify(exc)
         if error.reason == "UnexpectedError":
             log.exception("%s failed unexpectedly", doing)
+        elif error.reason == THROTTLED:
+            log.debug("%s: %s", doing, error.message)  # thousands of these in a big converge
         else:
             log.warning("%s: %s: %s", doing, error.reason, error.message)
         return error
 
     def _failed(self, row: InferenceDeployment, previous: DeploymentStatus, status: DeploymentStatus, error: Classified) -> Outcome:
         """A failed pass's status committed (with the events it is news for), and when to retry."""
+        if error.reason == THROTTLED:
+            # Not a failure: the pass goes on when its token is there. A deployment on its way
+            # says why it waits (once; the message names no time); a Ready one says nothing.
+            if previous.phase != "Ready":
+                waiting = previous.model_copy(deep=True)
+                statuses.set_condition(waiting, "Progressing", "True", THROTTLED, error.message, self.clock())
+                self._commit(row, waiting)
+            return Outcome("temporary", error.delay)
         self._commit(row, status, events=self._failure_events(previous, status, error))
         return Outcome("permanent") if error.permanent else Outcome("temporary", error.delay)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +17,12 @@ from azure.mgmt.loganalytics import LogAnalyticsManagementClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 
 from azuresim.server import AzureSimulator
+from azuresim.state import ArmLimits
 from infra.azure.credentials import StaticTokenCredential, make_credential
 from infra.azure.errors import QUOTA_RETRY_SECONDS, classify_azure_error
-from infra.azure.limiter import ArmLimiter, BucketSpec, TokenBucket, kind_of
+from infra.azure.limiter import ArmLimiter, BucketSpec, TokenBucket, kind_of, principal_of, scope_of
 from infra.errors import PermanentError, TemporaryError
+from infra.ratelimit import TICKET_GRACE_SECONDS, Throttled, fail_fast
 from tests.fakes import FakeClock
 
 SUB = "00000000-0000-0000-0000-000000000000"
@@ -48,11 +52,67 @@ def test_calls_are_sorted_into_reads_writes_and_deletes():
     assert [kind_of(m) for m in ("GET", "HEAD", "PUT", "PATCH", "POST", "DELETE")] == ["read", "read", "write", "write", "write", "delete"]
     limiter = ArmLimiter()
     # ARM's rates, with bursts a tenth below ARM's (250, 200, 200).
-    assert limiter.buckets["read"].spec == BucketSpec(25.0, 225)
-    assert limiter.buckets["write"].spec == BucketSpec(10.0, 180)
-    assert limiter.buckets["delete"].spec == BucketSpec(10.0, 180)
+    assert limiter.specs == {"read": BucketSpec(25.0, 225), "write": BucketSpec(10.0, 180), "delete": BucketSpec(10.0, 180)}
     with pytest.raises(ValueError):
         TokenBucket(BucketSpec(0, 1))
+
+
+def test_callers_turned_away_get_tickets_one_token_apart_and_find_their_token_kept():
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(BucketSpec(rate_per_second=10, burst=2), clock=clock)
+    assert [bucket.reserve("a"), bucket.reserve("b")] == [0, 0]
+    # Empty: each caller turned away is told a time of its own, 0.1 s after the one before.
+    assert [bucket.reserve(name) for name in ("c", "d", "e")] == [pytest.approx(0.1), pytest.approx(0.2), pytest.approx(0.3)]
+    assert bucket.reserve("d") == pytest.approx(0.2)  # asking again early: the same time
+    clock.advance(0.2)
+    # A newcomer queues behind the tickets; c and d find their tokens kept for them.
+    assert bucket.reserve("f") == pytest.approx(0.2)
+    assert [bucket.reserve("d"), bucket.reserve("c")] == [0, 0]
+    assert bucket.take() > 0  # a waiting caller (take/acquire) is behind the tickets too
+    clock.advance(1.0)
+    assert [bucket.reserve("e"), bucket.reserve("f")] == [0, 0]
+    assert bucket.tickets() == 0
+
+
+def test_a_ticket_never_redeemed_gives_its_token_back():
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(BucketSpec(rate_per_second=0.01, burst=1), clock=clock)  # a token every 100 s
+    assert bucket.reserve("a") == 0
+    assert bucket.reserve("gone") == pytest.approx(100.0)  # its deployment is deleted meanwhile
+    clock.advance(100.0 + TICKET_GRACE_SECONDS + 1.0)
+    # 0.31 of the next token has come, not a whole one: the one kept for "gone" is given to the
+    # next caller (never more than the burst).
+    assert bucket.reserve("b") == 0
+    assert bucket.reserve("c") == pytest.approx(100.0)
+    assert bucket.tickets() == 1
+
+
+def _jwt(claims: dict) -> str:
+    part = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    return f"Bearer e30.{part}.c2ln"
+
+
+def test_buckets_are_arms_own_per_subscription_principal_and_kind():
+    assert scope_of(f"https://management.azure.com/subscriptions/{SUB.upper()}/resourceGroups/rg?api-version=1") == SUB
+    assert scope_of("https://management.azure.com/tenants?api-version=2022-01-01") == "tenant"
+    assert principal_of(_jwt({"oid": "1111", "appid": "2222"})) == "1111"
+    assert principal_of(_jwt({"appid": "2222"})) == "2222"
+    assert principal_of("Bearer loraplane-simulator-token") == principal_of(None) == ""
+    clock = FakeClock(0.0)
+    limiter = ArmLimiter({"write": BucketSpec(1, 2)}, clock=clock, sleep=lambda s: clock.advance(s))
+    other = "11111111-1111-1111-1111-111111111111"
+    with fail_fast("support-bot"):
+        limiter.acquire("PUT", SUB)
+        limiter.acquire("POST", SUB)
+        with pytest.raises(Throttled) as info:
+            limiter.acquire("PATCH", SUB)
+        assert info.value.delay == pytest.approx(1.0)
+        assert f"write budget of subscription {SUB}" in info.value.message
+        # Another subscription, another principal, or another kind of call: budgets of their own.
+        limiter.acquire("PUT", other)
+        limiter.acquire("PUT", SUB, principal="1111")
+        limiter.acquire("GET", SUB)
+        limiter.acquire("DELETE", SUB)
 
 
 @pytest.fixture
@@ -88,6 +148,46 @@ def test_every_sdk_attempt_waits_for_a_token(sim):
         client.resource_groups.get("rg", retry_total=2)
     assert len(waited) == 5
     client.close()
+
+
+def test_a_worker_over_budget_sends_nothing_and_is_told_when_to_come_back(sim):
+    clock = FakeClock(0.0)
+    limiter = ArmLimiter({"write": BucketSpec(2, 1)}, clock=clock, sleep=lambda s: pytest.fail("a worker must not wait"))
+    client = ResourceManagementClient(StaticTokenCredential(), SUB, **options(sim, per_retry_policies=[limiter.policy()]))
+    with fail_fast("support-bot"):
+        client.resource_groups.create_or_update("rg", {"location": "westus3"})
+        with pytest.raises(Throttled) as info:
+            client.resource_groups.create_or_update("rg-two", {"location": "westus3"})
+        assert info.value.delay == pytest.approx(0.5)
+        clock.advance(0.5)
+        client.resource_groups.create_or_update("rg-two", {"location": "westus3"})  # its ticket's token
+    assert calls_of(sim)["PUT"] == {"resourceGroups": 2}  # the throttled attempt never left
+    assert [client.resource_groups.get(name).name for name in ("rg", "rg-two")] == ["rg", "rg-two"]
+    client.close()
+
+
+def test_a_429_from_arm_empties_the_bucket_and_a_worker_gives_the_pass_back(tmp_path: Path):
+    arm_clock = FakeClock(0.0)
+    limits = ArmLimits(clock=arm_clock, buckets={"write": (1, 0.5)})
+    with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.01, arm_limits=limits) as sim:
+        clock = FakeClock(0.0)
+        limiter = ArmLimiter(clock=clock, sleep=lambda s: pytest.fail("a worker must not wait"))
+        client = ResourceManagementClient(StaticTokenCredential(), SUB, **options(sim, per_retry_policies=[limiter.policy()]))
+        with fail_fast("support-bot"):
+            client.resource_groups.create_or_update("rg", {"location": "westus3"})
+            # Someone else spends the subscription's write budget: ARM says 429, Retry-After 2.
+            with pytest.raises(Throttled) as info:
+                client.resource_groups.create_or_update("rg-two", {"location": "westus3"})
+            assert info.value.delay == pytest.approx(2.0)
+            # Every caller of that subscription now waits too, rather than spending into 429s.
+            with pytest.raises(Throttled):
+                client.resource_groups.create_or_update("rg-three", {"location": "westus3"})
+        assert sum(calls_of(sim).get("429", {}).values()) == 1
+        client.close()
+
+
+def calls_of(sim: AzureSimulator) -> dict[str, dict[str, int]]:
+    return httpx.get(f"{sim.url}/_sim/calls", verify=ssl.create_default_context(cafile=str(sim.ca_bundle))).json()
 
 
 # ------------------------------------------------------------------------------ errors
