@@ -16,6 +16,7 @@ started and stopped with the reconcile loop. ``Target`` providers implement all 
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -149,6 +150,10 @@ class Observation(Generic[P]):
     share_ready: bool = True
     # Serving replicas running now (what GPU time is counted by); None: not known this pass.
     replicas: int | None = None
+    # What was observed, as a value equal from one pass to the next only when nothing observed
+    # changed (the resources as read, the replicas, readiness); None: the provider cannot tell.
+    # A pass may then trust what it confirmed before instead of asking the app again.
+    token: Hashable | None = None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ serve from it, whose next pass then settles, validates and stages what is new.
 
 Listings are shared: a folder is listed once per interval however many deployments (or
 adapters) name it, through one share client per share, and only its listing is read (names,
-sizes, ETags or mtimes: no file content). A listing that fails (no share yet, the share's
+sizes, ETags or mtimes: no file content). Each listing is kept (``reconciler.listing``) for the
+passes, which look for new adapters in it rather than listing the folder again. A listing that fails (no share yet, the share's
 keys rotating) is skipped until its next turn; the resync still comes.
 """
 
@@ -22,21 +23,9 @@ from prometheus_client import CollectorRegistry, Counter
 
 from infra.provider import AdapterShare, Target
 from reconciler.core import Reconciler, target_of
+from reconciler.listing import ShareKey, share_key
 
 log = logging.getLogger("loraplane.reconciler.poll")
-
-ShareKey = tuple[str, ...]
-
-
-def share_key(target: Target) -> ShareKey:
-    """Which share a deployment's adapters are on: two deployments with the same key share
-    listings and a client."""
-    spec = target.spec
-    if spec.local is not None and spec.target == "local":
-        return ("local", spec.local.share_root)
-    assert spec.azure is not None
-    azure = spec.azure
-    return ("azure", azure.subscription_id.lower(), azure.resource_group.lower(), str(azure.storage_account), str(azure.file_share))
 
 
 @dataclass
@@ -107,6 +96,7 @@ class AdapterPoller:
                 watch.names.add(name)
                 watch.interval = min(watch.interval, float(entry.poll_seconds))
                 watch.due = min(watch.due, now + watch.interval)
+        self.reconciler.rollout.listings.retain(watches)
         with self._lock:
             self._targets, self._watches, self._via = targets, watches, via
             gone = [key for key in self._shares if key not in via]
@@ -129,6 +119,7 @@ class AdapterPoller:
             share = self._share(key)
             if share is None:
                 continue
+            listed_at = self.monotonic()
             try:
                 entries = share.list(path)
             except Exception as exc:  # its next turn, or the resync, tries again
@@ -137,6 +128,7 @@ class AdapterPoller:
                 continue
             listed += 1
             self.listings.inc()
+            self.reconciler.rollout.listings.keep(key, path, entries, listed_at)
             listing = tuple(sorted((e.name, e.size, e.etag, e.md5) for e in entries or [] if not e.is_dir)) if entries is not None else None
             changed = watch.listed and listing != watch.listing
             watch.listing, watch.listed = listing, True

@@ -104,6 +104,8 @@ class Controller:
             self.scheduler = self._new_scheduler()
             self._workers = []
         self.store = self.reconciler.store
+        # Another replica may have led meanwhile: what was kept of it is read again.
+        self.reconciler.forget_kept()
         if not self._listening:
             self.store.add_listener(self.wake)
             self._listening = True
@@ -163,6 +165,7 @@ class Controller:
 
     def wake(self, name: str) -> None:
         """The API wrote this deployment: reconcile it now."""
+        self.reconciler.desired_changed(name)
         with self._woken_lock:
             self._woken.add(name)
         self.queue.add(name)
@@ -176,7 +179,10 @@ class Controller:
         with self._woken_lock:
             woken, self._woken = self._woken, set()
         versions = self.store.desired_versions()
-        moved = [name for name, version in versions.items() if self._versions.get(name) not in (None, version) and name not in woken]
+        changed = [name for name, version in versions.items() if self._versions.get(name) not in (None, version)]
+        for name in changed:  # written elsewhere too, maybe: what the reconciler kept is out of date
+            self.reconciler.desired_changed(name)
+        moved = [name for name in changed if name not in woken]
         new = [name for name in versions if name not in self._versions and name not in woken] if self._versions else []
         self._versions = versions
         self.poller.refresh(versions)

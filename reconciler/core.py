@@ -130,6 +130,14 @@ class Reconciler:
         # name -> generation whose apply failed permanently: not retried until the spec moves.
         self._stalled: dict[str, int] = {}
         self._lock = threading.Lock()
+        # What a pass starts from, kept from the last one (an informer's cache): the row and
+        # its adapter versions. Only this reconciler writes a deployment's status and versions;
+        # what others change (spec, deletion, keys, a canary decision) comes with a signal,
+        # ``desired_changed``, that moves the name's count and so drops what was kept.
+        self._changes: dict[str, int] = {}
+        self._kept: dict[str, tuple[int, InferenceDeployment, list[AdapterVersion] | None]] = {}
+        self._versions_written: set[str] = set()  # names whose versions this pass wrote
+        store.add_listener(self.desired_changed)  # this process's API writes
 
     def provider_for(self, target: Target) -> TargetProvider[Any]:
         provider = self.providers.get(target.spec.target)
@@ -164,16 +172,71 @@ class Reconciler:
         with fail_fast(name):
             return self._reconcile(name)
 
+    def desired_changed(self, name: str) -> None:
+        """Someone changed what ``name`` should be (its spec, deletion, keys, a decision on its
+        canary): the next pass reads it again from the database."""
+        with self._lock:
+            self._changes[name] = self._changes.get(name, 0) + 1
+            self._kept.pop(name, None)
+
+    def forget_kept(self) -> None:
+        """Read every deployment again (another replica may have reconciled it meanwhile)."""
+        with self._lock:
+            self._kept.clear()
+        self.rollout.forget_shares()
+        self.keys.forget()
+
+    def _inputs(self, name: str) -> tuple[int, InferenceDeployment, list[AdapterVersion]]:
+        """The row and its versions: as the last pass left them when nothing changed since,
+        else read (versions alone when only they moved, by this reconciler's own writes)."""
+        with self._lock:
+            count = self._changes.get(name, 0)
+            kept = self._kept.get(name)
+        if kept is not None and kept[0] == count:
+            row, versions = kept[1], kept[2]
+            if versions is None:
+                versions = self.store.adapter_versions(row.uid)
+            return count, row, versions
+        row, versions = self.store.get_with_versions(name)
+        return count, row, versions
+
+    def _keep(self, name: str, count: int, row: InferenceDeployment, versions: list[AdapterVersion]) -> None:
+        with self._lock:
+            wrote = name in self._versions_written
+            self._versions_written.discard(name)
+            if self._changes.get(name, 0) != count or row.deletion_timestamp is not None:
+                self._kept.pop(name, None)
+                return
+            # Versions that others may decide on (a canary, a gate) are read every pass.
+            proving = any(v.state in ("Gating", "Canary") for v in versions)
+            self._kept[name] = (count, row, None if wrote or proving else versions)
+
     def _reconcile(self, name: str) -> Outcome:
         self.writer.assert_leader()  # a deposed leader's pass ends here (Fenced)
         try:
-            row = self.store.get(name)
+            count, row, versions = self._inputs(name)
         except NotFound:
             with self._lock:
                 self._stalled.pop(name, None)
+                self._kept.pop(name, None)
             return Outcome("gone")
+        try:
+            outcome = self._reconcile_row(name, row, versions, count)
+        except BaseException:
+            with self._lock:
+                self._kept.pop(name, None)
+                self._versions_written.discard(name)
+            raise
+        if outcome.result in ("deleted", "gone"):
+            with self._lock:
+                self._kept.pop(name, None)
+                self._versions_written.discard(name)
+        else:
+            self._keep(name, count, row, versions)
+        return outcome
+
+    def _reconcile_row(self, name: str, row: InferenceDeployment, versions: list[AdapterVersion], count: int) -> Outcome:
         previous = DeploymentStatus.model_validate(row.status)
-        versions = self.store.adapter_versions(row.uid)
         try:
             target = target_of(row, versions)
         except ValidationError as exc:
@@ -207,7 +270,7 @@ class Reconciler:
             if not actions:
                 with self._lock:
                     self._stalled.pop(name, None)
-                return self._converged(row, target, provider, observation, previous, versions, metered)
+                return self._converged(row, target, provider, observation, previous, versions, metered, count)
             with self._lock:
                 stalled = self._stalled.get(name) == row.generation
             if stalled:
@@ -272,6 +335,7 @@ class Reconciler:
         previous: DeploymentStatus,
         versions: Sequence[AdapterVersion],
         metered: PassMetering,
+        count: int,
     ) -> Outcome:
         """Nothing left to do to the infrastructure: the inference keys onto the share (the app
         asks for one from its start), then the adapter's turn, once the endpoint is up."""
@@ -283,7 +347,7 @@ class Reconciler:
         observing = target.spec.azure is not None and target.spec.azure.policy == "observe"
         if target.spec.api_keys and not observation.stopped and not observing:
             try:
-                self.keys.sync(target, provider)
+                self.keys.sync(target, provider, changes=count)
             except Fenced:
                 raise
             except Exception as exc:
@@ -410,12 +474,14 @@ class Reconciler:
         versions: Sequence[VersionChange] = (),
         usage: PassMetering | None = None,
     ) -> None:
-        previous = DeploymentStatus.model_validate(row.status)
         events = list(events)
-        if status.phase == "Ready" and previous.phase != "Ready":
+        if status.phase == "Ready" and (row.status or {}).get("phase") != "Ready":
             events.append(("Normal", "Ready", f"serving at {status.endpoint}"))
         # One transaction for all of it; nothing written when the deployment (that uid) is gone.
         write = usage.write if usage is not None else None
+        if versions:
+            with self._lock:
+                self._versions_written.add(row.name)
         self.writer.commit(row, status, events=events, versions=versions, usage=write)
         if write is not None:
             self.metering.settle(row.uid, write)

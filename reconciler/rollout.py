@@ -31,12 +31,13 @@ It writes nothing to the database itself: a pass's version changes and events go
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -63,6 +64,7 @@ from reconciler.gate import GateInvalid
 from reconciler.gate import prompts_of as gate_prompts
 from reconciler.gate import reason_of as gate_reason
 from reconciler.gate import run as run_gate
+from reconciler.listing import FolderListings, ShareKey, share_key
 from serving.adapter_check import CONFIG, MAX_HEADER_BYTES, WEIGHTS, check_config, check_safetensors_header, header_length
 from state.models import AdapterFile, AdapterVersion, CanaryRecord, GateResult, InferenceDeployment, NewEvent, utcnow
 from state.resource import AdapterStatus, CanaryStatus, DeploymentStatus, NamedAdapterSpec, NamedAdapterStatus, RolloutRecord
@@ -179,23 +181,43 @@ class Pointer:
     changes. A deployment of ``spec.adapter`` gets the one-adapter form older serving apps
     read too (they ignore what they do not know)."""
 
-    def __init__(self, share: AdapterShare, row: InferenceDeployment, target: Target) -> None:
+    def __init__(
+        self,
+        share: AdapterShare,
+        row: InferenceDeployment,
+        target: Target,
+        *,
+        known: dict[str, Any] | None = None,
+        written: Callable[[dict[str, Any] | None], None] | None = None,
+    ) -> None:
+        """``known``: the document as this process last read or wrote it (loraplane alone
+        writes the pointer), so that a pass reads nothing; ``written`` hears each new one
+        (None: a write failed part way, and what is on the share is not known)."""
         self.share, self.path = share, pointer_path(row.name, row.uid)
         self.names = [e.name for e in target.spec.adapter_entries(target.name)]
         self.legacy = target.spec.adapters is None
         self.entries: dict[str, dict[str, Any]] = {}
+        self.written = written
         folder, _, file_name = self.path.rpartition("/")
-        try:
-            listed = any(e.name == file_name for e in share.list(folder) or [])
-            document = json.loads(share.read(self.path)) if listed else {}
-        except ValueError:
-            document = {}  # replaced whole by the next write
+        document: Any = copy.deepcopy(known) if known is not None else None
+        if document is None:
+            try:
+                listed = any(e.name == file_name for e in share.list(folder) or [])
+                document = json.loads(share.read(self.path)) if listed else {}
+            except ValueError:
+                document = {}  # replaced whole by the next write
+            if written is not None and isinstance(document, dict):
+                written(copy.deepcopy(document))
         found = document.get("adapters", {self.names[0]: document} if "version" in document else {}) if isinstance(document, dict) else {}
         self.entries = {n: e for n, e in found.items() if n in self.names and isinstance(e, dict)}
         self.stale = set(found) - set(self.names)  # adapters no longer in the spec
 
     def active(self, name: str) -> str | None:
         return self.entries.get(name, {}).get("version")
+
+    def digest(self) -> str:
+        """What the pointer says, in a few bytes: equal digests, equal pointers."""
+        return hashlib.sha256(json.dumps(self.entries, sort_keys=True).encode()).hexdigest()
 
     def beside(self, name: str) -> list[str]:
         """The versions loaded beside the active one."""
@@ -251,8 +273,15 @@ class Pointer:
     def write(self) -> None:
         ordered = {n: self.entries[n] for n in self.names if n in self.entries}
         body = ordered[self.names[0]] if self.legacy and self.names[0] in ordered else {"adapters": ordered}
-        self.share.write(self.path, json.dumps(body).encode())
+        try:
+            self.share.write(self.path, json.dumps(body).encode())
+        except BaseException:
+            if self.written is not None:
+                self.written(None)
+            raise
         self.stale = set()
+        if self.written is not None:
+            self.written(copy.deepcopy(body))
 
 
 class VersionBook:
@@ -429,6 +458,7 @@ class _Pass:
     pointer: Pointer
     entry: NamedAdapterSpec
     many: bool  # the deployment serves several adapters (a restart restarts them all)
+    observed: Hashable | None = None  # the observation's token (infra.provider.Observation)
 
     @property
     def name(self) -> str:
@@ -452,6 +482,7 @@ class AdapterRollout:
         metrics: RolloutMetrics | None = None,
         verify_seconds: dict[str, float] | None = None,
         poll_seconds: float = 1.0,
+        steady_recheck_seconds: float = 300.0,
     ) -> None:
         self.clock = clock
         self.monotonic = monotonic
@@ -463,10 +494,21 @@ class AdapterRollout:
         self._settling: dict[tuple[str, str], tuple[str, float]] = {}  # (uid, adapter) -> (fingerprint, first seen)
         self._settled_at: dict[tuple[str, str], float] = {}  # (uid, version) -> when it settled
         self._loading_since: dict[tuple[str, str], float] = {}  # (uid, version) -> when it was pointed at to load beside
+        # What a pass reads from memory rather than the share: the adapter poller's listings,
+        # and each deployment's pointer as this process last read or wrote it.
+        self.listings = FolderListings(monotonic)
+        self._pointers: dict[str, tuple[ShareKey, dict[str, Any]]] = {}  # uid -> (its share, the document)
+        # (uid, adapter) -> (what was observed, the version, the pointer; when) at the last
+        # steady check that every replica serves the version (see _confirmed)
+        self._steady: dict[tuple[str, str], tuple[tuple, float]] = {}
+        self.steady_recheck_seconds = steady_recheck_seconds
 
     def forget(self, uid: str) -> None:
         """The deployment is gone: nothing of it is kept."""
         with self._lock:
+            self._pointers.pop(uid, None)
+            for key in [k for k in self._steady if k[0] == uid]:
+                del self._steady[key]
             for key in [k for k in self._settling if k[0] == uid]:
                 del self._settling[key]
             for key in [k for k in self._settled_at if k[0] == uid]:
@@ -474,9 +516,27 @@ class AdapterRollout:
             for key in [k for k in self._loading_since if k[0] == uid]:
                 del self._loading_since[key]
 
+    def forget_shares(self) -> None:
+        """What was kept of the shares may be out of date (another replica led meanwhile):
+        read them again."""
+        with self._lock:
+            self._pointers.clear()
+
     def _passes(self, row: InferenceDeployment, target: Target, host: AdapterHost, share: AdapterShare) -> list[_Pass]:
         entries = target.spec.adapter_entries(target.name)
-        pointer = Pointer(share, row, target)
+        on = share_key(target)
+        with self._lock:
+            kept = self._pointers.get(row.uid)
+        known = kept[1] if kept is not None and kept[0] == on else None
+
+        def written(document: dict[str, Any] | None) -> None:
+            with self._lock:
+                if document is None:
+                    self._pointers.pop(row.uid, None)
+                else:
+                    self._pointers[row.uid] = (on, document)
+
+        pointer = Pointer(share, row, target, known=known, written=written)
         return [_Pass(row, target, host, share, pointer, entry, len(entries) > 1) for entry in entries]
 
     def step(
@@ -495,6 +555,7 @@ class AdapterRollout:
         with closing(host.share(target)) as share:
             passes = self._passes(row, target, host, share)
             for index, turn in enumerate(passes):
+                turn.observed = observation.token
                 report = AdapterReport(previous_status(previous, turn.name, index == 0), False, "Waiting", "")
                 book = VersionBook([v for v in versions if v.adapter == turn.name], report, self.clock)
                 reports[turn.name] = self._step_one(turn, observation.endpoint, book)
@@ -615,7 +676,11 @@ class AdapterRollout:
         being waited for, if anything."""
         row, share, spec, report = turn.row, turn.share, turn.entry, book.report
         key = (row.uid, turn.name)
-        entries = share.list(spec.path)
+        with self._lock:
+            seen = self._settling.get(key)
+        # The poller's listing, while fresh; settling is proved by a listing made after it.
+        settled_from = seen[1] + spec.settle_seconds if seen is not None else None
+        entries = self.listings.list(share, share_key(turn.target), spec.path, max_age=spec.poll_seconds, listed_after=settled_from)
         if entries is None:
             self._stop_settling(key)
             return f"no adapter folder at {spec.path}"
@@ -977,6 +1042,29 @@ class AdapterRollout:
 
     # --------------------------------------------------------------------------- activate
 
+    def _confirmed(self, turn: _Pass, desired: AdapterVersion) -> tuple | None:
+        """The steady check that every replica serves ``desired``, kept from an earlier pass:
+        while nothing observed changed (the observation's token) and the pointer says the
+        same, for up to ``steady_recheck_seconds``, asking the replicas again could only say
+        what they said (they follow the pointer). None: ask them."""
+        if turn.observed is None:
+            return None
+        key = (turn.row.uid, turn.name)
+        seen = (turn.observed, desired.version, turn.pointer.digest())
+        with self._lock:
+            kept = self._steady.get(key)
+        if kept is not None and kept[0] == seen and self.monotonic() - kept[1] < self.steady_recheck_seconds:
+            return kept
+        return None
+
+    def _confirm(self, turn: _Pass, desired: AdapterVersion, served: list[dict]) -> None:
+        key = (turn.row.uid, turn.name)
+        with self._lock:
+            if turn.observed is not None and served and all(s.get("version") == desired.version for s in served):
+                self._steady[key] = ((turn.observed, desired.version, turn.pointer.digest()), self.monotonic())
+            else:
+                self._steady.pop(key, None)
+
     def _served(self, turn: _Pass, endpoint: str) -> list[dict]:
         """What the replicas serve of this adapter: an answer from each (the provider knows
         how to reach them)."""
@@ -991,7 +1079,14 @@ class AdapterRollout:
         # Ask the replicas what they serve when the answer can end the pass: a rollout in
         # flight, or the version already verified (a steady pass checks it still serves). A
         # version never verified is a rollout to start: asking first would only delay it.
-        served = self._served(turn, endpoint) if in_flight or desired.state == "Active" else []
+        steady = not in_flight and desired.state == "Active"
+        confirmed = self._confirmed(turn, desired) if steady else None
+        if confirmed is not None:
+            served = [{"version": desired.version}]  # as confirmed, and nothing changed since
+        else:
+            served = self._served(turn, endpoint) if in_flight or desired.state == "Active" else []
+        if steady and confirmed is None:
+            self._confirm(turn, desired, served)
         if not in_flight and served and all(s.get("version") == desired.version for s in served):
             if desired.state != "Active":
                 book.activate(desired.version)

@@ -29,8 +29,14 @@ def set_condition(status: DeploymentStatus, type_: ConditionType, value: Conditi
     status.conditions.sort(key=lambda c: ["Ready", "Progressing", "Degraded", "AdapterSynced"].index(c.type))
 
 
+def copied(status: DeploymentStatus) -> DeploymentStatus:
+    """A copy to change: through its wire form, a few times cheaper than a deep copy, which
+    walks the model in Python (a steady pass makes one)."""
+    return DeploymentStatus.model_validate(status.wire())
+
+
 def _base(previous: DeploymentStatus, generation: int, observation: Observation | None) -> DeploymentStatus:
-    status = previous.model_copy(deep=True)
+    status = copied(previous)
     status.observed_generation = generation
     if observation is not None:
         status.endpoint = observation.endpoint

@@ -635,6 +635,17 @@ class DeploymentStore:
         with self._read() as session:
             return list(session.exec(query))
 
+    def get_with_versions(self, name: str) -> tuple[InferenceDeployment, builtins.list[AdapterVersion]]:
+        """The deployment and its adapter versions (newest first), read together: what each
+        reconcile pass starts from, in one session rather than two."""
+        with self._read() as session:
+            row = session.get(InferenceDeployment, name)
+            if row is None:
+                raise NotFound(f"deployment {name!r} not found")
+            query = select(AdapterVersion).where(col(AdapterVersion.deployment_uid) == row.uid)
+            versions = list(session.exec(query.order_by(col(AdapterVersion.detected_at).desc(), col(AdapterVersion.version))))
+        return row, versions
+
     def adapter_version(self, deployment_uid: str, version: str) -> AdapterVersion | None:
         with self._read() as session:
             return session.get(AdapterVersion, (deployment_uid, version))

@@ -33,6 +33,9 @@ class AzureConfig:
     # that granting AcrPull afterwards is enough (container apps' own advice for a system
     # identity, which exists only once the app does).
     revision_restart_seconds: float = 300.0
+    # An app that answered ready is asked again after this long at most while nothing ARM
+    # says of it changes (sooner when something does).
+    probe_recheck_seconds: float = 300.0
 
 
 class AzureClients:

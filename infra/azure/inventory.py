@@ -14,6 +14,11 @@ each 30-second resync. So:
 
 A change made in Azure by someone else is therefore seen within ``max_age`` (kept below the
 resync interval) plus one resync.
+
+A read that says what the last one did keeps the object read before, and its ``version``: a
+pass can tell from the versions alone that nothing it judged changed. What has not been read
+for ``retention`` seconds (a deleted deployment's resources, a group no one names any more) is
+forgotten, so the inventory holds what the living deployments read, not everything ever read.
 """
 
 from __future__ import annotations
@@ -25,13 +30,22 @@ from typing import Any
 
 Resource = dict[str, Any]
 
+# Longer than any resync interval (a living deployment reads its resources at least once per
+# resync) and than any operation's last read is needed for.
+DEFAULT_RETENTION_SECONDS = 900.0
+
 
 class Inventory:
-    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic, retention: float = DEFAULT_RETENTION_SECONDS) -> None:
         self.max_age, self.clock = max_age, clock
+        self.retention = max(retention, 2 * max_age)
         self._read: dict[str, tuple[float, Resource | None]] = {}  # lower-case id -> (when, what)
         self._listed: dict[str, float] = {}  # lower-case scope (group id + type) -> when listed
+        self._members: dict[str, set[str]] = {}  # lower-case scope -> the ids its last list held
         self._stale: set[str] = set()  # ids loraplane changed since it last read them
+        self._versions: dict[str, int] = {}  # lower-case id -> the stamp of its last change
+        self._stamp = 0
+        self._swept = clock()
         self._lock = threading.Lock()
         self._scope_locks: dict[str, threading.Lock] = {}
 
@@ -51,11 +65,21 @@ class Inventory:
             found = self._read.get(resource_id.lower())
         return found[1] if found is not None else None
 
-    def known(self, prefix: str) -> list[Resource]:
-        """Every resource whose id starts with ``prefix`` (lower case), as last read, without
-        reading: e.g. the container apps of a group from its last list."""
+    def known(self, scope: str) -> list[Resource]:
+        """Every resource the last list of ``scope`` held, as last read, without reading: e.g.
+        the container apps of a group."""
         with self._lock:
-            return [resource for key, (_, resource) in self._read.items() if key.startswith(prefix) and resource is not None]
+            members = self._members.get(scope.lower().rstrip("/"), set())
+            return [found[1] for key in members if (found := self._read.get(key)) is not None and found[1] is not None]
+
+    def version(self, resource_id: str) -> int:
+        """A number that changes whenever what was read of the resource did (0: never read)."""
+        with self._lock:
+            return self._versions.get(resource_id.lower(), 0)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._read)
 
     def _fresh(self, key: str) -> tuple[bool, Resource | None]:
         with self._lock:
@@ -68,8 +92,35 @@ class Inventory:
 
     def _keep(self, key: str, resource: Resource | None, at: float) -> None:
         with self._lock:
-            self._read[key] = (at, resource)
+            self._keep_locked(key, resource, at)
             self._stale.discard(key)
+            self._sweep_locked()
+
+    def _keep_locked(self, key: str, resource: Resource | None, at: float) -> None:
+        """A read of ``key``: when it says what the last one did, the object kept is the one
+        read before (its identity, and its version, say nothing changed)."""
+        before = self._read.get(key)
+        if before is not None and before[1] == resource:
+            self._read[key] = (at, before[1])
+            return
+        self._read[key] = (at, resource)
+        self._stamp += 1
+        self._versions[key] = self._stamp
+
+    def _sweep_locked(self) -> None:
+        """Forget what was not read for ``retention`` seconds (at most once a tenth of it)."""
+        now = self.clock()
+        if now - self._swept < self.retention / 10:
+            return
+        self._swept = now
+        old = now - self.retention
+        for key in [k for k, (at, _) in self._read.items() if at < old and k not in self._stale]:
+            del self._read[key]
+            self._versions.pop(key, None)
+        for scope in [s for s, at in self._listed.items() if at < old]:
+            del self._listed[scope]
+            self._members.pop(scope, None)
+            self._scope_locks.pop(scope, None)
 
     def get(self, resource_id: str, read: Callable[[], Resource | None]) -> Resource | None:
         """The resource (None: it does not exist), from a read at most ``max_age`` old."""
@@ -77,11 +128,16 @@ class Inventory:
         known, resource = self._fresh(key)
         return resource if known else self._read_alone(key, read)
 
-    def _read_alone(self, key: str, read: Callable[[], Resource | None]) -> Resource | None:
+    def _read_alone(self, key: str, read: Callable[[], Resource | None], scope: str | None = None) -> Resource | None:
         at = self.clock()
         resource = read()
         self._keep(key, resource, at)
-        return resource
+        if scope is not None:
+            with self._lock:  # one of the scope's now, until a list says otherwise
+                members = self._members.setdefault(scope, set())
+                (members.add if resource is not None else members.discard)(key)
+        known, kept = self._fresh(key)
+        return kept if known else resource
 
     def get_listed(
         self, resource_id: str, scope: str, read: Callable[[], Resource | None], read_all: Callable[[], Iterable[Resource]]
@@ -107,20 +163,18 @@ class Inventory:
                         self._listed[scope] = listed
                         for item_key, item in found.items():
                             if item_key not in self._stale:
-                                self._read[item_key] = (listed, item)
+                                self._keep_locked(item_key, item, listed)
                         # What the scope held before and the list no longer holds is gone.
-                        for item_key in [k for k in self._read if _directly_in(k, scope) and k not in found and k not in self._stale]:
-                            self._read[item_key] = (listed, None)
+                        for item_key in self._members.get(scope, set()) - found.keys():
+                            if item_key not in self._stale:
+                                self._keep_locked(item_key, None, listed)
+                        self._members[scope] = set(found)
+                        self._sweep_locked()
                 with self._lock:
                     # Listed within max_age, and not read since: it was not in the list.
                     if key not in self._stale and (key not in self._read or self._read[key][0] < listed):
-                        self._read[key] = (listed, None)
+                        self._keep_locked(key, None, listed)
             known, resource = self._fresh(key)
             if known:
                 return resource
-        return self._read_alone(key, read)
-
-
-def _directly_in(key: str, scope: str) -> bool:
-    """Whether the resource id ``key`` is a resource of the list ``scope`` (not of a child)."""
-    return key.startswith(scope) and key[len(scope) : len(scope) + 1] == "/" and "/" not in key[len(scope) + 1 :]
+        return self._read_alone(key, read, scope)

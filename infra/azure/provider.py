@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import logging
 import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -152,6 +153,11 @@ class AzureProvider:
         self._clients: dict[str, AzureClients] = {}
         self._pollers: dict[tuple[str, str], LROPoller] = {}
         self._share_access: dict[str, tuple[str, str, float]] = {}  # account -> (url, key, fetched)
+        self._plans: dict[str, tuple[tuple, Plan]] = {}  # uid -> (what it was decided from, the plan)
+        # uid -> (what ARM said of the app, when) at its last ready answer (see _probe)
+        self._ready_seen: dict[str, tuple[Hashable, float]] = {}
+        # One client per share, shared by every pass (its connections stay open between them).
+        self._share_files: dict[str, ShareFiles] = {}
         self._admin_tokens: dict[str, tuple[str | None, float]] = {}  # app -> (token, good until)
         self._admin_tokens_lock = threading.Lock()
         self._restarted: dict[tuple[str, str], float] = {}  # (uid, revision) -> when restarted
@@ -181,6 +187,9 @@ class AzureProvider:
             for clients in self._clients.values():
                 clients.close()
             self._clients.clear()
+            shares, self._share_files = list(self._share_files.values()), {}
+        for files in shares:
+            files.close_shared()
         self.endpoints.close()
 
     def stop(self) -> None:
@@ -278,11 +287,14 @@ class AzureProvider:
             wheels_in_use=in_use,
             revisions=revisions,
         )
-        plan = changes(target, facts)
+        plan = self._plan(target, azure, facts)
         replicas = sum(
             int((r.get("properties") or {}).get("replicas") or 0) for r in revisions if (r.get("properties") or {}).get("active")
         )
-        endpoint, ready, detail = self._probe(target, app, replicas)
+        app_id = ContainerApp().resource_id(azure)
+        endpoint, ready, detail = self._probe(
+            target, app, replicas, seen=(self.inventory.version(app_id), self.inventory.version(f"{app_id}/revisions"))
+        )
         if plan.problem is not None:
             detail, ready = plan.problem.message, False
         elif azure.policy == "observe" and plan.changes:
@@ -294,16 +306,56 @@ class AzureProvider:
         stopped = target.held is not None and app is not None and not any((r.get("properties") or {}).get("active") for r in revisions)
         if stopped:
             detail = target.held or detail
+        ready = ready and not serving_changes and not plan.waiting and not stopped
+        token = (
+            tuple(self.inventory.version(kind.resource_id(azure)) for kind in KINDS),
+            self.inventory.version(f"{app_id}/revisions"),
+            tuple(sorted(busy.items())),
+            endpoint,
+            ready,
+        )
         return Observation(
             AzureObserved(facts, plan),
             resources=refs,
             endpoint=endpoint,
-            ready=ready and not serving_changes and not plan.waiting and not stopped,
+            ready=ready,
             detail=detail,
             share_ready=observed.get("FileShare") is not None,
             stopped=stopped,
             replicas=replicas if app is not None else 0,
+            token=token,
         )
+
+    def _plan(self, target: Target, azure: AzureSpec, facts: AzureFacts) -> Plan:
+        """``changes(target, facts)``, which is pure: decided again only when something it
+        decides from changed (the spec's generation, the versions to run, what was read as
+        told by the inventory's versions, the operations, the app's health, the wheels).
+        Building the desired bodies is most of a steady pass's work otherwise."""
+        app_id = ContainerApp().resource_id(azure)
+        inputs = (
+            target.generation,
+            target.adapter_version,
+            tuple(sorted(target.adapter_versions.items())),
+            target.held,
+            repr(target.revisions),
+            tuple(self.inventory.version(kind.resource_id(azure)) for kind in KINDS),
+            self.inventory.version(f"{app_id}/revisions"),
+            tuple(sorted(facts.busy.items())),
+            facts.adopted,
+            facts.wheel,
+            repr(facts.failure),
+            facts.restart_allowed,
+            facts.dist,
+            facts.wheels_in_use,
+        )
+        with self._lock:
+            kept = self._plans.get(target.uid)
+        if kept is not None and kept[0] == inputs:
+            return kept[1]
+        plan = changes(target, facts)
+        with self._lock:
+            self._plans[target.uid] = (inputs, plan)
+        return plan
 
     def _revisions(self, clients: AzureClients, azure: AzureSpec, *, fresh: bool = False) -> tuple[dict[str, Any], ...]:
         """The app's revisions (how many replicas each runs, which are active), through the
@@ -412,7 +464,11 @@ class AzureProvider:
         it reads what the replicas report on the share."""
         return _azure(target).endpoint_reachable() and target.spec.scale.min_replicas > 0
 
-    def _probe(self, target: Target, app: dict[str, Any] | None, replicas: int) -> tuple[str | None, bool, str]:
+    def _probe(self, target: Target, app: dict[str, Any] | None, replicas: int, *, seen: Hashable = None) -> tuple[str | None, bool, str]:
+        """Whether the app serves at its endpoint. An app that answered ready is not asked
+        again while nothing ARM says of it (``seen``: the versions of the app and its revisions
+        as read) has changed, for up to ``probe_recheck_seconds``: a replica that stops
+        serving is restarted or replaced by Container Apps, which its revisions show."""
         if app is None:
             return None, False, "the container app does not exist yet"
         properties = app.get("properties") or {}
@@ -437,11 +493,20 @@ class AzureProvider:
             )
         if not self._calls_app(target):
             return (endpoint, *self._replicas_ready(target, endpoint))
+        confirmed = (seen, endpoint, target.revisions)
+        with self._lock:
+            last = self._ready_seen.get(target.uid)
+        if last is not None and last[0] == confirmed and self.monotonic() - last[1] < self.config.probe_recheck_seconds:
+            return endpoint, True, f"serving at {endpoint}"
+        with self._lock:
+            self._ready_seen.pop(target.uid, None)
         try:
             response = self.endpoints.get(f"{endpoint}/readyz")
         except httpx.HTTPError as exc:
             return endpoint, False, f"waiting for the serving app to answer on {endpoint} ({type(exc).__name__})"
         if response.status_code == 200:
+            with self._lock:
+                self._ready_seen[target.uid] = (confirmed, self.monotonic())
             return endpoint, True, f"serving at {endpoint}"
         return endpoint, False, f"the serving app is not ready: {response.text.strip()[:300]}"
 
@@ -696,7 +761,9 @@ class AzureProvider:
     def share(self, target: Target) -> ShareFiles:
         """The deployment's file share, through its data plane. The account's endpoint and
         key are fetched once and then kept in memory only (never stored), for a while: each
-        resync looks at the adapter folder, and a listKeys each time would be a write."""
+        resync looks at the adapter folder, and a listKeys each time would be a write. One
+        client per share serves every caller (closing it is a no-op), keeping its connections
+        open: a new one per pass cost a TLS handshake each time."""
         azure = _azure(target)
         cache_key = f"{azure.subscription_id}/{azure.resource_group}/{azure.storage_account}".lower()
         with self._lock:
@@ -714,17 +781,34 @@ class AzureProvider:
             cached = (url.rstrip("/"), key, self.monotonic())
             with self._lock:
                 self._share_access[cache_key] = cached
-        return ShareFiles(
-            cached[0],
-            azure.file_share or "",
-            cached[1],
-            ca_bundle=self.config.ca_bundle,
-            on_auth_failure=lambda: self._forget_share_key(cache_key),
-        )
+        share_id = f"{cache_key}/{azure.file_share}"
+        with self._lock:
+            files = self._share_files.get(share_id)
+            if files is None or files.key_digest != hashlib.sha256(cached[1].encode()).hexdigest():
+                stale, files = (
+                    files,
+                    ShareFiles(
+                        cached[0],
+                        azure.file_share or "",
+                        cached[1],
+                        ca_bundle=self.config.ca_bundle,
+                        on_auth_failure=lambda: self._forget_share_key(cache_key),
+                        shared=True,
+                    ),
+                )
+                self._share_files[share_id] = files
+            else:
+                stale = None
+        if stale is not None:
+            stale.close_shared()
+        return files
 
     def _forget_share_key(self, cache_key: str) -> None:
         with self._lock:
             self._share_access.pop(cache_key, None)
+            dropped = [self._share_files.pop(k) for k in [k for k in self._share_files if k.startswith(cache_key + "/")]]
+        for files in dropped:
+            files.close_shared()
 
     # ----------------------------------------------------------------------------- delete
 
@@ -794,6 +878,8 @@ class AzureProvider:
     def _forget(self, uid: str) -> None:
         with self._lock:
             self._wheels_seen.pop(uid, None)
+            self._ready_seen.pop(uid, None)
+            self._plans.pop(uid, None)
             for key in [k for k in self._restarted if k[0] == uid]:
                 del self._restarted[key]
 

@@ -4,6 +4,7 @@ shared key (fetched by the caller at the time of use, never stored)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -29,10 +30,15 @@ class ShareFiles:
         *,
         ca_bundle: Path | None = None,
         on_auth_failure: Callable[[], None] | None = None,
+        shared: bool = False,
     ) -> None:
+        """``shared``: one client many callers use, each closing it when done: only
+        ``close_shared`` closes it (its owner, the provider)."""
         options: dict[str, Any] = {"connection_verify": str(ca_bundle)} if ca_bundle else {}
         self.client = ShareClient(account_url=account_url, share_name=share, credential=account_key, **options)
+        self.key_digest = hashlib.sha256(account_key.encode()).hexdigest()  # which key it holds, not the key
         self.on_auth_failure = on_auth_failure
+        self.shared = shared
 
     def _failed(self, exc: AzureError, doing: str) -> Exception:
         if isinstance(exc, ClientAuthenticationError) and self.on_auth_failure is not None:
@@ -40,6 +46,10 @@ class ShareFiles:
         return classify_azure_error(exc, doing=doing)
 
     def close(self) -> None:
+        if not self.shared:
+            self.client.close()
+
+    def close_shared(self) -> None:
         self.client.close()
 
     def __enter__(self) -> ShareFiles:

@@ -87,6 +87,7 @@ def test_a_deployment_stored_before_a_rule_tightened_is_said_and_can_still_be_de
             {"spec": json.dumps(stored | {"scale": {"minReplicas": 0, "maxReplicas": 0}}), "name": NAME},
         )
     sent = writes(sim)
+    reconciler = reconciler_for(store, provider)  # the newer loraplane starts, and reads it
     assert reconciler.reconcile(NAME).result == "permanent"
     degraded = condition(store, "Degraded")
     assert (

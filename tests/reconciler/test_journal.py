@@ -22,4 +22,4 @@ def test_records_survive_a_new_journal_and_go_with_their_deployment(store):
     assert list(journal.records(row.uid)) == [(APP + "2").lower()]
     store.request_deletion(row.name)
     store.remove(row.name, uid=row.uid)
-    assert journal.records(row.uid) == {}
+    assert DatabaseJournal(store).records(row.uid) == {}
