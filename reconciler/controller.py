@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -88,6 +89,7 @@ class Controller:
         self._stopped_once = False
         self._listening = False
         self._versions: dict[str, tuple[str, int, bool, str]] = {}
+        self._jitter = random.Random()
         # Names woken since the last sync_timers: their change is being handled already.
         self._woken: set[str] = set()
         self._woken_lock = threading.Lock()
@@ -111,7 +113,7 @@ class Controller:
             self._listening = True
         for provider in self.reconciler.providers.values():
             provider.start()
-        # Look for new and vanished deployments often; each deployment then has its own timer.
+        # Look for new and moved deployments often; each pass then books its key's next resync.
         self.scheduler.add_job(
             self.sync_timers,
             IntervalTrigger(seconds=min(5.0, self.resync_seconds)),
@@ -171,11 +173,11 @@ class Controller:
         self.queue.add(name)
 
     def sync_timers(self) -> None:
-        """One resync timer per deployment, jittered ±25% so they do not fire in step; and a
-        pass for each deployment whose desired state (spec generation, deletion) moved since the
-        last look (written by another replica's API, which cannot wake this process). Our own
-        status writes do not count, nor what this process's API wrote (it woke the reconciler
-        already): each would cost a second pass for nothing."""
+        """A pass for each new deployment, and for each whose desired state (spec generation,
+        deletion, keys) moved since the last look (written by another replica's API, which
+        cannot wake this process). Our own status writes do not count, nor what this process's
+        API wrote (it woke the reconciler already): each would cost a second pass for nothing.
+        Every pass then books its key's next resync (see ``process``)."""
         with self._woken_lock:
             woken, self._woken = self._woken, set()
         versions = self.store.desired_versions()
@@ -188,24 +190,11 @@ class Controller:
         self.poller.refresh(versions)
         for name in (*moved, *new):
             self.queue.add(name)
-        names = set(versions)
-        jobs = {job.id for job in self.scheduler.get_jobs() if job.id.startswith("resync:")}
-        for name in names - {job_id[len("resync:") :] for job_id in jobs}:
-            self.scheduler.add_job(
-                self._resync,
-                IntervalTrigger(seconds=self.resync_seconds * 0.75, jitter=self.resync_seconds * 0.5),
-                args=[name],
-                id=f"resync:{name}",
-                replace_existing=True,
-            )
-        for job_id in jobs:
-            if job_id[len("resync:") :] not in names:
-                self.scheduler.remove_job(job_id)
 
-    def _resync(self, name: str) -> None:
-        # A key waiting out its backoff keeps waiting: a resync must not turn into a retry storm.
-        if not self.queue.has_pending_retry(name):
-            self.queue.add(name)
+    def _resync_after(self) -> float:
+        """When a deployment's next resync is due: the interval, jittered ±25% so that
+        passes do not fire in step."""
+        return self.resync_seconds * self._jitter.uniform(0.75, 1.25)
 
     def _poll_adapters(self) -> None:
         try:
@@ -247,14 +236,18 @@ class Controller:
         self.metrics.duration.labels(outcome.result).observe(time.perf_counter() - started)
         self._last_progress = self.monotonic()
         if outcome.result == "temporary":
+            # A key waiting out its backoff keeps waiting: no resync turns into a retry storm.
             delay = outcome.requeue_after
             if delay is None:
                 delay = self.backoff.next_delay(name)
             self.queue.add_after(name, delay)
+        elif outcome.result not in ("deleted", "gone"):
+            self.backoff.reset(name)
+            # Each pass books the next resync of its key (the queue's own timer, one heap for
+            # every deployment, rather than a scheduler job each); sooner when it asks.
+            self.queue.add_after(name, outcome.requeue_after if outcome.requeue_after is not None else self._resync_after())
         else:
             self.backoff.reset(name)
-            if outcome.requeue_after is not None:
-                self.queue.add_after(name, outcome.requeue_after)
         return outcome
 
     # --------------------------------------------------------------------------- health

@@ -319,3 +319,21 @@ def test_another_replicas_spec_change_is_picked_up_but_status_and_label_writes_a
     store.request_deletion("support-bot")
     controller.sync_timers()
     assert controller.queue.depth() == 1
+
+
+def test_each_pass_books_its_next_resync_within_a_quarter_of_the_interval(store, share):
+    """No scheduler job per deployment: a pass puts its key back on the queue's own timer."""
+    clock = FakeClock()
+    queue = WorkQueue(clock=clock)
+    controller = Controller(Reconciler(store, {}), queue=queue, resync_seconds=30, registry=CollectorRegistry())
+    create(store, share)  # on the local target, which this reconciler lacks: it settles, failed for good
+    assert controller.process("support-bot").result == "permanent"
+    clock.advance(30 * 0.75 - 0.01)
+    assert queue.get(timeout=0) is None
+    clock.advance(30 * 0.5 + 0.02)
+    assert queue.get(timeout=0) == "support-bot"
+    queue.done("support-bot")
+    store.request_deletion("support-bot")
+    assert controller.process("support-bot").result == "deleted"
+    clock.advance(3600)
+    assert queue.get(timeout=0) is None  # a deployment gone books nothing
