@@ -36,6 +36,9 @@ class AzureConfig:
     # An app that answered ready is asked again after this long at most while nothing ARM
     # says of it changes (sooner when something does).
     probe_recheck_seconds: float = 300.0
+    # How old an app's revision list may be while its replicas vary (autoscaled, or scaled to
+    # zero): what GPU time is counted by. A fixed-scale app's is listed when the app changes.
+    revisions_max_age_seconds: float = 60.0
 
 
 class AzureClients:

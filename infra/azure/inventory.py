@@ -81,12 +81,12 @@ class Inventory:
         with self._lock:
             return len(self._read)
 
-    def _fresh(self, key: str) -> tuple[bool, Resource | None]:
+    def _fresh(self, key: str, max_age: float | None = None) -> tuple[bool, Resource | None]:
         with self._lock:
             if key in self._stale:
                 return False, None
             found = self._read.get(key)
-            if found is None or self.clock() - found[0] > self.max_age:
+            if found is None or self.clock() - found[0] > (self.max_age if max_age is None else max_age):
                 return False, None
             return True, found[1]
 
@@ -122,10 +122,11 @@ class Inventory:
             self._members.pop(scope, None)
             self._scope_locks.pop(scope, None)
 
-    def get(self, resource_id: str, read: Callable[[], Resource | None]) -> Resource | None:
-        """The resource (None: it does not exist), from a read at most ``max_age`` old."""
+    def get(self, resource_id: str, read: Callable[[], Resource | None], *, max_age: float | None = None) -> Resource | None:
+        """The resource (None: it does not exist), from a read at most ``max_age`` old (the
+        inventory's own unless the caller says)."""
         key = resource_id.lower()
-        known, resource = self._fresh(key)
+        known, resource = self._fresh(key, max_age)
         return resource if known else self._read_alone(key, read)
 
     def _read_alone(self, key: str, read: Callable[[], Resource | None], scope: str | None = None) -> Resource | None:

@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import secrets
 import ssl
 import threading
@@ -154,6 +155,7 @@ class AzureProvider:
         self._pollers: dict[tuple[str, str], LROPoller] = {}
         self._share_access: dict[str, tuple[str, str, float]] = {}  # account -> (url, key, fetched)
         self._plans: dict[str, tuple[tuple, Plan]] = {}  # uid -> (what it was decided from, the plan)
+        self._revisions_listed_with: dict[str, int] = {}  # uid -> the app's version when its revisions were listed
         # uid -> (what ARM said of the app, when) at its last ready answer (see _probe)
         self._ready_seen: dict[str, tuple[Hashable, float]] = {}
         # One client per share, shared by every pass (its connections stay open between them).
@@ -275,7 +277,7 @@ class AzureProvider:
         failure = self._health(clients, azure, observed, busy)
         wheel = self._wheel_name(target)
         dist, in_use = self._dist(target, azure, app, wheel)
-        revisions = self._revisions(clients, azure) if app is not None and ContainerApp.name not in busy else ()
+        revisions = self._revisions(clients, azure, target=target, app=app) if app is not None and ContainerApp.name not in busy else ()
         facts = AzureFacts(
             observed=observed,
             busy=busy,
@@ -357,12 +359,50 @@ class AzureProvider:
             self._plans[target.uid] = (inputs, plan)
         return plan
 
-    def _revisions(self, clients: AzureClients, azure: AzureSpec, *, fresh: bool = False) -> tuple[dict[str, Any], ...]:
+    def _revisions(
+        self,
+        clients: AzureClients,
+        azure: AzureSpec,
+        *,
+        fresh: bool = False,
+        target: Target | None = None,
+        app: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], ...]:
         """The app's revisions (how many replicas each runs, which are active), through the
-        inventory: at most ``observe_max_age_seconds`` old unless ``fresh``."""
-        key = f"{ContainerApp().resource_id(azure)}/revisions"
+        inventory: ``fresh`` reads them now. A list per app is a read per deployment, which at
+        a thousand deployments is more than ARM's 25 reads a second for the resyncs alone, so
+        for an observation (``target``, ``app``) they are read again only when they can say
+        something new: the app changed since (a new revision, a new mode), several revisions
+        may serve (a canary, a gate), a hold starts or ends (none was active), or its replicas
+        vary (autoscaled, or scaled to zero), and then at most every
+        ``revisions_max_age_seconds``. A fixed-scale app that runs as it did is not listed."""
+        app_id = ContainerApp().resource_id(azure)
+        key = f"{app_id}/revisions"
+        max_age: float | None = None
         if fresh:
             self.inventory.touched(key)
+        elif target is not None:
+            app_version = self.inventory.version(app_id)
+            with self._lock:
+                listed_with = self._revisions_listed_with.get(target.uid)
+            last = (self.inventory.last(key) or {}).get("value")
+            scale = target.spec.scale
+            mode = value_at((app or {}).get("properties") or {}, ("configuration", "activeRevisionsMode"))
+            if (
+                listed_with != app_version
+                or last is None
+                or target.revisions is not None
+                or target.held is not None
+                or str(mode).lower() == "multiple"
+                or not any((r.get("properties") or {}).get("active") for r in last)
+            ):
+                self.inventory.touched(key)
+            elif scale.min_replicas == scale.max_replicas:
+                max_age = math.inf  # as last read: nothing that changes it has changed
+            else:
+                max_age = self.config.revisions_max_age_seconds
+            with self._lock:
+                self._revisions_listed_with[target.uid] = app_version
 
         def read() -> dict[str, Any]:
             try:
@@ -376,7 +416,7 @@ class AzureProvider:
             except AzureError as exc:
                 raise classify_azure_error(exc, doing=f"listing the revisions of {azure.app}") from exc
 
-        found = self.inventory.get(key, read)
+        found = self.inventory.get(key, read, max_age=max_age)
         return tuple((found or {}).get("value") or [])
 
     def version_endpoint(self, target: Target, endpoint: str, versions: dict[str, str]) -> str | None:
@@ -880,6 +920,7 @@ class AzureProvider:
             self._wheels_seen.pop(uid, None)
             self._ready_seen.pop(uid, None)
             self._plans.pop(uid, None)
+            self._revisions_listed_with.pop(uid, None)
             for key in [k for k in self._restarted if k[0] == uid]:
                 del self._restarted[key]
 
