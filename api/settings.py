@@ -65,8 +65,14 @@ class ServiceSettings(BaseSettings):
     # time); a token revoked through another replica is refused here within this time.
     token_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     # What this process runs: the API and the reconciler (all), or one of them, so that on
-    # PostgreSQL API replicas can run apart from the reconciling leader.
+    # PostgreSQL API replicas can run apart from the reconciling replicas.
     role: Literal["all", "api", "reconciler"] = "all"
+    # On PostgreSQL the deployments fall into this many shards, each reconciled by the replica
+    # that holds its lease: replicas share the shards. Every replica of one database must use
+    # the same number (a lease's name says its count). 1: one replica reconciles everything.
+    shards: int = Field(default=16, ge=1, le=1024)
+    # A shard's lease: how long it lasts unrenewed (a killed replica's shards move within it).
+    shard_lease_seconds: float = Field(default=15.0, ge=3, le=600)
     # Bearer tokens with roles; "off" only for a single-user local run (every caller is admin).
     auth: Literal["on", "off"] = "on"
     # The azure target. The defaults reach the public cloud with DefaultAzureCredential; the

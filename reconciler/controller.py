@@ -38,8 +38,9 @@ class ReconcilerMetrics:
 
 
 class ReconcileLoop(Protocol):
-    """What the service needs of the reconcile loop, replicated (``LeadingController``) or not
-    (``Controller``): run it for the app's lifetime, wake it for a deployment, ask if it lives."""
+    """What the service needs of the reconcile loop, shared across replicas
+    (``reconciler.shards.ShardedController``) or not (``Controller``): run it for the app's
+    lifetime, wake it for a deployment, ask if it lives."""
 
     def start(self) -> None: ...
 
@@ -89,6 +90,7 @@ class Controller:
         self._stopped_once = False
         self._listening = False
         self._versions: dict[str, tuple[str, int, bool, str]] = {}
+        self._looked = False
         self._jitter = random.Random()
         # Names woken since the last sync_timers: their change is being handled already.
         self._woken: set[str] = set()
@@ -185,11 +187,24 @@ class Controller:
         for name in changed:  # written elsewhere too, maybe: what the reconciler kept is out of date
             self.reconciler.desired_changed(name)
         moved = [name for name in changed if name not in woken]
-        new = [name for name in versions if name not in self._versions and name not in woken] if self._versions else []
-        self._versions = versions
-        self.poller.refresh(versions)
+        # The first look (at start, when every deployment is queued anyway) only learns what is
+        # there; from then on a name not seen before is new, also after an empty first look.
+        new = [name for name in versions if name not in self._versions and name not in woken] if self._looked else []
+        self._versions, self._looked = versions, True
+        owns = self.reconciler.writer.owns
+        self.poller.refresh({name: version for name, version in versions.items() if owns(version[0])})
         for name in (*moved, *new):
-            self.queue.add(name)
+            if owns(versions[name][0]):  # another replica's shard: that replica's timers see it
+                self.queue.add(name)
+
+    def adopt_shard(self, shard: int) -> None:
+        """This replica won a shard: what it kept of the shard's deployments may be out of date
+        (another replica reconciled them meanwhile), and each gets a pass now."""
+        self.reconciler.forget_kept()
+        writer = self.reconciler.writer
+        for name, (uid, *_rest) in self.store.desired_versions().items():
+            if writer.shard_of(uid) == shard:
+                self.queue.add(name)
 
     def _resync_after(self) -> float:
         """When a deployment's next resync is due: the interval, jittered ±25% so that
@@ -223,9 +238,9 @@ class Controller:
         started = time.perf_counter()
         try:
             outcome = self.reconciler.reconcile(name)
-        except Fenced:
-            # Another replica leads now; this controller is being stopped. Nothing to retry.
-            log.info("not reconciling %s: this replica no longer leads", name)
+        except Fenced as exc:
+            # Another replica holds its shard now: nothing to write here, nothing to retry.
+            log.info("not reconciling %s: %s", name, exc)
             return Outcome("gone")
         except Exception:
             # reconcile() classifies provider failures itself; this is the database failing

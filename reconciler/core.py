@@ -212,12 +212,16 @@ class Reconciler:
             self._kept[name] = (count, row, None if wrote or proving else versions)
 
     def _reconcile(self, name: str) -> Outcome:
-        self.writer.assert_leader()  # a deposed leader's pass ends here (Fenced)
         try:
             count, row, versions = self._inputs(name)
         except NotFound:
             with self._lock:
                 self._stalled.pop(name, None)
+                self._kept.pop(name, None)
+            return Outcome("gone")
+        # Another replica's shard (or one being handed over): not this replica's to touch.
+        if not self.writer.begin_pass(row.uid):
+            with self._lock:
                 self._kept.pop(name, None)
             return Outcome("gone")
         try:
@@ -227,6 +231,8 @@ class Reconciler:
                 self._kept.pop(name, None)
                 self._versions_written.discard(name)
             raise
+        finally:
+            self.writer.end_pass(row.uid)
         if outcome.result in ("deleted", "gone"):
             with self._lock:
                 self._kept.pop(name, None)
@@ -277,7 +283,7 @@ class Reconciler:
                 # Applying this generation already failed for good; the status says why.
                 return Outcome("permanent")
             applying = True
-            self.writer.assert_leader()  # cloud calls check the fence too, just before
+            self.writer.assert_leader(row.uid)  # cloud calls check the fence too, just before
             provider.apply(target, actions)
             events: list[NewEvent] = [("Normal", EVENT_REASONS[a.verb], _event_message(a)) for a in actions]
             observation = provider.observe(target)
@@ -435,7 +441,7 @@ class Reconciler:
         try:
             provider = self.providers.get(target.spec.target)
             self._commit(row, statuses.deleting(previous, "tearing down", self.clock()))
-            self.writer.assert_leader()
+            self.writer.assert_leader(row.uid)
             done = provider.delete(target) if provider is not None else True
             if not done:
                 return Outcome("progressing", self.poll_seconds)

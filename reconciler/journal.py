@@ -3,8 +3,8 @@ read from the store, written through the reconciler's fenced writer.
 
 Only the replica that reconciles a deployment writes its records, so they are also kept in
 memory, written through: a steady pass reads them twice and would query the database twice.
-What is kept is dropped whenever the writer's fence changes (this replica starts leading, or
-stops): another replica may have written meanwhile.
+What is kept is dropped whenever what the writer holds changes (this replica wins or hands
+back a shard): another replica may have written meanwhile.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ class DatabaseJournal:
         self.store: ReadStore = store
         self.writer = writer or PassWriter(store)
         self._kept: dict[str, dict[str, ResourceRecord]] = {}  # deployment uid -> its records
-        self._kept_under: object = None  # the fence they were read under
+        self._kept_under = self.writer.generation  # what this replica held when they were read
         self._lock = threading.Lock()
 
     def _current(self) -> None:
-        fence = self.writer.fence
-        if fence is not self._kept_under:
+        generation = self.writer.generation
+        if generation != self._kept_under:
             self._kept.clear()
-            self._kept_under = fence
+            self._kept_under = generation
 
     def records(self, deployment_uid: str) -> dict[str, ResourceRecord]:
         with self._lock:

@@ -1,11 +1,16 @@
-"""The leader lease: several ``loraplane serve`` processes share one PostgreSQL database and
-every one serves the API, but exactly one reconciles, the holder of this lease.
+"""Leases: several ``loraplane serve`` processes share one PostgreSQL database and every one
+serves the API; the deployments are split into shards, and each shard is reconciled by the
+one replica that holds its lease.
 
-The lease is a row: holder, epoch, expiry. Time is the database's (one clock for every
+A lease is a row: holder, epoch, expiry. Time is the database's (one clock for every
 replica, so skewed hosts cannot both think they hold it). Taking an expired lease bumps the
-epoch; every write the reconciler makes checks, in its own transaction, that its epoch still
-holds (``Fence``), and the check locks the row against a takeover until that transaction
-ends: a deposed leader cannot write after its successor started.
+epoch; every write the reconciler makes for a deployment checks, in its own transaction, that
+the epoch of its shard's lease still holds (``Fence``), and the check locks the row against a
+takeover until that transaction ends: a deposed holder cannot write after its successor
+started.
+
+Replicas also keep a membership row each (``Membership``), renewed with their leases, so that
+each can tell how many share the work and take its fair part of the shards.
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from state.db import Sessions
 from state.errors import Fenced
 from state.models import LeaderLease
 
-RECONCILER = "reconciler"
+RECONCILER = "reconciler"  # the one lease when there is one shard (a single leader)
+MEMBER_PREFIX = "member/"
+GONE_MEMBERS_KEPT = timedelta(hours=1)  # a member row this long expired is deleted
+
+
+def shard_lease_name(index: int, count: int) -> str:
+    """The lease of shard ``index`` of ``count``: the shard count is in the name, so that a
+    replica started with another count never shares a lease with a different meaning."""
+    return RECONCILER if count == 1 else f"shard-{index}-of-{count}"
 
 
 def database_now(session: Session) -> datetime:
@@ -83,3 +96,36 @@ class Lease:
                 raise Fenced(f"this replica no longer leads (epoch {epoch}): the write was refused")
 
         return check
+
+
+class Membership:
+    """This replica's membership row, renewed every round, and who else's is alive."""
+
+    def __init__(self, engine: Engine, holder: str, *, duration_seconds: float = 15.0) -> None:
+        self.engine = engine
+        self._write = Sessions(engine).write
+        self.holder = holder
+        self.duration = timedelta(seconds=duration_seconds)
+
+    def beat(self) -> list[str]:
+        """Renew this replica's row; every live member (this one included), sorted."""
+        name = MEMBER_PREFIX + self.holder
+        with self._write() as session:
+            now = database_now(session)
+            row = session.get(LeaderLease, name)
+            if row is None:
+                session.add(LeaderLease(name=name, holder=self.holder, epoch=1, acquired_at=now, expires_at=now + self.duration))
+            else:
+                row.expires_at = now + self.duration
+                session.add(row)
+            rows = session.exec(select(LeaderLease).where(col(LeaderLease.name).startswith(MEMBER_PREFIX))).all()
+            for gone in [r for r in rows if r.expires_at < now - GONE_MEMBERS_KEPT]:
+                session.delete(gone)
+            return sorted({r.holder for r in rows if r.expires_at > now} | {self.holder})
+
+    def leave(self) -> None:
+        with self._write() as session:
+            row = session.get(LeaderLease, MEMBER_PREFIX + self.holder)
+            if row is not None:
+                row.expires_at = database_now(session)
+                session.add(row)

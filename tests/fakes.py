@@ -26,13 +26,17 @@ class FakeClock:
         return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=self.now)
 
 
-def eventually(check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
-    """Poll ``check`` until it returns something truthy: for waiting on real processes."""
+def eventually(
+    check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = "", describe: Callable[[], object] | None = None
+) -> T:
+    """Poll ``check`` until it returns something truthy: for waiting on real processes.
+    ``describe`` says what things look like when it times out."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+            seen = f"; {describe()}" if describe is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}{seen}")
         time.sleep(interval)

@@ -29,13 +29,12 @@ from infra.local.provider import LocalProvider
 from reconciler.controller import Controller, ReconcileLoop
 from reconciler.core import Reconciler
 from reconciler.journal import DatabaseJournal
-from reconciler.leader import LeadingController
 from reconciler.metering import GpuMetering, PriceTable
+from reconciler.shards import ShardedController, ShardElector
 from reconciler.writer import PassWriter
 from state.access import AccessStore
 from state.db import make_engine, upgrade_database
 from state.errors import NotFound
-from state.lease import Lease
 from state.models import InferenceDeploymentCreate, utcnow
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
@@ -192,9 +191,10 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
     if demo and settings.demo_share() not in share_roots:
         share_roots.append(settings.demo_share())
     local = LocalProvider(settings.data_dir / "local", serving_command=settings.serving_command, share_roots=share_roots)
-    # One writer for every write the reconciler makes (its journal's too): the one the leader
-    # lease fences when replicas share a PostgreSQL database.
-    writer = PassWriter(store)
+    # One writer for every write the reconciler makes (its journal's too): the one the shards'
+    # leases fence when replicas share a PostgreSQL database.
+    replicated = engine.dialect.name == "postgresql"
+    writer = PassWriter(store, shards=settings.shards, elected=True) if replicated else PassWriter(store)
     journal = DatabaseJournal(store, writer)
     try:
         prices = PriceTable.load(settings.gpu_prices)
@@ -220,11 +220,13 @@ def run_service(settings: ServiceSettings, *, stop_children: bool = False, demo:
         stop_children=stop_children,
     )
     controller: ReconcileLoop = plain
-    if engine.dialect.name == "postgresql":
-        # Replicas may share this database: each serves the API, the lease holder reconciles.
+    if replicated:
+        # Replicas may share this database: each serves the API, and reconciles the shards it holds.
         replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        controller = LeadingController(plain, Lease(engine, replica))
-        log.info("replica %s: reconciles while it holds the leader lease (PostgreSQL)", replica)
+        lease = settings.shard_lease_seconds
+        elector = ShardElector(engine, replica, writer, lease_seconds=lease, renew_deadline_seconds=lease * 2 / 3)
+        controller = ShardedController(plain, elector)
+        log.info("replica %s: reconciles the shards it holds, of %d (PostgreSQL)", replica, settings.shards)
     local.on_change = controller.wake  # a serving process died: reconcile it now
     if demo:
         share = prepare_demo(settings, store)

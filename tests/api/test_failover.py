@@ -1,6 +1,6 @@
 """High availability on PostgreSQL: two real ``loraplane serve`` processes share a database;
-both serve the API, one reconciles; kill -9 the leader and the other takes over within the
-lease, doing nothing twice."""
+both serve the API and each reconciles its shards; kill -9 one and the other takes its shards
+within the lease, doing nothing twice."""
 
 from __future__ import annotations
 
@@ -11,68 +11,100 @@ from pathlib import Path
 import httpx
 
 from infra.local.provider import LocalProvider
+from reconciler.writer import shard_of
 from state.db import make_engine
-from state.lease import Lease
 from tests.conftest import local_manifest, reconcile_passes, start_service, stop_service, truncate
 from tests.fakes import eventually
 from tests.reconciler.test_reconcile_local import serving_pids
 
-LEASE_SECONDS = 15
+SHARDS = 4
+LEASE_SECONDS = 6
 
 
-def holder_pid(engine) -> tuple[int, int] | None:
-    current = Lease(engine, "observer").current()
-    return (int(current.holder.split(":")[1]), current.epoch) if current else None
+def held(url: str) -> str:
+    return httpx.get(f"{url}/healthz").json()["detail"]
 
 
-def test_killing_the_leader_hands_over_within_the_lease_and_nothing_is_done_twice(postgres_database: str, tmp_path: Path, share: Path):
+def phase(url: str, name: str) -> str | None:
+    return (httpx.get(f"{url}/v1/deployments/{name}").json().get("status") or {}).get("phase")
+
+
+def test_replicas_share_the_shards_and_a_killed_ones_move_within_the_lease(postgres_database: str, tmp_path: Path, share: Path):
     truncate(postgres_database)
     engine = make_engine(postgres_database)
     data_dir = tmp_path / "data"  # one data dir: the local target's run records are shared
-    env = {"LORAPLANE_DATABASE_URL": postgres_database}
+    env = {
+        "LORAPLANE_DATABASE_URL": postgres_database,
+        "LORAPLANE_SHARDS": str(SHARDS),
+        "LORAPLANE_SHARD_LEASE_SECONDS": str(LEASE_SECONDS),
+    }
     first = start_service(data_dir, env_overrides=env, resync_seconds=5)
     second = start_service(data_dir, env_overrides=env, resync_seconds=5)
-    services = {first.process.pid: first, second.process.pid: second}
     try:
-        leader_pid, epoch = eventually(lambda: holder_pid(engine), timeout=15, what="a leader")
-        leader = services[leader_pid]
-        follower = next(s for pid, s in services.items() if pid != leader_pid)
-        assert "standby" in httpx.get(f"{follower.url}/healthz").json()["detail"]
-
-        # Written through the standby's API: the leader picks it up (another process's write).
-        created = httpx.post(f"{follower.url}/v1/deployments", json=local_manifest(share_root=str(share)))
-        assert created.status_code == 201
-        uid = created.json()["metadata"]["uid"]
+        # Each takes its fair part: two shards each, and says which on /healthz.
         eventually(
-            lambda: httpx.get(f"{follower.url}/v1/deployments/support-bot").json()["status"]["phase"] == "Ready", timeout=30, what="Ready"
+            lambda: (
+                all("reconciling shard(s)" in held(s.url) and "2 replica(s)" in held(s.url) for s in (first, second))
+                and sum(held(s.url).split(" of ")[0].count(",") + 1 for s in (first, second)) == SHARDS
+            ),
+            timeout=LEASE_SECONDS * 4,
+            what="each replica to hold two shards",
         )
-        [serving] = serving_pids(uid)
+        shards_of = {
+            s.process.pid: {int(n) for n in held(s.url).split("shard(s) ")[1].split(" of ")[0].split(", ")} for s in (first, second)
+        }
+        assert shards_of[first.process.pid].isdisjoint(shards_of[second.process.pid])
 
-        os.kill(leader_pid, signal.SIGKILL)
-        leader.process.wait(timeout=10)
-        new_pid, new_epoch = eventually(
-            lambda: (h := holder_pid(engine)) and h[0] != leader_pid and h, timeout=LEASE_SECONDS + 30, what="a new leader"
-        )
-        assert new_pid == follower.process.pid and new_epoch == epoch + 1
-
-        # The new leader reconciles: a spec change is observed; the serving process is adopted, not doubled.
-        patched = httpx.patch(
-            f"{follower.url}/v1/deployments/support-bot",
-            content=b'{"spec": {"adapter": {"settleSeconds": 5}}}',
-            headers={"Content-Type": "application/merge-patch+json"},
-        )
-        assert patched.status_code == 200 and patched.json()["metadata"]["generation"] == 2
+        # Deployments in both replicas' shards, written through either API.
+        uids: dict[str, str] = {}
+        index = 0
+        while {shard_of(uid, SHARDS) for uid in uids.values()} & shards_of[first.process.pid] == set() or not (
+            {shard_of(uid, SHARDS) for uid in uids.values()} & shards_of[second.process.pid]
+        ):
+            name = f"bot-{index}"
+            created = httpx.post(f"{(first, second)[index % 2].url}/v1/deployments", json=local_manifest(name, share_root=str(share)))
+            assert created.status_code == 201, created.text
+            uids[name] = created.json()["metadata"]["uid"]
+            index += 1
         eventually(
-            lambda: httpx.get(f"{follower.url}/v1/deployments/support-bot").json()["status"]["observedGeneration"] == 2,
+            lambda: all(phase(first.url, name) == "Ready" for name in uids),
+            timeout=60,
+            what="every deployment Ready",
+            describe=lambda: {name: httpx.get(f"{first.url}/v1/deployments/{name}").json().get("status") for name in uids},
+        )
+        serving = {uid: serving_pids(uid) for uid in uids.values()}
+        assert all(len(pids) == 1 for pids in serving.values())
+        assert reconcile_passes(httpx.get(f"{first.url}/metrics").text) > 0
+        assert reconcile_passes(httpx.get(f"{second.url}/metrics").text) > 0
+
+        os.kill(second.process.pid, signal.SIGKILL)
+        second.process.wait(timeout=10)
+        eventually(
+            lambda: f"shard(s) 0, 1, 2, 3 of {SHARDS} (1 replica(s) alive)" in held(first.url),
+            timeout=LEASE_SECONDS * 2 + 30,
+            what="the killed replica's shards to move",
+        )
+        # The survivor reconciles them all: a spec change is observed everywhere; the serving
+        # processes the killed replica started are adopted, not doubled.
+        for name in uids:
+            patched = httpx.patch(
+                f"{first.url}/v1/deployments/{name}",
+                content=b'{"spec": {"adapter": {"settleSeconds": 5}}}',
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+            assert patched.status_code == 200 and patched.json()["metadata"]["generation"] == 2
+        eventually(
+            lambda: all(httpx.get(f"{first.url}/v1/deployments/{name}").json()["status"]["observedGeneration"] == 2 for name in uids),
             timeout=30,
-            what="the new leader to reconcile",
+            what="the survivor to reconcile every deployment",
         )
-        since = reconcile_passes(httpx.get(f"{follower.url}/metrics").text)
-        eventually(lambda: reconcile_passes(httpx.get(f"{follower.url}/metrics").text) >= since + 2, timeout=60, what="two more passes")
-        assert serving_pids(uid) == [serving]
-        assert "standby" not in httpx.get(f"{follower.url}/healthz").json()["detail"]
+        since = reconcile_passes(httpx.get(f"{first.url}/metrics").text)
+        eventually(
+            lambda: reconcile_passes(httpx.get(f"{first.url}/metrics").text) >= since + 2 * len(uids), timeout=60, what="more passes"
+        )
+        assert {uid: serving_pids(uid) for uid in uids.values()} == serving
     finally:
-        for service in services.values():
+        for service in (first, second):
             stop_service(service)
         LocalProvider(data_dir / "local").stop_all()
         engine.dispose()

@@ -337,3 +337,12 @@ def test_each_pass_books_its_next_resync_within_a_quarter_of_the_interval(store,
     assert controller.process("support-bot").result == "deleted"
     clock.advance(3600)
     assert queue.get(timeout=0) is None  # a deployment gone books nothing
+
+
+def test_a_deployment_another_replica_creates_in_an_empty_database_is_picked_up(store, share):
+    """The first look finds nothing; what another replica's API stores next is new all the same."""
+    controller = Controller(Reconciler(store, {}), resync_seconds=30)
+    controller.sync_timers()
+    create(store, share)
+    controller.sync_timers()
+    assert controller.queue.get(timeout=0) == "support-bot"

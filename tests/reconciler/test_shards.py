@@ -1,0 +1,146 @@
+"""Shards of the work across replicas, on PostgreSQL: electors stepped by hand (no threads),
+leases short enough to expire by the database's clock within a test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from reconciler.shards import ShardElector
+from reconciler.writer import PassWriter, shard_of
+from state.db import make_engine
+from state.errors import Fenced
+from state.models import InferenceDeploymentCreate
+from state.resource import DeploymentStatus
+from state.store import DeploymentStore
+from tests.conftest import local_manifest, truncate
+from tests.fakes import eventually
+
+SHARDS = 4
+LEASE_SECONDS = 3.0
+
+
+@pytest.fixture
+def engine(postgres_database: str) -> Iterator:
+    truncate(postgres_database)
+    made = make_engine(postgres_database)
+    yield made
+    made.dispose()
+
+
+def replica(engine, name: str) -> ShardElector:
+    writer = PassWriter(DeploymentStore(engine), shards=SHARDS, elected=True)
+    return ShardElector(engine, name, writer, lease_seconds=LEASE_SECONDS, renew_deadline_seconds=2.0)
+
+
+def deployment_in(store: DeploymentStore, shard: int):
+    """A deployment whose uid falls in ``shard``."""
+    for index in range(200):
+        row = store.create(InferenceDeploymentCreate.model_validate(local_manifest(f"bot-{shard}-{index}")))
+        if shard_of(row.uid, SHARDS) == shard:
+            return row
+    raise AssertionError("no uid fell in the shard")
+
+
+def test_uids_spread_over_the_shards_and_stay_put():
+    uids = [f"{index:08x}-0000-4000-8000-000000000000" for index in range(1000)]
+    counts = [sum(1 for uid in uids if shard_of(uid, 16) == shard) for shard in range(16)]
+    assert min(counts) > 1000 / 16 * 0.7 and max(counts) < 1000 / 16 * 1.3
+    assert [shard_of(uid, 16) for uid in uids] == [shard_of(uid, 16) for uid in uids]
+    assert {shard_of(uid, 1) for uid in uids} == {0}
+
+
+def test_a_newcomer_gets_its_fair_part_and_no_shard_is_held_twice(engine):
+    a, b = replica(engine, "replica-a"), replica(engine, "replica-b")
+    a.step()
+    assert a.held() == [0, 1, 2, 3]  # alone: everything
+    b.step()
+    assert b.held() == []  # two alive now, but every shard is a's
+    a.step()  # a sees two replicas: it keeps its fair half and hands the rest back at once
+    assert len(a.held()) == 2
+    b.step()
+    assert len(b.held()) == 2
+    assert sorted(a.held() + b.held()) == [0, 1, 2, 3]
+    assert sorted(a.writer.held_shards() + b.writer.held_shards()) == [0, 1, 2, 3]
+
+
+def test_a_shard_is_handed_back_only_once_its_pass_in_flight_ends(engine):
+    store = DeploymentStore(engine)
+    a, b = replica(engine, "replica-a"), replica(engine, "replica-b")
+    a.step()
+    busy = deployment_in(store, 3)  # the highest shards are the ones handed back
+    assert a.writer.begin_pass(busy.uid)
+    b.step()
+    a.step()
+    assert a.held() == [0, 1, 3]  # shard 2 went; shard 3 waits for its pass
+    assert not a.writer.owns(busy.uid) and not a.writer.begin_pass(busy.uid)  # no new pass starts there
+    a.writer.commit(busy, DeploymentStatus(phase="Provisioning"))  # the pass in flight still writes
+    a.writer.end_pass(busy.uid)
+    a.step()
+    assert a.held() == [0, 1]
+    b.step()
+    assert b.held() == [2, 3]
+    assert b.writer.begin_pass(busy.uid)
+
+
+def test_a_killed_replicas_shards_move_within_the_lease_and_its_writes_are_refused(engine):
+    store = DeploymentStore(engine)
+    a, b = replica(engine, "replica-a"), replica(engine, "replica-b")
+    a.step()
+    b.step()
+    a.step()
+    b.step()
+    moving = next(iter(b.held()))
+    row = deployment_in(store, moving)
+    b.writer.commit(row, DeploymentStatus(phase="Provisioning"))
+    # b is killed: it renews nothing more. a takes its shards once their leases expire.
+
+    def a_holds_everything() -> bool:
+        a.step()
+        return a.held() == [0, 1, 2, 3]
+
+    eventually(a_holds_everything, timeout=LEASE_SECONDS * 4 + 10, interval=0.3, what="the killed replica's shards to move")
+    assert a.members == ["replica-a"]
+    with pytest.raises(Fenced):  # had b only paused, nothing it writes lands now
+        b.writer.commit(row, DeploymentStatus(phase="Ready"))
+    with pytest.raises(Fenced):
+        b.writer.assert_leader(row.uid)
+    a.writer.commit(row, DeploymentStatus(phase="Degraded"))
+    assert store.get(row.name).status["phase"] == "Degraded"
+
+
+def test_a_write_for_a_shard_not_held_is_refused_without_asking_the_database(engine):
+    store = DeploymentStore(engine)
+    a = replica(engine, "replica-a")
+    row = deployment_in(store, 1)
+    assert not a.writer.begin_pass(row.uid)  # nothing held yet
+    with pytest.raises(Fenced, match="does not hold shard 1"):
+        a.writer.commit(row, DeploymentStatus(phase="Ready"))
+    a.step()
+    assert a.writer.begin_pass(row.uid)
+    assert a.writer.commit(row, DeploymentStatus(phase="Ready")) is not None
+
+
+def test_one_shard_is_one_leader_and_a_standby(engine):
+    first = ShardElector(
+        engine,
+        "replica-a",
+        PassWriter(DeploymentStore(engine), shards=1, elected=True),
+        lease_seconds=LEASE_SECONDS,
+        renew_deadline_seconds=2.0,
+    )
+    second = ShardElector(
+        engine,
+        "replica-b",
+        PassWriter(DeploymentStore(engine), shards=1, elected=True),
+        lease_seconds=LEASE_SECONDS,
+        renew_deadline_seconds=2.0,
+    )
+    first.step()
+    second.step()
+    first.step()
+    assert (first.held(), second.held()) == ([0], [])  # one shard: fair part 1 each, one wins
+    first.stop()  # a graceful stop hands it over at once
+    second.step()
+    assert second.held() == [0]
