@@ -9,7 +9,9 @@ import pytest
 
 from azuresim.server import AzureSimulator
 from infra.azure.inventory import Inventory
+from infra.azure.provider import AzureConfig, AzureProvider
 from reconciler.core import Reconciler
+from reconciler.journal import DatabaseJournal
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
@@ -137,5 +139,36 @@ def test_a_resync_of_a_fleet_in_one_group_lists_its_apps_instead_of_reading_each
             assert seen.get("GET", {}).get("Microsoft.App/containerApps", 0) <= 1
             assert sum(seen.get("GET", {}).values()) <= 7
 
+        finally:
+            provider.close()
+
+
+def test_revisions_are_listed_for_replicas_that_vary_and_not_for_a_fixed_scale_app_that_runs_as_it_did(store, tmp_path: Path):
+    """A list of each app's revisions on every resync would be a read per deployment."""
+    with AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.05, standin_replicas=True) as sim:
+        # Revisions as old as a pass allows: whatever may be listed again is.
+        config = AzureConfig(
+            arm_url=sim.url, ca_bundle=sim.ca_bundle, credential="static", polling_seconds=0.05, revisions_max_age_seconds=0
+        )
+        provider = AzureProvider(config, DatabaseJournal(store))
+        try:
+            reconciler = Reconciler(store, {"azure": provider}, poll_seconds=0.1)
+            store.create(InferenceDeploymentCreate.model_validate(azure_manifest("fixed", app="fixed")))
+            elastic = azure_manifest("elastic", app="elastic")
+            elastic["spec"]["scale"] = {"minReplicas": 1, "maxReplicas": 3}
+            store.create(InferenceDeploymentCreate.model_validate(elastic))
+            for _ in range(40):
+                if all(DeploymentStatus.model_validate(store.get(n).status).phase == "Ready" for n in ("fixed", "elastic")):
+                    break
+                for name in ("fixed", "elastic"):
+                    reconciler.reconcile(name)
+            listed: dict[str, int] = {}
+            for name in ("fixed", "elastic"):
+                reset_calls(sim)
+                for _ in range(3):
+                    assert reconciler.reconcile(name).result == "converged"
+                listed[name] = calls(sim).get("GET", {}).get("Microsoft.App/containerApps/revisions", 0)
+            assert listed == {"fixed": 0, "elastic": 3}
+            assert DeploymentStatus.model_validate(store.get("fixed").status).cost.replicas == 1  # still counted
         finally:
             provider.close()
