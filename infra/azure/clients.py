@@ -14,6 +14,9 @@ from azure.mgmt.storage import StorageManagementClient
 from infra.azure.limiter import ArmLimiter
 
 PUBLIC_CLOUD = "https://management.azure.com"
+# Microsoft.App's api-version: the SDK's own default, named so that a list made through the
+# client's send_request (infra.azure.kinds.ContainerApp.list_group) asks for the same.
+APPS_API_VERSION = "2026-07-01"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class AzureClients:
         self.resources = ResourceManagementClient(credential, subscription_id, **options)
         self.storage = StorageManagementClient(credential, subscription_id, **options)
         self.logs = LogAnalyticsManagementClient(credential, subscription_id, **options)
-        self.apps = ContainerAppsAPIClient(credential, subscription_id, **options)
+        self.apps = ContainerAppsAPIClient(credential, subscription_id, api_version=APPS_API_VERSION, **options)
 
     def close(self) -> None:
         for client in (self.resources, self.storage, self.logs, self.apps):

@@ -235,8 +235,13 @@ class AzureProvider:
             return self.inventory.get(resource_id, read)
 
         def every_one_in_the_group() -> list[dict[str, Any]]:
+            # An app unchanged since its last read is that read: no model built again.
+            def as_read(item: dict[str, Any]) -> dict[str, Any]:
+                last = self.inventory.last(str(item.get("id", "")))
+                return last if last == item else kind.from_wire(item)
+
             try:
-                return [item.as_dict() for item in kind.list_group(clients, azure)]
+                return [as_read(item) for item in kind.list_group(clients, azure)]
             except ResourceNotFoundError:
                 return []  # no group, none in it
             except AzureError as exc:
