@@ -13,7 +13,9 @@ each 30-second resync. So:
   reads it afresh, alone: our own changes are never judged on a stale copy.
 
 A change made in Azure by someone else is therefore seen within ``max_age`` (kept below the
-resync interval) plus one resync.
+resync interval) plus one resync. While a group's list is being made, the list before it
+serves other readers if it is at most twice ``max_age`` old, so that a list of thousands of
+apps does not stall every worker at once.
 
 A read that says what the last one did keeps the object read before, and its ``version``: a
 pass can tell from the versions alone that nothing it judged changed. What has not been read
@@ -29,6 +31,19 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 Resource = dict[str, Any]
+
+
+class _Held:
+    """Releases a lock already acquired, at the end of a ``with``."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 # Longer than any resync interval (a living deployment reads its resources at least once per
 # resync) and than any operation's last read is needed for.
@@ -154,7 +169,14 @@ class Inventory:
             stale = key in self._stale
             lock = self._scope_locks.setdefault(scope, threading.Lock())
         if not stale:
-            with lock:  # one list at a time per scope: the workers behind it use its answer
+            if not lock.acquire(blocking=False):
+                # The scope is being listed (10 pages a second for 1,000 apps): its last list
+                # serves meanwhile, up to twice max_age old, rather than every worker waiting.
+                known, resource = self._fresh(key, max_age=2 * self.max_age)
+                if known:
+                    return resource
+                lock.acquire()
+            with _Held(lock):  # one list at a time per scope: the workers behind it use its answer
                 with self._lock:
                     listed = self._listed.get(scope)
                 if listed is None or self.clock() - listed > self.max_age:

@@ -3,6 +3,7 @@ the provider on the simulator with a fleet of deployments in one group."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,32 @@ def test_an_app_gone_from_the_next_list_is_known_no_more():
     assert [app["name"] for app in inventory.known(prefix)] == ["a"]
     assert inventory.get_listed(APP.format("b"), SCOPE, azure.read("b"), azure.read_all) is None
     assert azure.gets == 0  # the list said so
+
+
+def test_while_a_group_is_listed_the_list_before_serves_other_readers_up_to_twice_its_age():
+    clock, azure = FakeClock(), Azure(["a", "b"])
+    inventory = Inventory(max_age=10, clock=clock)
+    inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all)
+    azure.apps[APP.format("b")]["v"] = 2  # changed in Azure; the next list says so
+    listing, release = threading.Event(), threading.Event()
+
+    def slow_read_all():
+        listing.set()
+        assert release.wait(30), "the test never let the list finish"
+        return azure.read_all()
+
+    clock.advance(11)
+    lister = threading.Thread(target=inventory.get_listed, args=(APP.format("a"), SCOPE, azure.read("a"), slow_read_all))
+    lister.start()
+    try:
+        assert listing.wait(30), "the first reader never started the list"
+        # Another worker does not wait behind the list: the one before is 11 s old, under 20.
+        assert inventory.get_listed(APP.format("b"), SCOPE, azure.read("b"), azure.read_all)["v"] == 1
+    finally:
+        release.set()
+        lister.join(30)
+    assert inventory.get_listed(APP.format("b"), SCOPE, azure.read("b"), azure.read_all)["v"] == 2  # the new list
+    assert azure.lists == 2 and azure.gets == 0
 
 
 def test_one_list_serves_every_app_in_the_group_until_it_is_too_old():
