@@ -6,7 +6,8 @@ many deployments name it, and keeps the listing here. A pass that looks for a ne
 the poller's listing while it is younger than the adapter's ``pollSeconds``: a change it could
 see by listing again would have woken it already. It lists the folder itself only where no
 poller keeps that folder fresh (a pass made outside the controller, or a folder the poller
-cannot reach now), and when settling needs a listing made after a given moment.
+cannot reach now), and when settling needs a listing made after a given moment; what it
+lists is kept too, for the other deployments that name the folder.
 """
 
 from __future__ import annotations
@@ -60,7 +61,15 @@ class FolderListings:
             listed_at, entries = kept
             if self.monotonic() - listed_at <= max_age and (listed_after is None or listed_at >= listed_after):
                 return entries
-        return share.list(folder)
+        listed_at = self.monotonic()
+        entries = share.list(folder)
+        # Kept for the other deployments that name the folder: between two of the poller's
+        # listings, a folder is listed at most once per max_age however many passes ask.
+        with self._lock:
+            kept = self._kept.get((key, folder))
+            if kept is None or kept[0] < listed_at:
+                self._kept[(key, folder)] = (listed_at, entries)
+        return entries
 
     def __len__(self) -> int:
         with self._lock:
