@@ -41,7 +41,7 @@ class ServiceSettings(BaseSettings):
     # at 0), how often a deployment's GPU time is written, and the GPUs a local serving process
     # counts as (the local target stands in for a GPU replica; 0 on a machine without one).
     gpu_prices: Path | None = None
-    usage_flush_seconds: float = Field(default=60.0, ge=1, le=3600)
+    usage_flush_seconds: float = Field(default=300.0, ge=1, le=3600)
     local_gpus_per_process: float = Field(default=1.0, ge=0, le=64)
     # On SIGTERM, first this long answering 503 (readiness too) while what is in flight
     # finishes, so that a load balancer sends the next requests to another replica; then stop.
@@ -85,7 +85,8 @@ class ServiceSettings(BaseSettings):
     # How old an ARM read may be and still serve an observation (container apps are listed per
     # resource group); the smaller of this and half of resync_seconds is used.
     azure_observe_max_age_seconds: float = Field(default=10.0, ge=0)
-    # The client-side ARM limiter (token buckets shared by every worker).
+    # The client-side ARM limiter: these buckets for each subscription and principal, shared by
+    # every worker.
     azure_reads_per_second: float = Field(default=25.0, gt=0)
     azure_read_burst: int = Field(default=225, ge=1)
     azure_writes_per_second: float = Field(default=10.0, gt=0)
