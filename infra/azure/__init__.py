@@ -10,7 +10,9 @@ Contract:
   (``state.azure_limits``), and the bodies stay inside the REST specification's ranges;
 - long-running operations never block a worker; their continuation tokens go to the
   ``ResourceJournal`` the reconciler provides, so a restart resumes polling;
-- every ARM call passes one shared client-side limiter (``infra.azure.limiter``); every SDK
+- every ARM call passes the client-side limiter (``infra.azure.limiter``): token buckets per
+  subscription and principal, as ARM counts; a reconcile pass never waits for a token (it is
+  requeued with the delay, ``infra.ratelimit.Throttled``); every SDK
   error leaves as TemporaryError or PermanentError through one table of ARM error codes
   (``infra.azure.errors``), chained with ``from``;
 - credentials from azure-identity (DefaultAzureCredential), or a fixed token for the
