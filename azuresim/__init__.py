@@ -18,7 +18,8 @@ Contract:
   ``runningState: Failed`` and a ``provisioningError``; else it runs as a local process
   (``containers``), with the share's folder where the volume is mounted and HTTPS from its CA;
 - HTTPS with a CA of its own (trustme), written with its certificate to a folder of its own;
-- counts calls by method and resource type (``GET /_sim/calls``) and injects faults at a
+- counts calls by method and resource type (``GET /_sim/calls``), and by subscription
+  (``GET /_sim/calls/subscriptions``), and injects faults at a
   configurable rate (``POST /_sim/faults``): 429 with Retry-After, 5xx, slow answers, failed
   long-running operations, quota errors.
 """

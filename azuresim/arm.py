@@ -384,6 +384,10 @@ class ArmSimulator:
         def calls() -> dict[str, Any]:
             return self.state.call_counts()
 
+        @app.get("/_sim/calls/subscriptions")
+        def calls_by_subscription() -> dict[str, Any]:
+            return self.state.subscription_counts()
+
         @app.post("/_sim/calls/reset")
         def reset_calls() -> dict[str, str]:
             self.state.reset_calls()
@@ -421,11 +425,11 @@ class ArmSimulator:
             try:
                 target = parse_path("subscriptions/" + path)
                 label = target.list_of or target.type_name or ("operations" if "operation" in path.lower() else "provider")
-                self.state.count(request.method, label)
+                self.state.count(request.method, label, target.subscription)
                 if self.state.limits is not None:
                     wait = self.state.limits.take(target.subscription, request.method)
                     if wait is not None:
-                        self.state.count("429", label)
+                        self.state.count("429", label, target.subscription)
                         seconds = max(1, math.ceil(wait))
                         raise ArmError(
                             429,
@@ -474,7 +478,10 @@ class ArmSimulator:
         if target.list_of == GROUP_RESOURCES and method == "GET":
             return JSONResponse({"value": self._group_resources(target), "nextLink": None})
         if target.list_of is not None and method == "GET":
-            return self._page(request, [self._visible(r) for r in self.state.children(target.resource_id or "", target.list_of)])
+            # One more than a page: whether a next page exists, without copying the whole list.
+            start = self._skip(request)
+            found = self.state.children(target.resource_id or "", target.list_of, start=start, count=PAGE_SIZE + 1)
+            return self._page(request, start, [self._visible(r) for r in found])
         if target.action is not None:
             return self._action(method, target)
         if method == "GET":
@@ -490,17 +497,21 @@ class ArmSimulator:
         raise ArmError(405, "MethodNotAllowed", f"{method} is not allowed on {target.type_name}")
 
     @staticmethod
-    def _page(request: Request, items: list[dict[str, Any]]) -> JSONResponse:
-        """One page of a list, as ARM pages them: a nextLink carries on from where it ends."""
+    def _skip(request: Request) -> int:
+        """Where a page starts: the $skiptoken of the nextLink before it."""
         try:
-            start = max(0, int(request.query_params.get("$skiptoken", "0")))
+            return max(0, int(request.query_params.get("$skiptoken", "0")))
         except ValueError as exc:
             raise ArmError(400, "InvalidSkipToken", "the $skiptoken is not one this service issued") from exc
-        end = start + PAGE_SIZE
+
+    @staticmethod
+    def _page(request: Request, start: int, items: list[dict[str, Any]]) -> JSONResponse:
+        """One page of a list, as ARM pages them (``items`` from ``start``: the page and one
+        more, if there is one): a nextLink carries on from where it ends."""
         next_link = None
-        if end < len(items):
-            next_link = str(request.url.include_query_params(**{"$skiptoken": str(end)}))
-        return JSONResponse({"value": items[start:end], "nextLink": next_link})
+        if len(items) > PAGE_SIZE:
+            next_link = str(request.url.include_query_params(**{"$skiptoken": str(start + PAGE_SIZE)}))
+        return JSONResponse({"value": items[:PAGE_SIZE], "nextLink": next_link})
 
     def _group_resources(self, target: Target) -> list[dict[str, Any]]:
         """GET …/resourceGroups/{g}/resources: the group's top-level resources, generic shape."""

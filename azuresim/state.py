@@ -175,6 +175,7 @@ class SimState:
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # lower-case id -> resource
     operations: dict[str, Operation] = field(default_factory=dict)
     calls: Counter = field(default_factory=Counter)  # (method, type) -> count
+    calls_by_subscription: Counter = field(default_factory=Counter)  # (subscription, method) -> count
     faults: Faults = field(default_factory=Faults)
     lock: threading.RLock = field(default_factory=threading.RLock)
     # Called with a container app when its latest revision is about to become the ready one;
@@ -206,9 +207,19 @@ class SimState:
             kinds = [k for k in self.faults.kinds if method not in ("GET", "HEAD") or k not in ("failed_operation", "quota", "refuse")]
             return self._rng.choice(kinds) if kinds else None
 
-    def count(self, method: str, type_name: str) -> None:
+    def count(self, method: str, type_name: str, subscription: str = "") -> None:
         with self.lock:
             self.calls[(method, type_name)] += 1
+            if subscription:
+                self.calls_by_subscription[(subscription.lower(), method)] += 1
+
+    def subscription_counts(self) -> dict[str, dict[str, int]]:
+        """Calls by subscription and method ("429" for a throttled one)."""
+        with self.lock:
+            out: dict[str, dict[str, int]] = {}
+            for (subscription, method), n in sorted(self.calls_by_subscription.items()):
+                out.setdefault(subscription, {})[method] = n
+            return out
 
     def call_counts(self) -> dict[str, dict[str, int]]:
         with self.lock:
@@ -220,6 +231,7 @@ class SimState:
     def reset_calls(self) -> None:
         with self.lock:
             self.calls.clear()
+            self.calls_by_subscription.clear()
 
     # ------------------------------------------------------------------------ resources
 
@@ -229,15 +241,14 @@ class SimState:
             found = self.resources.get(resource_id.lower())
             return copy.deepcopy(found) if found is not None else None
 
-    def children(self, parent_id: str, type_name: str) -> list[dict[str, Any]]:
+    def children(self, parent_id: str, type_name: str, *, start: int = 0, count: int | None = None) -> list[dict[str, Any]]:
+        """Copies of the resources of ``type_name`` under ``parent_id``, in id order: all, or
+        ``count`` from ``start`` (a page: only its resources are copied)."""
         prefix = parent_id.lower() + "/"
         with self.lock:
             self._advance()
-            return [
-                copy.deepcopy(r)
-                for key, r in sorted(self.resources.items())
-                if key.startswith(prefix) and r["type"].lower() == type_name.lower()
-            ]
+            found = [r for key, r in sorted(self.resources.items()) if key.startswith(prefix) and r["type"].lower() == type_name.lower()]
+            return [copy.deepcopy(r) for r in found[start : None if count is None else start + count]]
 
     def put(self, resource_id: str, resource: dict[str, Any]) -> None:
         with self.lock:
