@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) -m bench.swap
 	$(PY) -m bench.steady
 	$(PY) -m bench.converge
+	$(PY) -m bench.shards
 	$(PY) -m bench.api
 	$(PY) -m bench.serving
 	$(PY) -m bench.watch

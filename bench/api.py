@@ -39,7 +39,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -49,14 +48,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from bench.common import percentile, start_service, table, write_result
+from bench.common import fresh_postgres, percentile, start_service, table, write_result
 from bench.loadgen import Request, Run, run_load
 
 T = TypeVar("T")
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SEEDED = 100
 RESYNC_SECONDS = 30  # the default
 OVERLOAD_PROBE = 1000.0
@@ -233,28 +229,6 @@ def sqlite_part(seconds: float, rate: float) -> dict:
                 "load": {"rate": 2 * most, **figures(reads)},
             },
         }
-
-
-def fresh_postgres(stack: ExitStack) -> str | None:
-    admin_url = make_url(POSTGRES_ADMIN)
-    try:
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:
-        print(f"PostgreSQL is not reachable ({type(exc).__name__}): the scale-out part is skipped", file=sys.stderr)
-        return None
-    name = f"loraplane_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    stack.callback(drop)
-    return admin_url.set(database=name).render_as_string(hide_password=False)
 
 
 def sustained(cluster: Cluster, role: str, seconds: float) -> tuple[float, list[dict]]:

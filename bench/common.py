@@ -1,5 +1,5 @@
-"""What every benchmark shares: percentiles, a printed table, a JSON result file, and
-starting a process and waiting for it (or for anything) to be ready."""
+"""What every benchmark shares: percentiles, a printed table, a JSON result file, starting a
+process and waiting for it (or for anything) to be ready, and a fresh PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -11,15 +11,20 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 T = TypeVar("T")
 
 RESULTS = Path(__file__).resolve().parent / "results"
+POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -121,3 +126,27 @@ def start_service(
     process = start_ready([binary, "serve", "--port", str(port), "--data-dir", str(data_dir)], env, url, timeout=60)
     token = (data_dir / "admin-token").read_text().strip()
     return process, url, {"Authorization": f"Bearer {token}"}
+
+
+def fresh_postgres(stack: ExitStack) -> str | None:
+    """A new database on this machine's PostgreSQL, dropped when ``stack`` closes; None (and
+    why, on stderr) when PostgreSQL is not reachable."""
+    admin_url = make_url(POSTGRES_ADMIN)
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        print(f"PostgreSQL is not reachable ({type(exc).__name__}): the scale-out part is skipped", file=sys.stderr)
+        return None
+    name = f"loraplane_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    stack.callback(drop)
+    return admin_url.set(database=name).render_as_string(hide_password=False)
