@@ -36,9 +36,10 @@ def world(tmp_path: Path, command: tuple[str, ...]) -> Iterator[tuple[Deployment
     upgrade_database(engine)
     store = DeploymentStore(engine)
     sim = AzureSimulator(tmp_path / "sim", lro_delay_seconds=0.1, run_containers=True, container_command=command).start()
-    provider = AzureProvider(
-        AzureConfig(arm_url=sim.url, ca_bundle=sim.ca_bundle, credential="static", polling_seconds=0.05), DatabaseJournal(store)
-    )
+    # An autoscaled app's replicas are counted from its revisions: listed every 2 s here, not
+    # every minute, so that a scale to zero or a cold start is seen within seconds.
+    config = AzureConfig(arm_url=sim.url, ca_bundle=sim.ca_bundle, credential="static", polling_seconds=0.05, revisions_max_age_seconds=2.0)
+    provider = AzureProvider(config, DatabaseJournal(store))
     try:
         yield store, sim, provider, Reconciler(store, {"azure": provider}, poll_seconds=0.2)
     finally:
