@@ -19,6 +19,7 @@ Two fleets, side by side in one run:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -87,10 +88,20 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=10)
     args = parser.parse_args()
     results = []
-    if args.deployments:
-        results.append(converge(args.deployments, 1, ARM_WRITE_BURST, ARM_WRITES_PER_SECOND))
+    runs = []
     if args.spread:
-        results.append(converge(args.spread, args.subscriptions, ARM_WRITE_BURST * SCALE, ARM_WRITES_PER_SECOND * SCALE))
+        runs.append((args.spread, args.subscriptions, ARM_WRITE_BURST * SCALE, ARM_WRITES_PER_SECOND * SCALE))
+    if args.deployments:
+        runs.append((args.deployments, 1, ARM_WRITE_BURST, ARM_WRITES_PER_SECOND))
+    for run in runs:
+        results.append(converge(*run))
+        done = results[-1]
+        print(
+            f"{done['deployments']} over {done['subscriptions']} subscription(s): {done['wall_seconds']:.0f} s,"
+            f" floor {done['floor_seconds']:.0f} s ({done['ratio']:.2f}x), {done['throttled_429']} 429s",
+            file=sys.stderr,
+            flush=True,
+        )
     rows = [
         [
             r["deployments"],

@@ -52,11 +52,14 @@ def base_name(index: int) -> str:
 
 
 def manifest(name: str, subscription_index: int = 0) -> dict[str, Any]:
+    # A storage account's name is unique across Azure: one per subscription.
+    account = SHARED["storageAccount"] + (str(subscription_index) if subscription_index else "")
     azure = {
         "subscriptionId": subscription(subscription_index),
         "resourceGroup": GROUP,
         "location": "westus3",
         **SHARED,
+        "storageAccount": account,
         "app": name,
     }
     return {
