@@ -45,6 +45,7 @@ class _Held:
     def __exit__(self, *exc: object) -> None:
         self.lock.release()
 
+
 # Longer than any resync interval (a living deployment reads its resources at least once per
 # resync) and than any operation's last read is needed for.
 DEFAULT_RETENTION_SECONDS = 900.0
