@@ -7,8 +7,8 @@ Contract:
 - ``Controller`` owns when: each pass books its deployment's next resync on the work queue
   (jittered), wake-ups come from the store's writes, and the queue never runs one key twice
   at once, collapses duplicate wake-ups and feeds a bounded pool of workers;
-- a steady pass costs about a millisecond: its row, versions, listings, pointer, plan and the
-  replicas' last answers are kept in memory and used again while nothing they depend on
+- a steady pass reads its inputs from memory: its row, versions, listings, pointer, plan and
+  the replicas' last answers are kept and used again while nothing they depend on
   changed (``reconciler.listing``, the store's change listener);
 - failures are classified in one place (``reconciler.errors``): TemporaryError and anything
   unexpected retry with per-key exponential backoff and jitter (1 s doubling to 5 min);
