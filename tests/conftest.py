@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
@@ -58,6 +58,15 @@ def postgres_database() -> Iterator[str]:
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def postgres_engine(postgres_database: str) -> Iterator[Engine]:
+    """An engine on this run's PostgreSQL database, emptied first."""
+    truncate(postgres_database)
+    made = make_engine(postgres_database)
+    yield made
+    made.dispose()
 
 
 def truncate(url: str) -> None:

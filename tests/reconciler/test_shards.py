@@ -3,35 +3,24 @@ leases short enough to expire by the database's clock within a test."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from reconciler.shards import ShardElector
 from reconciler.writer import PassWriter, shard_of
-from state.db import make_engine
 from state.errors import Fenced
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
-from tests.conftest import local_manifest, truncate
+from tests.conftest import local_manifest
 from tests.fakes import eventually
 
 SHARDS = 4
 LEASE_SECONDS = 3.0
 
 
-@pytest.fixture
-def engine(postgres_database: str) -> Iterator:
-    truncate(postgres_database)
-    made = make_engine(postgres_database)
-    yield made
-    made.dispose()
-
-
-def replica(engine, name: str) -> ShardElector:
-    writer = PassWriter(DeploymentStore(engine), shards=SHARDS, elected=True)
-    return ShardElector(engine, name, writer, lease_seconds=LEASE_SECONDS, renew_deadline_seconds=2.0)
+def replica(postgres_engine, name: str) -> ShardElector:
+    writer = PassWriter(DeploymentStore(postgres_engine), shards=SHARDS, elected=True)
+    return ShardElector(postgres_engine, name, writer, lease_seconds=LEASE_SECONDS, renew_deadline_seconds=2.0)
 
 
 def deployment_in(store: DeploymentStore, shard: int):
@@ -51,8 +40,8 @@ def test_uids_spread_over_the_shards_and_stay_put():
     assert {shard_of(uid, 1) for uid in uids} == {0}
 
 
-def test_a_newcomer_gets_its_fair_part_and_no_shard_is_held_twice(engine):
-    a, b = replica(engine, "replica-a"), replica(engine, "replica-b")
+def test_a_newcomer_gets_its_fair_part_and_no_shard_is_held_twice(postgres_engine):
+    a, b = replica(postgres_engine, "replica-a"), replica(postgres_engine, "replica-b")
     a.step()
     assert a.held() == [0, 1, 2, 3]  # alone: everything
     b.step()
@@ -65,9 +54,9 @@ def test_a_newcomer_gets_its_fair_part_and_no_shard_is_held_twice(engine):
     assert sorted(a.writer.held_shards() + b.writer.held_shards()) == [0, 1, 2, 3]
 
 
-def test_a_shard_is_handed_back_only_once_its_pass_in_flight_ends(engine):
-    store = DeploymentStore(engine)
-    a, b = replica(engine, "replica-a"), replica(engine, "replica-b")
+def test_a_shard_is_handed_back_only_once_its_pass_in_flight_ends(postgres_engine):
+    store = DeploymentStore(postgres_engine)
+    a, b = replica(postgres_engine, "replica-a"), replica(postgres_engine, "replica-b")
     a.step()
     busy = deployment_in(store, 3)  # the highest shards are the ones handed back
     assert a.writer.begin_pass(busy.uid)
@@ -84,9 +73,9 @@ def test_a_shard_is_handed_back_only_once_its_pass_in_flight_ends(engine):
     assert b.writer.begin_pass(busy.uid)
 
 
-def test_a_killed_replicas_shards_move_within_the_lease_and_its_writes_are_refused(engine):
-    store = DeploymentStore(engine)
-    a, b = replica(engine, "replica-a"), replica(engine, "replica-b")
+def test_a_killed_replicas_shards_move_within_the_lease_and_its_writes_are_refused(postgres_engine):
+    store = DeploymentStore(postgres_engine)
+    a, b = replica(postgres_engine, "replica-a"), replica(postgres_engine, "replica-b")
     a.step()
     b.step()
     a.step()
@@ -110,9 +99,9 @@ def test_a_killed_replicas_shards_move_within_the_lease_and_its_writes_are_refus
     assert store.get(row.name).status["phase"] == "Degraded"
 
 
-def test_a_write_for_a_shard_not_held_is_refused_without_asking_the_database(engine):
-    store = DeploymentStore(engine)
-    a = replica(engine, "replica-a")
+def test_a_write_for_a_shard_not_held_is_refused_without_asking_the_database(postgres_engine):
+    store = DeploymentStore(postgres_engine)
+    a = replica(postgres_engine, "replica-a")
     row = deployment_in(store, 1)
     assert not a.writer.begin_pass(row.uid)  # nothing held yet
     with pytest.raises(Fenced, match="does not hold shard 1"):
@@ -122,18 +111,18 @@ def test_a_write_for_a_shard_not_held_is_refused_without_asking_the_database(eng
     assert a.writer.commit(row, DeploymentStatus(phase="Ready")) is not None
 
 
-def test_one_shard_is_one_leader_and_a_standby(engine):
+def test_one_shard_is_one_leader_and_a_standby(postgres_engine):
     first = ShardElector(
-        engine,
+        postgres_engine,
         "replica-a",
-        PassWriter(DeploymentStore(engine), shards=1, elected=True),
+        PassWriter(DeploymentStore(postgres_engine), shards=1, elected=True),
         lease_seconds=LEASE_SECONDS,
         renew_deadline_seconds=2.0,
     )
     second = ShardElector(
-        engine,
+        postgres_engine,
         "replica-b",
-        PassWriter(DeploymentStore(engine), shards=1, elected=True),
+        PassWriter(DeploymentStore(postgres_engine), shards=1, elected=True),
         lease_seconds=LEASE_SECONDS,
         renew_deadline_seconds=2.0,
     )

@@ -2,42 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from reconciler.writer import PassWriter
-from state.db import make_engine
 from state.errors import Fenced
 from state.lease import Lease
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
-from tests.conftest import local_manifest, truncate
+from tests.conftest import local_manifest
 from tests.fakes import eventually
 
 
-@pytest.fixture
-def engine(postgres_database: str) -> Iterator:
-    truncate(postgres_database)
-    made = make_engine(postgres_database)
-    yield made
-    made.dispose()
-
-
-def expire_soon(engine, holder: str) -> None:
+def expire_soon(postgres_engine, holder: str) -> None:
     """The holder's last renewal, a short one: then it stops renewing, and the lease expires by
     the database's clock (which no fake clock reaches)."""
-    assert Lease(engine, holder, duration_seconds=0.2).try_acquire() is not None
+    assert Lease(postgres_engine, holder, duration_seconds=0.2).try_acquire() is not None
 
 
-def test_one_holder_at_a_time_and_a_new_epoch_for_each(engine):
+def test_one_holder_at_a_time_and_a_new_epoch_for_each(postgres_engine):
     # Long leases, so that no stall of a busy machine lets one expire between two lines.
-    a, b = Lease(engine, "replica-a", duration_seconds=60), Lease(engine, "replica-b", duration_seconds=60)
+    a, b = Lease(postgres_engine, "replica-a", duration_seconds=60), Lease(postgres_engine, "replica-b", duration_seconds=60)
     assert a.try_acquire() == 1
     assert b.try_acquire() is None
     assert a.try_acquire() == 1  # a renewal keeps the epoch
-    expire_soon(engine, "replica-a")
+    expire_soon(postgres_engine, "replica-a")
     assert eventually(b.try_acquire, timeout=15, what="the lease to expire") == 2
     assert a.try_acquire() is None
     b.release()
@@ -45,16 +34,16 @@ def test_one_holder_at_a_time_and_a_new_epoch_for_each(engine):
     assert a.current().holder == "replica-a"
 
 
-def test_a_deposed_leader_cannot_write(engine):
-    store = DeploymentStore(engine)
+def test_a_deposed_leader_cannot_write(postgres_engine):
+    store = DeploymentStore(postgres_engine)
     row = store.create(InferenceDeploymentCreate.model_validate(local_manifest()))
-    a, b = Lease(engine, "replica-a", duration_seconds=60), Lease(engine, "replica-b", duration_seconds=60)
+    a, b = Lease(postgres_engine, "replica-a", duration_seconds=60), Lease(postgres_engine, "replica-b", duration_seconds=60)
     epoch = a.try_acquire()
     as_leader = PassWriter(store)
     as_leader.lead(a.fence(epoch))
     assert as_leader.commit(row, DeploymentStatus(phase="Provisioning")) is not None
     as_leader.assert_leader()
-    expire_soon(engine, "replica-a")
+    expire_soon(postgres_engine, "replica-a")
     assert eventually(b.try_acquire, timeout=15, what="the lease to expire") == epoch + 1
     with pytest.raises(Fenced, match="no longer leads"):
         as_leader.commit(row, DeploymentStatus(phase="Ready"))
