@@ -424,7 +424,12 @@ class ArmSimulator:
         async def arm(path: str, request: Request) -> Response:
             try:
                 target = parse_path("subscriptions/" + path)
-                label = target.list_of or target.type_name or ("operations" if "operation" in path.lower() else "provider")
+                # A list's pages are counted apart from reads of one resource ("... (list)").
+                label = (
+                    f"{target.list_of} (list)"
+                    if target.list_of
+                    else target.type_name or ("operations" if "operation" in path.lower() else "provider")
+                )
                 self.state.count(request.method, label, target.subscription)
                 if self.state.limits is not None:
                     wait = self.state.limits.take(target.subscription, request.method)

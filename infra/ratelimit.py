@@ -11,7 +11,8 @@ Three ways to take a token:
 
 ``fail_fast`` marks the current thread as one that must not wait: the limiters built on these
 buckets then raise ``Throttled`` (a TemporaryError carrying the delay) instead of sleeping, and
-the reconcile loop requeues the pass with that delay and takes its next key.
+the reconcile loop requeues the pass with that delay and takes its next key. ``may_wait``
+lifts that for work that would be lost if broken off: a list's pages after its first.
 """
 
 from __future__ import annotations
@@ -137,6 +138,18 @@ def fail_fast(holder: str) -> Iterator[None]:
     name) is who a ticket is kept for, and ``Throttled`` says when to come back."""
     previous = getattr(_local, "holder", None)
     _local.holder = holder
+    try:
+        yield
+    finally:
+        _local.holder = previous
+
+
+@contextmanager
+def may_wait() -> Iterator[None]:
+    """Within this block, this thread waits for its tokens even inside ``fail_fast``: for work
+    that is lost if broken off halfway (the later pages of a list that every pass shares)."""
+    previous = getattr(_local, "holder", None)
+    _local.holder = None
     try:
         yield
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Protocol
@@ -51,6 +52,7 @@ from infra.azure.desired import (
 from infra.azure.profiles import ProfileChoice, choose_profile
 from infra.azure.revisions import desired_traffic
 from infra.provider import Target
+from infra.ratelimit import may_wait
 from state.resource import AzureSpec
 
 # How the SDK's generated operations map an HTTP status to an exception (azure-core's map_error).
@@ -619,8 +621,15 @@ class ContainerApp(Kind):
             f"/subscriptions/{azure.subscription_id}/resourceGroups/{azure.resource_group}"
             f"/providers/Microsoft.App/containerApps?api-version={APPS_API_VERSION}"
         )
+        first = True
         while url:
-            response = clients.apps.send_request(HttpRequest("GET", url))
+            # The first page may end the pass with Throttled: nothing is lost. The pages after it
+            # wait for their read tokens: a list broken off halfway is lost whole, and every pass
+            # after it would start it again (at 300 apps that spent the whole read budget on
+            # first pages and never finished a list).
+            with nullcontext() if first else may_wait():
+                response = clients.apps.send_request(HttpRequest("GET", url))
+            first = False
             if response.status_code != 200:
                 map_error(status_code=response.status_code, response=response, error_map=ARM_ERROR_MAP)
                 raise HttpResponseError(response=response, error_format=ARMErrorFormat)

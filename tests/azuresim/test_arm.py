@@ -170,6 +170,8 @@ def test_calls_are_counted_by_method_and_type(sim, clients):
     counted = calls(sim)
     assert counted["PUT"] == {"resourceGroups": 1, "Microsoft.App/managedEnvironments": 1}
     assert counted["GET"]["Microsoft.App/managedEnvironments"] >= 2  # the LRO's final GET and ours
+    list(clients.apps.managed_environments.list_by_resource_group("rg"))
+    assert calls(sim)["GET"]["Microsoft.App/managedEnvironments (list)"] == 1  # a list is told from a read
     httpx.post(f"{sim.url}/_sim/calls/reset", verify=trusting(sim))
     assert calls(sim) == {}
 

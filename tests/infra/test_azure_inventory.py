@@ -163,7 +163,8 @@ def test_a_resync_of_a_fleet_in_one_group_lists_its_apps_instead_of_reading_each
             }
             assert {method for method, kinds in seen.items() if kinds} <= {"GET"}  # no writes
             # At most one list of the group's apps and one read of each shared resource: not 7 x 12.
-            assert seen.get("GET", {}).get("Microsoft.App/containerApps", 0) <= 1
+            assert seen.get("GET", {}).get("Microsoft.App/containerApps (list)", 0) <= 1
+            assert seen.get("GET", {}).get("Microsoft.App/containerApps", 0) == 0
             assert sum(seen.get("GET", {}).values()) <= 7
 
         finally:
@@ -194,7 +195,7 @@ def test_revisions_are_listed_for_replicas_that_vary_and_not_for_a_fixed_scale_a
                 reset_calls(sim)
                 for _ in range(3):
                     assert reconciler.reconcile(name).result == "converged"
-                listed[name] = calls(sim).get("GET", {}).get("Microsoft.App/containerApps/revisions", 0)
+                listed[name] = calls(sim).get("GET", {}).get("Microsoft.App/containerApps/revisions (list)", 0)
             assert listed == {"fixed": 0, "elastic": 3}
             assert DeploymentStatus.model_validate(store.get("fixed").status).cost.replicas == 1  # still counted
         finally:

@@ -18,11 +18,15 @@ from azure.mgmt.resource.resources import ResourceManagementClient
 
 from azuresim.server import AzureSimulator
 from azuresim.state import ArmLimits
+from infra.azure.clients import AzureClients, AzureConfig
 from infra.azure.credentials import StaticTokenCredential, make_credential
 from infra.azure.errors import QUOTA_RETRY_SECONDS, classify_azure_error
+from infra.azure.kinds import ContainerApp
 from infra.azure.limiter import ArmLimiter, BucketSpec, TokenBucket, kind_of, principal_of, scope_of
 from infra.errors import PermanentError, TemporaryError
 from infra.ratelimit import TICKET_GRACE_SECONDS, Throttled, fail_fast
+from state.resource import AzureSpec
+from tests.conftest import azure_manifest
 from tests.fakes import FakeClock
 
 SUB = "00000000-0000-0000-0000-000000000000"
@@ -164,6 +168,32 @@ def test_a_worker_over_budget_sends_nothing_and_is_told_when_to_come_back(sim):
     assert calls_of(sim)["PUT"] == {"resourceGroups": 2}  # the throttled attempt never left
     assert [client.resource_groups.get(name).name for name in ("rg", "rg-two")] == ["rg", "rg-two"]
     client.close()
+
+
+def test_a_list_begun_is_finished_its_later_pages_waiting_for_their_tokens(sim):
+    """A worker may be turned away before a list's first page, but not halfway through it: a
+    list broken off is lost whole, and every pass after it would begin it again."""
+    apps = make_group_and_environment(sim)
+    environment = apps.managed_environments.begin_create_or_update("rg", "env", env(), polling_interval=0.05).result()
+    for index in range(130):  # two pages
+        body = aca.ContainerApp(location="westus3", managed_environment_id=environment.id, template=aca.Template(containers=[]))
+        apps.container_apps.begin_create_or_update("rg", f"app-{index:03d}", body, polling=False)
+    apps.close()
+    clock = FakeClock(0.0)
+    waited: list[float] = []
+    limiter = ArmLimiter({"read": BucketSpec(2, 1)}, clock=clock, sleep=lambda s: (waited.append(s), clock.advance(s)))
+    clients = AzureClients(SUB, AzureConfig(arm_url=sim.url, ca_bundle=sim.ca_bundle), StaticTokenCredential(), limiter)
+    azure = AzureSpec.model_validate(azure_manifest("lister")["spec"]["azure"]).model_copy(update={"resource_group": "rg"})
+    try:
+        with fail_fast("lister"):
+            listed = [item["name"] for item in ContainerApp().list_group(clients, azure)]
+            assert sorted(listed) == [f"app-{index:03d}" for index in range(130)]
+            assert waited == [pytest.approx(0.5)]  # the second page waited for its token
+            with pytest.raises(Throttled):  # the next list cannot begin: the pass is given back
+                next(iter(ContainerApp().list_group(clients, azure)))
+        assert calls_of(sim)["GET"]["Microsoft.App/containerApps (list)"] == 2
+    finally:
+        clients.close()
 
 
 def test_a_429_from_arm_empties_the_bucket_and_a_worker_gives_the_pass_back(tmp_path: Path):
