@@ -123,6 +123,10 @@ class Inventory:
         self._stamp += 1
         self._versions[key] = self._stamp
 
+    def _newer_locked(self, key: str, than: float) -> bool:
+        found = self._read.get(key)
+        return found is not None and found[0] > than
+
     def _sweep_locked(self) -> None:
         """Forget what was not read for ``retention`` seconds (at most once a tenth of it)."""
         now = self.clock()
@@ -157,13 +161,21 @@ class Inventory:
         return kept if known else resource
 
     def get_listed(
-        self, resource_id: str, scope: str, read: Callable[[], Resource | None], read_all: Callable[[], Iterable[Resource]]
+        self,
+        resource_id: str,
+        scope: str,
+        read: Callable[[], Resource | None],
+        read_all: Callable[[], Iterable[Resource]],
+        *,
+        max_age: float | None = None,
     ) -> Resource | None:
         """Like ``get``, but from a list of everything of its type in ``scope``, one list serving
         every resource there for ``max_age`` (what it did not hold did not exist when it was
-        made); a resource loraplane changed is read alone."""
+        made); a resource loraplane changed is read alone. A caller's shorter ``max_age`` (for
+        a resource Azure is still writing) has the list made again sooner, for everyone."""
         key, scope = resource_id.lower(), scope.lower()
-        known, resource = self._fresh(key)
+        max_age = self.max_age if max_age is None else min(max_age, self.max_age)
+        known, resource = self._fresh(key, max_age)
         if known:
             return resource
         with self._lock:
@@ -173,24 +185,26 @@ class Inventory:
             if not lock.acquire(blocking=False):
                 # The scope is being listed (10 pages a second for 1,000 apps): its last list
                 # serves meanwhile, up to twice max_age old, rather than every worker waiting.
-                known, resource = self._fresh(key, max_age=2 * self.max_age)
+                known, resource = self._fresh(key, max_age=2 * max_age)
                 if known:
                     return resource
                 lock.acquire()
             with _Held(lock):  # one list at a time per scope: the workers behind it use its answer
                 with self._lock:
                     listed = self._listed.get(scope)
-                if listed is None or self.clock() - listed > self.max_age:
+                if listed is None or self.clock() - listed > max_age:
                     listed = self.clock()
                     found = {str(item["id"]).lower(): item for item in read_all()}
                     with self._lock:
                         self._listed[scope] = listed
+                        # A read newer than the list (a write's answer, a read alone meanwhile)
+                        # says more than the list does: the list does not undo it.
                         for item_key, item in found.items():
-                            if item_key not in self._stale:
+                            if item_key not in self._stale and not self._newer_locked(item_key, listed):
                                 self._keep_locked(item_key, item, listed)
                         # What the scope held before and the list no longer holds is gone.
                         for item_key in self._members.get(scope, set()) - found.keys():
-                            if item_key not in self._stale:
+                            if item_key not in self._stale and not self._newer_locked(item_key, listed):
                                 self._keep_locked(item_key, None, listed)
                         self._members[scope] = set(found)
                         self._sweep_locked()
@@ -198,7 +212,7 @@ class Inventory:
                     # Listed within max_age, and not read since: it was not in the list.
                     if key not in self._stale and (key not in self._read or self._read[key][0] < listed):
                         self._keep_locked(key, None, listed)
-            known, resource = self._fresh(key)
+            known, resource = self._fresh(key, max_age)
             if known:
                 return resource
         return self._read_alone(key, read, scope)

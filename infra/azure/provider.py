@@ -248,7 +248,12 @@ class AzureProvider:
                 raise classify_azure_error(exc, doing=f"listing the {kind.arm_type} of {azure.resource_group}") from exc
 
         scope = f"{ResourceGroup().resource_id(azure)}/providers/{kind.arm_type}"  # the list's url: ids in it start so
-        return self.inventory.get_listed(resource_id, scope, read, every_one_in_the_group)
+        # An app Azure is still writing is looked at every polling interval, as a poller would,
+        # but through the group's list (its writes are not polled: ContainerApp.write).
+        last = self.inventory.last(resource_id)
+        writing = last is not None and kind.state(last).lower() in kind.busy_states
+        max_age = self.config.polling_seconds if writing else None
+        return self.inventory.get_listed(resource_id, scope, read, every_one_in_the_group, max_age=max_age)
 
     # ---------------------------------------------------------------------------- observe
 
@@ -279,10 +284,21 @@ class AzureProvider:
             state = busy.get(kind.name, "").capitalize() or (kind.state(current) if current else "Missing")
             refs.append(ObservedResource(kind.name, resource_id, state, "loraplane" if ours else "adopted"))
         app = observed[ContainerApp.name]
-        failure = self._health(clients, azure, observed, busy)
+        # What Azure is still writing (its provisioningState says so) is waited for, as what
+        # loraplane polls is: no health or revisions read of a half-made app.
+        writing = {
+            kind.name
+            for kind in KINDS
+            if kind.name not in busy and (current := observed[kind.name]) is not None and kind.state(current).lower() in kind.busy_states
+        }
+        failure = self._health(clients, azure, observed, {**busy, **dict.fromkeys(writing, "writing")})
         wheel = self._wheel_name(target)
         dist, in_use = self._dist(target, azure, app, wheel)
-        revisions = self._revisions(clients, azure, target=target, app=app) if app is not None and ContainerApp.name not in busy else ()
+        revisions = (
+            self._revisions(clients, azure, target=target, app=app)
+            if app is not None and ContainerApp.name not in busy and ContainerApp.name not in writing
+            else ()
+        )
         facts = AzureFacts(
             observed=observed,
             busy=busy,
@@ -625,9 +641,20 @@ class AzureProvider:
         return poller
 
     def _started(
-        self, target: Target, resource_id: str, kind: str, verb: str, poller: LROPoller | None, sent_secrets: tuple[str, ...] = ()
+        self,
+        target: Target,
+        resource_id: str,
+        kind: str,
+        verb: str,
+        poller: LROPoller | None,
+        sent_secrets: tuple[str, ...] = (),
+        *,
+        answer: dict[str, Any] | None = None,
     ) -> None:
         self._touch(resource_id)
+        if answer is not None:
+            # The write's answer is the resource as it is now (e.g. InProgress): no read needed.
+            self.inventory.read_now(resource_id, answer)
         known = self.journal.records(target.uid).get(resource_id.lower())
         created = verb == "create" or (known is not None and known.created)
         if poller is None or poller.done():
@@ -716,7 +743,7 @@ class AzureProvider:
             clients, azure, resource, body, verb=verb, current=current, adopted=adopted, secrets=_ApplySecrets(self, clients, target)
         )
         log.info("%s %s %s%s", verb, kind.name, resource.name, " (adopted)" if adopted else "")
-        self._started(target, resource.id, kind.name, verb, written.poller, written.sent)
+        self._started(target, resource.id, kind.name, verb, written.poller, written.sent, answer=written.answer)
 
     def _created(self, target: Target, resource_id: str) -> bool:
         record = self.journal.records(target.uid).get(resource_id.lower())

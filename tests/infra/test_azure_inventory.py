@@ -101,6 +101,28 @@ def test_one_list_serves_every_app_in_the_group_until_it_is_too_old():
     assert azure.lists == 2
 
 
+def test_a_list_made_before_a_write_does_not_undo_the_writes_answer_and_a_shorter_max_age_lists_sooner():
+    clock, azure = FakeClock(), Azure(["a"])
+    inventory = Inventory(max_age=10, clock=clock)
+    written = threading.Event()
+
+    def read_all_across_a_write():
+        listed = azure.read_all()  # what the list saw: the app before the write
+        azure.apps[APP.format("a")]["v"] = 2
+        clock.advance(0.1)
+        inventory.read_now(APP.format("a"), dict(azure.apps[APP.format("a")]))  # the write's answer
+        written.set()
+        return listed
+
+    assert inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), read_all_across_a_write)["v"] == 2
+    assert written.is_set() and azure.gets == 0
+    clock.advance(3)
+    assert inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all)["v"] == 2  # within 10 s
+    azure.apps[APP.format("a")]["v"] = 3  # Azure finished writing it
+    assert inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all, max_age=2)["v"] == 3
+    assert (azure.lists, azure.gets) == (2, 0)
+
+
 def test_what_loraplane_changed_is_read_afresh_and_alone():
     clock, azure = FakeClock(), Azure(["a", "b"])
     inventory = Inventory(max_age=10, clock=clock)

@@ -113,25 +113,33 @@ def test_no_secret_is_written_to_the_database(store, sim, provider, tmp_path):
     assert len(admin_token) >= 32
 
 
-def test_a_restart_mid_operation_resumes_polling_without_a_second_put(store, tmp_path):
+def test_a_restart_mid_operation_resumes_without_a_second_put(store, tmp_path):
+    """Two restarts: while the environment's operation is polled (its token is in the journal),
+    and while the container app is being made (watched through its provisioningState)."""
     sim = start_sim(tmp_path, lro_delay=1.5)
+    providers = []
     try:
         create(store, sim)
-        first = make_provider(store, sim)
-        reconciler = Reconciler(store, {"azure": first}, poll_seconds=0.1)
-        # Run until the container app's PUT is in flight, then "restart": a new provider,
-        # with nothing in memory, on the same database.
-        drive(
-            reconciler,
-            lambda: any(r.kind == "ContainerApp" and r.operation for r in DatabaseJournal(store).records(store.get(NAME).uid).values()),
-            timeout=90,
-        )
-        restarted = make_provider(store, sim)
-        drive(Reconciler(store, {"azure": restarted}, poll_seconds=0.1), ready(store), timeout=90)
+        uid = store.get(NAME).uid
+
+        def record(kind: str):
+            return next((r for r in DatabaseJournal(store).records(uid).values() if r.kind == kind), None)
+
+        def environment_in_flight() -> bool:
+            found = record("ManagedEnvironment")
+            return found is not None and found.operation is not None
+
+        # Run until the operation is in flight, then "restart": a new provider, with nothing in
+        # memory, on the same database.
+        for in_flight in (environment_in_flight, lambda: record("ContainerApp") is not None):
+            providers.append(make_provider(store, sim))
+            drive(Reconciler(store, {"azure": providers[-1]}, poll_seconds=0.1), in_flight, timeout=90)
+        providers.append(make_provider(store, sim))
+        drive(Reconciler(store, {"azure": providers[-1]}, poll_seconds=0.1), ready(store), timeout=90)
         assert writes(sim)["PUT"] == {t: 1 for t in EXPECTED_TYPES}
-        first.close()
-        restarted.close()
     finally:
+        for provider in providers:
+            provider.close()
         sim.stop()
 
 
