@@ -83,7 +83,7 @@ class ServiceSettings(BaseSettings):
     azure_credential: Literal["default", "static"] = "default"
     azure_polling_seconds: float = Field(default=5.0, gt=0)
     # How old an ARM read may be and still serve an observation (container apps are listed per
-    # resource group); the smaller of this and half of resync_seconds is used.
+    # resource group); unless it is set, the smaller of this and half of resync_seconds is used.
     azure_observe_max_age_seconds: float = Field(default=10.0, ge=0)
     # The client-side ARM limiter: these buckets for each subscription and principal, shared by
     # every worker.

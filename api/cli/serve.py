@@ -123,6 +123,16 @@ def announce_demo(store: DeploymentStore, share: Path, timeout: float = 600.0) -
         time.sleep(1)
 
 
+def observe_max_age(settings: ServiceSettings) -> float:
+    """How old an ARM read may be: by default the smaller of its setting and half the resync
+    interval (a resync then reads afresh); set explicitly, as set (a short resync then costs no
+    reads: it re-checks what loraplane knows, and changes made in Azure by others are seen
+    within the max age)."""
+    if "azure_observe_max_age_seconds" in settings.model_fields_set:
+        return settings.azure_observe_max_age_seconds
+    return min(settings.azure_observe_max_age_seconds, settings.resync_seconds / 2)
+
+
 def azure_provider(settings: ServiceSettings, journal: DatabaseJournal) -> AzureProvider:
     limits = {
         "read": BucketSpec(settings.azure_reads_per_second, settings.azure_read_burst),
@@ -134,7 +144,7 @@ def azure_provider(settings: ServiceSettings, journal: DatabaseJournal) -> Azure
         ca_bundle=settings.azure_ca_bundle,
         credential=settings.azure_credential,
         polling_seconds=settings.azure_polling_seconds,
-        observe_max_age_seconds=min(settings.azure_observe_max_age_seconds, settings.resync_seconds / 2),
+        observe_max_age_seconds=observe_max_age(settings),
     )
     return AzureProvider(config, journal, limiter=ArmLimiter(limits))
 

@@ -14,6 +14,8 @@ from azure.mgmt.appcontainers import ContainerAppsAPIClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.storage import StorageManagementClient
 
+from api.cli.serve import observe_max_age
+from api.settings import ServiceSettings
 from azuresim.server import AzureSimulator
 from infra.azure.credentials import StaticTokenCredential
 from state.resource import DeploymentSpec
@@ -87,3 +89,10 @@ def test_serve_runs_an_azure_deployment_against_the_simulator(tmp_path: Path):
     log = service.log.read_text()
     assert "created" in log or "create" in log
     assert key not in log and token not in log
+
+
+def test_an_observe_max_age_that_is_set_is_kept_and_the_default_is_held_under_half_the_resync():
+    # A short resync re-checks what loraplane knows; it reads ARM only as often as asked.
+    assert observe_max_age(ServiceSettings(resync_seconds=0.5, azure_observe_max_age_seconds=10)) == 10
+    assert observe_max_age(ServiceSettings(resync_seconds=0.5)) == 0.25
+    assert observe_max_age(ServiceSettings(resync_seconds=60)) == 10
