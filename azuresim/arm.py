@@ -615,7 +615,10 @@ class ArmSimulator:
         rules.check(rules.Write(target.type_name.lower(), target.resource_id, resource["name"], resource, existing, self.state.get))
         self._server_fields(target, resource, existing, base)
         if kind.long_running:
-            properties["provisioningState"] = "InProgress" if existing is None else "Updating"
+            # A container app has no "Updating": its ContainerAppProvisioningState is InProgress,
+            # Succeeded, Failed, Canceled or Deleting (the Microsoft.App OpenAPI document).
+            busy = "InProgress" if existing is None or target.type_name.lower() == CONTAINER_APPS else "Updating"
+            properties["provisioningState"] = busy
             self.state.put(target.resource_id, resource)
             failure = (
                 ArmError(500, "ProvisioningFailed", f"provisioning {target.type_name} '{resource['name']}' failed")

@@ -107,6 +107,18 @@ def test_long_running_creates_move_to_succeeded(clients):
     assert environment.default_domain.endswith(".westus3.azurecontainerapps.io")
 
 
+def test_a_container_app_being_written_says_in_progress_as_its_rest_specification_has_it(clients):
+    environment = make_environment(clients)
+    apps = clients.apps.container_apps
+    for verb in ("create", "update"):
+        answer = apps.begin_create_or_update(
+            "rg", "app", app_body(environment.id, max_replicas=2 if verb == "update" else 1), polling=False
+        )
+        shown = answer.result() if verb == "create" else apps.get("rg", "app")
+        assert shown.properties.provisioning_state == "InProgress", verb  # no "Updating" for apps
+        eventually(lambda: apps.get("rg", "app").properties.provisioning_state == "Succeeded", what=f"the {verb} to end")
+
+
 def test_a_container_app_gets_revisions_as_azure_makes_them(clients):
     environment = make_environment(clients)
     first = clients.apps.container_apps.begin_create_or_update("rg", "app", app_body(environment.id), **FAST).result()
