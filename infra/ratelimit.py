@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from infra.errors import TemporaryError
@@ -133,9 +133,8 @@ _local = threading.local()
 
 
 @contextmanager
-def fail_fast(holder: str) -> Iterator[None]:
-    """Within this block, this thread does not wait for tokens: ``holder`` (a deployment's
-    name) is who a ticket is kept for, and ``Throttled`` says when to come back."""
+def _held_by(holder: str | None) -> Iterator[None]:
+    """Within this block, this thread works for ``holder`` (None: it may wait)."""
     previous = getattr(_local, "holder", None)
     _local.holder = holder
     try:
@@ -144,16 +143,16 @@ def fail_fast(holder: str) -> Iterator[None]:
         _local.holder = previous
 
 
-@contextmanager
-def may_wait() -> Iterator[None]:
+def fail_fast(holder: str) -> AbstractContextManager[None]:
+    """Within this block, this thread does not wait for tokens: ``holder`` (a deployment's
+    name) is who a ticket is kept for, and ``Throttled`` says when to come back."""
+    return _held_by(holder)
+
+
+def may_wait() -> AbstractContextManager[None]:
     """Within this block, this thread waits for its tokens even inside ``fail_fast``: for work
     that is lost if broken off halfway (the later pages of a list that every pass shares)."""
-    previous = getattr(_local, "holder", None)
-    _local.holder = None
-    try:
-        yield
-    finally:
-        _local.holder = previous
+    return _held_by(None)
 
 
 def failing_fast() -> str | None:

@@ -186,6 +186,10 @@ class Kind(ABC):
         properties = observed.get("properties") or {}
         return str(properties.get("provisioningState") or "Succeeded")
 
+    def being_written(self, observed: dict[str, Any] | None) -> bool:
+        """Azure is still writing it (its provisioningState is one of the busy ones)."""
+        return observed is not None and self.state(observed).lower() in self.busy_states
+
     def check(self, context: DesiredContext, observed: dict[str, Any], *, adopted: bool) -> tuple[str, str] | None:
         """What about the resource as it is makes the deployment impossible: (reason, message
         for a person)."""

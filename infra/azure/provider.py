@@ -250,9 +250,7 @@ class AzureProvider:
         scope = f"{ResourceGroup().resource_id(azure)}/providers/{kind.arm_type}"  # the list's url: ids in it start so
         # An app Azure is still writing is looked at every polling interval, as a poller would,
         # but through the group's list (its writes are not polled: ContainerApp.write).
-        last = self.inventory.last(resource_id)
-        writing = last is not None and kind.state(last).lower() in kind.busy_states
-        max_age = self.config.polling_seconds if writing else None
+        max_age = self.config.polling_seconds if kind.being_written(self.inventory.last(resource_id)) else None
         return self.inventory.get_listed(resource_id, scope, read, every_one_in_the_group, max_age=max_age)
 
     # ---------------------------------------------------------------------------- observe
@@ -286,11 +284,7 @@ class AzureProvider:
         app = observed[ContainerApp.name]
         # What Azure is still writing (its provisioningState says so) is waited for, as what
         # loraplane polls is: no health or revisions read of a half-made app.
-        writing = {
-            kind.name
-            for kind in KINDS
-            if kind.name not in busy and (current := observed[kind.name]) is not None and kind.state(current).lower() in kind.busy_states
-        }
+        writing = {kind.name for kind in KINDS if kind.name not in busy and kind.being_written(observed[kind.name])}
         failure = self._health(clients, azure, observed, {**busy, **dict.fromkeys(writing, "writing")})
         wheel = self._wheel_name(target)
         dist, in_use = self._dist(target, azure, app, wheel)
