@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -105,8 +105,10 @@ class WatchHub:
         self._watches: set[Watch] = set()
         self._texts: OrderedDict[tuple[str, str, int], str] = OrderedDict()
         self._texts_lock = threading.Lock()  # the initial reads run in the thread pool
+        # Only the poller writes the looks, one after another: a look that began before another
+        # but ended after it would make the newer look's deployments seem gone (DELETED).
         self._versions: dict[str, tuple[str, int]] | None = None
-        self._baseline_lock = asyncio.Lock()
+        self._first_look = asyncio.Event()
         self._task: asyncio.Task | None = None
         registry = registry or CollectorRegistry()
         self.open_gauge = Gauge("loraplane_watches_open", "Watch streams open on this replica", registry=registry)
@@ -156,16 +158,17 @@ class WatchHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def stream(self, watch: Watch, timeout_seconds: float) -> AsyncIterator[str]:
+    async def stream(self, watch: Watch, timeout_seconds: float) -> AsyncGenerator[str, None]:
         """The events of one watch: what exists first, then the changes the hub hands it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
         try:
             # The hub's first look comes before the watch's own read: a change after that read
             # is then in the hub's next comparison, and one before it is in the read.
-            async with self._baseline_lock:
-                if self._versions is None:
-                    self._versions = await run_in_threadpool(self.store.versions, None)
+            try:
+                await asyncio.wait_for(self._first_look.wait(), timeout=timeout_seconds)
+            except TimeoutError:
+                return  # the database gave the hub no look in all that time
             initial = await run_in_threadpool(self._initial, watch)
             # On the loop from here to the first yield: nothing the hub hands over interleaves.
             for row, _ in initial:
@@ -228,7 +231,10 @@ class WatchHub:
             except Exception:  # the poller must outlive one failed look (the database blinked)
                 log.exception("a watch poll failed; trying again")
             await asyncio.sleep(self.limits.poll_seconds)
-        self._versions = None  # nobody watches: the next watch starts from a fresh look
+        # Nobody watches: the next watch starts from a fresh look (no await from the loop's
+        # test to here, so no watch can open in between).
+        self._versions = None
+        self._first_look.clear()
 
     async def _tick(self) -> None:
         self.polls.inc()
@@ -239,7 +245,8 @@ class WatchHub:
                 self.close_holder(holder)  # revoked (perhaps on another replica)
         previous, self._versions = self._versions, current
         if previous is None:
-            return  # no baseline yet: the watches' own reads are newer than this look
+            self._first_look.set()  # the watches waiting may read: their reads are newer than this look
+            return
         changed = sorted(n for n, v in current.items() if previous.get(n) != v)
         gone = sorted(set(previous) - set(current))
         rows = await run_in_threadpool(self._rows, changed) if changed else []

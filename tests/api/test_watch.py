@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import signal
@@ -12,7 +13,11 @@ from typing import IO
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
+from api.views import PublicViews
+from api.watch import WatchHub, WatchLimits
+from state.db import make_engine, sqlite_url, upgrade_database
 from state.models import InferenceDeploymentCreate
 from state.resource import DeploymentStatus
 from state.store import DeploymentStore
@@ -78,6 +83,65 @@ def test_a_list_watch_sends_what_exists_then_each_change(store, api):
     assert all(name == "support-bot" for _, name in kinds)  # the selector held
     ready = next(e for e in events if e["type"] == "MODIFIED" and e["object"]["status"].get("phase") == "Ready")
     assert ready["object"]["status"]["endpoint"] == "http://127.0.0.1:1"
+
+
+class FirstLookHeld(DeploymentStore):
+    """A store whose first look at the versions reads, then is held until the test lets it
+    return: the hub's first look, finished late by a busy thread pool."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self.first_read = threading.Event()
+        self.release = threading.Event()
+        self._looks = 0
+        self._looks_lock = threading.Lock()
+
+    def versions(self, name: str | None = None) -> dict[str, tuple[str, int]]:
+        found = super().versions(name)
+        with self._looks_lock:
+            self._looks += 1
+            first = self._looks == 1
+        if first:
+            self.first_read.set()
+            assert self.release.wait(20), "the test never let the first look return"
+        return found
+
+
+def test_a_look_that_ends_late_never_makes_a_watch_say_deleted(tmp_path):
+    """The hub's first look read nothing; a deployment was created; the watch opened and read
+    it. When that older look ends at last, the watch must not take the deployment for gone."""
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade_database(engine)
+    store = FirstLookHeld(engine)
+    registry = CollectorRegistry()
+
+    async def scenario() -> list[tuple[str, str]]:
+        hub = WatchHub(store, PublicViews(), limits=WatchLimits(poll_seconds=0.01), registry=registry)
+        watch = hub.open("tester")
+        stream = hub.stream(watch, 60)
+        assert await asyncio.to_thread(store.first_read.wait, 20), "the hub made no look"
+        row = await asyncio.to_thread(store.create, InferenceDeploymentCreate.model_validate(local_manifest("support-bot")))
+        first = asyncio.ensure_future(anext(stream))
+        # Time for a watch's own read, were it to make one now (it must wait for the hub's look).
+        await asyncio.wait({first}, timeout=0.5)
+        store.release.set()
+        texts = [await asyncio.wait_for(first, 20)]
+        polls = registry.get_sample_value("loraplane_watch_polls_total") or 0
+        while (registry.get_sample_value("loraplane_watch_polls_total") or 0) < polls + 3:
+            await asyncio.sleep(0.01)  # three more looks, each of which could have said DELETED
+        await asyncio.to_thread(store.request_deletion, "support-bot")
+        texts.append(await asyncio.wait_for(anext(stream), 20))
+        await asyncio.to_thread(store.remove, "support-bot", uid=row.uid)
+        texts.append(await asyncio.wait_for(anext(stream), 20))
+        await stream.aclose()
+        await hub.shutdown()
+        return [(text.split("\n")[0], json.loads(text.split("data: ", 1)[1])["object"]["metadata"]["name"]) for text in texts]
+
+    try:
+        kinds = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+    assert kinds == [("event: ADDED", "support-bot"), ("event: MODIFIED", "support-bot"), ("event: DELETED", "support-bot")]
 
 
 def test_watching_one_deployment_ends_when_it_is_gone(store, api):
