@@ -478,7 +478,9 @@ class DeploymentStore:
                 current = session.get(InferenceDeployment, name)
         if current is None or current.uid != uid:
             return None
-        if _canonical(document) == _canonical(current.status) and not events and not versions and usage is None:
+        # Dicts compared as they are (both are JSON's types): a steady pass made a sorted dump of
+        # each of the two to tell that nothing changed.
+        if document == current.status and not events and not versions and usage is None:
             return current
         # Core statements: the status column read under the row's lock, and one UPDATE that
         # moves the resourceVersion in the database and gives back the row (the ORM's way
@@ -494,7 +496,7 @@ class DeploymentStore:
                 self._add_event(session, current, type_, reason, message)
             if usage is not None:
                 self._add_usage(session, uid, usage)
-            if _canonical(document) == _canonical(locked[0]):
+            if document == locked[0]:
                 return current
             written = session.execute(
                 update(InferenceDeployment)

@@ -14,6 +14,7 @@ REST specification (Microsoft.App 2026-07-01, Microsoft.Storage, Microsoft.Opera
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
@@ -633,12 +634,16 @@ class ContainerApp(Kind):
             # after it would start it again (at 300 apps that spent the whole read budget on
             # first pages and never finished a list).
             with nullcontext() if first else may_wait():
-                response = clients.apps.send_request(HttpRequest("GET", url))
+                # Streamed, then read whole: the pipeline's ContentDecodePolicy would otherwise
+                # parse every page once for nobody, and the JSON is parsed here once (a page of
+                # 100 apps is about 280 KB: the largest part of a steady pass's CPU was these parses).
+                response = clients.apps.send_request(HttpRequest("GET", url), stream=True)
+                response.read()
             first = False
             if response.status_code != 200:
                 map_error(status_code=response.status_code, response=response, error_map=ARM_ERROR_MAP)
                 raise HttpResponseError(response=response, error_format=ARMErrorFormat)
-            page = response.json()
+            page = json.loads(response.content)
             yield from page.get("value", [])
             url = page.get("nextLink") or None
 
