@@ -101,7 +101,7 @@ def views_of(request: Request) -> PublicViews:
 
 def _answer(request: Request, response: Response, row: InferenceDeployment) -> InferenceDeploymentPublic:
     response.headers["ETag"] = etag(row)
-    return views_of(request).of(row)
+    return row.to_public()  # a write's answer: made once, for its one reader
 
 
 def admitted(request: Request, spec: DeploymentSpec) -> DeploymentSpec:
