@@ -27,6 +27,8 @@ from reconciler.listing import ShareKey, share_key
 
 log = logging.getLogger("loraplane.reconciler.poll")
 
+Folders = tuple[tuple[str, float], ...]  # each adapter's folder and its pollSeconds
+
 
 @dataclass
 class FolderWatch:
@@ -52,7 +54,9 @@ class AdapterPoller:
         self.wake = wake
         self.monotonic = monotonic
         self._lock = threading.Lock()
-        self._targets: dict[str, tuple[tuple[str, int], Target]] = {}
+        # name -> ((uid, generation), its share, its adapters' (folder, pollSeconds)): what the
+        # poller needs of each deployment, not its whole Target (4 KB of models a deployment).
+        self._followed: dict[str, tuple[tuple[str, int], ShareKey, Folders]] = {}
         self._watches: dict[tuple[ShareKey, str], FolderWatch] = {}
         self._via: dict[ShareKey, Target] = {}  # a target on each share, to open its client with
         self._shares: dict[ShareKey, AdapterShare] = {}
@@ -67,38 +71,44 @@ class AdapterPoller:
     def refresh(self, desired: Mapping[str, tuple[str, int, bool, str]]) -> None:
         """Follow the deployments as they are (name -> (uid, generation, deleting, …), what
         the controller's timers read): a spec read again only when its generation moved."""
-        targets: dict[str, tuple[tuple[str, int], Target]] = {}
+        followed: dict[str, tuple[tuple[str, int], ShareKey, Folders]] = {}
+        read: dict[ShareKey, Target] = {}  # a target read now on each share
         for name, (uid, generation, deleting, *_rest) in desired.items():
             if deleting:
                 continue
-            known = self._targets.get(name)
+            known = self._followed.get(name)
             if known is not None and known[0] == (uid, generation):
-                targets[name] = known
+                followed[name] = known
                 continue
             try:
-                targets[name] = ((uid, generation), target_of(self.reconciler.store.get(name)))
+                target = target_of(self.reconciler.store.get(name))
             except Exception as exc:  # gone meanwhile, or a spec the reconciler reports on
                 log.debug("not polling the adapters of %s: %s", name, exc)
+                continue
+            key = share_key(target)
+            read.setdefault(key, target)
+            folders = tuple((entry.path, float(entry.poll_seconds)) for entry in target.spec.adapter_entries(target.name))
+            followed[name] = ((uid, generation), key, folders)
         watches: dict[tuple[ShareKey, str], FolderWatch] = {}
         via: dict[ShareKey, Target] = {}
         now = self.monotonic()
-        for name, (_, target) in targets.items():
-            key = share_key(target)
-            via.setdefault(key, target)
-            for entry in target.spec.adapter_entries(target.name):
-                folder = (key, entry.path)
+        for name, (_, key, folders) in followed.items():
+            if key not in via:  # any target on the share opens its client: the key is the share
+                via[key] = read.get(key) or self._via[key]
+            for path, interval in folders:
+                folder = (key, path)
                 watch = watches.get(folder)
                 if watch is None:
                     # The same watch goes on (its last listing is what a change is told from).
-                    watch = self._watches.get(folder) or FolderWatch(interval=float(entry.poll_seconds), due=now)
-                    watch.names, watch.interval = set(), float(entry.poll_seconds)
+                    watch = self._watches.get(folder) or FolderWatch(interval=interval, due=now)
+                    watch.names, watch.interval = set(), interval
                     watches[folder] = watch
                 watch.names.add(name)
-                watch.interval = min(watch.interval, float(entry.poll_seconds))
+                watch.interval = min(watch.interval, interval)
                 watch.due = min(watch.due, now + watch.interval)
         self.reconciler.rollout.listings.retain(watches)
         with self._lock:
-            self._targets, self._watches, self._via = targets, watches, via
+            self._followed, self._watches, self._via = followed, watches, via
             gone = [key for key in self._shares if key not in via]
             closing = [self._shares.pop(key) for key in gone]
         for share in closing:
