@@ -52,7 +52,7 @@ from infra.azure.inventory import Inventory
 from infra.azure.kinds import BY_NAME, KINDS, ContainerApp, Failure, FileShare, Kind, ResourceGroup
 from infra.azure.limiter import ArmLimiter
 from infra.azure.plan import REVISION, WHEEL, AzureFacts, Plan, changes, wheel_path
-from infra.azure.revisions import versions_run
+from infra.azure.revisions import as_kept, versions_run
 from infra.azure.share import ShareFiles
 from infra.azure.wheel import ServingWheel, build_serving_wheel
 from infra.endpoints import AppAnswer, EndpointClient
@@ -423,7 +423,8 @@ class AzureProvider:
             try:
                 return {
                     "value": [
-                        r.as_dict() for r in clients.apps.container_apps_revisions.list_revisions(azure.resource_group, azure.app or "")
+                        as_kept(r.as_dict())
+                        for r in clients.apps.container_apps_revisions.list_revisions(azure.resource_group, azure.app or "")
                     ]
                 }
             except ResourceNotFoundError:

@@ -37,6 +37,28 @@ def versions_run(template: Any, deployment: str) -> dict[str, str]:
     return {deployment: str(env["LORAPLANE_ADAPTER_VERSION"])} if env.get("LORAPLANE_ADAPTER_VERSION") else {}
 
 
+VERSION_VARIABLES = frozenset({"LORAPLANE_ADAPTER_VERSION", "LORAPLANE_ADAPTER_VERSIONS"})
+
+
+def as_kept(revision: dict[str, Any]) -> dict[str, Any]:
+    """What is kept of a listed revision until the next list: what this module and the planner
+    read of it (its name; whether it is active, its traffic weight, when it was made, its URL, its
+    replicas; the adapter versions its template starts with), in the shape Azure gives. The
+    whole revision, its template and the SDK's dicts of it were about 7 KB a deployment, kept
+    for as long as the deployment lives. A failed revision's error is read from the revision
+    itself (``ContainerApp.health``), not from the list."""
+    properties = _props(revision)
+    kept: dict[str, Any] = {
+        key: properties[key] for key in ("active", "trafficWeight", "createdTime", "replicas", "fqdn") if key in properties
+    }
+    template = properties.get("template")
+    containers = template.get("containers") if isinstance(template, dict) else None
+    if containers and isinstance(containers[0], dict):
+        env = [e for e in containers[0].get("env") or [] if isinstance(e, dict) and e.get("name") in VERSION_VARIABLES]
+        kept["template"] = {"containers": [{"env": env}]}
+    return {"name": revision.get("name"), "properties": kept}
+
+
 def _props(revision: dict[str, Any]) -> dict[str, Any]:
     found = revision.get("properties")
     return found if isinstance(found, dict) else {}

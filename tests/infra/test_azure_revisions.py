@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infra.azure.revisions import desired_traffic, done, serving_revision, versions_run
+from infra.azure.revisions import as_kept, desired_traffic, done, serving_revision, versions_run
 from infra.provider import RevisionSplit, Target
 from state.resource import DeploymentSpec
 from tests.conftest import azure_manifest
@@ -97,3 +97,28 @@ def test_a_revision_that_takes_no_traffic_and_is_not_the_newest_has_done_its_par
     assert done(listed, app("app--r2", "v2")) == ["app--r1"]
     held = app("app--r2", "v2", traffic=[{"revisionName": "app--r1", "weight": 100}, {"latestRevision": True, "weight": 0}])
     assert done([revision("app--r1", "v1", weight=100), revision("app--r2", "v2")], held) == []
+
+
+def test_what_is_kept_of_a_listed_revision_answers_as_the_whole_one():
+    whole = [revision("app--r1", "v1", weight=100, created="2026-12-07T09:00:00Z"), revision("app--r2", "v2"), revision("app--r3", "v1")]
+    for listed in whole:
+        listed["properties"]["template"]["containers"][0]["image"] = "ghcr.io/x/serving:1"
+        listed["properties"]["template"]["containers"][0]["env"].append({"name": "HF_HUB_OFFLINE", "value": "1"})
+        listed["properties"].update(replicas=1, runningState="Running", provisioningState="Provisioned")
+    kept = [as_kept(r) for r in whole]
+    assert kept[0] == {
+        "name": "app--r1",
+        "properties": {
+            "active": True,
+            "trafficWeight": 100,
+            "createdTime": "2026-12-07T09:00:00Z",
+            "replicas": 1,
+            "fqdn": "app--r1.x",
+            "template": {"containers": [{"env": [{"name": "LORAPLANE_ADAPTER_VERSION", "value": "v1"}]}]},
+        },
+    }
+    proving = target("v2", {NAME: "v1"}, 10)
+    latest = app("app--r2", "v2", traffic=[{"revisionName": "app--r1", "weight": 90}, {"latestRevision": True, "weight": 10}])
+    assert serving_revision(proving, kept) == serving_revision(proving, whole) == "app--r1"
+    assert desired_traffic(proving, kept, latest) == desired_traffic(proving, whole, latest)
+    assert done(kept, latest) == done(whole, latest) == ["app--r3"]
