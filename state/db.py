@@ -23,6 +23,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+from state import shared_strings
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 # Execution option that marks a transaction as one that will write.
@@ -50,13 +52,14 @@ def make_engine(url: str, *, busy_timeout_ms: int = 5000) -> Engine:
             connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000, "factory": connection_class},
             pool_size=20,
             max_overflow=20,
+            json_deserializer=shared_strings.loads,  # rows kept in memory share their strings
         )
         _configure_sqlite(engine, busy_timeout_ms)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         # psycopg (3) is the driver we ship in the postgres extra.
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10, json_deserializer=shared_strings.loads)
 
 
 class _WriterLockedConnection(sqlite3.Connection):

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from state.shared_strings import shared
+
 Resource = dict[str, Any]
 
 
@@ -119,7 +121,9 @@ class Inventory:
         if before is not None and before[1] == resource:
             self._read[key] = (at, before[1])
             return
-        self._read[key] = (at, resource)
+        # Kept for as long as the deployment lives: its strings shared with the other resources'
+        # (their keys, the shared resources' ids), not held again for each.
+        self._read[key] = (at, shared(resource))
         self._stamp += 1
         self._versions[key] = self._stamp
 

@@ -58,6 +58,17 @@ def test_an_app_gone_from_the_next_list_is_known_no_more():
     assert azure.gets == 0  # the list said so
 
 
+def test_what_the_apps_have_in_common_is_held_once():
+    clock, azure = FakeClock(), Azure(["a", "b"])
+    for app in azure.apps.values():
+        app["environment"] = "".join(["/subscriptions/s/resourceGroups/g/providers/Microsoft.App/", "managedEnvironments/team"])
+    inventory = Inventory(max_age=10, clock=clock)
+    a = inventory.get_listed(APP.format("a"), SCOPE, azure.read("a"), azure.read_all)
+    b = inventory.get_listed(APP.format("b"), SCOPE, azure.read("b"), azure.read_all)
+    assert a is not None and b is not None and a["environment"] == b["environment"]
+    assert a["environment"] is b["environment"]  # each app's JSON made its own; one is kept
+
+
 def test_while_a_group_is_listed_the_list_before_serves_other_readers_up_to_twice_its_age():
     clock, azure = FakeClock(), Azure(["a", "b"])
     inventory = Inventory(max_age=10, clock=clock)
