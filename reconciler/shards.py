@@ -2,11 +2,11 @@
 their uid (``reconciler.writer.shard_of``), each shard has a lease (``state.lease``), and each
 replica reconciles the shards it holds.
 
-Every ``retry_seconds`` the elector renews this replica's membership and its shards' leases,
-and balances: with M replicas alive each aims at its fair part, ceil(shards / M). One that
-holds more hands the extra back, once the passes in flight there have ended (it starts no new
-one: a handover never has two replicas acting on a deployment); one that holds fewer takes
-free or expired shards. A replica that is killed stops renewing: its shards expire with their
+Every ``retry_seconds`` (or sooner, just after another member's row or a wanted lease expires)
+the elector renews this replica's membership and its shards' leases, and balances: with M
+replicas alive each aims at its fair part, ceil(shards / M). One that holds more hands the
+extra back, once the passes in flight there have ended (it starts no new one: a handover never
+has two replicas acting on a deployment); one that holds fewer takes free or expired shards. A replica that is killed stops renewing: its shards expire with their
 leases and the others take them, each at a new epoch, which every write checks (the fence).
 A replica stops acting on a shard as soon as it could not renew it for
 ``renew_deadline_seconds``, shorter than the lease, so a replica cut off from the database
@@ -31,6 +31,10 @@ from reconciler.writer import PassWriter
 from state.lease import Lease, Membership, shard_lease_name
 
 log = logging.getLogger("loraplane.reconciler.shards")
+
+# How long after an expiry (by the database's clock) the round that acts on it comes: the
+# database and this replica's timer need not agree to the millisecond.
+EXPIRY_MARGIN_SECONDS = 0.05
 
 
 @dataclass
@@ -73,13 +77,20 @@ class ShardElector:
         # Where this replica starts looking for free shards: replicas joining together spread
         # out instead of all racing for shard 0.
         self._offset = sum(holder.encode()) % self.count
+        # When the next round is due: every retry_seconds, or sooner, just after another
+        # member's row or a wanted lease expires (a killed replica's shards are then taken at
+        # their lease's end, not up to a whole retry later).
+        self.next_round_seconds = retry_seconds
 
     # ------------------------------------------------------------------------------- a round
 
     def step(self) -> None:
         """One round: membership, renewals, then hand back or take to reach the fair part."""
+        expiries: list[float] = []
         try:
             self.members = self.membership.beat()
+            if self.membership.others_expire_in is not None:
+                expiries.append(self.membership.others_expire_in)
         except Exception as exc:
             log.warning("could not renew this replica's membership: %s", str(exc).splitlines()[0])
         for shard in sorted(self._won):
@@ -95,6 +106,10 @@ class ShardElector:
                     break
                 if shard not in self._won:
                     self._take(shard)
+                    held_by_another = self.leases[shard].others_expire_in
+                    if shard not in self._won and held_by_another is not None:
+                        expiries.append(held_by_another)
+        self.next_round_seconds = min([self.retry_seconds, *(expiry + EXPIRY_MARGIN_SECONDS for expiry in expiries)])
 
     def _renew(self, shard: int) -> None:
         won = self._won[shard]
@@ -160,7 +175,7 @@ class ShardElector:
                 self.step()
             except Exception:  # the next round tries again
                 log.exception("a round of the shard elector failed")
-            self._stop.wait(self.retry_seconds)
+            self._stop.wait(self.next_round_seconds)
 
     def stop(self) -> None:
         """Stop electing; hand every shard back at once, and leave."""

@@ -49,6 +49,9 @@ class Lease:
         self.holder = holder
         self.name = name
         self.duration = timedelta(seconds=duration_seconds)
+        # When try_acquire found another replica's lease: the seconds (by the database's clock)
+        # until it expires, when it may be taken unless renewed; None otherwise.
+        self.others_expire_in: float | None = None
 
     def _locked(self, session: Session, *, share: bool = False) -> LeaderLease | None:
         query = select(LeaderLease).where(col(LeaderLease.name) == self.name)
@@ -58,6 +61,7 @@ class Lease:
 
     def try_acquire(self) -> int | None:
         """Take or renew the lease; the epoch held, or None while another replica holds it."""
+        self.others_expire_in = None
         with self._write() as session:
             row = self._locked(session)
             now = database_now(session)
@@ -72,6 +76,7 @@ class Lease:
                 row.holder, row.epoch, row.acquired_at, row.expires_at = self.holder, row.epoch + 1, now, now + self.duration
                 session.add(row)
                 return row.epoch
+            self.others_expire_in = (row.expires_at - now).total_seconds()
             return None
 
     def release(self) -> None:
@@ -106,6 +111,9 @@ class Membership:
         self._write = Sessions(engine).write
         self.holder = holder
         self.duration = timedelta(seconds=duration_seconds)
+        # After a beat: the seconds (by the database's clock) until the first other member's
+        # row expires, when it leaves unless it beats again; None when no other is alive.
+        self.others_expire_in: float | None = None
 
     def beat(self) -> list[str]:
         """Renew this replica's row; every live member (this one included), sorted."""
@@ -121,6 +129,8 @@ class Membership:
             rows = session.exec(select(LeaderLease).where(col(LeaderLease.name).startswith(MEMBER_PREFIX))).all()
             for gone in [r for r in rows if r.expires_at < now - GONE_MEMBERS_KEPT]:
                 session.delete(gone)
+            others = [(r.expires_at - now).total_seconds() for r in rows if r.holder != self.holder and r.expires_at > now]
+            self.others_expire_in = min(others, default=None)
             return sorted({r.holder for r in rows if r.expires_at > now} | {self.holder})
 
     def leave(self) -> None:

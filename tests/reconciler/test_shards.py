@@ -3,6 +3,8 @@ leases short enough to expire by the database's clock within a test."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from reconciler.shards import ShardElector
@@ -133,3 +135,30 @@ def test_one_shard_is_one_leader_and_a_standby(postgres_engine):
     first.stop()  # a graceful stop hands it over at once
     second.step()
     assert second.held() == [0]
+
+
+def test_a_survivors_next_round_comes_when_the_killed_replicas_lease_ends_not_a_retry_later(postgres_engine):
+    writers = [PassWriter(DeploymentStore(postgres_engine), shards=SHARDS, elected=True) for _ in range(2)]
+    # Rounds far apart: only the expiries can bring one sooner.
+    a, b = (
+        ShardElector(postgres_engine, f"replica-{n}", writer, lease_seconds=LEASE_SECONDS, renew_deadline_seconds=2.0, retry_seconds=60)
+        for n, writer in zip("ab", writers, strict=True)
+    )
+    a.step()
+    b.step()
+    a.step()
+    b.step()  # b's last round: it is killed now
+    assert len(a.held()) == len(b.held()) == 2
+    a.step()
+    # a holds its fair part; its next round comes just after b's membership expires.
+    assert 0 < a.next_round_seconds <= LEASE_SECONDS + 0.1
+    rounds, waited = 0, 0.0
+    while a.held() != [0, 1, 2, 3]:
+        rounds, waited = rounds + 1, waited + a.next_round_seconds
+        # The membership's expiry, then its leases' (renewed just after it): a few rounds, and
+        # no more waiting than the lease (a retry's 60 s would be the old schedule).
+        assert rounds <= 5 and waited <= LEASE_SECONDS + 1, f"the rounds did not follow the expiries (holds {a.held()})"
+        time.sleep(a.next_round_seconds)  # as its thread waits
+        a.step()
+    assert a.members == ["replica-a"]
+    assert a.next_round_seconds == 60  # nothing left to wait for: back to the retry
