@@ -6,11 +6,11 @@ Every ``retry_seconds`` (or sooner, just after another member's row or a wanted 
 the elector renews this replica's membership and its shards' leases, and balances: with M
 replicas alive each aims at its fair part, ceil(shards / M). One that holds more hands the
 extra back, once the passes in flight there have ended (it starts no new one: a handover never
-has two replicas acting on a deployment); one that holds fewer takes free or expired shards. A replica that is killed stops renewing: its shards expire with their
-leases and the others take them, each at a new epoch, which every write checks (the fence).
-A replica stops acting on a shard as soon as it could not renew it for
-``renew_deadline_seconds``, shorter than the lease, so a replica cut off from the database
-stops before anyone else may start.
+has two replicas acting on a deployment); one that holds fewer takes free or expired shards.
+A replica that is killed stops renewing: its shards expire with their leases and the others
+take them, each at a new epoch, which every write checks (the fence). A replica stops acting
+on a shard as soon as it could not renew it for ``renew_deadline_seconds``, shorter than the
+lease, so a replica cut off from the database stops before anyone else may start.
 
 One shard is the single-leader case: one replica reconciles everything, the others stand by.
 """
