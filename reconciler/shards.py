@@ -106,8 +106,8 @@ class ShardElector:
                     break
                 if shard not in self._won:
                     self._take(shard)
-                    held_by_another = self.leases[shard].others_expire_in
-                    if shard not in self._won and held_by_another is not None:
+                    held_by_another = self.leases[shard].others_expire_in  # None once taken
+                    if held_by_another is not None:
                         expiries.append(held_by_another)
         self.next_round_seconds = min([self.retry_seconds, *(expiry + EXPIRY_MARGIN_SECONDS for expiry in expiries)])
 
