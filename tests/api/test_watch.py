@@ -127,8 +127,11 @@ def test_a_look_that_ends_late_never_makes_a_watch_say_deleted(tmp_path):
         store.release.set()
         texts = [await asyncio.wait_for(first, 20)]
         polls = registry.get_sample_value("loraplane_watch_polls_total") or 0
+        deadline = asyncio.get_running_loop().time() + 20
         while (registry.get_sample_value("loraplane_watch_polls_total") or 0) < polls + 3:
-            await asyncio.sleep(0.01)  # three more looks, each of which could have said DELETED
+            # Three more looks, each of which could have said DELETED.
+            assert asyncio.get_running_loop().time() < deadline, "the hub made no more looks in 20 s"
+            await asyncio.sleep(0.01)
         await asyncio.to_thread(store.request_deletion, "support-bot")
         texts.append(await asyncio.wait_for(anext(stream), 20))
         await asyncio.to_thread(store.remove, "support-bot", uid=row.uid)
