@@ -201,6 +201,8 @@ def test_count_by_phase(store):
     row = create(store, "b-bot")
     store.update_status("b-bot", DeploymentStatus(phase="Ready"), uid=row.uid)
     assert store.count_by_phase() == {"Pending": 1, "Ready": 1}
+    store.update_status("a-bot", DeploymentStatus(phase="Ready"), uid=store.get("a-bot").uid)
+    assert store.count_by_phase() == {"Ready": 2}
 
 
 def test_listeners_hear_desired_state_writes_but_not_status_or_label_writes(store):
