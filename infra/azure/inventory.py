@@ -25,14 +25,16 @@ forgotten, so the inventory holds what the living deployments read, not everythi
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from state.shared_strings import shared
 
 Resource = dict[str, Any]
+Made = TypeVar("Made")
 
 
 class _Held:
@@ -220,3 +222,41 @@ class Inventory:
             if known:
                 return resource
         return self._read_alone(key, read, scope)
+
+
+class ListedPages(Generic[Made]):
+    """The pages of the groups' lists as ARM last answered them, each with what was made of
+    it. A page that says, byte for byte, what it said the last time is what was made of it
+    then: no JSON parsed, no app compared. At steady state that is every page (a list of 1,000
+    apps is about 3 MB of JSON, listed every ``max_age``). A page is known by its url and a
+    digest of its bytes; a page not asked for in ``retention`` seconds is forgotten."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, retention: float = DEFAULT_RETENTION_SECONDS) -> None:
+        self.clock, self.retention = clock, retention
+        self._pages: dict[str, tuple[bytes, Made, float]] = {}  # url -> (digest, made, when last asked)
+        self._swept = clock()
+        self._lock = threading.Lock()
+
+    def made(self, url: str, content: bytes, make: Callable[[bytes], Made]) -> Made:
+        digest = hashlib.blake2b(content, digest_size=16).digest()
+        now = self.clock()
+        with self._lock:
+            self._sweep_locked(now)
+            kept = self._pages.get(url)
+            if kept is not None and kept[0] == digest:
+                self._pages[url] = (digest, kept[1], now)
+                return kept[1]
+        made = make(content)
+        with self._lock:
+            self._pages[url] = (digest, made, now)
+        return made
+
+    def _sweep_locked(self, now: float) -> None:
+        if now - self._swept >= self.retention / 10:
+            self._swept = now
+            for old in [url for url, (_, _, at) in self._pages.items() if now - at > self.retention]:
+                del self._pages[old]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pages)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
@@ -128,6 +128,17 @@ def _ids(azure: AzureSpec) -> dict[str, str]:
     }
 
 
+# What a page of a list holds: its items, and the link to the next page (None: the last).
+Page = tuple[list[dict[str, Any]], str | None]
+PageParser = Callable[[str, bytes], Page]
+
+
+def parse_page(url: str, content: bytes) -> Page:
+    """A page of an ARM list (``value``, ``nextLink``), parsed."""
+    page = json.loads(content)
+    return page.get("value", []), page.get("nextLink") or None
+
+
 class Kind(ABC):
     name: ClassVar[str]
     arm_type: ClassVar[str]
@@ -152,8 +163,9 @@ class Kind(ABC):
     def get(self, clients: AzureClients, azure: AzureSpec) -> Any:
         """The SDK's read; raises ResourceNotFoundError when it does not exist."""
 
-    def list_group(self, clients: AzureClients, azure: AzureSpec) -> Iterable[dict[str, Any]]:
-        """Every resource of this kind in the group, as ARM sent it (its JSON)."""
+    def list_group(self, clients: AzureClients, azure: AzureSpec, parse: PageParser = parse_page) -> Iterable[dict[str, Any]]:
+        """Every resource of this kind in the group, as ARM sent it (its JSON), each page's
+        items made by ``parse``."""
         raise NotImplementedError(f"{self.name} is read one by one")
 
     def from_wire(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -618,11 +630,12 @@ class ContainerApp(Kind):
     def get(self, clients: AzureClients, azure: AzureSpec) -> Any:
         return clients.apps.container_apps.get(azure.resource_group, self.resource_name(azure))
 
-    def list_group(self, clients: AzureClients, azure: AzureSpec) -> Iterable[dict[str, Any]]:
+    def list_group(self, clients: AzureClients, azure: AzureSpec, parse: PageParser = parse_page) -> Iterable[dict[str, Any]]:
         """The group's container apps, page by page, as JSON: through the client's
         ``send_request`` (its pipeline: credential, retries, the limiter), not its pager, which
         builds a model of every app on every page. At 1,000 apps that was 2-3 s of CPU a list;
-        the provider builds a model only of an app that changed since the last list."""
+        the provider builds a model only of an app that changed since the last list, and parses
+        no page that says what it said the last time (``parse``)."""
         url: str | None = (
             f"/subscriptions/{azure.subscription_id}/resourceGroups/{azure.resource_group}"
             f"/providers/Microsoft.App/containerApps?api-version={APPS_API_VERSION}"
@@ -643,9 +656,8 @@ class ContainerApp(Kind):
             if response.status_code != 200:
                 map_error(status_code=response.status_code, response=response, error_map=ARM_ERROR_MAP)
                 raise HttpResponseError(response=response, error_format=ARMErrorFormat)
-            page = json.loads(response.content)
-            yield from page.get("value", [])
-            url = page.get("nextLink") or None
+            items, url = parse(url, response.content)
+            yield from items
 
     def from_wire(self, item: dict[str, Any]) -> dict[str, Any]:
         return aca.ContainerApp(item).as_dict()

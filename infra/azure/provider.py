@@ -48,8 +48,8 @@ from infra.azure.desired import (
     wheels_named,
 )
 from infra.azure.errors import Refusals, classify_azure_error
-from infra.azure.inventory import Inventory
-from infra.azure.kinds import BY_NAME, KINDS, ContainerApp, Failure, FileShare, Kind, ResourceGroup
+from infra.azure.inventory import Inventory, ListedPages
+from infra.azure.kinds import BY_NAME, KINDS, ContainerApp, Failure, FileShare, Kind, Page, ResourceGroup, parse_page
 from infra.azure.limiter import ArmLimiter
 from infra.azure.plan import REVISION, WHEEL, AzureFacts, Plan, changes, wheel_path
 from infra.azure.revisions import as_kept, versions_run
@@ -153,7 +153,8 @@ class AzureProvider:
         self._wheel: ServingWheel | None = None
         self._clients: dict[str, AzureClients] = {}
         self._pollers: dict[tuple[str, str], LROPoller] = {}
-        self._share_access: dict[str, tuple[str, str, float]] = {}  # account -> (url, key, fetched)
+        # account -> (url, key, fetched, the key's digest: what a share's client is checked against)
+        self._share_access: dict[str, tuple[str, str, float, str]] = {}
         self._plans: dict[str, tuple[tuple, Plan]] = {}  # uid -> (what it was decided from, the plan)
         self._revisions_listed_with: dict[str, int] = {}  # uid -> the app's version when its revisions were listed
         # uid -> (what ARM said of the app, when) at its last ready answer (see _probe)
@@ -172,6 +173,7 @@ class AzureProvider:
         self._tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(config.ca_bundle)) if config.ca_bundle else True
         self.endpoints = EndpointClient(timeout=config.probe_timeout_seconds, verify=self._tls)
         self.inventory = Inventory(config.observe_max_age_seconds)
+        self._listed_pages: ListedPages[Page] = ListedPages()
 
     # --------------------------------------------------------------------------- lifecycle
 
@@ -240,8 +242,16 @@ class AzureProvider:
                 last = self.inventory.last(str(item.get("id", "")))
                 return last if last == item else kind.from_wire(item)
 
+            # A page that says what it said last time is what was made of it then.
+            def parse(url: str, content: bytes) -> Page:
+                def made(content: bytes) -> Page:
+                    items, next_link = parse_page(url, content)
+                    return [as_read(item) for item in items], next_link
+
+                return self._listed_pages.made(url, content, made)
+
             try:
-                return [as_read(item) for item in kind.list_group(clients, azure)]
+                return list(kind.list_group(clients, azure, parse))
             except ResourceNotFoundError:
                 return []  # no group, none in it
             except AzureError as exc:
@@ -845,13 +855,13 @@ class AzureProvider:
             url = value_at(account, ("properties", "primaryEndpoints", "file"))
             if not url:
                 raise TemporaryError(f"the storage account {azure.storage_account} has no file endpoint yet", reason="DependencyNotReady")
-            cached = (url.rstrip("/"), key, self.monotonic())
+            cached = (url.rstrip("/"), key, self.monotonic(), hashlib.sha256(key.encode()).hexdigest())
             with self._lock:
                 self._share_access[cache_key] = cached
         share_id = f"{cache_key}/{azure.file_share}"
         with self._lock:
             files = self._share_files.get(share_id)
-            if files is None or files.key_digest != hashlib.sha256(cached[1].encode()).hexdigest():
+            if files is None or files.key_digest != cached[3]:
                 stale, files = (
                     files,
                     ShareFiles(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from azuresim.server import AzureSimulator
-from infra.azure.inventory import Inventory
+from infra.azure.inventory import Inventory, ListedPages
 from infra.azure.provider import AzureConfig, AzureProvider
 from reconciler.core import Reconciler
 from reconciler.journal import DatabaseJournal
@@ -18,7 +18,7 @@ from state.resource import DeploymentStatus
 from state.store import DeploymentStore
 from tests.conftest import azure_manifest
 from tests.fakes import FakeClock
-from tests.infra.azure_world import calls, make_provider, reset_calls
+from tests.infra.azure_world import arm, calls, make_provider, reset_calls, writes
 
 APP = "/subscriptions/s/resourceGroups/g/providers/Microsoft.App/containerApps/{}"
 SCOPE = "/subscriptions/s/resourceGroups/g/providers/Microsoft.App/containerApps"  # the list's URL
@@ -163,6 +163,26 @@ def store(sqlite_store: DeploymentStore) -> DeploymentStore:
     return sqlite_store
 
 
+def test_a_page_that_says_what_it_said_last_time_is_not_made_again_and_one_that_changed_is():
+    clock, made = FakeClock(), []
+
+    def make(content: bytes) -> list[str]:
+        made.append(content)
+        return content.decode().split(",")
+
+    pages = ListedPages(clock=clock, retention=100)
+    first = pages.made("/apps?page=1", b"a,b", make)
+    assert pages.made("/apps?page=1", b"a,b", make) is first  # the same bytes: what was made then
+    assert pages.made("/apps?page=2", b"a,b", make) == ["a", "b"]  # another page is its own
+    assert pages.made("/apps?page=1", b"a,c", make) == ["a", "c"]  # changed: made again
+    assert made == [b"a,b", b"a,b", b"a,c"]
+    clock.advance(60)
+    pages.made("/apps?page=1", b"a,c", make)
+    clock.advance(50)  # the first page was asked for 50 s ago, the second 110 s ago: forgotten
+    pages.made("/apps?page=1", b"a,c", make)
+    assert len(pages) == 1 and len(made) == 3
+
+
 def test_a_resync_of_a_fleet_in_one_group_lists_its_apps_instead_of_reading_each(store, tmp_path: Path):
     fleet = [f"bot-{index}" for index in range(12)]
     shared = {
@@ -199,6 +219,19 @@ def test_a_resync_of_a_fleet_in_one_group_lists_its_apps_instead_of_reading_each
             assert seen.get("GET", {}).get("Microsoft.App/containerApps (list)", 0) <= 1
             assert seen.get("GET", {}).get("Microsoft.App/containerApps", 0) == 0
             assert sum(seen.get("GET", {}).values()) <= 7
+
+            # Pages that say what they said before are not parsed again (ListedPages); an app
+            # someone changed in Azure meanwhile changes its page, and is seen and set back.
+            provider.inventory.max_age = 0  # every observation lists the group again
+            _, _, apps = arm(sim)
+            changed = apps.container_apps.get("rg-inference", "bot-3")
+            changed.template.scale.max_replicas = 7
+            apps.container_apps.begin_create_or_update("rg-inference", "bot-3", changed).result()
+            apps.close()
+            reset_calls(sim)
+            assert [reconciler.reconcile(name).result for name in fleet] == ["converged"] * 3 + ["progressing"] + ["converged"] * 8
+            assert writes(sim) == {"PATCH": {"Microsoft.App/containerApps": 1}}
+            assert [e.reason for e in store.list_events("bot-3", limit=1)] == ["Updated"]
 
         finally:
             provider.close()
