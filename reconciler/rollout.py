@@ -31,7 +31,6 @@ It writes nothing to the database itself: a pass's version changes and events go
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -187,19 +186,20 @@ class Pointer:
         row: InferenceDeployment,
         target: Target,
         *,
-        known: dict[str, Any] | None = None,
-        written: Callable[[dict[str, Any] | None], None] | None = None,
+        known: str | None = None,
+        written: Callable[[str | None], None] | None = None,
     ) -> None:
-        """``known``: the document as this process last read or wrote it (loraplane alone
-        writes the pointer), so that a pass reads nothing; ``written`` hears each new one
-        (None: a write failed part way, and what is on the share is not known)."""
+        """``known``: the document's JSON as this process last read or wrote it (loraplane
+        alone writes the pointer), so that a pass reads nothing; ``written`` hears each new one
+        (None: a write failed part way, and what is on the share is not known). Kept as text:
+        a pass parses it (microseconds) where a deep copy of the dicts walked them in Python."""
         self.share, self.path = share, pointer_path(row.name, row.uid)
         self.names = [e.name for e in target.spec.adapter_entries(target.name)]
         self.legacy = target.spec.adapters is None
         self.entries: dict[str, dict[str, Any]] = {}
         self.written = written
         folder, _, file_name = self.path.rpartition("/")
-        document: Any = copy.deepcopy(known) if known is not None else None
+        document: Any = json.loads(known) if known is not None else None
         if document is None:
             try:
                 listed = any(e.name == file_name for e in share.list(folder) or [])
@@ -207,7 +207,7 @@ class Pointer:
             except ValueError:
                 document = {}  # replaced whole by the next write
             if written is not None and isinstance(document, dict):
-                written(copy.deepcopy(document))
+                written(json.dumps(document))
         found = document.get("adapters", {self.names[0]: document} if "version" in document else {}) if isinstance(document, dict) else {}
         self.entries = {n: e for n, e in found.items() if n in self.names and isinstance(e, dict)}
         self.stale = set(found) - set(self.names)  # adapters no longer in the spec
@@ -273,15 +273,16 @@ class Pointer:
     def write(self) -> None:
         ordered = {n: self.entries[n] for n in self.names if n in self.entries}
         body = ordered[self.names[0]] if self.legacy and self.names[0] in ordered else {"adapters": ordered}
+        text = json.dumps(body)
         try:
-            self.share.write(self.path, json.dumps(body).encode())
+            self.share.write(self.path, text.encode())
         except BaseException:
             if self.written is not None:
                 self.written(None)
             raise
         self.stale = set()
         if self.written is not None:
-            self.written(copy.deepcopy(body))
+            self.written(text)
 
 
 class VersionBook:
@@ -497,7 +498,7 @@ class AdapterRollout:
         # What a pass reads from memory rather than the share: the adapter poller's listings,
         # and each deployment's pointer as this process last read or wrote it.
         self.listings = FolderListings(monotonic)
-        self._pointers: dict[str, tuple[ShareKey, dict[str, Any]]] = {}  # uid -> (its share, the document)
+        self._pointers: dict[str, tuple[ShareKey, str]] = {}  # uid -> (its share, the document's JSON)
         # (uid, adapter) -> (what was observed, the version, the pointer; when) at the last
         # steady check that every replica serves the version (see _confirmed)
         self._steady: dict[tuple[str, str], tuple[tuple, float]] = {}
@@ -529,7 +530,7 @@ class AdapterRollout:
             kept = self._pointers.get(row.uid)
         known = kept[1] if kept is not None and kept[0] == on else None
 
-        def written(document: dict[str, Any] | None) -> None:
+        def written(document: str | None) -> None:
             with self._lock:
                 if document is None:
                     self._pointers.pop(row.uid, None)
