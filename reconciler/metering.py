@@ -85,7 +85,8 @@ def split_by_day(start: datetime, end: datetime) -> dict[str, float]:
     while moment < end:
         midnight = datetime(moment.year, moment.month, moment.day, tzinfo=UTC) + timedelta(days=1)
         upto = min(end, midnight)
-        found[moment.strftime("%Y-%m-%d")] = found.get(moment.strftime("%Y-%m-%d"), 0.0) + (upto - moment).total_seconds()
+        day = moment.date().isoformat()  # every pass of every deployment comes here: not strftime
+        found[day] = found.get(day, 0.0) + (upto - moment).total_seconds()
         moment = upto
     return found
 
@@ -223,7 +224,8 @@ class GpuMetering:
             meter.flushed_at = write.at
 
     def _cost(self, meter: _Open, now: datetime, replicas: int) -> CostStatus:
-        today, month = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+        today = now.date().isoformat()  # YYYY-MM-DD
+        month = today[:7]
         days: dict[str, list[tuple[float, str]]] = {}
         for day, (seconds, profile) in meter.written.items():
             days.setdefault(day, []).append((seconds, profile))

@@ -40,7 +40,9 @@ def _base(previous: DeploymentStatus, generation: int, observation: Observation 
     status.observed_generation = generation
     if observation is not None:
         status.endpoint = observation.endpoint
-        status.resources = [ResourceRef(kind=r.kind, id=r.id, state=r.state, managed_by=r.managed_by) for r in observation.resources]
+        seen = [(r.kind, r.id, r.state, r.managed_by) for r in observation.resources]
+        if seen != [(r.kind, r.id, r.state, r.managed_by) for r in status.resources]:  # else the copy's are these
+            status.resources = [ResourceRef(kind=kind, id=id_, state=state, managed_by=by) for kind, id_, state, by in seen]
     return status
 
 
