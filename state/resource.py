@@ -636,7 +636,10 @@ class DeploymentSpec(CamelModel):
         the deployment (the model id its clients have always asked for)."""
         if self.adapters is not None:
             return self.adapters
-        return [NamedAdapterSpec(name=deployment, **self.adapter.model_dump())]
+        # Built from the adapter as validated, not validated again (a pass asks a dozen times);
+        # a deployment's name, a DNS label, is always an adapter's name.
+        fields = {name: getattr(self.adapter, name) for name in AdapterSpec.model_fields}
+        return [NamedAdapterSpec.model_construct({*fields, "name"}, name=deployment, **fields)]
 
     @model_validator(mode="after")
     def _one_way_to_name_adapters(self) -> DeploymentSpec:
