@@ -22,6 +22,8 @@ def set_condition(status: DeploymentStatus, type_: ConditionType, value: Conditi
     """Set a condition; lastTransitionTime moves only when its status flips."""
     for index, existing in enumerate(status.conditions):
         if existing.type == type_:
+            if (existing.status, existing.reason, existing.message) == (value, reason, message):
+                return  # as it was: a steady pass sets four conditions, none of them new
             changed_at = existing.last_transition_time if existing.status == value else now
             status.conditions[index] = Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=changed_at)
             return
