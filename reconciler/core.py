@@ -264,7 +264,7 @@ class Reconciler:
             provider = self.provider_for(target)
             observation = provider.observe(target)
             if observation.share_ready:
-                staged = self._stage_ahead(row, target, provider, previous, versions)
+                staged = self._stage_ahead(row, target, provider, previous, versions, serving=observation.ready)
                 if staged is not None:  # a first version staged: the app's environment may name it now
                     target, versions = staged
                     observation = provider.observe(target)
@@ -309,6 +309,8 @@ class Reconciler:
         provider: TargetProvider[Any],
         previous: DeploymentStatus,
         versions: list[AdapterVersion],
+        *,
+        serving: bool,
     ) -> tuple[Target, list[AdapterVersion]] | None:
         """Before the infrastructure is planned, once the share exists: a new adapter's first
         version staged and in the pointer before the app starts, committed at once, so that the
@@ -317,8 +319,14 @@ class Reconciler:
         it. The target and versions as they are now; None when nothing changed."""
         observing = target.spec.azure is not None and target.spec.azure.policy == "observe"
         pointed = {a.name for a in previous.adapters if a.desired_version} or ({target.name} if previous.adapter.desired_version else set())
-        if observing or all(entry.name in pointed for entry in target.spec.adapter_entries(target.name)):
+        waiting = [entry for entry in target.spec.adapter_entries(target.name) if entry.name not in pointed]
+        if observing or not waiting:
             return None  # every adapter was pointed at before: the rollout's business now
+        if serving and all(entry.strategy == "hotReload" for entry in waiting):
+            # The app serves already and no environment names these: this pass's rollout step
+            # stages and activates them as any version (a steady deployment with no adapter
+            # yet looked for one twice a pass).
+            return None
         try:
             events, changes = self.rollout.stage_ahead(row, target, provider, previous, versions)
         except Fenced:
@@ -504,8 +512,11 @@ class Reconciler:
         news = standing is not None and (before is None or (before.state, before.period) != (standing.state, standing.period))
         if news and metered.write is None:  # the news and its figures are written together
             metered = self.metering.measure(row, target, observation.replicas, force=True)
-        cost = (metered.cost if metered.write is not None or previous.cost is None else previous.cost).model_copy(deep=True)
-        cost.budget = standing if news or metered.write is not None else (before if standing is not None else None)
+        # A shallow copy with its budget set: nothing changes a cost in place afterwards, and a
+        # deep copy every pass of every deployment cost more than the rest of the metering.
+        cost = (metered.cost if metered.write is not None or previous.cost is None else previous.cost).model_copy(
+            update={"budget": standing if news or metered.write is not None else (before if standing is not None else None)}
+        )
         events: list[NewEvent] = []
         held = None
         if budget is not None and standing is not None:
