@@ -237,15 +237,20 @@ class ListedPages(Generic[Made]):
         self._swept = clock()
         self._lock = threading.Lock()
 
-    def made(self, url: str, content: bytes, make: Callable[[bytes], Made]) -> Made:
+    def made(self, url: str, content: bytes, make: Callable[[bytes], Made], settle: Callable[[Made], Made] | None = None) -> Made:
+        """What ``make`` made of the page when its bytes were these, else made now. ``settle``
+        may replace what was made, when the page is the same again, with what stands for it
+        now (the same objects the inventory keeps, rather than equal copies)."""
         digest = hashlib.blake2b(content, digest_size=16).digest()
         now = self.clock()
         with self._lock:
             self._sweep_locked(now)
             kept = self._pages.get(url)
-            if kept is not None and kept[0] == digest:
-                self._pages[url] = (digest, kept[1], now)
-                return kept[1]
+        if kept is not None and kept[0] == digest:
+            settled = settle(kept[1]) if settle is not None else kept[1]
+            with self._lock:
+                self._pages[url] = (digest, settled, now)
+            return settled
         made = make(content)
         with self._lock:
             self._pages[url] = (digest, made, now)

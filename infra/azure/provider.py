@@ -242,13 +242,23 @@ class AzureProvider:
                 last = self.inventory.last(str(item.get("id", "")))
                 return last if last == item else kind.from_wire(item)
 
-            # A page that says what it said last time is what was made of it then.
+            # A page that says what it said last time is what was made of it then, each app
+            # the very object the inventory keeps for it once it has kept it (its own copy,
+            # with shared strings): an equal copy beside it would be compared in full by every
+            # list, and held twice.
+            def as_kept(page: Page) -> Page:
+                items, next_link = page
+                kept = [self.inventory.last(str(item.get("id", ""))) for item in items]
+                if all(last is item for last, item in zip(kept, items, strict=True)):
+                    return page
+                return [last if last is not None and last == item else item for last, item in zip(kept, items, strict=True)], next_link
+
             def parse(url: str, content: bytes) -> Page:
                 def made(content: bytes) -> Page:
                     items, next_link = parse_page(url, content)
                     return [as_read(item) for item in items], next_link
 
-                return self._listed_pages.made(url, content, made)
+                return self._listed_pages.made(url, content, made, settle=as_kept)
 
             try:
                 return list(kind.list_group(clients, azure, parse))

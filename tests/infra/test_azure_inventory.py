@@ -176,6 +176,8 @@ def test_a_page_that_says_what_it_said_last_time_is_not_made_again_and_one_that_
     assert pages.made("/apps?page=2", b"a,b", make) == ["a", "b"]  # another page is its own
     assert pages.made("/apps?page=1", b"a,c", make) == ["a", "c"]  # changed: made again
     assert made == [b"a,b", b"a,b", b"a,c"]
+    settled = pages.made("/apps?page=1", b"a,c", make, settle=lambda page: [name.upper() for name in page])
+    assert settled == ["A", "C"] and pages.made("/apps?page=1", b"a,c", make) is settled  # what stands for it now, kept
     clock.advance(60)
     pages.made("/apps?page=1", b"a,c", make)
     clock.advance(50)  # the first page was asked for 50 s ago, the second 110 s ago: forgotten
