@@ -20,9 +20,9 @@ SHARDS = 4
 LEASE_SECONDS = 3.0
 
 
-def replica(postgres_engine, name: str) -> ShardElector:
+def replica(postgres_engine, name: str, **options: float) -> ShardElector:
     writer = PassWriter(DeploymentStore(postgres_engine), shards=SHARDS, elected=True)
-    return ShardElector(postgres_engine, name, writer, lease_seconds=LEASE_SECONDS, renew_deadline_seconds=2.0)
+    return ShardElector(postgres_engine, name, writer, lease_seconds=LEASE_SECONDS, renew_deadline_seconds=2.0, **options)
 
 
 def deployment_in(store: DeploymentStore, shard: int):
@@ -138,12 +138,8 @@ def test_one_shard_is_one_leader_and_a_standby(postgres_engine):
 
 
 def test_a_survivors_next_round_comes_when_the_killed_replicas_lease_ends_not_a_retry_later(postgres_engine):
-    writers = [PassWriter(DeploymentStore(postgres_engine), shards=SHARDS, elected=True) for _ in range(2)]
     # Rounds far apart: only the expiries can bring one sooner.
-    a, b = (
-        ShardElector(postgres_engine, f"replica-{n}", writer, lease_seconds=LEASE_SECONDS, renew_deadline_seconds=2.0, retry_seconds=60)
-        for n, writer in zip("ab", writers, strict=True)
-    )
+    a, b = (replica(postgres_engine, name, retry_seconds=60) for name in ("replica-a", "replica-b"))
     a.step()
     b.step()
     a.step()
@@ -168,11 +164,7 @@ def test_a_survivors_next_round_comes_when_the_killed_replicas_lease_ends_not_a_
 
 
 def test_a_survivor_waits_for_the_leases_of_a_replica_gone_from_the_members_not_a_retry(postgres_engine):
-    writers = [PassWriter(DeploymentStore(postgres_engine), shards=SHARDS, elected=True) for _ in range(2)]
-    a, b = (
-        ShardElector(postgres_engine, f"replica-{n}", writer, lease_seconds=LEASE_SECONDS, renew_deadline_seconds=2.0, retry_seconds=60)
-        for n, writer in zip("ab", writers, strict=True)
-    )
+    a, b = (replica(postgres_engine, name, retry_seconds=60) for name in ("replica-a", "replica-b"))
     a.step()
     b.step()
     a.step()
